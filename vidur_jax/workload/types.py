@@ -1,0 +1,25 @@
+"""The request table every simulator input is turned into."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+
+
+@flax.struct.dataclass
+class Workload:
+    """Requests of one workload, sorted by arrival time.
+
+    Padding rows (``mask == False``) have ``arrived_at = +inf`` and zero tokens, so
+    a workload can be padded to a static request capacity.
+    """
+
+    arrived_at: jax.Array  # (R,) f64 s, non-decreasing over valid rows
+    num_prefill: jax.Array  # (R,) i32 tokens, >= 1 on valid rows
+    num_decode: jax.Array  # (R,) i32 tokens, >= 1 on valid rows
+    mask: jax.Array  # (R,) bool, True for real requests
+
+    @property
+    def num_requests(self) -> int:
+        """Static capacity R (valid + padding rows)."""
+        return self.arrived_at.shape[-1]
