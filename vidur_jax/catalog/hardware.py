@@ -1,0 +1,137 @@
+"""GPU (device) and node SKUs: memory, peak compute, memory bandwidth, prices, topology.
+
+Sources:
+    * ``memory_gb``: Vidur's ``vidur/config/device_sku_config.py`` (``total_memory_gb``;
+      the planner multiplies it by 1024**3, so it is really GiB). Vidur lists the A40 as
+      45 (the board has 48 GB; Vidur leaves headroom). H200 is not in Vidur: 141 from
+      NVIDIA's H200 datasheet.
+    * ``fp16_tflops`` / ``hbm_gbps``: NVIDIA datasheets, peak *dense* (no sparsity) FP16
+      tensor-core TFLOP/s and memory bandwidth in GB/s: A40 149.7 / 696 (GDDR6),
+      A100 80GB SXM 312 / 2039, H100 SXM 989.4 / 3350, H200 SXM 989.4 / 4800.
+      ``vidur_fp16_tflops`` keeps the rounded value Vidur uses for MFU (150, 312, 1000).
+    * ``price_per_hour`` ($/GPU-hour): Vidur's defaults, taken from CoreWeave on-demand
+      pricing on 2024-02-07 (``vidur/config_optimizer/analyzer/constants.py``):
+      H100 4.25, A100 2.21, A40 1.28. CoreWeave listed no H200 then; 5.10 is our
+      **estimate** (1.2 x the H100 price, roughly the H200:H100 ratio of 2024 cloud list
+      prices). Override prices in the config for real decisions.
+    * Nodes: Vidur's ``vidur/config/node_sku_config.py``. ``network_device`` names the
+      ``profiling/network/<network_device>/`` folder with that node's collective timings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vidur_jax.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One GPU SKU.
+
+    Attributes:
+        name: short id, e.g. ``"a100"``.
+        memory_gb: device memory in GiB (as Vidur's planner uses it).
+        fp16_tflops: peak dense FP16 tensor TFLOP/s (datasheet).
+        hbm_gbps: peak memory bandwidth, GB/s (datasheet).
+        price_per_hour: default cost, $ per GPU-hour.
+        vidur_fp16_tflops: the FP16 TFLOP/s figure Vidur uses (for MFU parity), or None.
+    """
+
+    name: str
+    memory_gb: float
+    fp16_tflops: float
+    hbm_gbps: float
+    price_per_hour: float
+    vidur_fp16_tflops: float | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        """Device memory in bytes (``memory_gb * 1024**3``, Vidur's convention)."""
+        return int(self.memory_gb * 1024**3)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node SKU: which GPU, how many per node, which network profile to use.
+
+    Attributes:
+        name: Vidur's node SKU name, e.g. ``"a100_pairwise_nvlink"``.
+        device: the GPU SKU name (a key of :data:`DEVICES`).
+        devices_per_node: GPUs in one node.
+        network_device: folder name under ``profiling/network/`` for collective timings.
+    """
+
+    name: str
+    device: str
+    devices_per_node: int
+    network_device: str
+
+    @property
+    def device_spec(self) -> DeviceSpec:
+        """The :class:`DeviceSpec` of this node's GPUs."""
+        return get_device(self.device)
+
+
+DEVICES: dict[str, DeviceSpec] = {
+    d.name: d
+    for d in (
+        DeviceSpec("a40", 45, 149.7, 696.0, 1.28, vidur_fp16_tflops=150),
+        DeviceSpec("a100", 80, 312.0, 2039.0, 2.21, vidur_fp16_tflops=312),
+        DeviceSpec("h100", 80, 989.4, 3350.0, 4.25, vidur_fp16_tflops=1000),
+        DeviceSpec("h200", 141, 989.4, 4800.0, 5.10, vidur_fp16_tflops=None),
+    )
+}
+
+NODES: dict[str, NodeSpec] = {
+    n.name: n
+    for n in (
+        NodeSpec("a100_pairwise_nvlink", "a100", 4, "a100_pairwise_nvlink"),
+        NodeSpec("h100_pairwise_nvlink", "h100", 4, "h100_pairwise_nvlink"),
+        NodeSpec("a40_pairwise_nvlink", "a40", 8, "a40_pairwise_nvlink"),
+        NodeSpec("a100_dgx", "a100", 8, "a100_dgx"),
+        NodeSpec("h100_dgx", "h100", 8, "h100_dgx"),
+    )
+}
+
+_DEVICE_ALIASES = {"a100-80gb": "a100", "a100_80gb": "a100", "h100-sxm": "h100",
+                   "h200-sxm": "h200"}
+
+
+def list_devices() -> list[str]:
+    """Names of all known GPU SKUs."""
+    return list(DEVICES)
+
+
+def list_nodes() -> list[str]:
+    """Names of all known node SKUs."""
+    return list(NODES)
+
+
+def get_device(name: str) -> DeviceSpec:
+    """Look up a GPU SKU by name (case-insensitive).
+
+    Raises:
+        ConfigError: for an unknown name; the message lists the allowed names.
+    """
+    if isinstance(name, DeviceSpec):
+        return name
+    key = str(name).strip().lower()
+    key = _DEVICE_ALIASES.get(key, key)
+    if key not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
+    return DEVICES[key]
+
+
+def get_node(name: str) -> NodeSpec:
+    """Look up a node SKU by name (case-insensitive).
+
+    Raises:
+        ConfigError: for an unknown name; the message lists the allowed names.
+    """
+    if isinstance(name, NodeSpec):
+        return name
+    key = str(name).strip().lower()
+    if key not in NODES:
+        raise ConfigError(f"unknown node {name!r}; allowed: {', '.join(NODES)}")
+    return NODES[key]
