@@ -51,8 +51,17 @@ VIDUR_MODELS = {
 @pytest.mark.parametrize("name", sorted(VIDUR_MODELS))
 def test_model_values_match_vidur(name):
     m = get_model(name)
-    got = (m.num_layers, m.num_q_heads, m.num_kv_heads, m.embedding_dim, m.mlp_hidden_dim,
-           m.vocab_size, m.use_gated_mlp, m.post_attn_norm, m.max_model_len)
+    got = (
+        m.num_layers,
+        m.num_q_heads,
+        m.num_kv_heads,
+        m.embedding_dim,
+        m.mlp_hidden_dim,
+        m.vocab_size,
+        m.use_gated_mlp,
+        m.post_attn_norm,
+        m.max_model_len,
+    )
     assert got == VIDUR_MODELS[name]
     assert m.name == name
 
@@ -96,6 +105,7 @@ def test_unknown_model_lists_allowed():
 
 # ---------------------------------------------------------------- devices / nodes
 
+
 def test_devices():
     assert list_devices() == ["a40", "a100", "h100", "h200"]
     a100, h100, a40, h200 = (get_device(n) for n in ("a100", "h100", "a40", "h200"))
@@ -113,11 +123,20 @@ def test_devices():
 
 
 def test_nodes():
-    assert set(list_nodes()) == {"a100_pairwise_nvlink", "h100_pairwise_nvlink",
-                                 "a40_pairwise_nvlink", "a100_dgx", "h100_dgx"}
-    expected = {"a100_pairwise_nvlink": ("a100", 4), "h100_pairwise_nvlink": ("h100", 4),
-                "a40_pairwise_nvlink": ("a40", 8), "a100_dgx": ("a100", 8),
-                "h100_dgx": ("h100", 8)}
+    assert set(list_nodes()) == {
+        "a100_pairwise_nvlink",
+        "h100_pairwise_nvlink",
+        "a40_pairwise_nvlink",
+        "a100_dgx",
+        "h100_dgx",
+    }
+    expected = {
+        "a100_pairwise_nvlink": ("a100", 4),
+        "h100_pairwise_nvlink": ("h100", 4),
+        "a40_pairwise_nvlink": ("a40", 8),
+        "a100_dgx": ("a100", 8),
+        "h100_dgx": ("h100", 8),
+    }
     for name, (dev, n) in expected.items():
         node = get_node(name)
         assert (node.device, node.devices_per_node, node.network_device) == (dev, n, name)
@@ -132,6 +151,7 @@ def test_unknown_hardware_lists_allowed(fn, kind):
 
 # ---------------------------------------------------------------- memory planner
 
+
 def test_llama2_7b_a100_tp1_hand_worked():
     # per layer: Wqkv 4096*128*(32+2*32) + Wo 4096*128*32 + MLP 3*4096*11008
     assert params_per_layer("llama2-7b", 1) == 50_331_648 + 16_777_216 + 135_266_304
@@ -141,8 +161,11 @@ def test_llama2_7b_a100_tp1_hand_worked():
     assert kv_bytes_per_token("llama2-7b", 1) == 524_288
     # (80 GiB * 0.9 - 12_952_010_752) // (524_288 * 4096) = 64_357_400_576 // 2_147_483_648
     assert max_batch_size("llama2-7b", "a100", 1, 1, 4096, 0.1) == 29
-    assert num_kv_blocks("llama2-7b", "a100", 1, 1, 4096, block_size=16,
-                         memory_margin_fraction=0.1) == 256 * 29 == 7424
+    assert (
+        num_kv_blocks("llama2-7b", "a100", 1, 1, 4096, block_size=16, memory_margin_fraction=0.1)
+        == 256 * 29
+        == 7424
+    )
 
 
 def test_pipeline_parallel_vidur_counts_all_layers():

@@ -36,6 +36,7 @@ def _write(tmp_path, text: str, name: str = "trace.csv"):
 
 # ---------------------------------------------------------------- arrivals
 
+
 def test_poisson_uncapped_mean_rate():
     t = arrivals.poisson(KEY, 200_000, qps=5.0, max_interval_factor=None)
     assert t.dtype == np.float64 and np.all(np.diff(t) >= 0) and t[0] > 0
@@ -85,6 +86,7 @@ def test_arrival_errors(call, pattern):
 
 
 # ---------------------------------------------------------------- lengths
+
 
 def test_fixed():
     p, d = lengths.fixed(KEY, 4, 2048, 512)
@@ -146,15 +148,28 @@ def test_clip_proportional_hand_case():
 
 
 def test_trace_lengths_sampling(tmp_path):
-    path = _write(tmp_path, "num_prefill_tokens,num_decode_tokens,extra\n"
-                  "10,1,a\n20,2,b\n30,3,c\n3000,2000,d\n")
+    path = _write(
+        tmp_path,
+        "num_prefill_tokens,num_decode_tokens,extra\n10,1,a\n20,2,b\n30,3,c\n3000,2000,d\n",
+    )
     p, d = lengths.trace(KEY, 4, path, max_tokens=4096)
-    assert sorted(zip(p.tolist(), d.tolist())) == [(10, 1), (20, 2), (30, 3), (2457, 1638)]
+    assert sorted(zip(p.tolist(), d.tolist(), strict=True)) == [
+        (10, 1),
+        (20, 2),
+        (30, 3),
+        (2457, 1638),
+    ]
     p10, _ = lengths.trace(KEY, 10, path, max_tokens=4096)  # cycles through new shuffles
     assert sorted(p10[:4].tolist()) == sorted(p.tolist()) and len(p10) == 10
-    ps, ds = lengths.trace(KEY, 4, path, max_tokens=100_000, prefill_scale_factor=0.5,
-                           decode_scale_factor=2.0)
-    assert sorted(zip(ps.tolist(), ds.tolist())) == [(5, 2), (10, 4), (15, 6), (1500, 4000)]
+    ps, ds = lengths.trace(
+        KEY, 4, path, max_tokens=100_000, prefill_scale_factor=0.5, decode_scale_factor=2.0
+    )
+    assert sorted(zip(ps.tolist(), ds.tolist(), strict=True)) == [
+        (5, 2),
+        (10, 4),
+        (15, 6),
+        (1500, 4000),
+    ]
     assert np.array_equal(lengths.trace(KEY, 4, path, 4096)[0], p)
 
 
@@ -169,21 +184,27 @@ def test_synthetic_determinism_and_types():
     w1 = synthetic(KEY, 500, arrival, lens, max_tokens=2048)
     w2 = generator(500, arrival, lens, max_tokens=2048)(KEY)
     w3 = synthetic(jax.random.PRNGKey(1), 500, arrival, lens, max_tokens=2048)
-    for a, b in zip(_np(w1), _np(w2)):
+    for a, b in zip(_np(w1), _np(w2), strict=True):
         assert np.array_equal(a, b)
     assert not np.array_equal(_np(w1)[0], _np(w3)[0])
     assert w1.arrived_at.dtype == np.float64
     assert w1.num_prefill.dtype == np.int32 and w1.mask.dtype == bool
     assert w1.num_requests == 500 and bool(np.all(_np(w1)[3]))
     assert int((w1.num_prefill + w1.num_decode).max()) <= 2048  # max_tokens default for uniform
-    w4 = synthetic(jax.random.key(0), 5, {"kind": "static"}, {"kind": "fixed", "prefill": 8,
-                                                             "decode": 2})
+    w4 = synthetic(
+        jax.random.key(0), 5, {"kind": "static"}, {"kind": "fixed", "prefill": 8, "decode": 2}
+    )
     assert np.array_equal(_np(w4)[0], np.zeros(5))
 
 
 def test_synthetic_trace_lengths(data_dir):
-    w = synthetic(KEY, 2000, {"kind": "gamma", "qps": 8.0, "cv": 3.0},
-                  {"kind": "trace", "path": str(data_dir / ARXIV)}, max_tokens=4096)
+    w = synthetic(
+        KEY,
+        2000,
+        {"kind": "gamma", "qps": 8.0, "cv": 3.0},
+        {"kind": "trace", "path": str(data_dir / ARXIV)},
+        max_tokens=4096,
+    )
     total = np.asarray(w.num_prefill + w.num_decode)
     assert total.max() <= 4096 and np.asarray(w.num_decode).min() >= 1
 
@@ -191,22 +212,54 @@ def test_synthetic_trace_lengths(data_dir):
 @pytest.mark.parametrize(
     "arrival, lens, n, pattern",
     [
-        ({"kind": "poisson", "qps": 0}, {"kind": "fixed", "prefill": 1, "decode": 1}, 5,
-         r"qps=0 must be a finite number > 0"),
-        ({"kind": "poisson", "qps": 1}, {"kind": "fixed", "prefill": 1, "decode": 1}, 0,
-         r"num_requests=0"),
-        ({"kind": "weibull"}, {"kind": "fixed", "prefill": 1, "decode": 1}, 5,
-         r"unknown arrival kind 'weibull'; allowed: poisson, gamma, static, trace"),
-        ({"kind": "poisson", "qps": 1}, {"kind": "normal"}, 5,
-         r"unknown lengths kind 'normal'; allowed: fixed, uniform, zipf, trace"),
-        ({"kind": "poisson", "rate": 1}, {"kind": "fixed", "prefill": 1, "decode": 1}, 5,
-         r"unknown arrival parameter\(s\) \['rate'\] for kind 'poisson'; allowed: \['qps'"),
-        ({"kind": "gamma", "qps": 1}, {"kind": "fixed", "prefill": 1, "decode": 1}, 5,
-         r"arrival kind 'gamma' needs parameter\(s\) \['cv'\]"),
-        ({"kind": "static"}, {"kind": "fixed", "prefill": 4000, "decode": 512}, 5,
-         r"request 0 has 4512 tokens \(prefill 4000 \+ decode 512\) > max_tokens=4096"),
-        ("poisson", {"kind": "fixed", "prefill": 1, "decode": 1}, 5,
-         r"arrival must be a mapping with a 'kind' key"),
+        (
+            {"kind": "poisson", "qps": 0},
+            {"kind": "fixed", "prefill": 1, "decode": 1},
+            5,
+            r"qps=0 must be a finite number > 0",
+        ),
+        (
+            {"kind": "poisson", "qps": 1},
+            {"kind": "fixed", "prefill": 1, "decode": 1},
+            0,
+            r"num_requests=0",
+        ),
+        (
+            {"kind": "weibull"},
+            {"kind": "fixed", "prefill": 1, "decode": 1},
+            5,
+            r"unknown arrival kind 'weibull'; allowed: poisson, gamma, static, trace",
+        ),
+        (
+            {"kind": "poisson", "qps": 1},
+            {"kind": "normal"},
+            5,
+            r"unknown lengths kind 'normal'; allowed: fixed, uniform, zipf, trace",
+        ),
+        (
+            {"kind": "poisson", "rate": 1},
+            {"kind": "fixed", "prefill": 1, "decode": 1},
+            5,
+            r"unknown arrival parameter\(s\) \['rate'\] for kind 'poisson'; allowed: \['qps'",
+        ),
+        (
+            {"kind": "gamma", "qps": 1},
+            {"kind": "fixed", "prefill": 1, "decode": 1},
+            5,
+            r"arrival kind 'gamma' needs parameter\(s\) \['cv'\]",
+        ),
+        (
+            {"kind": "static"},
+            {"kind": "fixed", "prefill": 4000, "decode": 512},
+            5,
+            r"request 0 has 4512 tokens \(prefill 4000 \+ decode 512\) > max_tokens=4096",
+        ),
+        (
+            "poisson",
+            {"kind": "fixed", "prefill": 1, "decode": 1},
+            5,
+            r"arrival must be a mapping with a 'kind' key",
+        ),
     ],
 )
 def test_synthetic_errors(arrival, lens, n, pattern):
@@ -235,8 +288,13 @@ def test_load_trace_clipping_exact(tmp_path):
 
 
 def test_load_trace_scaling(tmp_path):
-    w = load_trace(_write(tmp_path, TINY), max_tokens=4096, prefill_scale_factor=0.5,
-                   decode_scale_factor=3.0, time_scale_factor=2.0)
+    w = load_trace(
+        _write(tmp_path, TINY),
+        max_tokens=4096,
+        prefill_scale_factor=0.5,
+        decode_scale_factor=3.0,
+        time_scale_factor=2.0,
+    )
     t, p, d, _ = _np(w)
     assert t.tolist() == [0.0, 1.0, 1.0, 4.0]
     assert d.tolist() == [30, 600, 3, 3]
@@ -259,32 +317,71 @@ def test_load_trace_real_splitwise(data_dir):
     [
         ("", {}, r"is empty"),
         ("arrived_at,num_prefill_tokens,num_decode_tokens\n", {}, r"has no rows"),
-        ("arrived_at,num_prefill_tokens\n0,1\n", {},
-         r"lacks column\(s\) \['num_decode_tokens'\]; required: \['arrived_at', "),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,,1\n", {},
-         r"column 'num_prefill_tokens' has a missing/NaN/non-numeric value in data row 1"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\nabc,1,1\n", {},
-         r"column 'arrived_at' has a missing/NaN/non-numeric value in data row 1"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,0,1\n", {},
-         r"column 'num_prefill_tokens' has non-positive value 0.0 in data row 1"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,5,-2\n", {},
-         r"column 'num_decode_tokens' has non-positive value -2.0 in data row 1"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n-1,1,1\n", {},
-         r"arrived_at must be finite and >= 0"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n2,1,1\n1,1,1\n", {},
-         r"must be sorted \(non-decreasing\); data row 2 arrives at 1.0 before row 1 at 2.0"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,4096\n", {},
-         r"data row 0 has num_decode_tokens=4096 which leaves no room for a prompt"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,4000,200\n", {"clip": False},
-         r"data row 0 has 4200 tokens \(prefill 4000 \+ decode 200\) > max_tokens=4096"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n", {"max_model_len": 2048},
-         r"max_tokens=4096 exceeds the model's context length 2048"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n", {"num_requests": 5},
-         r"has 1 rows but num_requests=5"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n", {"time_scale_factor": 0},
-         r"time_scale_factor=0 must be a finite number > 0"),
-        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n", {"max_tokens": 0},
-         r"max_tokens=0 must be an integer >= 1"),
+        (
+            "arrived_at,num_prefill_tokens\n0,1\n",
+            {},
+            r"lacks column\(s\) \['num_decode_tokens'\]; required: \['arrived_at', ",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,,1\n",
+            {},
+            r"column 'num_prefill_tokens' has a missing/NaN/non-numeric value in data row 1",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\nabc,1,1\n",
+            {},
+            r"column 'arrived_at' has a missing/NaN/non-numeric value in data row 1",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,0,1\n",
+            {},
+            r"column 'num_prefill_tokens' has non-positive value 0.0 in data row 1",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,5,-2\n",
+            {},
+            r"column 'num_decode_tokens' has non-positive value -2.0 in data row 1",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n-1,1,1\n",
+            {},
+            r"arrived_at must be finite and >= 0",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n2,1,1\n1,1,1\n",
+            {},
+            r"must be sorted \(non-decreasing\); data row 2 arrives at 1.0 before row 1 at 2.0",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,4096\n",
+            {},
+            r"data row 0 has num_decode_tokens=4096 which leaves no room for a prompt",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,4000,200\n",
+            {"clip": False},
+            r"data row 0 has 4200 tokens \(prefill 4000 \+ decode 200\) > max_tokens=4096",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n",
+            {"max_model_len": 2048},
+            r"max_tokens=4096 exceeds the model's context length 2048",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n",
+            {"num_requests": 5},
+            r"has 1 rows but num_requests=5",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n",
+            {"time_scale_factor": 0},
+            r"time_scale_factor=0 must be a finite number > 0",
+        ),
+        (
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n",
+            {"max_tokens": 0},
+            r"max_tokens=0 must be an integer >= 1",
+        ),
     ],
 )
 def test_load_trace_errors(tmp_path, text, kwargs, pattern):
@@ -302,6 +399,7 @@ def test_clip_prefill():
 
 
 # ---------------------------------------------------------------- workload packing
+
 
 def test_pad():
     w = make_workload(np.array([0.0, 1.0]), np.array([3, 4]), np.array([1, 2]))

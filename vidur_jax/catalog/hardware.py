@@ -94,8 +94,7 @@ NODES: dict[str, NodeSpec] = {
     )
 }
 
-_DEVICE_ALIASES = {"a100-80gb": "a100", "a100_80gb": "a100", "h100-sxm": "h100",
-                   "h200-sxm": "h200"}
+_DEVICE_ALIASES = {"a100-80gb": "a100", "a100_80gb": "a100", "h100-sxm": "h100", "h200-sxm": "h200"}
 
 
 def list_devices() -> list[str]:

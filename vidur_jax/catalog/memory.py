@@ -62,8 +62,7 @@ def allowed_tp(model: ModelSpec | str, max_tp: int = 64) -> list[int]:
     m = get_model(model)
     if m.no_tensor_parallel:
         return [1]
-    return [t for t in range(1, max_tp + 1)
-            if m.num_q_heads % t == 0 and m.embedding_dim % t == 0]
+    return [t for t in range(1, max_tp + 1) if m.num_q_heads % t == 0 and m.embedding_dim % t == 0]
 
 
 def params_per_layer(model: ModelSpec | str, tp: int) -> int:
@@ -170,8 +169,9 @@ def max_request_slots(
     vidur_compat: bool = True,
 ) -> int:
     """Concurrent requests per replica: :func:`max_batch_size` x pp (one batch per stage)."""
-    return pp * max_batch_size(model, device, tp, pp, max_tokens, memory_margin_fraction,
-                               vidur_compat)
+    return pp * max_batch_size(
+        model, device, tp, pp, max_tokens, memory_margin_fraction, vidur_compat
+    )
 
 
 def num_kv_blocks(
@@ -198,8 +198,9 @@ def num_kv_blocks(
         max_tokens >= block_size,
         f"max_tokens={max_tokens} must be >= block_size={block_size}",
     )
-    slots = max_request_slots(model, device, tp, pp, max_tokens, memory_margin_fraction,
-                              vidur_compat)
+    slots = max_request_slots(
+        model, device, tp, pp, max_tokens, memory_margin_fraction, vidur_compat
+    )
     return (max_tokens // block_size) * slots
 
 

@@ -82,16 +82,27 @@ _MODELS: tuple[ModelSpec, ...] = (
     _llama("meta-llama/Llama-2-7b-hf", 32, 32, 32, 4096, 11008, max_model_len=4096),
     _llama("meta-llama/Llama-2-70b-hf", 80, 64, 8, 8192, 28672, max_model_len=4096),
     _llama("codellama/CodeLlama-34b-Instruct-hf", 48, 64, 8, 8192, 22016),
-    _llama("meta-llama/Meta-Llama-3-8B", 32, 32, 8, 4096, 14336, max_model_len=4096,
-           vocab_size=128256),
-    _llama("meta-llama/Meta-Llama-3-70B", 80, 64, 8, 8192, 28672, max_model_len=8192,
-           vocab_size=128256),
-    _llama("internlm/internlm-20b", 60, 40, 40, 5120, 13824, max_model_len=4096,
-           vocab_size=103168),
-    _llama("internlm/internlm2-20b", 48, 48, 8, 6144, 16384, max_model_len=32768,
-           vocab_size=92544),
-    _llama("microsoft/phi-2", 32, 32, 32, 2560, 10240, max_model_len=2048, vocab_size=51200,
-           use_gated_mlp=False, post_attn_norm=False, no_tensor_parallel=True),
+    _llama(
+        "meta-llama/Meta-Llama-3-8B", 32, 32, 8, 4096, 14336, max_model_len=4096, vocab_size=128256
+    ),
+    _llama(
+        "meta-llama/Meta-Llama-3-70B", 80, 64, 8, 8192, 28672, max_model_len=8192, vocab_size=128256
+    ),
+    _llama("internlm/internlm-20b", 60, 40, 40, 5120, 13824, max_model_len=4096, vocab_size=103168),
+    _llama("internlm/internlm2-20b", 48, 48, 8, 6144, 16384, max_model_len=32768, vocab_size=92544),
+    _llama(
+        "microsoft/phi-2",
+        32,
+        32,
+        32,
+        2560,
+        10240,
+        max_model_len=2048,
+        vocab_size=51200,
+        use_gated_mlp=False,
+        post_attn_norm=False,
+        no_tensor_parallel=True,
+    ),
     _llama("Qwen/Qwen-72B", 80, 64, 64, 8192, 24576, max_model_len=32768, vocab_size=152064),
 )
 

@@ -68,8 +68,10 @@ def histogram_quantile(
     """
     c = np.asarray(counts, dtype=np.float64)
     e = np.asarray(edges, dtype=np.float64)
-    require(c.ndim == 1 and e.shape == (c.size + 1,),
-            f"counts {c.shape} and edges {e.shape} must have shapes (B,) and (B+1,)")
+    require(
+        c.ndim == 1 and e.shape == (c.size + 1,),
+        f"counts {c.shape} and edges {e.shape} must have shapes (B,) and (B+1,)",
+    )
     qa = np.asarray(q, dtype=np.float64)
     require(bool(np.all((qa >= 0) & (qa <= 1))), f"quantile q={q!r} must be in [0, 1]")
     total = c.sum()

@@ -69,8 +69,10 @@ def plot_cdfs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     need = {"config_id", "arrived_at", "first_token_at", "completed_at"}
-    require(need <= set(requests_df.columns),
-            f"requests_df lacks columns {sorted(need - set(requests_df.columns))}")
+    require(
+        need <= set(requests_df.columns),
+        f"requests_df lacks columns {sorted(need - set(requests_df.columns))}",
+    )
     done = requests_df[np.isfinite(requests_df["completed_at"].to_numpy(dtype=float))]
     configs = sorted(done["config_id"].unique())
     written = []
@@ -92,14 +94,21 @@ def plot_cdfs(
         e = tbt_bin_edges() if edges is None else np.asarray(edges)
         fig, ax = plt.subplots(figsize=(6, 4))
         for cid, counts in sorted(rows.items()):
-            require(counts.shape == (e.size - 1,),
-                    f"tbt_hist for config {cid} has shape {counts.shape}; expected ({e.size - 1},)")
+            require(
+                counts.shape == (e.size - 1,),
+                f"tbt_hist for config {cid} has shape {counts.shape}; expected ({e.size - 1},)",
+            )
             total = counts.sum()
             if total > 0:
                 nz = np.flatnonzero(counts)
                 sl = slice(max(nz[0] - 1, 0), nz[-1] + 1)
-                ax.step(e[1:][sl], np.cumsum(counts)[sl] / total, where="post",
-                        label=f"config {cid}", lw=1)
+                ax.step(
+                    e[1:][sl],
+                    np.cumsum(counts)[sl] / total,
+                    where="post",
+                    label=f"config {cid}",
+                    lw=1,
+                )
         _finish(ax, "TBT (s)", len(rows), log=True)
         ax.set_title("TBT CDF")
         path = out / "tbt_cdf.png"

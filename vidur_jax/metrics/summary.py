@@ -42,9 +42,10 @@ def _arrays(requests: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     require(not missing, f"request arrays lack {missing}; required: {list(REQUEST_FIELDS)}")
     out = {f: np.asarray(requests[f], dtype=np.float64).reshape(-1) for f in REQUEST_FIELDS}
     n = out["arrived_at"].size
-    require(all(v.size == n for v in out.values()),
-            f"request arrays must all have length {n}: "
-            f"{ {k: v.size for k, v in out.items()} }")
+    require(
+        all(v.size == n for v in out.values()),
+        f"request arrays must all have length {n}: { {k: v.size for k, v in out.items()} }",
+    )
     mask = requests.get("mask")
     valid = np.isfinite(out["arrived_at"])
     if mask is not None:
@@ -57,9 +58,12 @@ def percentiles(x: np.ndarray, prefix: str) -> dict[str, float]:
     """``{prefix}_p50/_p90/_p99/_mean`` of ``x`` (NaN when empty), numpy linear method."""
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
-        return {**{f"{prefix}_{k}": float("nan") for k in QUANTILES}, f"{prefix}_mean": float("nan")}
+        return {
+            **{f"{prefix}_{k}": float("nan") for k in QUANTILES},
+            f"{prefix}_mean": float("nan"),
+        }
     qs = np.percentile(x, list(QUANTILES.values()), method="linear")
-    out = {f"{prefix}_{k}": float(v) for k, v in zip(QUANTILES, qs)}
+    out = {f"{prefix}_{k}": float(v) for k, v in zip(QUANTILES, qs, strict=True)}
     out[f"{prefix}_mean"] = float(np.mean(x))
     return out
 
@@ -113,8 +117,10 @@ def summarize(
     if edges is None:
         edges = tbt_bin_edges()
     hist = np.zeros(len(edges) - 1) if tbt_hist is None else np.asarray(tbt_hist, np.float64)
-    require(hist.shape == (len(edges) - 1,),
-            f"tbt_hist has shape {hist.shape}; expected ({len(edges) - 1},) for the bin edges")
+    require(
+        hist.shape == (len(edges) - 1,),
+        f"tbt_hist has shape {hist.shape}; expected ({len(edges) - 1},) for the bin edges",
+    )
     for k, q in QUANTILES.items():
         out[f"tbt_{k}"] = histogram_quantile(hist, edges, q / 100.0)
     if counters.get("tbt_count", 0) and float(counters["tbt_count"]) > 0:
@@ -163,15 +169,17 @@ def requests_frame(config_id: int, requests: Mapping[str, np.ndarray]) -> pd.Dat
     """
     a = _arrays(requests)
     idx = np.flatnonzero(a["valid"])
-    df = pd.DataFrame({
-        "config_id": np.full(idx.size, int(config_id), dtype=np.int64),
-        "request_id": idx.astype(np.int64),
-        "arrived_at": a["arrived_at"][idx],
-        "num_prefill": a["num_prefill"][idx].astype(np.int64),
-        "num_decode": a["num_decode"][idx].astype(np.int64),
-        "scheduled_at": a["scheduled_at"][idx],
-        "first_token_at": a["first_token_at"][idx],
-        "completed_at": a["completed_at"][idx],
-        "num_restarts": np.nan_to_num(a["num_restarts"][idx]).astype(np.int64),
-    })
+    df = pd.DataFrame(
+        {
+            "config_id": np.full(idx.size, int(config_id), dtype=np.int64),
+            "request_id": idx.astype(np.int64),
+            "arrived_at": a["arrived_at"][idx],
+            "num_prefill": a["num_prefill"][idx].astype(np.int64),
+            "num_decode": a["num_decode"][idx].astype(np.int64),
+            "scheduled_at": a["scheduled_at"][idx],
+            "first_token_at": a["first_token_at"][idx],
+            "completed_at": a["completed_at"][idx],
+            "num_restarts": np.nan_to_num(a["num_restarts"][idx]).astype(np.int64),
+        }
+    )
     return df[list(REQUEST_COLUMNS)]

@@ -120,8 +120,11 @@ def trace(
 def check_arrivals(source: str, t: np.ndarray) -> None:
     """Require finite, >= 0, non-decreasing arrival times (``source`` names the input)."""
     bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
-    require(bad.size == 0, f"{source}: arrived_at must be finite and >= 0 "
-            f"(data row {bad[0] if bad.size else -1} is {t[bad[0]] if bad.size else 0})")
+    require(
+        bad.size == 0,
+        f"{source}: arrived_at must be finite and >= 0 "
+        f"(data row {bad[0] if bad.size else -1} is {t[bad[0]] if bad.size else 0})",
+    )
     dec = np.flatnonzero(np.diff(t) < 0)
     require(
         dec.size == 0,

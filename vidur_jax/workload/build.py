@@ -28,7 +28,9 @@ def _ensure_x64() -> None:
 
 
 def make_workload(
-    arrived_at: np.ndarray, num_prefill: np.ndarray, num_decode: np.ndarray,
+    arrived_at: np.ndarray,
+    num_prefill: np.ndarray,
+    num_decode: np.ndarray,
     source: str = "workload",
 ) -> Workload:
     """Validate host arrays and pack them into a :class:`Workload` (no padding).
@@ -49,14 +51,19 @@ def make_workload(
     p = np.asarray(num_prefill)
     d = np.asarray(num_decode)
     require(t.ndim == 1 and t.size >= 1, f"{source}: needs at least one request")
-    require(p.shape == t.shape and d.shape == t.shape,
-            f"{source}: arrived_at {t.shape}, num_prefill {p.shape}, num_decode {d.shape} "
-            f"must have the same length")
+    require(
+        p.shape == t.shape and d.shape == t.shape,
+        f"{source}: arrived_at {t.shape}, num_prefill {p.shape}, num_decode {d.shape} "
+        f"must have the same length",
+    )
     _arrivals.check_arrivals(source, t)
     for name, x in (("num_prefill", p), ("num_decode", d)):
         bad = np.flatnonzero(x < 1)
-        require(bad.size == 0, f"{source}: {name} must be >= 1 (request {bad[0] if bad.size else -1} "
-                f"has {x[bad[0]] if bad.size else 0})")
+        require(
+            bad.size == 0,
+            f"{source}: {name} must be >= 1 (request {bad[0] if bad.size else -1} "
+            f"has {x[bad[0]] if bad.size else 0})",
+        )
         require(np.all(x <= np.iinfo(np.int32).max), f"{source}: {name} exceeds int32")
     _ensure_x64()
     return Workload(
@@ -89,31 +96,41 @@ def pad(workload: Workload, capacity: int) -> Workload:
     k = cap - r
     return Workload(
         arrived_at=jnp.concatenate(
-            [workload.arrived_at, jnp.full((k,), jnp.inf, dtype=workload.arrived_at.dtype)]),
+            [workload.arrived_at, jnp.full((k,), jnp.inf, dtype=workload.arrived_at.dtype)]
+        ),
         num_prefill=jnp.concatenate(
-            [workload.num_prefill, jnp.zeros((k,), dtype=workload.num_prefill.dtype)]),
+            [workload.num_prefill, jnp.zeros((k,), dtype=workload.num_prefill.dtype)]
+        ),
         num_decode=jnp.concatenate(
-            [workload.num_decode, jnp.zeros((k,), dtype=workload.num_decode.dtype)]),
+            [workload.num_decode, jnp.zeros((k,), dtype=workload.num_decode.dtype)]
+        ),
         mask=jnp.concatenate([workload.mask, jnp.zeros((k,), dtype=bool)]),
     )
 
 
-def _call(kind_table: Mapping[str, Callable], what: str, spec: Mapping[str, Any],
-          fixed_args: dict[str, Any]) -> Any:
+def _call(
+    kind_table: Mapping[str, Callable],
+    what: str,
+    spec: Mapping[str, Any],
+    fixed_args: dict[str, Any],
+) -> Any:
     """Dispatch ``spec = {"kind": name, **params}`` to ``kind_table[name]``."""
     require(isinstance(spec, Mapping), f"{what} must be a mapping with a 'kind' key, got {spec!r}")
     params = dict(spec)
     kind = params.pop("kind", None)
-    require(kind in kind_table,
-            f"unknown {what} kind {kind!r}; allowed: {', '.join(kind_table)}")
+    require(kind in kind_table, f"unknown {what} kind {kind!r}; allowed: {', '.join(kind_table)}")
     fn = kind_table[kind]
     sig = inspect.signature(fn)
     allowed = [n for n in sig.parameters if n not in ("key", *fixed_args)]
     unknown = [n for n in params if n not in allowed]
-    require(not unknown, f"unknown {what} parameter(s) {unknown} for kind {kind!r}; "
-            f"allowed: {allowed}")
-    missing = [n for n in allowed if sig.parameters[n].default is inspect.Parameter.empty
-               and n not in params]
+    require(
+        not unknown, f"unknown {what} parameter(s) {unknown} for kind {kind!r}; allowed: {allowed}"
+    )
+    missing = [
+        n
+        for n in allowed
+        if sig.parameters[n].default is inspect.Parameter.empty and n not in params
+    ]
     require(not missing, f"{what} kind {kind!r} needs parameter(s) {missing}")
     return fn(**fixed_args, **params)
 
@@ -167,10 +184,14 @@ def synthetic(
 
 
 def generator(
-    num_requests: int, arrival: Mapping[str, Any], lengths: Mapping[str, Any],
+    num_requests: int,
+    arrival: Mapping[str, Any],
+    lengths: Mapping[str, Any],
     max_tokens: int = 4096,
 ) -> Callable[[jax.Array], Workload]:
     """``key -> Workload`` closure over :func:`synthetic`'s other arguments."""
+
     def generate(key: jax.Array) -> Workload:
         return synthetic(key, num_requests, arrival, lengths, max_tokens)
+
     return generate

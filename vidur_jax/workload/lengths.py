@@ -80,9 +80,7 @@ def uniform(
     return _split(total, np.ceil(total / (1.0 + r)))
 
 
-def zipf_totals(
-    u: np.ndarray, min_tokens: int, max_tokens: int, theta: float
-) -> np.ndarray:
+def zipf_totals(u: np.ndarray, min_tokens: int, max_tokens: int, theta: float) -> np.ndarray:
     """Vidur's (YCSB-style) Zipf sampler, vectorized: maps uniforms ``u`` to totals.
 
     Rank 1 (= ``min_tokens``) is the most likely value. Reproduces Vidur's quirk that
@@ -103,8 +101,9 @@ def zipf_totals(
     eta = (1.0 - np.power(2.0 / items, 1.0 - theta)) / (1.0 - zeta2 / (zetan + _ZIPF_EPS))
     uz = u * zetan
     tail = min_tokens + np.floor(items * np.power(eta * u - eta + 1.0, alpha))
-    out = np.where(uz < 1.0, min_tokens,
-                   np.where(uz < 1.0 + np.power(0.5, theta), min_tokens + 1, tail))
+    out = np.where(
+        uz < 1.0, min_tokens, np.where(uz < 1.0 + np.power(0.5, theta), min_tokens + 1, tail)
+    )
     return np.clip(out, min_tokens, max_tokens).astype(np.int64)
 
 
@@ -148,9 +147,7 @@ def zipf(
     return _split(total, total / (1.0 + r))
 
 
-def clip_proportional(
-    prefill: np.ndarray, decode: np.ndarray, max_tokens: int
-) -> Lengths:
+def clip_proportional(prefill: np.ndarray, decode: np.ndarray, max_tokens: int) -> Lengths:
     """Vidur's length-trace clipping: remove the excess over ``max_tokens`` from prefill
     and decode in proportion to their share (rounded up), then clip each to >= 1.
 

@@ -74,8 +74,10 @@ def load_trace(
     src = os.fspath(path)
     limit = check_count("max_tokens", max_tokens)
     if max_model_len is not None:
-        require(limit <= check_count("max_model_len", max_model_len),
-                f"max_tokens={limit} exceeds the model's context length {max_model_len}")
+        require(
+            limit <= check_count("max_model_len", max_model_len),
+            f"max_tokens={limit} exceeds the model's context length {max_model_len}",
+        )
     ps = check_positive("prefill_scale_factor", prefill_scale_factor)
     ds = check_positive("decode_scale_factor", decode_scale_factor)
     ts = check_positive("time_scale_factor", time_scale_factor)
