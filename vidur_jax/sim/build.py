@@ -1,0 +1,290 @@
+"""Turn plain deployment configs + workloads into ``(SimStatic, SimParams, TimingTables)``.
+
+This is the one place where derived values are computed (KV blocks from the memory
+planner, layers per stage, micro-batch caps, FLOPs per token, capacities); the Hydra
+config is converted to :class:`DeploymentConfig` once at the edge and never mutated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vidur_jax import catalog
+from vidur_jax.errors import ConfigError, require
+from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
+from vidur_jax.sim.types import POLICIES, ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
+from vidur_jax.workload.types import Workload
+
+jax.config.update("jax_enable_x64", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentConfig:
+    """One deployment to simulate (Vidur's knobs, Vidur's defaults).
+
+    Attributes mirror Vidur's config names; see ``conf/`` for their documentation.
+    ``vidur_compat_memory`` keeps Vidur's memory planner, which counts every model
+    layer's KV cache on each pipeline stage (an overcount); set it False for the
+    correct per-stage accounting.
+    """
+
+    model: str = "meta-llama/Llama-2-7b-hf"
+    device: str = "a100"
+    network_device: str = "a100_pairwise_nvlink"
+    tensor_parallel_size: int = 1
+    num_pipeline_stages: int = 1
+    num_replicas: int = 1
+    global_scheduler: str = "round_robin"
+    replica_scheduler: str = "sarathi"
+    batch_size_cap: int = 128
+    block_size: int = 16
+    watermark_blocks_fraction: float = 0.01
+    chunk_size: int = 512
+    max_tokens_in_batch: int = 4096
+    max_waiting_iters: int = 10
+    memory_margin_fraction: float = 0.1
+    max_tokens: int = 4096
+    num_blocks: int | None = None
+    vidur_compat_memory: bool = True
+    cpu_overhead_ms: float = 0.0
+    attn_scale: float = 1.0
+    compute_scale: float = 1.0
+    network_scale: float = 1.0
+    seed: int = 42
+
+    @property
+    def bundle_key(self) -> tuple:
+        """Identity of the timing tables this config needs."""
+        return (
+            self.model,
+            self.device,
+            self.network_device,
+            self.tensor_parallel_size,
+            self.num_pipeline_stages > 1,
+        )
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on the first bad value (one clear line)."""
+        require(
+            self.replica_scheduler in POLICIES,
+            f"unknown replica_scheduler {self.replica_scheduler!r}; allowed: {', '.join(POLICIES)}",
+        )
+        require(
+            self.global_scheduler in ROUTERS,
+            f"unknown global_scheduler {self.global_scheduler!r}; allowed: {', '.join(ROUTERS)}",
+        )
+        model = catalog.get_model(self.model)
+        catalog.get_device(self.device)
+        catalog.get_node(self.network_device)
+        for name in ("tensor_parallel_size", "num_pipeline_stages", "num_replicas",
+                     "batch_size_cap", "block_size", "chunk_size", "max_tokens_in_batch",
+                     "max_tokens", "max_waiting_iters"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
+                f"{name}={value!r} must be an integer >= 1",
+            )
+        require(0.0 <= self.watermark_blocks_fraction < 1.0,
+                f"watermark_blocks_fraction={self.watermark_blocks_fraction} must be in [0, 1)")
+        for name in ("attn_scale", "compute_scale", "network_scale"):
+            require(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0")
+        require(self.cpu_overhead_ms >= 0, f"cpu_overhead_ms={self.cpu_overhead_ms} must be >= 0")
+        catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
+        catalog.validate_max_tokens(model, self.max_tokens)
+        if self.replica_scheduler == "lightllm":
+            require(self.num_pipeline_stages == 1,
+                    "replica_scheduler=lightllm does not support pipeline parallelism (num_pipeline_stages must be 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DerivedConfig:
+    """Values the simulator needs that follow from a :class:`DeploymentConfig`."""
+
+    num_blocks: int
+    max_batch_size: int
+    max_micro_batch: int
+    watermark_blocks: int
+    max_blocks_per_seq: int
+    layers_per_stage: int
+    gqa_overhead: float
+    flops_per_token: float
+    attn_flops_coef: float
+    peak_flops: float
+
+
+def derive(cfg: DeploymentConfig) -> DerivedConfig:
+    """Vidur's memory planner and per-device sizes for ``cfg`` (validated first)."""
+    cfg.validate()
+    model = catalog.get_model(cfg.model)
+    device = catalog.get_device(cfg.device)
+    tp, pp = cfg.tensor_parallel_size, cfg.num_pipeline_stages
+    mbs = catalog.max_batch_size(model, device, tp, pp, cfg.max_tokens, cfg.memory_margin_fraction,
+                                 vidur_compat=cfg.vidur_compat_memory)
+    num_blocks = cfg.num_blocks or catalog.num_kv_blocks(
+        model, device, tp, pp, cfg.max_tokens, cfg.block_size, cfg.memory_margin_fraction,
+        vidur_compat=cfg.vidur_compat_memory,
+    )
+    require(num_blocks >= 1, f"num_blocks={num_blocks} must be >= 1")
+    micro = cfg.batch_size_cap // pp
+    require(micro >= 1, f"batch_size_cap={cfg.batch_size_cap} must be >= num_pipeline_stages={pp}")
+    head_dim = model.head_dim
+    return DerivedConfig(
+        num_blocks=int(num_blocks),
+        max_batch_size=int(min(mbs, cfg.batch_size_cap)),
+        max_micro_batch=int(micro),
+        watermark_blocks=int(cfg.watermark_blocks_fraction * num_blocks),
+        max_blocks_per_seq=cfg.max_tokens // cfg.block_size,
+        layers_per_stage=model.num_layers // pp,
+        gqa_overhead=0.1 if model.num_kv_heads < model.num_q_heads else 0.0,
+        flops_per_token=2.0 * catalog.params_per_layer(model, tp),
+        # QK^T and PV: 2 matmuls x 2 FLOPs x head_dim per (query, key) pair per head
+        attn_flops_coef=4.0 * head_dim * model.q_heads_per_worker(tp),
+        peak_flops=device.fp16_tflops * 1e12,
+    )
+
+
+def slot_bound(cfg: DeploymentConfig, derived: DerivedConfig) -> int:
+    """Most requests one replica can hold at once under ``cfg``'s policy."""
+    if cfg.replica_scheduler in ("orca", "faster_transformer"):
+        return derived.max_batch_size * cfg.num_pipeline_stages
+    return cfg.batch_size_cap
+
+
+def table_spec_for(cfgs: Sequence[DeploymentConfig], num_slots: int) -> TableSpec:
+    """Table extents covering every batch the configs can form (grown on overflow)."""
+    max_tokens = max(c.max_tokens for c in cfgs)
+    batch_tokens = 0
+    for c in cfgs:
+        if c.replica_scheduler in ("orca", "faster_transformer"):
+            bound = num_slots * c.max_tokens
+        elif c.replica_scheduler == "sarathi":
+            bound = c.chunk_size + num_slots
+        else:
+            bound = max(c.max_tokens_in_batch, num_slots)
+        batch_tokens = max(batch_tokens, bound)
+    batch_tokens = min(batch_tokens, num_slots * max_tokens)
+    return TableSpec(
+        max_batch_tokens=int(batch_tokens),
+        max_decode_batch=int(num_slots),
+        max_kv=int(max_tokens + 64),
+        max_prefill_kv=int(2 * max_tokens),
+        max_chunk=int(min(batch_tokens, 2 * max_tokens)),
+    )
+
+
+def build_tables(
+    cfgs: Sequence[DeploymentConfig],
+    spec: TableSpec,
+    predictor_for: Callable[[DeploymentConfig], PredictorLike],
+) -> tuple[TimingTables, list[int]]:
+    """Tabulate each distinct predictor bundle once; return tables and each config's row."""
+    keys: dict[tuple, int] = {}
+    slabs = []
+    index = []
+    for c in cfgs:
+        if c.bundle_key not in keys:
+            keys[c.bundle_key] = len(slabs)
+            slabs.append(tabulate_one(predictor_for(c), spec, c.tensor_parallel_size,
+                                      c.num_pipeline_stages))
+        index.append(keys[c.bundle_key])
+    return stack_tables(slabs, spec), index
+
+
+def max_steps_for(workload: Workload) -> int:
+    """A step budget no valid run reaches (every replica step makes progress)."""
+    valid = np.asarray(workload.mask)
+    tokens = int(np.asarray(workload.num_prefill)[valid].sum() + np.asarray(workload.num_decode)[valid].sum())
+    return 8 * tokens + 8 * int(valid.sum()) + 1000
+
+
+def build_params(
+    cfg: DeploymentConfig,
+    derived: DerivedConfig,
+    workload: Workload,
+    table_index: int,
+    num_requests: int,
+) -> SimParams:
+    """Host-side :class:`SimParams` (numpy leaves) of one config, padded to ``num_requests``."""
+    n = workload.num_requests
+    require(n <= num_requests, f"workload has {n} requests > capacity {num_requests}")
+    pad = num_requests - n
+    mask = np.asarray(workload.mask)
+    arrived = np.where(mask, np.asarray(workload.arrived_at, np.float64), np.inf)
+    prefill = np.where(mask, np.asarray(workload.num_prefill), 0).astype(np.int32)
+    decode = np.where(mask, np.asarray(workload.num_decode), 0).astype(np.int32)
+    require(bool(np.all(np.diff(arrived[mask]) >= 0)), "workload arrivals must be sorted by time")
+    rng = np.random.default_rng(cfg.seed)
+    route = rng.integers(0, cfg.num_replicas, size=num_requests).astype(np.int32)
+    op_scale = np.full(len(TOKEN_OPS), cfg.compute_scale, np.float32)
+    for name in ("all_reduce", "send_recv"):
+        op_scale[TOKEN_OPS.index(name)] = 1.0 / cfg.network_scale
+    f32, i32 = np.float32, np.int32
+    return SimParams(
+        arrived_at=np.concatenate([arrived, np.full(pad, np.inf)]),
+        num_prefill=np.concatenate([prefill, np.zeros(pad, i32)]),
+        num_decode=np.concatenate([decode, np.zeros(pad, i32)]),
+        random_route=route,
+        num_replicas=i32(cfg.num_replicas),
+        num_stages=i32(cfg.num_pipeline_stages),
+        layers_per_stage=f32(derived.layers_per_stage),
+        table_index=i32(table_index),
+        batch_cap=i32(cfg.batch_size_cap),
+        max_batch_size=i32(derived.max_batch_size),
+        max_micro_batch=i32(derived.max_micro_batch),
+        chunk_size=i32(cfg.chunk_size),
+        max_tokens_in_batch=i32(cfg.max_tokens_in_batch),
+        max_waiting_iters=i32(cfg.max_waiting_iters),
+        num_blocks=i32(derived.num_blocks),
+        block_size=i32(cfg.block_size),
+        watermark_blocks=i32(derived.watermark_blocks),
+        max_blocks_per_seq=i32(derived.max_blocks_per_seq),
+        gqa_overhead=f32(derived.gqa_overhead),
+        op_scale=op_scale,
+        attn_scale=f32(cfg.attn_scale * cfg.compute_scale),
+        cpu_overhead_ms=f32(cfg.cpu_overhead_ms),
+        flops_per_token=f32(derived.flops_per_token),
+        attn_flops_coef=f32(derived.attn_flops_coef),
+        peak_flops=f32(derived.peak_flops),
+        max_steps=np.int64(max_steps_for(workload)),
+    )
+
+
+def stack_params(params: Sequence[SimParams]) -> SimParams:
+    """Stack per-config params along a new leading axis (as device arrays)."""
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *params)
+
+
+def make_static(
+    cfgs: Sequence[DeploymentConfig],
+    derived: Sequence[DerivedConfig],
+    num_requests: int,
+    num_slots: int | None = None,
+    num_tbt_bins: int = 2048,
+) -> SimStatic:
+    """The shared :class:`SimStatic` of configs with one policy and one router."""
+    policies = {c.replica_scheduler for c in cfgs}
+    routers = {c.global_scheduler for c in cfgs}
+    if len(policies) != 1 or len(routers) != 1:
+        raise ConfigError(
+            f"one simulation call needs one replica_scheduler and one global_scheduler; got "
+            f"{sorted(policies)} and {sorted(routers)} (run them as separate jobs)"
+        )
+    if num_slots is None:
+        num_slots = max(slot_bound(c, d) for c, d in zip(cfgs, derived))
+        num_slots = int(min(num_slots, num_requests))
+    num_slots = max(8, int(math.ceil(num_slots / 8) * 8))
+    return SimStatic(
+        policy=policies.pop(),
+        router=routers.pop(),
+        num_requests=int(num_requests),
+        num_slots=num_slots,
+        max_replicas=max(c.num_replicas for c in cfgs),
+        max_stages=max(c.num_pipeline_stages for c in cfgs),
+        num_tbt_bins=num_tbt_bins,
+    )

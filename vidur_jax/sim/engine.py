@@ -1,0 +1,466 @@
+"""The simulation loop: ``init``, ``step`` and ``run`` of one config, vmapped over many.
+
+One :func:`step` processes the earliest event of the config:
+
+* an **arrival** — the global scheduler routes the request to a replica's waiting
+  queue (round robin, random, or least outstanding requests), and wakes the replica if
+  it has a free pipeline slot; or
+* a **replica event** — the end of an in-flight micro-batch (progress is applied,
+  finished requests free their memory and get their timestamps) and/or the formation
+  of the next batch by the replica policy, whose execution time comes from the timing
+  tables and flows through the pipeline stages.
+
+Arrivals come first at equal times (Vidur creates all arrival events first). Every
+state update is a scatter whose index is pushed out of bounds (``mode="drop"``) when the
+event does not apply, so a step costs O(slots + window), never O(requests), and a
+finished config is a no-op under ``vmap``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vidur_jax.metrics.histogram import tbt_bin_index
+from vidur_jax.sim import timing
+from vidur_jax.sim.policies import POLICY_FNS, Candidates, ReplicaView
+from vidur_jax.sim.types import (
+    ERR_OOM,
+    ERR_SLOTS,
+    ERR_STALLED,
+    ERR_STEPS,
+    ERR_TOKENS,
+    SimParams,
+    SimState,
+    SimStatic,
+    TimingTables,
+)
+
+_INF = jnp.inf
+
+
+class Simulator(NamedTuple):
+    """A simulator as a pair of pure functions (jax-md style)."""
+
+    init: callable  # (params) -> SimState
+    step: callable  # (params, state) -> SimState
+
+
+def init_state(static: SimStatic, params: SimParams) -> SimState:
+    """Initial state of one config: nothing arrived, all replicas idle."""
+    r, s, n, m = static.num_requests, static.num_slots, static.max_replicas, static.max_stages
+    f64, i32 = jnp.float64, jnp.int32
+    nan_r = jnp.full(r, jnp.nan, f64)
+    return SimState(
+        scheduled_at=nan_r,
+        first_token_at=nan_r,
+        completed_at=nan_r,
+        num_restarts=jnp.zeros(r, i32),
+        next_arrival=jnp.array(0, i32),
+        queue=jnp.full((n, r), -1, i32),
+        q_head=jnp.zeros(n, i32),
+        q_tail=jnp.zeros(n, i32),
+        slot_req=jnp.full((n, s), -1, i32),
+        slot_prefill=jnp.zeros((n, s), i32),
+        slot_processed=jnp.zeros((n, s), i32),
+        slot_blocks=jnp.zeros((n, s), i32),
+        slot_restarted=jnp.zeros((n, s), bool),
+        slot_mb=jnp.full((n, s), -1, i32),
+        slot_ntok=jnp.zeros((n, s), i32),
+        slot_last_done=jnp.zeros((n, s), f64),
+        slot_group=jnp.full((n, s), -1, i32),
+        free_blocks=jnp.full(n, params.num_blocks, i32),
+        inflight_end=jnp.full((n, m), _INF, f64),
+        stage_free_at=jnp.zeros((n, m), f64),
+        next_event=jnp.full(n, _INF, f64),
+        waiting_iters=jnp.zeros(n, i32),
+        tbt_hist=jnp.zeros(static.num_tbt_bins, i32),
+        tbt_sum=jnp.array(0.0, f64),
+        tbt_count=jnp.array(0, jnp.int64),
+        num_batches=jnp.array(0, jnp.int64),
+        batch_size_sum=jnp.array(0.0, f64),
+        batch_tokens_sum=jnp.array(0.0, f64),
+        kv_util_sum=jnp.array(0.0, f64),
+        busy_s=jnp.array(0.0, f64),
+        flops_sum=jnp.array(0.0, f64),
+        clock=jnp.array(0.0, f64),
+        step=jnp.array(0, jnp.int64),
+        num_completed=jnp.array(0, i32),
+        error=jnp.array(0, i32),
+    )
+
+
+def num_valid_requests(params: SimParams) -> jax.Array:
+    """() i32 number of real (non-padding) requests."""
+    return jnp.isfinite(params.arrived_at).sum().astype(jnp.int32)
+
+
+def is_done(params: SimParams, state: SimState) -> jax.Array:
+    """() bool: all requests completed, an error was raised, or the step budget ran out."""
+    return (
+        (state.num_completed >= num_valid_requests(params))
+        | (state.error != 0)
+        | (state.step >= params.max_steps)
+    )
+
+
+def _route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) -> jax.Array:
+    """Replica id for arriving request ``i`` (Vidur's global schedulers)."""
+    n_rep = params.num_replicas
+    if static.router == "round_robin":
+        return i % n_rep
+    if static.router == "random":
+        return params.random_route[jnp.minimum(i, static.num_requests - 1)]
+    if static.router == "lor":
+        # Vidur's LOR counts each replica's waiting queue (restarted requests included)
+        pending = state.q_tail - state.q_head + state.slot_restarted.sum(axis=1)
+        pending = jnp.where(jnp.arange(static.max_replicas) < n_rep, pending, jnp.iinfo(jnp.int32).max)
+        return jnp.argmin(pending).astype(jnp.int32)
+    raise ValueError(f"unknown router {static.router!r}")
+
+
+def _arrival_update(static: SimStatic, params: SimParams, state: SimState, apply: jax.Array) -> SimState:
+    """Route the next arriving request (no-op unless ``apply``)."""
+    n = static.max_replicas
+    i = state.next_arrival
+    t = params.arrived_at[jnp.minimum(i, static.num_requests - 1)]
+    rep = _route(static, params, state, i)
+    rep_w = jnp.where(apply, rep, n)  # out of bounds -> dropped
+    inflight = jnp.isfinite(state.inflight_end[rep]).sum()
+    wake = apply & (inflight < params.num_stages)
+    return state.replace(
+        queue=state.queue.at[rep_w, state.q_tail[rep]].set(i, mode="drop"),
+        q_tail=state.q_tail.at[rep_w].add(1, mode="drop"),
+        next_arrival=state.next_arrival + apply.astype(jnp.int32),
+        next_event=state.next_event.at[jnp.where(wake, rep, n)].min(t, mode="drop"),
+    )
+
+
+class _Row(NamedTuple):
+    """One replica's slot arrays (S,) plus its scalars, gathered for a replica event."""
+
+    req: jax.Array
+    prefill: jax.Array
+    processed: jax.Array
+    blocks: jax.Array
+    restarted: jax.Array
+    mb: jax.Array
+    ntok: jax.Array
+    last_done: jax.Array
+    group: jax.Array
+    free_blocks: jax.Array
+    inflight_end: jax.Array  # (M,)
+    stage_free_at: jax.Array  # (M,)
+    waiting_iters: jax.Array
+
+
+def _gather_row(state: SimState, r: jax.Array) -> _Row:
+    return _Row(
+        req=state.slot_req[r],
+        prefill=state.slot_prefill[r],
+        processed=state.slot_processed[r],
+        blocks=state.slot_blocks[r],
+        restarted=state.slot_restarted[r],
+        mb=state.slot_mb[r],
+        ntok=state.slot_ntok[r],
+        last_done=state.slot_last_done[r],
+        group=state.slot_group[r],
+        free_blocks=state.free_blocks[r],
+        inflight_end=state.inflight_end[r],
+        stage_free_at=state.stage_free_at[r],
+        waiting_iters=state.waiting_iters[r],
+    )
+
+
+def _scatter_row(state: SimState, r_w: jax.Array, row: _Row) -> SimState:
+    """Write a replica row back; ``r_w`` out of bounds drops the write."""
+    return state.replace(
+        slot_req=state.slot_req.at[r_w].set(row.req, mode="drop"),
+        slot_prefill=state.slot_prefill.at[r_w].set(row.prefill, mode="drop"),
+        slot_processed=state.slot_processed.at[r_w].set(row.processed, mode="drop"),
+        slot_blocks=state.slot_blocks.at[r_w].set(row.blocks, mode="drop"),
+        slot_restarted=state.slot_restarted.at[r_w].set(row.restarted, mode="drop"),
+        slot_mb=state.slot_mb.at[r_w].set(row.mb, mode="drop"),
+        slot_ntok=state.slot_ntok.at[r_w].set(row.ntok, mode="drop"),
+        slot_last_done=state.slot_last_done.at[r_w].set(row.last_done, mode="drop"),
+        slot_group=state.slot_group.at[r_w].set(row.group, mode="drop"),
+        free_blocks=state.free_blocks.at[r_w].set(row.free_blocks, mode="drop"),
+        inflight_end=state.inflight_end.at[r_w].set(row.inflight_end, mode="drop"),
+        stage_free_at=state.stage_free_at.at[r_w].set(row.stage_free_at, mode="drop"),
+        waiting_iters=state.waiting_iters.at[r_w].set(row.waiting_iters, mode="drop"),
+    )
+
+
+def _set_first(arr: jax.Array, idx: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
+    """``arr[idx] = value`` where ``mask`` and ``arr[idx]`` is still nan (first event only)."""
+    r = arr.shape[0]
+    safe = jnp.clip(idx, 0, r - 1)
+    write = mask & jnp.isnan(arr[safe])
+    return arr.at[jnp.where(write, idx, r)].set(value, mode="drop")
+
+
+def _end_batch(
+    static: SimStatic, params: SimParams, state: SimState, row: _Row, t: jax.Array, apply: jax.Array
+) -> tuple[SimState, _Row]:
+    """Finish the replica's earliest in-flight micro-batch if it ends at ``t``."""
+    r_total = static.num_requests
+    m = jnp.argmin(row.inflight_end)
+    ends = apply & (row.inflight_end[m] <= t)
+    inb = ends & (row.mb == m) & (row.req >= 0)
+    safe_req = jnp.clip(row.req, 0, r_total - 1)
+    total = params.num_prefill[safe_req] + params.num_decode[safe_req]
+
+    processed = row.processed + jnp.where(inb, row.ntok, 0)
+    prefill_done = inb & (processed == row.prefill)
+    processed = processed + prefill_done.astype(jnp.int32)
+    finished = inb & (processed >= total)
+
+    # TBT: one sample per decode iteration = gap to the request's previous iteration end
+    is_decode_iter = inb & (processed > row.prefill + 1)
+    gap = t - row.last_done
+    bins = tbt_bin_index(gap, static.num_tbt_bins)
+    hist = state.tbt_hist.at[jnp.where(is_decode_iter, bins, static.num_tbt_bins)].add(1, mode="drop")
+
+    state = state.replace(
+        first_token_at=_set_first(state.first_token_at, row.req, prefill_done, t),
+        completed_at=state.completed_at.at[jnp.where(finished, row.req, r_total)].set(t, mode="drop"),
+        num_completed=state.num_completed + finished.sum().astype(jnp.int32),
+        tbt_hist=hist,
+        tbt_sum=state.tbt_sum + jnp.where(is_decode_iter, gap, 0.0).sum(),
+        tbt_count=state.tbt_count + is_decode_iter.sum(),
+    )
+    row = row._replace(
+        req=jnp.where(finished, -1, row.req),
+        processed=jnp.where(finished, 0, processed),
+        free_blocks=row.free_blocks + jnp.where(finished, row.blocks, 0).sum(),
+        blocks=jnp.where(finished, 0, row.blocks),
+        mb=jnp.where(inb, -1, row.mb),
+        ntok=jnp.where(inb, 0, row.ntok),
+        last_done=jnp.where(inb, t, row.last_done),
+        group=jnp.where(finished, -1, row.group),
+        inflight_end=row.inflight_end.at[jnp.where(ends, m, row.inflight_end.shape[0])].set(_INF, mode="drop"),
+    )
+    return state, row
+
+
+def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row, r: jax.Array) -> Candidates:
+    """Queue head for admission: restarted requests (by arrival) if any, else the queue."""
+    w, r_total = static.window, static.num_requests
+    restarted = row.restarted & (row.req >= 0)
+    order = jnp.argsort(jnp.where(restarted, row.req, jnp.iinfo(jnp.int32).max))[:w]
+    rs_valid = restarted[order]
+    rs_req = jnp.where(rs_valid, row.req[order], -1)
+    pos = state.q_head[r] + jnp.arange(w)
+    q_valid = pos < state.q_tail[r]
+    q_req = jnp.where(q_valid, state.queue[r, jnp.clip(pos, 0, r_total - 1)], -1)
+    use_restarted = rs_valid.any()
+    req = jnp.where(use_restarted, rs_req, q_req)
+    valid = jnp.where(use_restarted, rs_valid, q_valid)
+    safe = jnp.clip(req, 0, r_total - 1)
+    total = params.num_prefill[safe] + params.num_decode[safe]
+    prefill = jnp.where(use_restarted, row.prefill[order], params.num_prefill[safe])
+    return Candidates(
+        req=req,
+        prefill=jnp.where(valid, prefill, 0),
+        total=jnp.where(valid, total, 0),
+        src_slot=jnp.where(use_restarted & rs_valid, order, -1),
+        valid=valid,
+    )
+
+
+def _form_batch(
+    static: SimStatic,
+    tables: TimingTables,
+    params: SimParams,
+    state: SimState,
+    row: _Row,
+    r: jax.Array,
+    t: jax.Array,
+    apply: jax.Array,
+) -> tuple[SimState, _Row, jax.Array]:
+    """Let the policy form the replica's next batch at time ``t`` and launch it.
+
+    Returns the updated state and row, and whether a batch was launched.
+    """
+    s, w, r_total = static.num_slots, static.window, static.num_requests
+    n_inflight = jnp.isfinite(row.inflight_end).sum()
+    can = apply & (n_inflight < params.num_stages)
+    safe_req = jnp.clip(row.req, 0, r_total - 1)
+    total = jnp.where(row.req >= 0, params.num_prefill[safe_req] + params.num_decode[safe_req], 0)
+    view = ReplicaView(
+        req=row.req,
+        prefill=row.prefill,
+        processed=row.processed,
+        total=total,
+        blocks=row.blocks,
+        restarted=row.restarted,
+        in_flight=row.mb >= 0,
+        group=row.group,
+        free_blocks=row.free_blocks,
+        waiting_iters=row.waiting_iters,
+    )
+    cands = _candidates(static, params, state, row, r)
+    plan = POLICY_FNS[static.policy](view, cands, params)
+    slot_in = plan.slot_in & can
+    victim = plan.slot_victim & can
+    admit = plan.cand_admit & can
+    launched = slot_in.any() | admit.any()
+
+    # 1. preemption victims restart by recomputation (Vidur: prefill := processed)
+    req_w = jnp.where(victim, row.req, r_total)
+    state = state.replace(num_restarts=state.num_restarts.at[req_w].add(1, mode="drop"))
+    freed = jnp.where(victim, row.blocks, 0).sum()
+    row = row._replace(
+        restarted=row.restarted | victim,
+        prefill=jnp.where(victim, row.processed, row.prefill),
+        processed=jnp.where(victim, 0, row.processed),
+        blocks=jnp.where(victim, 0, row.blocks),
+        free_blocks=row.free_blocks + freed,
+    )
+
+    # 2. admitted candidates take their restarted slot or the next free slots
+    m_new = jnp.argmin(jnp.isfinite(row.inflight_end))  # first empty micro-batch index
+    from_queue = admit & (cands.src_slot < 0)
+    free_slots = jnp.nonzero(row.req < 0, size=w, fill_value=s)[0]
+    queue_rank = jnp.cumsum(from_queue) - 1
+    target = jnp.where(from_queue, free_slots[jnp.clip(queue_rank, 0, w - 1)], cands.src_slot)
+    overflow = (from_queue & (target >= s)).any()
+    target = jnp.where(admit & (target < s), target, s)  # s -> dropped
+    group_id = jnp.min(jnp.where(admit, cands.req, jnp.iinfo(jnp.int32).max))
+    row = row._replace(
+        req=row.req.at[target].set(cands.req, mode="drop"),
+        prefill=row.prefill.at[target].set(cands.prefill, mode="drop"),
+        processed=row.processed.at[target].set(0, mode="drop"),
+        blocks=row.blocks.at[target].set(plan.cand_blocks, mode="drop"),
+        restarted=row.restarted.at[target].set(False, mode="drop"),
+        ntok=row.ntok.at[target].set(plan.cand_ntok, mode="drop"),
+        mb=row.mb.at[target].set(m_new, mode="drop"),
+        group=row.group.at[target].set(group_id, mode="drop"),
+    )
+    state = state.replace(
+        scheduled_at=_set_first(state.scheduled_at, cands.req, admit, t),
+        q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(from_queue.sum(), mode="drop"),
+    )
+
+    # 3. running requests in the batch (their blocks were counted before admission)
+    alloc = jnp.where(slot_in, plan.slot_alloc, 0)
+    row = row._replace(
+        blocks=row.blocks + alloc,
+        mb=jnp.where(slot_in, m_new, row.mb),
+        ntok=jnp.where(slot_in, plan.slot_ntok, row.ntok),
+        free_blocks=row.free_blocks - alloc.sum() - jnp.where(admit, plan.cand_blocks, 0).sum(),
+        waiting_iters=jnp.where(can, plan.waiting_iters, row.waiting_iters),
+    )
+
+    # 4. execution time through the pipeline stages
+    in_batch = (row.mb == m_new) & (row.req >= 0) & launched
+    stage_s, last_s, flops, tok_overflow = timing.batch_stage_time(
+        tables, params, in_batch, row.ntok, row.processed, row.processed < row.prefill
+    )
+    stage_free = row.stage_free_at
+    cur = t
+    for k in range(static.max_stages):
+        active = launched & (k < params.num_stages)
+        dur = jnp.where(k < params.num_stages - 1, stage_s, last_s)
+        end = jnp.maximum(cur, stage_free[k]) + dur
+        stage_free = stage_free.at[k].set(jnp.where(active, end, stage_free[k]))
+        cur = jnp.where(active, end, cur)
+    row = row._replace(
+        stage_free_at=stage_free,
+        inflight_end=row.inflight_end.at[jnp.where(launched, m_new, static.max_stages)].set(cur, mode="drop"),
+    )
+
+    n_in = in_batch.sum()
+    err = (
+        jnp.where(overflow & can, ERR_SLOTS, 0)
+        | jnp.where(tok_overflow & launched, ERR_TOKENS, 0)
+        | jnp.where(plan.oom & can, ERR_OOM, 0)
+    )
+    lf = launched.astype(jnp.float64)
+    state = state.replace(
+        num_batches=state.num_batches + launched,
+        batch_size_sum=state.batch_size_sum + lf * n_in,
+        batch_tokens_sum=state.batch_tokens_sum + lf * jnp.where(in_batch, row.ntok, 0).sum(),
+        kv_util_sum=state.kv_util_sum + lf * (params.num_blocks - row.free_blocks) / params.num_blocks,
+        busy_s=state.busy_s + lf * last_s,
+        flops_sum=state.flops_sum + lf * flops,
+        error=state.error | err,
+    )
+    return state, row, launched
+
+
+def _replica_update(
+    static: SimStatic,
+    tables: TimingTables,
+    params: SimParams,
+    state: SimState,
+    r: jax.Array,
+    t: jax.Array,
+    apply: jax.Array,
+) -> SimState:
+    """Process replica ``r``'s event at time ``t`` (no-op unless ``apply``)."""
+    row = _gather_row(state, r)
+    state, row = _end_batch(static, params, state, row, t, apply)
+    state, row, launched = _form_batch(static, tables, params, state, row, r, t, apply)
+    n_inflight = jnp.isfinite(row.inflight_end).sum()
+    # Vidur forms batches until all pipeline slots are busy: try again at the same time
+    again = launched & (n_inflight < params.num_stages)
+    nxt = jnp.where(again, t, jnp.min(row.inflight_end))
+    r_w = jnp.where(apply, r, static.max_replicas)
+    state = _scatter_row(state, r_w, row)
+    return state.replace(next_event=state.next_event.at[r_w].set(nxt, mode="drop"))
+
+
+def step(static: SimStatic, tables: TimingTables, params: SimParams, state: SimState) -> SimState:
+    """Process the earliest event of one config (a no-op once the config is done)."""
+    active = ~is_done(params, state)
+    i = jnp.minimum(state.next_arrival, static.num_requests - 1)
+    t_arr = jnp.where(state.next_arrival < static.num_requests, params.arrived_at[i], _INF)
+    r = jnp.argmin(state.next_event).astype(jnp.int32)
+    t_rep = state.next_event[r]
+    is_arrival = active & (t_arr <= t_rep) & jnp.isfinite(t_arr)
+    is_replica = active & ~is_arrival & jnp.isfinite(t_rep)
+    stalled = active & ~is_arrival & ~is_replica
+
+    state = _arrival_update(static, params, state, is_arrival)
+    state = _replica_update(static, tables, params, state, r, t_rep, is_replica)
+    t = jnp.where(is_arrival, t_arr, jnp.where(is_replica, t_rep, state.clock))
+    steps = state.step + active
+    err = jnp.where(stalled, ERR_STALLED, 0) | jnp.where(active & (steps >= params.max_steps), ERR_STEPS, 0)
+    return state.replace(clock=t, step=steps, error=state.error | err)
+
+
+def simulate_one(static: SimStatic, tables: TimingTables, params: SimParams) -> SimState:
+    """Run one config to completion (``lax.while_loop`` over events)."""
+    state = init_state(static, params)
+    return jax.lax.while_loop(
+        lambda st: ~is_done(params, st),
+        lambda st: step(static, tables, params, st),
+        state,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def simulate_batch(static: SimStatic, tables: TimingTables, params: SimParams) -> SimState:
+    """Run a stack of configs (leading axis of every ``params`` leaf) in one call.
+
+    Args:
+        static: shapes and code path shared by all configs.
+        tables: timing tables shared by all configs (not vmapped).
+        params: :class:`SimParams` with a leading config axis C.
+
+    Returns:
+        The final :class:`SimState` of every config, leading axis C.
+    """
+    return jax.vmap(simulate_one, in_axes=(None, None, 0))(static, tables, params)
+
+
+def make_simulator(static: SimStatic, tables: TimingTables) -> Simulator:
+    """``Simulator(init, step)`` for one config, for step-by-step use and tests."""
+    return Simulator(
+        init=lambda params: init_state(static, params),
+        step=lambda params, state: step(static, tables, params, state),
+    )

@@ -1,0 +1,373 @@
+"""Replica batch policies: Vidur's five replica schedulers as array programs.
+
+A policy looks at one replica — its running set (``S`` slots) and the head of its
+waiting queue (``W`` candidates) — and decides the next batch: which running requests
+take part and with how many tokens, which running requests are preempted (restarted by
+recomputation), and how long a prefix of the waiting candidates is admitted.
+
+Every rule of Vidur's sequential Python loops ("take requests in order until one does
+not fit, then break") is a *prefix* rule, so it is computed with cumulative sums and
+``cumprod`` of the per-entry "fits" flags; preemption victims, taken by Vidur from the
+tail of the running list, are found with a reverse cumulative sum. No Python loop over
+slots, no ``lax.switch`` across policies: :data:`POLICY_FNS` is resolved by name before
+``jit``.
+
+Orderings: the running list is processed in arrival order (request id order, requests
+being sorted by arrival), as vLLM and Sarathi do after sorting; Orca and
+FasterTransformer keep batch-end order in Vidur, which is the same order for one
+pipeline stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vidur_jax.sim.types import SimParams
+
+_BIG = jnp.iinfo(jnp.int32).max
+
+
+class ReplicaView(NamedTuple):
+    """One replica's running set and free memory at decision time."""
+
+    req: jax.Array  # (S,) i32 request id, -1 = free slot
+    prefill: jax.Array  # (S,) i32 current prefill length
+    processed: jax.Array  # (S,) i32 tokens processed
+    total: jax.Array  # (S,) i32 prefill + decode tokens (original, invariant)
+    blocks: jax.Array  # (S,) i32 KV blocks held
+    restarted: jax.Array  # (S,) bool waiting for re-admission
+    in_flight: jax.Array  # (S,) bool part of a batch still running
+    group: jax.Array  # (S,) i32 FasterTransformer batch group
+    free_blocks: jax.Array  # () i32
+    waiting_iters: jax.Array  # () i32 LightLLM counter
+
+    @property
+    def occupied(self) -> jax.Array:
+        """(S,) bool slot holds a request."""
+        return self.req >= 0
+
+    @property
+    def allocated(self) -> jax.Array:
+        """(S,) bool request holds memory (Vidur's allocation map)."""
+        return self.occupied & ~self.restarted
+
+    @property
+    def schedulable(self) -> jax.Array:
+        """(S,) bool running request not currently in flight."""
+        return self.allocated & ~self.in_flight
+
+
+class Candidates(NamedTuple):
+    """Head of the waiting queue, in queue order (restarted requests first)."""
+
+    req: jax.Array  # (W,) i32 request id (-1 = none)
+    prefill: jax.Array  # (W,) i32 prefill tokens to process
+    total: jax.Array  # (W,) i32 prefill + decode tokens
+    src_slot: jax.Array  # (W,) i32 slot of a restarted request, -1 for a queued one
+    valid: jax.Array  # (W,) bool
+
+
+class BatchPlan(NamedTuple):
+    """The policy's decision for one iteration of one replica."""
+
+    slot_in: jax.Array  # (S,) bool running request is in the batch
+    slot_ntok: jax.Array  # (S,) i32 tokens it processes
+    slot_alloc: jax.Array  # (S,) i32 blocks newly allocated to it
+    slot_victim: jax.Array  # (S,) bool preempted and restarted (frees its blocks)
+    cand_admit: jax.Array  # (W,) bool admitted candidates (a prefix)
+    cand_ntok: jax.Array  # (W,) i32 tokens each admitted candidate processes
+    cand_blocks: jax.Array  # (W,) i32 blocks allocated to each admitted candidate
+    waiting_iters: jax.Array  # () i32 LightLLM counter after this decision
+    oom: jax.Array  # () bool LightLLM decode could not allocate
+
+
+def _excl_cumsum(x: jax.Array) -> jax.Array:
+    return jnp.cumsum(x) - x
+
+
+def _prefix(ok: jax.Array) -> jax.Array:
+    """Longest all-True prefix of ``ok`` (Vidur's "break on first failure")."""
+    return jnp.cumprod(ok.astype(jnp.int32)).astype(bool)
+
+
+def _ceil_div(a: jax.Array, b: jax.Array) -> jax.Array:
+    return (a + b - 1) // b
+
+
+def _arrival_order(view: ReplicaView, eligible: jax.Array) -> jax.Array:
+    """(S,) slot indices: eligible slots by arrival (request id) first, then the rest."""
+    return jnp.argsort(jnp.where(eligible, view.req, _BIG))
+
+
+def _empty_plan(view: ReplicaView, cands: Candidates) -> BatchPlan:
+    s, w = view.req.shape[0], cands.req.shape[0]
+    zs, zw = jnp.zeros(s, jnp.int32), jnp.zeros(w, jnp.int32)
+    return BatchPlan(
+        slot_in=jnp.zeros(s, bool),
+        slot_ntok=zs,
+        slot_alloc=zs,
+        slot_victim=jnp.zeros(s, bool),
+        cand_admit=jnp.zeros(w, bool),
+        cand_ntok=zw,
+        cand_blocks=zw,
+        waiting_iters=view.waiting_iters,
+        oom=jnp.array(False),
+    )
+
+
+def _needs_block(view: ReplicaView, params: SimParams) -> jax.Array:
+    """(S,) i32: 1 where the next token needs a new KV block (vLLM's rule)."""
+    return (view.processed > view.blocks * params.block_size).astype(jnp.int32)
+
+
+def _running_with_preemption(
+    view: ReplicaView,
+    params: SimParams,
+    is_decode: jax.Array,
+    max_decodes: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Walk the running list in arrival order, allocating decode blocks and preempting.
+
+    Vidur (vLLM, Sarathi): for each running request in order, a decode needs one free
+    block (``free >= 1``); while it cannot get one, the *last* request of the list is
+    restarted (its blocks freed); when the list runs out, the request restarts itself.
+    The walk stops after ``max_decodes`` decodes were taken.
+
+    Args:
+        view: the replica.
+        params: knobs (block size).
+        is_decode: (S,) bool running request whose prefill is complete.
+        max_decodes: () i32 cap on decodes taken.
+
+    Returns:
+        ``(taken, kept, victim)`` masks over slots: decodes in the batch, non-decode
+        running requests reached by the walk (Sarathi's partial prefills), restarts.
+    """
+    s = view.req.shape[0]
+    elig = view.schedulable
+    order = _arrival_order(view, elig)
+    e = elig[order]
+    n = e.sum()
+    pos = jnp.arange(s)
+    check = e & is_decode[order]
+    need = _needs_block(view, params)[order] * check
+    held = jnp.where(e, view.blocks[order], 0)
+    # rc[k] = blocks freed by restarting list positions k..n-1 (rc[n] = 0).
+    rc = jnp.concatenate([jnp.cumsum(held[::-1])[::-1], jnp.zeros(1, held.dtype)])
+    need_free = 1 - view.free_blocks + _excl_cumsum(need)
+    # first victim position s_i such that freeing positions >= s_i satisfies position i
+    cut = (rc[None, :] >= need_free[:, None]) & (jnp.arange(s + 1)[None, :] <= n)
+    s_req = jnp.where(check, cut.sum(axis=1) - 1, n)
+    limit_ok = _excl_cumsum(check.astype(jnp.int32)) < max_decodes
+    bound_excl = jnp.minimum(n, jax.lax.cummin(jnp.concatenate([jnp.full(1, s, s_req.dtype), s_req[:-1]])))
+    reachable = e & (pos < bound_excl) & limit_ok
+    fail = reachable & check & (s_req <= pos)
+    first_fail = jnp.min(jnp.where(fail, pos, s))
+    reached = reachable & (pos < first_fail)
+    taken_sorted = reached & check
+    boundary = jnp.where(
+        first_fail < s, first_fail, jnp.minimum(n, jnp.min(jnp.where(taken_sorted, s_req, s)))
+    )
+    victim_sorted = e & (pos >= boundary)
+    kept_sorted = reached & ~check & ~victim_sorted
+    inv = jnp.zeros(s, jnp.int32).at[order].set(pos)
+    return taken_sorted[inv], kept_sorted[inv], victim_sorted[inv]
+
+
+def _vllm(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
+    """vLLM: a prefill-only batch of queued requests if any fits, else all decodes."""
+    plan = _empty_plan(view, cands)
+    w = cands.req.shape[0]
+    blocks = _ceil_div(cands.prefill, params.block_size)
+    k = jnp.arange(w)
+    running_max = jax.lax.cummax(jnp.where(cands.valid, cands.prefill, 0))
+    ok = (
+        cands.valid
+        & (view.free_blocks - jnp.cumsum(blocks) >= params.watermark_blocks)
+        & ((k + 1) * running_max <= params.max_tokens_in_batch)
+        & (view.allocated.sum() + k < params.batch_cap)
+        & (k < params.max_micro_batch)
+    )
+    admit = _prefix(ok)
+    any_admit = admit.any()
+    taken, _, victim = _running_with_preemption(
+        view, params, jnp.ones_like(view.req, bool), params.max_micro_batch
+    )
+    taken &= ~any_admit
+    victim &= ~any_admit
+    return plan._replace(
+        slot_in=taken,
+        slot_ntok=taken.astype(jnp.int32),
+        slot_alloc=jnp.where(taken, _needs_block(view, params), 0),
+        slot_victim=victim,
+        cand_admit=admit,
+        cand_ntok=jnp.where(admit, cands.prefill, 0),
+        cand_blocks=jnp.where(admit, blocks, 0),
+    )
+
+
+def _sarathi(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
+    """Sarathi-Serve: decodes first, then partial prefills, then new requests, in a
+    token budget of ``chunk_size`` per iteration (chunked prefill)."""
+    plan = _empty_plan(view, cands)
+    is_decode = view.processed >= view.prefill  # prefill complete (processed = prefill + 1)
+    taken, kept, victim = _running_with_preemption(view, params, is_decode, params.max_micro_batch)
+    budget = params.chunk_size - taken.sum()
+    # partial prefills in arrival order share what is left of the budget
+    order = _arrival_order(view, kept)
+    kept_s = kept[order]
+    remaining = jnp.where(kept_s, view.prefill[order] - view.processed[order], 0)
+    chunk_s = jnp.clip(budget - _excl_cumsum(remaining), 0, remaining)
+    inv = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+    chunk = chunk_s[inv]
+    partial_in = kept & (chunk > 0)
+    used = taken.sum() + partial_in.sum()
+    budget_left = budget - chunk.sum()
+    # new requests from the queue
+    w = cands.req.shape[0]
+    k = jnp.arange(w)
+    blocks = _ceil_div(cands.prefill, params.block_size)
+    new_tok = jnp.clip(budget_left - _excl_cumsum(jnp.where(cands.valid, cands.prefill, 0)), 0, cands.prefill)
+    freed = jnp.where(victim, view.blocks, 0).sum()
+    ok = (
+        cands.valid
+        & (view.allocated.sum() - victim.sum() + k < params.batch_cap)
+        & (used + k < params.max_micro_batch)
+        & (view.free_blocks + freed - taken_alloc(view, params, taken) - jnp.cumsum(blocks) >= params.watermark_blocks)
+        & (new_tok > 0)
+    )
+    admit = _prefix(ok)
+    return plan._replace(
+        slot_in=taken | partial_in,
+        slot_ntok=jnp.where(taken, 1, jnp.where(partial_in, chunk, 0)),
+        slot_alloc=jnp.where(taken, _needs_block(view, params), 0),
+        slot_victim=victim,
+        cand_admit=admit,
+        cand_ntok=jnp.where(admit, new_tok, 0),
+        cand_blocks=jnp.where(admit, blocks, 0),
+    )
+
+
+def taken_alloc(view: ReplicaView, params: SimParams, taken: jax.Array) -> jax.Array:
+    """Blocks newly allocated to the decodes in ``taken``."""
+    return jnp.where(taken, _needs_block(view, params), 0).sum()
+
+
+def _orca_admission(view: ReplicaView, cands: Candidates, params: SimParams, num_running: jax.Array):
+    """Orca / FasterTransformer admission: reserve ``max_tokens`` worth of blocks each."""
+    k = jnp.arange(cands.req.shape[0])
+    ok = (
+        cands.valid
+        & (num_running + k < params.max_batch_size)
+        & (view.free_blocks - (k + 1) * params.max_blocks_per_seq >= 0)
+    )
+    return _prefix(ok)
+
+
+def _orca(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
+    """Orca: iteration-level batching of all running requests plus new ones, each new
+    request reserving blocks for the maximum length."""
+    plan = _empty_plan(view, cands)
+    elig = view.schedulable
+    order = _arrival_order(view, elig)
+    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+    taken = elig & (rank < params.max_batch_size)
+    admit = _orca_admission(view, cands, params, taken.sum())
+    return plan._replace(
+        slot_in=taken,
+        slot_ntok=jnp.where(taken, jnp.where(view.processed >= view.prefill, 1, view.prefill - view.processed), 0),
+        cand_admit=admit,
+        cand_ntok=jnp.where(admit, cands.prefill, 0),
+        cand_blocks=jnp.where(admit, params.max_blocks_per_seq, 0),
+    )
+
+
+def _faster_transformer(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
+    """FasterTransformer: a static batch runs to completion before a new one forms."""
+    plan = _empty_plan(view, cands)
+    elig = view.schedulable
+    first_group = jnp.min(jnp.where(elig, view.group, _BIG))
+    taken = elig & (view.group == first_group)
+    has_group = taken.any()
+    admit = _orca_admission(view, cands, params, jnp.int32(0)) & ~has_group
+    return plan._replace(
+        slot_in=taken,
+        slot_ntok=jnp.where(taken, 1, 0),
+        cand_admit=admit,
+        cand_ntok=jnp.where(admit, cands.prefill, 0),
+        cand_blocks=jnp.where(admit, params.max_blocks_per_seq, 0),
+    )
+
+
+def _lightllm(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
+    """LightLLM: prefill batches admitted by a future-token memory estimate; decode
+    batches of every running request; a prefill is forced every ``max_waiting_iters``."""
+    plan = _empty_plan(view, cands)
+    running = view.schedulable
+    has_running = running.any()
+    # (tokens held now, tokens still to come) for running requests and candidates
+    run_now = jnp.where(running, view.processed, 0)
+    run_left = jnp.where(running, jnp.maximum(view.total - view.processed - 1, 0), 0)
+    cand_now = cands.prefill + 1
+    cand_left = jnp.maximum(cands.total - cands.prefill - 2, 0)
+    w, s = cands.req.shape[0], view.req.shape[0]
+    now = jnp.concatenate([run_now, cand_now])
+    left = jnp.concatenate([run_left, cand_left])
+    member_run = jnp.concatenate([running, jnp.zeros(w, bool)])
+    order = jnp.argsort(-left, stable=True)
+    # include[i, j]: item j (sorted) counts when the first i+1 candidates are admitted
+    item_cand = jnp.concatenate([jnp.full(s, w, jnp.int32), jnp.arange(w)])[order]
+    include = member_run[order][None, :] | (item_cand[None, :] <= jnp.arange(w)[:, None])
+    cnt = jnp.cumsum(include, axis=1)
+    cum_now = jnp.cumsum(include * now[order][None, :], axis=1)
+    need = jnp.max(jnp.where(include, left[order][None, :] * cnt + cum_now, 0), axis=1)
+    capacity = params.num_blocks * params.block_size
+    k = jnp.arange(w)
+    ok = (
+        cands.valid
+        & (jnp.cumsum(cands.prefill) <= params.max_tokens_in_batch)
+        & (view.allocated.sum() + k < params.batch_cap)
+        & (k < params.max_micro_batch)
+        & (need < capacity)
+    )
+    admit = _prefix(ok)
+    want_prefill = ~has_running | (view.waiting_iters >= params.max_waiting_iters)
+    do_prefill = want_prefill & admit.any()
+    admit &= do_prefill
+    do_decode = has_running & ~do_prefill
+    taken = running & do_decode
+    needs = _needs_block(view, params)
+    oom = do_decode & (jnp.where(taken, needs, 0).sum() > view.free_blocks)
+    # Vidur's counter: reset on a prefill (or a forced attempt), +1 per decode batch
+    forced = has_running & (view.waiting_iters >= params.max_waiting_iters)
+    waiting = jnp.where(
+        ~has_running,
+        jnp.where(do_prefill, 0, view.waiting_iters),
+        jnp.where(forced, jnp.where(do_prefill, 0, 1), view.waiting_iters + 1),
+    )
+    return plan._replace(
+        slot_in=taken,
+        slot_ntok=taken.astype(jnp.int32),
+        slot_alloc=jnp.where(taken, needs, 0),
+        cand_admit=admit,
+        cand_ntok=jnp.where(admit, cands.prefill, 0),
+        cand_blocks=jnp.where(admit, _ceil_div(cands.prefill, params.block_size), 0),
+        waiting_iters=waiting,
+        oom=oom,
+    )
+
+
+PolicyFn = Callable[[ReplicaView, Candidates, SimParams], BatchPlan]
+
+#: Policy functions by Vidur scheduler name (resolved in Python before ``jit``).
+POLICY_FNS: dict[str, PolicyFn] = {
+    "vllm": _vllm,
+    "sarathi": _sarathi,
+    "orca": _orca,
+    "faster_transformer": _faster_transformer,
+    "lightllm": _lightllm,
+}

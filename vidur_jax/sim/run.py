@@ -1,0 +1,180 @@
+"""Host driver: simulate many configs, grow capacities on overflow, collect tables.
+
+Configs sharing a replica scheduler and router run in one ``jit(vmap(simulate))``
+call; others are separate calls. When a run reports a capacity overflow (slots or
+timing tables), the host grows that capacity and re-runs the group — nothing is ever
+silently dropped (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+import pandas as pd
+
+from vidur_jax import metrics
+from vidur_jax.errors import ConfigError
+from vidur_jax.sim import build
+from vidur_jax.sim.build import DeploymentConfig
+from vidur_jax.sim.engine import simulate_batch
+from vidur_jax.sim.tables import PredictorLike
+from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERROR_NAMES, SimState
+from vidur_jax.workload.types import Workload
+
+#: Knob columns written to ``summary.csv`` for every config.
+KNOB_COLUMNS = (
+    "model", "device", "network_device", "tensor_parallel_size", "num_pipeline_stages",
+    "num_replicas", "global_scheduler", "replica_scheduler", "batch_size_cap", "block_size",
+    "chunk_size", "max_tokens_in_batch", "watermark_blocks_fraction", "max_tokens",
+)
+
+
+@dataclasses.dataclass
+class ConfigOutput:
+    """Results of one simulated config (host numpy)."""
+
+    config: DeploymentConfig
+    requests: dict[str, np.ndarray]  # (R,) per-request arrays (metrics.REQUEST_FIELDS)
+    tbt_hist: np.ndarray  # (H,) TBT counts
+    counters: dict[str, float]
+    summary: dict[str, float]
+
+
+def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfig], PredictorLike]:
+    """Predictor lookup by (model, device, TP, network), cached."""
+    from vidur_jax import predictors
+
+    @functools.lru_cache(maxsize=None)
+    def _load(model: str, device: str, tp: int, network: str) -> PredictorLike:
+        return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+
+    return lambda c: _load(c.model, c.device, c.tensor_parallel_size, c.network_device)
+
+
+def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int) -> ConfigOutput:
+    n = wl.num_requests
+    pick = lambda x: np.asarray(x[i])  # noqa: E731
+    requests = {
+        "arrived_at": np.where(np.asarray(wl.mask), np.asarray(wl.arrived_at, np.float64), np.nan),
+        "num_prefill": np.asarray(wl.num_prefill),
+        "num_decode": np.asarray(wl.num_decode),
+        "scheduled_at": pick(state.scheduled_at)[:n],
+        "first_token_at": pick(state.first_token_at)[:n],
+        "completed_at": pick(state.completed_at)[:n],
+        "num_restarts": pick(state.num_restarts)[:n],
+    }
+    nb = float(pick(state.num_batches))
+    counters = {
+        "tbt_sum_s": float(pick(state.tbt_sum)),
+        "tbt_count": float(pick(state.tbt_count)),
+        "num_batches": nb,
+        "batch_size_sum": float(pick(state.batch_size_sum)),
+        "kv_util_sum": float(pick(state.kv_util_sum)),
+        "busy_time_s": float(pick(state.busy_s)),
+        "num_replicas": float(cfg.num_replicas),
+        "flops_sum": float(pick(state.flops_sum)),
+        "num_steps": float(pick(state.step)),
+    }
+    peak = build.derive(cfg).peak_flops
+    counters["mfu_mean"] = counters["flops_sum"] / (counters["busy_time_s"] * peak) if counters["busy_time_s"] > 0 else float("nan")
+    hist = pick(state.tbt_hist)
+    summary = metrics.summarize(requests, hist, counters)
+    summary["num_batches"] = nb
+    return ConfigOutput(cfg, requests, hist, counters, summary)
+
+
+def _raise_errors(cfgs: Sequence[DeploymentConfig], errors: np.ndarray) -> None:
+    for cfg, err in zip(cfgs, errors):
+        if err:
+            names = [msg for bit, msg in ERROR_NAMES.items() if err & bit]
+            raise ConfigError(
+                f"simulation of {cfg.replica_scheduler} on {cfg.model}/{cfg.device} tp={cfg.tensor_parallel_size} "
+                f"pp={cfg.num_pipeline_stages} failed: {'; '.join(names)}"
+            )
+
+
+def _run_group(
+    cfgs: Sequence[DeploymentConfig],
+    workloads: Sequence[Workload],
+    predictor_for: Callable[[DeploymentConfig], PredictorLike],
+    num_slots: int | None,
+    max_grow: int = 6,
+) -> list[ConfigOutput]:
+    derived = [build.derive(c) for c in cfgs]
+    num_requests = max(w.num_requests for w in workloads)
+    static = build.make_static(cfgs, derived, num_requests, num_slots)
+    spec = build.table_spec_for(cfgs, static.num_slots)
+    for _ in range(max_grow):
+        tables, index = build.build_tables(cfgs, spec, predictor_for)
+        params = build.stack_params(
+            [build.build_params(c, d, w, k, num_requests) for c, d, w, k in zip(cfgs, derived, workloads, index)]
+        )
+        state = jax.block_until_ready(simulate_batch(static, tables, params))
+        errors = np.asarray(state.error)
+        if (errors & ERR_SLOTS).any():
+            static = dataclasses.replace(static, num_slots=min(2 * static.num_slots, max(num_requests, 8)))
+            spec = build.table_spec_for(cfgs, static.num_slots)
+            continue
+        if (errors & ERR_TOKENS).any():
+            spec = spec.grown()
+            continue
+        _raise_errors(cfgs, errors)
+        return [_config_output(c, w, state, i) for i, (c, w) in enumerate(zip(cfgs, workloads))]
+    raise ConfigError("capacity kept overflowing after growing it; please report this config")
+
+
+def simulate_configs(
+    cfgs: Sequence[DeploymentConfig],
+    workloads: Sequence[Workload],
+    predictor_for: Callable[[DeploymentConfig], PredictorLike] | None = None,
+    profiles_dir: str | None = None,
+    num_slots: int | None = None,
+) -> list[ConfigOutput]:
+    """Simulate every config on its workload; one compiled call per (policy, router).
+
+    Args:
+        cfgs: deployments.
+        workloads: one workload per config (same object may repeat).
+        predictor_for: config -> predictor; default loads trained predictors.
+        profiles_dir: profiles to train predictors from (None = shipped parameters).
+        num_slots: running-set capacity override (grown automatically on overflow).
+
+    Returns:
+        One :class:`ConfigOutput` per config, in input order.
+    """
+    if len(cfgs) != len(workloads):
+        raise ConfigError(f"{len(cfgs)} configs but {len(workloads)} workloads")
+    if not cfgs:
+        raise ConfigError("no configurations to simulate")
+    predictor_for = predictor_for or default_predictor_for(profiles_dir)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault((c.replica_scheduler, c.global_scheduler), []).append(i)
+    out: list[ConfigOutput | None] = [None] * len(cfgs)
+    for idx in groups.values():
+        res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots)
+        for i, r in zip(idx, res):
+            out[i] = r
+    return out  # type: ignore[return-value]
+
+
+def summary_frame(outputs: Sequence[ConfigOutput], extra: Sequence[dict] | None = None) -> pd.DataFrame:
+    """``summary.csv`` table: one row per config, knobs then metrics (seconds)."""
+    rows = []
+    for i, o in enumerate(outputs):
+        row = {"config_id": i}
+        row.update({k: getattr(o.config, k) for k in KNOB_COLUMNS})
+        if extra is not None:
+            row.update(extra[i])
+        row.update(o.summary)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def requests_frame(outputs: Sequence[ConfigOutput]) -> pd.DataFrame:
+    """``requests.parquet`` table: one row per request per config."""
+    return pd.concat([metrics.requests_frame(i, o.requests) for i, o in enumerate(outputs)], ignore_index=True)

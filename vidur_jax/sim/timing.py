@@ -1,0 +1,133 @@
+"""Iteration execution time from batch composition (Vidur's per-layer decomposition).
+
+Per layer: attention (pre/post projection, rope, KV-cache save, prefill attention on
+(sum of KV lengths, sqrt(sum of chunk^2)), decode attention on (decode batch size, mean
+KV length)) + MLP (up, activation, down) + norms + residual add + two tensor-parallel
+all-reduces; times layers per pipeline stage; plus send/recv on every stage but the
+last; plus an optional CPU overhead per iteration. Vidur's rounding is kept: token
+counts round up to a multiple of 8 (except the KV-cache save), KV lengths to 64.
+
+Times are read from :class:`~vidur_jax.sim.types.TimingTables` by exact index on
+grid points and linear interpolation between them, so the result is differentiable in
+the table values (speed scale factors) and piecewise-linear in the features.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vidur_jax.sim.types import OP_INDEX, SimParams, TimingTables
+
+_CORE_OPS = jnp.array(
+    [
+        OP_INDEX[name]
+        for name in (
+            "attn_pre_proj",
+            "attn_post_proj",
+            "attn_rope",
+            "mlp_up_proj",
+            "mlp_down_proj",
+            "mlp_act",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "add",
+        )
+    ]
+)
+
+
+def _ceil_to(x: jax.Array, step: int) -> jax.Array:
+    """Round a non-negative integer array up to a multiple of ``step``."""
+    return (x + step - 1) // step * step
+
+
+def _interp_1d(row: jax.Array, x: jax.Array, step: int) -> jax.Array:
+    """Linear interpolation of ``row`` (values at 0, step, 2*step, ...) at ``x``.
+
+    Args:
+        row: (G,) table.
+        x: scalar position, same units as ``step``; clipped to the table.
+    """
+    g = row.shape[0]
+    pos = jnp.clip(x.astype(jnp.float32) / step, 0.0, g - 1.0)
+    lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, g - 2)
+    frac = pos - lo
+    return row[lo] * (1.0 - frac) + row[lo + 1] * frac
+
+
+def batch_stage_time(
+    tables: TimingTables,
+    params: SimParams,
+    active: jax.Array,
+    num_tokens: jax.Array,
+    processed: jax.Array,
+    is_prefill: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Execution time of one batch on one pipeline stage.
+
+    Args:
+        tables: timing tables (all bundles); ``params.table_index`` picks one.
+        params: the config's knobs.
+        active: (E,) bool, entries that take part in the batch.
+        num_tokens: (E,) i32 tokens each entry processes in this iteration.
+        processed: (E,) i32 tokens each entry had processed before (its KV length).
+        is_prefill: (E,) bool, entry is (a chunk of) a prefill; else one decode token.
+
+    Returns:
+        ``(stage_s, last_stage_s, flops, overflow)``: seconds on a non-last stage
+        (includes the send/recv to the next stage), seconds on the last stage, FLOPs
+        per device for one stage, and a bool that is True when the batch is larger than
+        the tables cover.
+    """
+    p = params.table_index
+    token_step, kv_step, chunk_step = tables.token_step, tables.kv_step, tables.chunk_step
+    ntok = jnp.where(active, num_tokens, 0)
+    total = ntok.sum()
+    rounded = _ceil_to(total, token_step)
+
+    token_ops = tables.token_ops[p]  # (G, K)
+    g = token_ops.shape[0]
+    overflow = rounded // token_step > g - 1
+    row = token_ops[jnp.clip(rounded // token_step, 0, g - 1)] * params.op_scale  # (K,)
+    kv_save = _interp_1d(tables.kv_save[p], total, token_step)
+
+    # decode attention: (decode batch size, mean KV length rounded up to kv_step)
+    dec = active & ~is_prefill
+    n_dec = dec.sum()
+    mean_kv = jnp.where(dec, processed, 0).sum() // jnp.maximum(n_dec, 1)
+    kv_idx = _ceil_to(mean_kv, kv_step) // kv_step
+    dec_table = tables.decode[p]
+    overflow |= (n_dec > dec_table.shape[0] - 1) | (kv_idx > dec_table.shape[1] - 1)
+    decode_ms = dec_table[
+        jnp.clip(n_dec, 0, dec_table.shape[0] - 1), jnp.clip(kv_idx, 0, dec_table.shape[1] - 1)
+    ]
+    decode_ms = jnp.where(n_dec > 0, decode_ms * (1.0 + params.gqa_overhead * (n_dec > 1)), 0.0)
+
+    # prefill attention: (sum of KV lengths rounded to kv_step, round(sqrt(sum chunk^2)))
+    pre = active & is_prefill
+    n_pre = pre.sum()
+    agg_kv = jnp.where(pre, _ceil_to(processed, kv_step), 0).sum()
+    agg_chunk = jnp.round(jnp.sqrt(jnp.where(pre, ntok.astype(jnp.float32) ** 2, 0.0).sum()))
+    pre_table = tables.prefill[p]
+    kvp = agg_kv // kv_step
+    overflow |= (kvp > pre_table.shape[0] - 1) | (agg_chunk > (pre_table.shape[1] - 1) * chunk_step)
+    prefill_ms = _interp_1d(pre_table[jnp.clip(kvp, 0, pre_table.shape[0] - 1)], agg_chunk, chunk_step)
+    prefill_ms = jnp.where(n_pre > 0, prefill_ms * (1.0 + params.gqa_overhead * (n_pre > 1)), 0.0)
+
+    block_ms = (
+        row[_CORE_OPS].sum()
+        + 2.0 * row[OP_INDEX["all_reduce"]]
+        + params.attn_scale * (kv_save + decode_ms + prefill_ms)
+    )
+    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms
+    stage_ms = last_ms + row[OP_INDEX["send_recv"]]
+
+    attn_pairs = jnp.where(dec, processed, 0).sum() + jnp.where(
+        pre, ntok * (processed + (ntok + 1) // 2), 0
+    ).sum()
+    flops = params.layers_per_stage * (
+        params.flops_per_token * total.astype(jnp.float32)
+        + params.attn_flops_coef * attn_pairs.astype(jnp.float32)
+    )
+    return stage_ms * 1e-3, last_ms * 1e-3, flops, overflow

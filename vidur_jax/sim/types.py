@@ -1,0 +1,192 @@
+"""State, knobs and static shape of one simulated deployment.
+
+The simulator is a pure function of three things:
+
+* :class:`SimStatic` — hashable Python values that fix array shapes and the code path
+  (policy name, router name, capacities). Changing one is a new compile.
+* :class:`SimParams` — every numeric knob as an array leaf (qps-dependent workload,
+  batch cap, chunk size, memory blocks, prices, scale factors...). Stacked along a
+  leading config axis and ``vmap``-ped.
+* :class:`TimingTables` — dense per-operation execution-time tables (milliseconds),
+  tabulated from the trained predictors, one slab per (model, device, TP, network)
+  bundle; configs index their bundle with ``SimParams.table_index``. They are shared by
+  all configs (not vmapped), so 1,000 configs on one model cost one copy.
+
+:class:`SimState` is everything that changes while simulating one config.
+
+Conventions: ``-1`` is the "none" sentinel for indices; times are float64 seconds and
+``nan`` means "has not happened"; ``inf`` is "no event scheduled".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+
+#: Replica (batch) schedulers, Vidur's names.
+POLICIES = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm")
+#: Global schedulers (request routing to replicas), Vidur's names.
+ROUTERS = ("round_robin", "random", "lor")
+
+# Error bits of ``SimState.error`` (checked on the host after a run).
+ERR_SLOTS = 1  # more admitted requests than running-set slots: grow num_slots
+ERR_STALLED = 2  # work left but nothing can ever be scheduled (e.g. a request larger than KV memory)
+ERR_STEPS = 4  # step budget exhausted (should not happen; indicates a bug)
+ERR_TOKENS = 8  # a batch larger than the timing tables cover: grow the tables
+ERR_OOM = 16  # LightLLM decode could not allocate (Vidur raises "OOM handling not implemented")
+
+ERROR_NAMES = {
+    ERR_SLOTS: "running-set slots overflowed",
+    ERR_STALLED: "simulation stalled: requests remain that can never be scheduled",
+    ERR_STEPS: "step budget exhausted",
+    ERR_TOKENS: "batch larger than the timing tables cover",
+    ERR_OOM: "LightLLM decode ran out of KV memory",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SimStatic:
+    """Static (hashable) part of a simulation: shapes and code paths.
+
+    Attributes:
+        policy: replica scheduler name, one of :data:`POLICIES`.
+        router: global scheduler name, one of :data:`ROUTERS`.
+        num_requests: request capacity R (valid rows + padding).
+        num_slots: running-set capacity S per replica (>= max concurrent requests).
+        max_replicas: replica capacity N (configs may use fewer).
+        max_stages: pipeline-stage capacity (configs may use fewer).
+        num_tbt_bins: number of TBT histogram bins H.
+    """
+
+    policy: str
+    router: str
+    num_requests: int
+    num_slots: int
+    max_replicas: int = 1
+    max_stages: int = 1
+    num_tbt_bins: int = 2048
+
+    @property
+    def window(self) -> int:
+        """How many queued requests one batch may admit at most (W = S)."""
+        return self.num_slots
+
+
+@flax.struct.dataclass
+class TimingTables:
+    """Dense execution-time tables, milliseconds, one slab per predictor bundle P.
+
+    Token-indexed tables use a grid of ``token_step`` tokens (Vidur rounds batch
+    token counts up to a multiple of 8); attention tables use ``kv_step`` for KV
+    lengths (Vidur's 64-token prediction granularity).
+    """
+
+    token_ops: jax.Array  # (P, G, K) f32 ms per layer at num_tokens = g * token_step; K = len(TOKEN_OPS)
+    kv_save: jax.Array  # (P, G) f32 ms per layer, attn_kv_cache_save at g * token_step tokens
+    decode: jax.Array  # (P, B + 1, KD) f32 ms per layer, attn_decode at (batch b, kv = k * kv_step)
+    prefill: jax.Array  # (P, KP, C) f32 ms per layer, attn_prefill at (kv = k * kv_step, chunk = c * chunk_step)
+    token_step: int = flax.struct.field(pytree_node=False, default=8)
+    kv_step: int = flax.struct.field(pytree_node=False, default=64)
+    chunk_step: int = flax.struct.field(pytree_node=False, default=16)
+
+
+#: Per-layer token-count operations, in the column order of ``TimingTables.token_ops``.
+TOKEN_OPS = (
+    "attn_pre_proj",
+    "attn_post_proj",
+    "attn_rope",
+    "mlp_up_proj",
+    "mlp_down_proj",
+    "mlp_act",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "add",
+    "all_reduce",
+    "send_recv",
+)
+OP_INDEX = {name: i for i, name in enumerate(TOKEN_OPS)}
+
+
+@flax.struct.dataclass
+class SimParams:
+    """Numeric knobs of one config (leading config axis when stacked)."""
+
+    # workload
+    arrived_at: jax.Array  # (R,) f64 s, sorted; +inf on padding rows
+    num_prefill: jax.Array  # (R,) i32 tokens (0 on padding)
+    num_decode: jax.Array  # (R,) i32 tokens (0 on padding)
+    random_route: jax.Array  # (R,) i32 replica id per request for router="random"
+    # deployment
+    num_replicas: jax.Array  # () i32, <= SimStatic.max_replicas
+    num_stages: jax.Array  # () i32 pipeline stages, <= SimStatic.max_stages
+    layers_per_stage: jax.Array  # () f32
+    table_index: jax.Array  # () i32 row of TimingTables
+    # replica scheduler
+    batch_cap: jax.Array  # () i32 Vidur batch_size_cap
+    max_batch_size: jax.Array  # () i32 min(memory-bound batch size, cap) (Orca/FT admission)
+    max_micro_batch: jax.Array  # () i32 batch_cap // num_stages (vLLM/Sarathi/LightLLM)
+    chunk_size: jax.Array  # () i32 Sarathi token budget per iteration
+    max_tokens_in_batch: jax.Array  # () i32 vLLM/LightLLM token cap
+    max_waiting_iters: jax.Array  # () i32 LightLLM
+    num_blocks: jax.Array  # () i32 KV blocks per replica
+    block_size: jax.Array  # () i32 tokens per block
+    watermark_blocks: jax.Array  # () i32
+    max_blocks_per_seq: jax.Array  # () i32 max_tokens // block_size (Orca/FT reservation)
+    # timing
+    gqa_overhead: jax.Array  # () f32 Vidur's attention batching overhead fraction (0.1 for GQA, else 0)
+    op_scale: jax.Array  # (K,) f32 multiplier per token op (sensitivity knobs; 1 = as profiled)
+    attn_scale: jax.Array  # () f32 multiplier on attention kernels
+    cpu_overhead_ms: jax.Array  # () f32 fixed CPU time added per iteration (0 = Vidur default)
+    flops_per_token: jax.Array  # () f32 dense FLOPs per token per layer per device (MFU)
+    attn_flops_coef: jax.Array  # () f32 attention FLOPs per (query token x kv token) per layer per device
+    peak_flops: jax.Array  # () f32 device peak FLOP/s
+    max_steps: jax.Array  # () i64 step budget
+
+
+@flax.struct.dataclass
+class SimState:
+    """Everything that changes during one config's simulation."""
+
+    # --- requests (R)
+    scheduled_at: jax.Array  # (R,) f64 s, first time in a batch (nan = never)
+    first_token_at: jax.Array  # (R,) f64 s, prefill completion (nan = never)
+    completed_at: jax.Array  # (R,) f64 s (nan = never)
+    num_restarts: jax.Array  # (R,) i32
+    # --- routing / waiting queues: queue[r, head:tail] are request ids waiting at replica r
+    next_arrival: jax.Array  # () i32 index of the next request to arrive
+    queue: jax.Array  # (N, R) i32 request ids, -1 = empty
+    q_head: jax.Array  # (N,) i32
+    q_tail: jax.Array  # (N,) i32
+    # --- running set per replica (S slots); a restarted request keeps its slot with 0 blocks
+    slot_req: jax.Array  # (N, S) i32 request id, -1 = free slot
+    slot_prefill: jax.Array  # (N, S) i32 current prefill length (grows on restart)
+    slot_processed: jax.Array  # (N, S) i32 tokens processed (Vidur: +1 when prefill completes)
+    slot_blocks: jax.Array  # (N, S) i32 KV blocks held
+    slot_restarted: jax.Array  # (N, S) bool waiting for re-admission after a restart
+    slot_mb: jax.Array  # (N, S) i32 in-flight micro-batch index, -1 = not in flight
+    slot_ntok: jax.Array  # (N, S) i32 tokens this slot processes in its in-flight batch
+    slot_last_done: jax.Array  # (N, S) f64 s, end of the request's latest iteration
+    slot_group: jax.Array  # (N, S) i32 FasterTransformer batch group (-1 = none)
+    # --- replicas
+    free_blocks: jax.Array  # (N,) i32
+    inflight_end: jax.Array  # (N, M) f64 s end time per in-flight micro-batch (inf = empty)
+    stage_free_at: jax.Array  # (N, M) f64 s when each pipeline stage becomes free
+    next_event: jax.Array  # (N,) f64 s next time this replica acts (inf = idle)
+    waiting_iters: jax.Array  # (N,) i32 LightLLM decode iterations since last prefill
+    # --- metrics accumulators
+    tbt_hist: jax.Array  # (H,) i32 counts of TBT samples per bin
+    tbt_sum: jax.Array  # () f64 s
+    tbt_count: jax.Array  # () i64
+    num_batches: jax.Array  # () i64
+    batch_size_sum: jax.Array  # () f64 requests
+    batch_tokens_sum: jax.Array  # () f64 tokens
+    kv_util_sum: jax.Array  # () f64 fraction of blocks allocated, summed over batches
+    busy_s: jax.Array  # () f64 s stage-busy time summed over batches (one stage)
+    flops_sum: jax.Array  # () f64 FLOPs per device summed over batches
+    # --- control
+    clock: jax.Array  # () f64 s time of the last processed event
+    step: jax.Array  # () i64
+    num_completed: jax.Array  # () i32
+    error: jax.Array  # () i32 bit set of ERR_*
