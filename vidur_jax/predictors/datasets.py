@@ -1,0 +1,152 @@
+"""Turn profile tables into fit jobs (internal features + median times).
+
+Internal feature conventions (3 dims; see :mod:`vidur_jax.predictors.hybrid`):
+
+=====================  ==========================================  =====================
+op                     user features                               internal x
+=====================  ==========================================  =====================
+token ops              ``num_tokens``                              (tokens, 1, 1)
+all_reduce/send_recv   ``num_tokens``                              (bytes = 2*E*tokens, 1, 1)
+attn_prefill           ``kv_cache_size, prefill_chunk_size``       (kv, chunk, heads/dev)
+attn_decode            ``batch_size, kv_cache_size``               (batch, kv, heads/dev)
+shape transfer (GEMM)  ``num_tokens``                              (tokens, K, N) per device
+shape transfer (elem)  ``num_tokens``                              (tokens, width, 1)
+=====================  ==========================================  =====================
+
+"heads/dev" is the *effective* number of 128-dim heads per device: query heads for
+prefill (compute-bound), KV heads for decode (FlashAttention reads each KV head once for
+its query group, so decode is bound by KV bytes). The A100 Llama-2-7B table spans
+32/16/8/4 heads per device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from vidur_jax.predictors.train import FitJob
+
+#: Ops whose only feature is ``num_tokens``.
+TOKEN_OPS: tuple[str, ...] = (
+    "attn_pre_proj",
+    "attn_post_proj",
+    "attn_rope",
+    "attn_kv_cache_save",
+    "mlp_up_proj",
+    "mlp_down_proj",
+    "mlp_act",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "add",
+    "all_reduce",
+    "send_recv",
+)
+#: Every op a predictor answers, in a fixed order.
+OPS: tuple[str, ...] = (*TOKEN_OPS[:10], "attn_prefill", "attn_decode", "all_reduce", "send_recv")
+#: User feature names per op (keyword arguments of ``Predictor.predict``).
+OP_FEATURES: dict[str, tuple[str, ...]] = {op: ("num_tokens",) for op in TOKEN_OPS}
+OP_FEATURES["attn_prefill"] = ("kv_cache_size", "prefill_chunk_size")
+OP_FEATURES["attn_decode"] = ("batch_size", "kv_cache_size")
+#: Ops fitted on mlp.csv.
+MLP_CSV_OPS: tuple[str, ...] = (
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_rope",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_act",
+    "mlp_down_proj",
+    "add",
+)
+REFERENCE_HEAD_DIM = 128.0
+
+_ONES = np.ones(1)
+
+
+def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.0) -> FitJob:
+    """Fit job for a 1-feature op.
+
+    Args:
+      num_tokens: ``(N,)`` tokens (or bytes for network ops with ``bytes_per_token=1``).
+      y: ``(N,)`` ms.
+      bytes_per_token: user-to-internal scale (``2 * embedding_dim`` for collectives).
+    """
+    n = np.asarray(num_tokens, np.float64)
+    x = np.stack([n, np.ones_like(n), np.ones_like(n)], axis=1)
+    return FitJob(x, np.asarray(y, np.float64), np.array([bytes_per_token, 0.0, 0.0]), np.array([0.0, 1.0, 1.0]))
+
+
+def effective_heads(shape: dict, tp: int, kind: str) -> float:
+    """Effective 128-dim heads per device for attention ``kind`` ("prefill" or "decode")."""
+    head_dim = shape["embedding_dim"] / shape["num_q_heads"]
+    heads = shape["num_q_heads"] if kind == "prefill" else shape["num_kv_heads"]
+    return heads / tp * head_dim / REFERENCE_HEAD_DIM
+
+
+def attention_job(rows: pd.DataFrame, kind: str, heads: np.ndarray | float) -> FitJob:
+    """Fit job for prefill/decode attention.
+
+    Args:
+      rows: attention rows of one kind (see ``profiles.load_attention``).
+      kind: "prefill" or "decode".
+      heads: effective heads per device, scalar or ``(N,)`` (transfer fits vary it).
+    """
+    if kind == "prefill":
+        f0, f1, y = rows["kv_cache_size"], rows["prefill_chunk_size"], rows["attn_prefill"]
+    else:
+        f0, f1, y = rows["batch_size"], rows["kv_cache_size"], rows["attn_decode"]
+    f0 = f0.to_numpy(np.float64)
+    h = np.broadcast_to(np.asarray(heads, np.float64), f0.shape)
+    x = np.stack([f0, f1.to_numpy(np.float64), h], axis=1)
+    const_h = float(h[0]) if np.unique(h).size == 1 else 0.0
+    return FitJob(x, y.to_numpy(np.float64), np.array([1.0, 1.0, 0.0]), np.array([0.0, 0.0, const_h]))
+
+
+def shape_dims(op: str, shape: dict, tp: int) -> tuple[float, float]:
+    """Per-device shape features (K, N) of a GEMM op, or (width, 1) of an elementwise op.
+
+    Args:
+      op: an op of :data:`MLP_CSV_OPS`.
+      shape: ``{num_q_heads, num_kv_heads, embedding_dim, mlp_hidden_dim, use_gated_mlp}``.
+      tp: tensor-parallel degree.
+    """
+    e = float(shape["embedding_dim"])
+    hd = e / shape["num_q_heads"]
+    q = shape["num_q_heads"] * hd / tp
+    kv = shape["num_kv_heads"] * hd / tp
+    f = shape["mlp_hidden_dim"] / tp
+    gate = 2.0 if shape["use_gated_mlp"] else 1.0
+    return {
+        "attn_pre_proj": (e, q + 2 * kv),
+        "attn_post_proj": (q, e),
+        "mlp_up_proj": (e, gate * f),
+        "mlp_down_proj": (f, e),
+        "mlp_act": (gate * f, 1.0),
+        "attn_rope": (q + kv, 1.0),
+        "input_layernorm": (e, 1.0),
+        "post_attention_layernorm": (e, 1.0),
+        "add": (e, 1.0),
+    }[op]
+
+
+def shape_job(frames: list[tuple[dict, int, pd.DataFrame]], op: str, row_stride: int = 1) -> FitJob:
+    """Fit job for one token op across models/TPs with shape features (for transfer).
+
+    Args:
+      frames: ``(shape, tp, rows)`` triples, rows from ``profiles.load_compute`` for one TP.
+      op: the op.
+      row_stride: keep every ``row_stride``-th row per frame (cheaper fits).
+    """
+    xs, ys = [], []
+    for shape, tp, rows in frames:
+        rows = rows.iloc[::row_stride]
+        y = rows[op].to_numpy(np.float64)
+        if not np.any(y > 0):
+            continue
+        a, b = shape_dims(op, shape, tp)
+        n = rows["num_tokens"].to_numpy(np.float64)
+        xs.append(np.stack([n, np.full_like(n, a), np.full_like(n, b)], axis=1))
+        ys.append(y)
+    x = np.concatenate(xs)
+    return FitJob(x, np.concatenate(ys), np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0]))

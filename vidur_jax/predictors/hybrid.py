@@ -1,0 +1,163 @@
+"""The hybrid MLP + polynomial execution-time model (pure JAX).
+
+Every operation predictor has the same parameter pytree, so predictors for different
+(model, device, TP) can be stacked along a leading axis and vmapped. Inputs are
+always three *internal* features ``x = feats * feat_scale + feat_const`` (shape
+``(..., 3)``): user features occupy the first dims, the remaining dims are constants
+stored in the params (e.g. attention heads per device), so one tree fits every op.
+
+The prediction in milliseconds is::
+
+    poly(x)  = sum_k coef[k] * prod_j (x_j / x_max_j) ** exponents[k, j]   (coef >= 0)
+    u        = log1p(x);   z = (u - z_mu) / z_sd
+    w(x)     = exp(-dist(u, [lo, hi])**2 / tau**2)    # 1 inside the profiled box
+    y        = out_scale * poly(x) * exp(w(x) * mlp(z)) * (1 + gqa_decode * [x_0 > 1])
+
+Inside the profiled box the MLP multiplies the polynomial by a learned correction
+(interpolation); outside the correction fades smoothly so the non-negative polynomial in
+physical features (tokens, FLOPs, bytes) extrapolates. ``w`` is C1 (squared hinge),
+so the composite is differentiable everywhere. ``out_scale`` carries device transfer
+factors (and is 0 for ops that a model does not have); ``gqa_decode`` is Vidur's GQA
+decode batching overhead for transferred attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Number of internal features.
+NUM_FEATURES = 3
+#: Hidden width every MLP is padded to (zero units are exact no-ops).
+MAX_WIDTH = 32
+#: MLP depth (hidden layers); fixed so that trees match.
+DEPTH = 2
+#: Polynomial terms every predictor is padded to (zero coefficients).
+MAX_TERMS = 20
+#: Largest monomial exponent.
+MAX_EXPONENT = 3
+
+Params = dict[str, Any]
+
+
+class MaskedMLP(nn.Module):
+    """Tanh MLP ``R^3 -> R`` whose hidden units can be switched off by a 0/1 mask.
+
+    The mask lets candidates of different widths share one compiled training step;
+    after training, masked units are zeroed so the plain (all-ones mask) network is
+    exactly the narrow one.
+    """
+
+    width: int = MAX_WIDTH
+    depth: int = DEPTH
+
+    @nn.compact
+    def __call__(self, z: jax.Array, mask: jax.Array) -> jax.Array:
+        """Args: z ``(..., 3)`` standardized log features; mask ``(width,)``. Returns ``(...)``."""
+        h = z
+        for _ in range(self.depth):
+            h = jnp.tanh(nn.Dense(self.width)(h)) * mask
+        return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[..., 0]
+
+
+MLP = MaskedMLP()
+
+
+def init_mlp(key: jax.Array) -> Params:
+    """Fresh MLP parameters (output layer zero, so the initial correction is 0)."""
+    return MLP.init(key, jnp.zeros((1, NUM_FEATURES)), jnp.ones((MAX_WIDTH,)))["params"]
+
+
+def zero_masked_units(mlp: Params, mask: np.ndarray) -> Params:
+    """Zero every weight touching a masked hidden unit (exact for the tanh MLP).
+
+    Args:
+      mlp: flax params of :class:`MaskedMLP` (numpy or jax arrays).
+      mask: ``(MAX_WIDTH,)`` 0/1.
+    """
+    m = np.asarray(mask, dtype=np.float32)
+    out = jax.tree_util.tree_map(lambda a: np.array(a, dtype=np.float32), mlp)
+    for i in range(DEPTH):
+        layer = out[f"Dense_{i}"]
+        layer["kernel"] = layer["kernel"] * m[None, :]
+        layer["bias"] = layer["bias"] * m
+        if i > 0:
+            layer["kernel"] = layer["kernel"] * m[:, None]
+    last = out[f"Dense_{DEPTH}"]
+    last["kernel"] = last["kernel"] * m[:, None]
+    return out
+
+
+def powers(s: jax.Array) -> jax.Array:
+    """``[1, s, s^2, s^3]`` stacked on a new last axis, without ``pow`` (safe grads at 0)."""
+    s2 = s * s
+    return jnp.stack([jnp.ones_like(s), s, s2, s2 * s], axis=-1)
+
+
+def poly_terms(x: jax.Array, x_max: jax.Array, exponents: jax.Array) -> jax.Array:
+    """Monomial features.
+
+    Args:
+      x: ``(N, 3)`` internal features.
+      x_max: ``(3,)`` normalizers.
+      exponents: ``(P, 3)`` integer-valued exponents in ``[0, MAX_EXPONENT]``.
+
+    Returns:
+      ``(N, P)`` values of ``prod_j (x_j / x_max_j) ** exponents[p, j]``.
+    """
+    pw = powers(x / x_max)  # (N, 3, E)
+    onehot = (exponents[..., None] == jnp.arange(MAX_EXPONENT + 1)).astype(x.dtype)  # (P, 3, E)
+    per_dim = jnp.einsum("nje,pje->npj", pw, onehot)
+    return jnp.prod(per_dim, axis=-1)
+
+
+def box_weight(u: jax.Array, lo: jax.Array, hi: jax.Array, tau: jax.Array) -> jax.Array:
+    """Blend weight: 1 inside ``[lo, hi]`` (log1p space), Gaussian decay outside. ``(N,)``."""
+    over = jnp.maximum(u - hi, 0.0)
+    under = jnp.maximum(lo - u, 0.0)
+    d2 = jnp.sum(over * over + under * under, axis=-1)
+    return jnp.exp(-d2 / (tau * tau))
+
+
+def internal_features(params: Params, feats: jax.Array) -> jax.Array:
+    """Map user features ``(N, 3)`` (unused dims 0) to internal features ``(N, 3)``."""
+    return feats * params["feat_scale"] + params["feat_const"]
+
+
+def apply(params: Params, feats: jax.Array) -> jax.Array:
+    """Predicted time in ms, ``(N,)``, for user features ``feats`` ``(N, 3)``.
+
+    Pure and differentiable; usable inside ``jit``/``vmap``/``grad``.
+    """
+    x = internal_features(params, feats)
+    poly = poly_terms(x, params["x_max"], params["exponents"]) @ params["coef"]
+    u = jnp.log1p(jnp.maximum(x, 0.0))
+    z = (u - params["z_mu"]) / params["z_sd"]
+    corr = MLP.apply({"params": params["mlp"]}, z, jnp.ones((MAX_WIDTH,), x.dtype))
+    w = box_weight(u, params["lo"], params["hi"], params["tau"])
+    overhead = 1.0 + params["gqa_decode"] * (feats[..., 0] > 1.0)
+    return params["out_scale"] * poly * jnp.exp(w * corr) * overhead
+
+
+def zero_params() -> Params:
+    """A predictor that always returns 0 ms (ops a model or a TP degree does not have)."""
+    mlp = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, np.float32), init_mlp(jax.random.PRNGKey(0)))
+    return {
+        "feat_scale": np.array([1.0, 1.0, 1.0], np.float32),
+        "feat_const": np.zeros(3, np.float32),
+        "x_max": np.ones(3, np.float32),
+        "exponents": np.zeros((MAX_TERMS, 3), np.float32),
+        "coef": np.zeros(MAX_TERMS, np.float32),
+        "z_mu": np.zeros(3, np.float32),
+        "z_sd": np.ones(3, np.float32),
+        "lo": np.zeros(3, np.float32),
+        "hi": np.zeros(3, np.float32),
+        "tau": np.array(1.0, np.float32),
+        "mlp": mlp,
+        "out_scale": np.array(0.0, np.float32),
+        "gqa_decode": np.array(0.0, np.float32),
+    }

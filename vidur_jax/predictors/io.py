@@ -1,0 +1,103 @@
+"""Save and load predictor parameters as ``.npz`` (arrays) + ``.json`` (metadata).
+
+No pickle: the npz holds float32 arrays under flattened keys ``"<op>/<path>/<leaf>"``
+(e.g. ``"attn_decode/mlp/Dense_0/kernel"``) and is loaded with ``allow_pickle=False``.
+Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from vidur_jax.errors import ConfigError
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict of arrays -> ``{"a/b/c": array}``."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "/"))
+        else:
+            out[name] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def _atomic_write(path: str, write) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save(base: str, params: dict[str, Any], meta: dict) -> None:
+    """Write ``base.npz`` and ``base.json`` atomically.
+
+    Args:
+      base: path without extension.
+      params: ``{op: params pytree}``.
+      meta: JSON-serializable metadata.
+    """
+    flat = flatten(params)
+
+    def write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **flat)
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
+
+    _atomic_write(base + ".npz", write_npz)
+    _atomic_write(base + ".json", write_json)
+
+
+def load(base: str) -> tuple[dict[str, Any], dict]:
+    """Read ``base.npz`` + ``base.json``; ConfigError (one line) if either is missing."""
+    if not (os.path.isfile(base + ".npz") and os.path.isfile(base + ".json")):
+        raise ConfigError(f"predictor parameters not found: {base}.npz/.json")
+    with np.load(base + ".npz", allow_pickle=False) as data:
+        flat = {k: np.asarray(data[k]) for k in data.files}
+    with open(base + ".json") as f:
+        meta = json.load(f)
+    return unflatten(flat), meta
+
+
+def files_hash(paths: list[str], extra: str = "") -> str:
+    """Short content hash of files (missing files hash by name) plus ``extra``."""
+    h = hashlib.sha256(extra.encode())
+    for p in sorted(paths):
+        h.update(p.encode())
+        if os.path.isfile(p):
+            with open(p, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> str:
+    """Cache folder for trained params: ``$VIDUR_JAX_CACHE`` or ``~/.cache/vidur_jax``."""
+    return os.environ.get("VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax"))

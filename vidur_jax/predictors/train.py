@@ -1,0 +1,316 @@
+"""Fitting the hybrid predictors: polynomial part, then MLP part (L + M search).
+
+Stage 1 -- polynomial (L candidates: total degree 1, 2, 3 over the active features).
+Each candidate is a non-negative least-squares fit of the *relative* error
+``sum_i ((poly(x_i) - y_i) / y_i)^2`` (exact, via NNLS, since the model is linear in its
+coefficients). The degree is chosen by an *extrapolation* check: fit on points with every
+active feature <= half its maximum, score MAPE on the rest. The winner is refit on all rows.
+
+Stage 2 -- MLP (M candidates: hidden widths 8, 16, 32; the polynomial is frozen). The MLP
+learns the log-residual ``log y - log poly`` with a mean squared log-ratio loss, trained with
+``optax.adam`` (warmup-cosine schedule). Every candidate of every job is trained in one
+vmapped, ``lax.scan``-ed, jitted call: widths are hidden-unit masks inside one padded
+network and rows are padded to a bucketed count with zero weights, so the train step
+compiles once per (jobs, rows) bucket. The width is chosen on every 5th row held out; the
+winner is retrained on all rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy.optimize import nnls
+
+from vidur_jax.predictors import hybrid
+
+#: Polynomial degree candidates (L).
+POLY_DEGREES: tuple[int, ...] = (1, 2, 3)
+#: MLP width candidates (M); all padded to ``hybrid.MAX_WIDTH``.
+MLP_WIDTHS: tuple[int, ...] = (8, 16, 32)
+NUM_STEPS = 1000
+PEAK_LR = 1e-2
+#: Blend length scale in log1p units: the MLP correction falls to exp(-1) at e**0.4 ~ 1.5x
+#: beyond the profiled box and to ~5% at 2x.
+TAU = 0.4
+#: Padded row counts of the MLP training batches (one compile each); larger tables are
+#: subsampled with a stride to ``MAX_MLP_ROWS`` for the MLP (the polynomial uses all rows).
+ROW_BUCKETS: tuple[int, ...] = (320, 512, 640)
+MAX_MLP_ROWS = ROW_BUCKETS[-1]
+
+#: Number of times the vmapped train loop has been traced (tests assert it compiles once).
+TRACE_COUNT = {"fit_mlps": 0}
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One predictor to fit.
+
+    Attributes:
+      x: ``(N, 3)`` internal features (e.g. tokens, bytes, heads per device).
+      y: ``(N,)`` median times in ms (> 0 after clipping).
+      feat_scale: ``(3,)`` map from user features to internal ones (see ``hybrid``).
+      feat_const: ``(3,)`` constant internal features.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    feat_scale: np.ndarray
+    feat_const: np.ndarray
+
+
+def active_dims(x: np.ndarray) -> tuple[int, ...]:
+    """Feature dims of ``x`` ``(N, 3)`` that take more than one value."""
+    return tuple(j for j in range(x.shape[1]) if np.unique(x[:, j]).size > 1)
+
+
+def monomials(dims: tuple[int, ...], degree: int) -> np.ndarray:
+    """Exponents ``(P, 3)`` of all monomials over ``dims`` with total degree <= ``degree``."""
+    rows = []
+    for exps in itertools.product(range(degree + 1), repeat=len(dims)):
+        if sum(exps) <= degree:
+            e = np.zeros(hybrid.NUM_FEATURES, np.float32)
+            e[list(dims)] = exps
+            rows.append(e)
+    rows.sort(key=lambda e: (e.sum(), tuple(-e)))
+    return np.stack(rows)
+
+
+def design(x: np.ndarray, x_max: np.ndarray, exponents: np.ndarray) -> np.ndarray:
+    """Monomial design matrix ``(N, P)`` in float64 (numpy twin of ``hybrid.poly_terms``)."""
+    s = x.astype(np.float64) / x_max.astype(np.float64)
+    return np.prod(s[:, None, :] ** exponents[None, :, :].astype(np.float64), axis=-1)
+
+
+def fit_nnls_relative(phi: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients minimizing ``sum(((phi @ c) - y) / y)^2``."""
+    coef, _ = nnls(phi / y[:, None], np.ones_like(y), maxiter=50 * phi.shape[1])
+    return coef
+
+
+def fit_poly(x: np.ndarray, y: np.ndarray, x_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Stage 1: choose the degree by extrapolation error and fit the polynomial.
+
+    Args:
+      x: ``(N, 3)`` internal features; y: ``(N,)`` ms; x_max: ``(3,)`` normalizers.
+
+    Returns:
+      ``(exponents (MAX_TERMS, 3), coef (MAX_TERMS,), degree)``, zero-padded.
+    """
+    dims = active_dims(x)
+    inner = np.all(x[:, list(dims)] <= 0.5 * x_max[list(dims)], axis=1) if dims else np.ones(len(y), bool)
+    best: tuple[float, int] | None = None
+    for degree in POLY_DEGREES:
+        exps = monomials(dims, degree)
+        if len(exps) > hybrid.MAX_TERMS:
+            continue
+        if inner.sum() < 2 * len(exps) or (~inner).sum() < 3:
+            score = np.inf if degree > 1 else 0.0
+        else:
+            coef = fit_nnls_relative(design(x[inner], x_max, exps), y[inner])
+            pred = design(x[~inner], x_max, exps) @ coef
+            score = float(np.mean(np.abs(pred / y[~inner] - 1.0)))
+        if best is None or score < best[0]:
+            best = (score, degree)
+    degree = best[1]
+    exps = monomials(dims, degree)
+    coef = fit_nnls_relative(design(x, x_max, exps), y)
+    if not np.any(coef > 0):  # degenerate: fall back to the mean as a constant
+        coef = np.zeros(len(exps))
+        coef[0] = float(np.mean(y))
+    pad_e = np.zeros((hybrid.MAX_TERMS, 3), np.float32)
+    pad_c = np.zeros(hybrid.MAX_TERMS, np.float32)
+    pad_e[: len(exps)] = exps
+    pad_c[: len(exps)] = coef
+    return pad_e, pad_c, degree
+
+
+def width_mask(width: int) -> np.ndarray:
+    """``(MAX_WIDTH,)`` 0/1 mask keeping the first ``width`` hidden units."""
+    return (np.arange(hybrid.MAX_WIDTH) < width).astype(np.float32)
+
+
+def _optimizer() -> optax.GradientTransformation:
+    sched = optax.warmup_cosine_decay_schedule(0.0, PEAK_LR, 50, NUM_STEPS, end_value=PEAK_LR * 0.01)
+    return optax.adam(sched)
+
+
+def _loss(mlp: hybrid.Params, z: jax.Array, r: jax.Array, wts: jax.Array, mask: jax.Array) -> jax.Array:
+    """Weighted mean squared log-ratio of one MLP: ``(corr - (log y - log poly))^2``."""
+    pred = hybrid.MLP.apply({"params": mlp}, z, mask)
+    return jnp.sum(wts * (pred - r) ** 2) / jnp.maximum(jnp.sum(wts), 1.0)
+
+
+@partial(jax.jit, static_argnames=("num_steps",))
+def fit_mlps(
+    mlp0: hybrid.Params, z: jax.Array, r: jax.Array, wts: jax.Array, masks: jax.Array, num_steps: int = NUM_STEPS
+) -> tuple[hybrid.Params, jax.Array]:
+    """Train K MLPs at once (vmapped Adam, scanned steps).
+
+    Args:
+      mlp0: stacked initial params, leading axis K.
+      z: ``(K, N, 3)`` standardized log features.
+      r: ``(K, N)`` log-residual targets.
+      wts: ``(K, N)`` row weights (0 for padding / held-out rows).
+      masks: ``(K, MAX_WIDTH)`` hidden-unit masks.
+
+    Returns:
+      ``(params, final_loss (K,))``.
+    """
+    TRACE_COUNT["fit_mlps"] += 1  # runs at trace time only
+    opt = _optimizer()
+    grad_fn = jax.vmap(jax.value_and_grad(_loss))
+
+    def step(carry, _):
+        params, state = carry
+        loss, grads = grad_fn(params, z, r, wts, masks)
+        updates, state = jax.vmap(opt.update)(grads, state, params)
+        return (optax.apply_updates(params, updates), state), loss
+
+    state0 = jax.vmap(opt.init)(mlp0)
+    (params, _), losses = jax.lax.scan(step, (mlp0, state0), None, length=num_steps)
+    return params, losses[-1]
+
+
+def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
+    pad = [(0, n - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
+    return np.pad(a, pad)
+
+
+def _bucket(n: int) -> int:
+    """Smallest row bucket holding ``n`` rows (``n <= MAX_MLP_ROWS``)."""
+    return next(b for b in ROW_BUCKETS if n <= b)
+
+
+@dataclass
+class _Prepared:
+    base: hybrid.Params  # everything but the MLP
+    z: np.ndarray  # (N, 3)
+    r: np.ndarray  # (N,)
+
+
+def _prepare(job: FitJob) -> _Prepared:
+    """Stage 1 plus the MLP inputs/targets for one job."""
+    x = job.x.astype(np.float64)
+    y = np.maximum(job.y.astype(np.float64), 0.5 * max(job.y[job.y > 0].min(), 1e-4))
+    x_max = np.maximum(x.max(axis=0), 1e-9)
+    exps, coef, _ = fit_poly(x, y, x_max)
+    u = np.log1p(np.maximum(x, 0.0))
+    mu = u.mean(axis=0)
+    sd = u.std(axis=0)
+    sd = np.where(sd > 1e-6, sd, 1.0)
+    poly = design(x, x_max, exps) @ coef.astype(np.float64)
+    r = np.log(y) - np.log(np.maximum(poly, 1e-12))
+    stride = -(-len(r) // MAX_MLP_ROWS)
+    u_mlp, r = u[::stride], r[::stride]
+    base = {
+        "feat_scale": job.feat_scale.astype(np.float32),
+        "feat_const": job.feat_const.astype(np.float32),
+        "x_max": x_max.astype(np.float32),
+        "exponents": exps,
+        "coef": coef,
+        "z_mu": mu.astype(np.float32),
+        "z_sd": sd.astype(np.float32),
+        "lo": u.min(axis=0).astype(np.float32),
+        "hi": u.max(axis=0).astype(np.float32),
+        "tau": np.array(TAU, np.float32),
+        "out_scale": np.array(1.0, np.float32),
+        "gqa_decode": np.array(0.0, np.float32),
+    }
+    return _Prepared(base, ((u_mlp - mu) / sd).astype(np.float32), r.astype(np.float32))
+
+
+def _run_mlps(
+    preps: list[_Prepared], widths: list[int], row_sets: list[np.ndarray], seed: int
+) -> tuple[list[hybrid.Params], np.ndarray]:
+    """Train one MLP per (prep, width, rows) triple in one vmapped call; returns params and loss."""
+    n = _bucket(max(len(p.r) for p in preps))
+    k = len(preps)
+    k_pad = -(-k // 4) * 4
+    z = np.zeros((k_pad, n, 3), np.float32)
+    r = np.zeros((k_pad, n), np.float32)
+    wts = np.zeros((k_pad, n), np.float32)
+    masks = np.zeros((k_pad, hybrid.MAX_WIDTH), np.float32)
+    for i, (p, w, rows) in enumerate(zip(preps, widths, row_sets)):
+        z[i] = _pad_rows(p.z, n)
+        r[i] = _pad_rows(p.r, n)
+        wts[i, rows] = 1.0
+        masks[i] = width_mask(w)
+    keys = jax.random.split(jax.random.PRNGKey(seed), k_pad)
+    mlp0 = jax.vmap(hybrid.init_mlp)(keys)
+    params, _ = fit_mlps(mlp0, jnp.asarray(z), jnp.asarray(r), jnp.asarray(wts), jnp.asarray(masks))
+    params = jax.tree_util.tree_map(np.asarray, params)
+    out = [hybrid.zero_masked_units(jax.tree_util.tree_map(lambda a: a[i], params), masks[i]) for i in range(k)]
+    return out, np.asarray([0.0])
+
+
+def _run_grouped(
+    preps: list[_Prepared], widths: list[int], row_sets: list[np.ndarray], seed: int
+) -> list[hybrid.Params]:
+    """:func:`_run_mlps` per row-count bucket, so short tables are not padded to long ones."""
+    buckets: dict[int, list[int]] = {}
+    for i, p in enumerate(preps):
+        buckets.setdefault(_bucket(len(p.r)), []).append(i)
+    out: list[hybrid.Params | None] = [None] * len(preps)
+    for b, idx in sorted(buckets.items()):
+        params, _ = _run_mlps([preps[i] for i in idx], [widths[i] for i in idx], [row_sets[i] for i in idx], seed + b)
+        for i, p in zip(idx, params):
+            out[i] = p
+    return out
+
+
+def _mlp_msle(mlp: hybrid.Params, prep: _Prepared, rows: np.ndarray) -> float:
+    pred = hybrid.MLP.apply({"params": mlp}, jnp.asarray(prep.z[rows]), jnp.ones(hybrid.MAX_WIDTH))
+    return float(np.mean((np.asarray(pred) - prep.r[rows]) ** 2))
+
+
+def fit_jobs(jobs: list[FitJob], seed: int = 0, widths: tuple[int, ...] = MLP_WIDTHS) -> list[hybrid.Params]:
+    """Fit every job: polynomial search (L), then a vmapped MLP width search (M).
+
+    Args:
+      jobs: predictors to fit.
+      seed: PRNG seed for MLP initialization.
+      widths: MLP width candidates.
+
+    Returns:
+      One params pytree (numpy leaves, the layout of ``hybrid.zero_params()``) per job.
+    """
+    if not jobs:
+        return []
+    preps = [_prepare(j) for j in jobs]
+    # One vmapped run trains every (job, width) with every 5th row (offset 2) held out; the
+    # width with the best held-out loss is kept as is (no refit: the grids are dense, and the
+    # polynomial already uses every row), so the search costs a single compiled run.
+    entries = []  # (job index, width, all_rows)
+    for i in range(len(preps)):
+        for w in widths:
+            entries.append((i, w, len(widths) == 1))
+    row_sets = []
+    for i, _, all_rows in entries:
+        idx = np.arange(len(preps[i].r))
+        row_sets.append(idx if all_rows else idx[idx % 5 != 2])
+    mlps = _run_grouped([preps[i] for i, _, _ in entries], [w for _, w, _ in entries], row_sets, seed)
+    best: dict[int, tuple[float, int]] = {}
+    for (i, w, all_rows), mlp in zip(entries, mlps):
+        idx = np.arange(len(preps[i].r))
+        loss = _mlp_msle(mlp, preps[i], idx[idx % 5 == 2])
+        if i not in best or loss < best[i][0] - 1e-9:
+            best[i] = (loss, w)
+    out = []
+    for (i, w, all_rows), mlp in zip(entries, mlps):
+        if all_rows or w == best[i][1]:
+            params = dict(preps[i].base)
+            params["mlp"] = mlp
+            out.append(params)
+    return out
+
+
+def widths_of(params: hybrid.Params) -> int:
+    """Number of live hidden units in the first layer (for metadata)."""
+    k = np.asarray(params["mlp"]["Dense_0"]["kernel"])
+    return int(np.sum(np.any(k != 0, axis=0)))

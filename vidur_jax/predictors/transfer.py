@@ -1,0 +1,119 @@
+"""Transfer: predictors for (model, device) pairs without their own profile.
+
+Attention. Only ``a100/meta-llama/Llama-2-7b-hf/attention.csv`` exists. One prefill and
+one decode model are fitted on it with a third feature, the effective number of
+128-dim heads per device (32/16/8/4 at TP 1/2/4/8; see ``datasets.effective_heads``):
+query heads for prefill (FLOP-bound), KV heads for decode (KV-bandwidth-bound;
+FlashAttention's decode kernel reads each KV head once for its query group). For a
+target model the head feature is set from its shape, and:
+
+* **GQA decode**: times are multiplied by ``1 + 0.1`` when ``batch_size > 1``, Vidur's
+  ``attention_decode_batching_overhead_fraction`` (default 0.1, applied by Vidur only
+  when ``num_q_heads > num_kv_heads``). The prefill counterpart (also 0.1, when a batch has
+  more than one prefill) depends on the batch composition and is left to the simulator;
+  it is recorded in ``meta["attn_prefill_batching_overhead_fraction"]``.
+* **Another GPU**: times are scaled by the measured ratio of that GPU's GEMM times to the
+  A100's on the same models/TPs (``device_scales``): the ratio at ``num_tokens <= 16``
+  (weight-streaming, memory-bound like decode) for decode, and at ``num_tokens >= 2048``
+  (compute-bound like prefill) for prefill.
+
+Token ops of a model with no ``mlp.csv`` (e.g. InternLM-20B) come from per-op models fitted
+across every profiled model of the device with shape features (tokens, K, N) per device
+(``datasets.shape_dims``); all-reduce/send-recv depend only on message bytes and transfer
+exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+
+from vidur_jax.errors import ConfigError
+from vidur_jax.predictors import datasets, hybrid
+from vidur_jax.profiles import loader
+
+REFERENCE_DEVICE = "a100"
+REFERENCE_MODEL = "meta-llama/Llama-2-7b-hf"
+GQA_DECODE_OVERHEAD = 0.1
+GQA_PREFILL_OVERHEAD = 0.1
+_GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+
+
+def device_scales(profiles_dir: str, device: str, reference: str = REFERENCE_DEVICE) -> dict:
+    """Measured ``device / reference`` time ratios for attention transfer.
+
+    Returns:
+      ``{"prefill": float, "decode": float, "basis": str}`` (1.0 for the reference).
+    """
+    if device == reference:
+        return {"prefill": 1.0, "decode": 1.0, "basis": "reference device"}
+    common = sorted(set(loader.list_compute_models(profiles_dir, device)) & set(loader.list_compute_models(profiles_dir, reference)))
+    if not common:
+        raise ConfigError(f"cannot transfer attention to device '{device}': no model profiled on both {device} and {reference}")
+    small, large = [], []
+    for model in common:
+        a = loader.load_compute(profiles_dir, device, model)
+        b = loader.load_compute(profiles_dir, reference, model)
+        keys = ["num_tensor_parallel_workers", "num_tokens"]
+        m = a.merge(b, on=keys, suffixes=("_d", "_r"))
+        ratio = sum(m[f"{op}_d"] for op in _GEMM_OPS) / sum(m[f"{op}_r"] for op in _GEMM_OPS)
+        small.append(ratio[m["num_tokens"] <= 16].to_numpy())
+        large.append(ratio[m["num_tokens"] >= 2048].to_numpy())
+    return {
+        "prefill": float(np.median(np.concatenate(large))),
+        "decode": float(np.median(np.concatenate(small))),
+        "basis": f"median {device}/{reference} GEMM time ratio over {len(common)} models "
+        "(num_tokens>=2048 for prefill, <=16 for decode)",
+    }
+
+
+def reference_shape(att: pd.DataFrame) -> dict:
+    """Model shape recorded in an attention table (first row)."""
+    row = att.iloc[0]
+    return {"num_q_heads": int(row["n_q_head"]), "num_kv_heads": int(row["n_kv_head"]), "embedding_dim": int(row["n_embd"])}
+
+
+def attention_transfer_jobs(att: pd.DataFrame, exclude_tp: int | None = None) -> dict[str, "datasets.FitJob"]:
+    """Prefill and decode fit jobs over all TPs of the reference table (heads as a feature)."""
+    shape = reference_shape(att)
+    jobs = {}
+    for kind in ("prefill", "decode"):
+        rows = att[att["is_prefill"] == (kind == "prefill")]
+        if exclude_tp is not None:
+            rows = rows[rows["num_tensor_parallel_workers"] != exclude_tp]
+        tps = rows["num_tensor_parallel_workers"].to_numpy()
+        heads = np.array([datasets.effective_heads(shape, int(t), kind) for t in tps])
+        jobs[f"attn_{kind}"] = datasets.attention_job(rows, kind, heads)
+    return jobs
+
+
+def specialize_attention(params: hybrid.Params, op: str, shape: dict, tp: int, scale: float) -> hybrid.Params:
+    """Transfer-model params for one target: fix its heads feature, device scale and GQA rule."""
+    kind = "prefill" if op == "attn_prefill" else "decode"
+    p = copy.deepcopy(params)
+    p["feat_scale"] = np.array([1.0, 1.0, 0.0], np.float32)
+    p["feat_const"] = np.array([0.0, 0.0, datasets.effective_heads(shape, tp, kind)], np.float32)
+    p["out_scale"] = np.array(scale, np.float32)
+    gqa = shape["num_q_heads"] > shape["num_kv_heads"] and kind == "decode"
+    p["gqa_decode"] = np.array(GQA_DECODE_OVERHEAD if gqa else 0.0, np.float32)
+    return p
+
+
+def specialize_shape_op(params: hybrid.Params, op: str, shape: dict, tp: int) -> hybrid.Params:
+    """Shape-transfer params for one target model/TP: fix its (K, N) features."""
+    p = copy.deepcopy(params)
+    a, b = datasets.shape_dims(op, shape, tp)
+    p["feat_scale"] = np.array([1.0, 0.0, 0.0], np.float32)
+    p["feat_const"] = np.array([0.0, a, b], np.float32)
+    if op == "post_attention_layernorm" and not shape.get("post_attn_norm", True):
+        p["out_scale"] = np.array(0.0, np.float32)
+    return p
+
+
+def with_bytes_per_token(params: hybrid.Params, embedding_dim: int) -> hybrid.Params:
+    """Network params for a model: user ``num_tokens`` -> bytes (fp16 activations)."""
+    p = copy.deepcopy(params)
+    p["feat_scale"] = np.array([2.0 * embedding_dim, 0.0, 0.0], np.float32)
+    return p
