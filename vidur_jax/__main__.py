@@ -1,0 +1,94 @@
+"""Command line: ``python -m vidur_jax +experiment=NAME [overrides]`` (Hydra).
+
+Composes ``vidur_jax/conf``, converts the config once (:mod:`vidur_jax.app`), simulates
+every configuration of the sweep in one vmapped call, and writes ``summary.csv``,
+``requests.parquet`` and ``plots/`` into Hydra's run dir (``hydra.run.dir=DIR``).
+
+Bad input prints one line ``error: ...`` on stderr and exits with status 2; set
+``HYDRA_FULL_ERROR=1`` for the traceback. In a multirun (``-m``) a failing job reports its
+line and the others still run; the exit status is 2 if any job failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from vidur_jax import app
+from vidur_jax.errors import ConfigError
+
+EXIT_USAGE = 2
+_failed_jobs: list[str] = []
+
+
+def _full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+def _report(func):
+    """Replacement for Hydra's ``run_and_report``: one ``error:`` line, exit status 2."""
+    try:
+        return func()
+    except Exception as err:  # noqa: BLE001 - every composition error becomes one line
+        if _full_error():
+            raise
+        if isinstance(err, ConfigError):
+            _fail(str(err))
+        else:
+            _fail(app.describe_hydra_error(err))
+        sys.exit(EXIT_USAGE)
+
+
+def _install_reporter() -> None:
+    # Hydra prints composition errors over several lines and exits 1; route them through
+    # _report instead. run_and_report is looked up as a module global by _run_hydra.
+    try:
+        import hydra._internal.utils as hydra_utils
+    except ImportError:  # pragma: no cover - Hydra layout changed; keep its own reporting
+        return
+    if hasattr(hydra_utils, "run_and_report"):
+        hydra_utils.run_and_report = _report
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Run one job: plan, simulate, write the run dir, print the summary."""
+    hc = HydraConfig.get()
+    out_dir = hc.runtime.output_dir
+    try:
+        plan = app.plan_from_config(cfg)
+        app.enable_compile_cache()
+        summary_df, requests_df, outputs = app.run_plan(plan)
+        app.write_outputs(out_dir, summary_df, requests_df, outputs, plots=bool(cfg.get("plots", True)))
+    except ConfigError as err:
+        if _full_error():
+            raise
+        if hc.mode == RunMode.MULTIRUN:
+            _fail(f"job {hc.job.num} ({','.join(hc.overrides.task)}): {err}")
+            _failed_jobs.append(str(err))
+            return
+        _fail(str(err))
+        sys.exit(EXIT_USAGE)
+    app.print_summary(summary_df, out_dir, int(cfg.get("print_rows", 20)))
+
+
+def cli() -> None:
+    """Console entry point (``vidur-jax``)."""
+    _install_reporter()
+    main()
+    if _failed_jobs:
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    cli()
