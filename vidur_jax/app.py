@@ -263,8 +263,9 @@ def _path(value: Any, what: str) -> str:
     return path
 
 
-def workload_spec(tree: Mapping[str, Any]) -> dict[str, Any]:
+def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str, Any]:
     """Checked, self-contained workload spec (absolute paths, qps injected, seed)."""
+    path = _path if check_files else (lambda value, what: value)
     wl = _group(tree, "workload")
     kind = wl.get("kind", "synthetic")
     require(kind in WORKLOAD_KINDS, f"workload.kind={kind!r}; allowed: {', '.join(WORKLOAD_KINDS)}")
@@ -282,7 +283,7 @@ def workload_spec(tree: Mapping[str, Any]) -> dict[str, Any]:
         require(qps > 0 and np.isfinite(qps), f"workload.qps={qps} must be > 0")
     spec["qps"] = qps
     if kind == "replay":
-        spec["path"] = _path(wl.get("path"), "workload.path")
+        spec["path"] = path(wl.get("path"), "workload.path")
         for k in ("prefill_scale_factor", "decode_scale_factor", "time_scale_factor"):
             spec[k] = _float(f"workload.{k}", wl.get(k, 1.0))
             require(spec[k] > 0, f"workload.{k}={spec[k]} must be > 0")
@@ -296,7 +297,7 @@ def workload_spec(tree: Mapping[str, Any]) -> dict[str, Any]:
         arrival.setdefault("qps", qps)
     for part, what in ((arrival, "arrival"), (lengths, "lengths")):
         if part.get("kind") == "trace":
-            part["path"] = _path(part.get("path"), f"workload.{what}.path")
+            part["path"] = path(part.get("path"), f"workload.{what}.path")
     spec["arrival"], spec["lengths"] = arrival, lengths
     return spec
 
@@ -336,6 +337,9 @@ def plan_from_config(cfg: Any) -> RunPlan:
     from vidur_jax import catalog
 
     tree = to_container(cfg)
+    # Check the base values too, so a bad override of a swept knob is not hidden by the sweep.
+    deployment_from(tree)
+    workload_spec(tree, check_files=False)
     points = expand_sweep(tree)
     configs, workloads, labels = [], [], []
     cache: dict[str, Any] = {}
