@@ -274,14 +274,52 @@ def shipped_base(device: str, model: str, tp: int, root: str = PARAMS_DIR) -> st
     return os.path.join(root, device, model.replace("/", "__"), f"tp{tp}")
 
 
+def _live_width(mlp: dict) -> int:
+    """Hidden units in use (trained widths keep the first ``w`` units; the rest are 0)."""
+    used = np.zeros(hybrid.MAX_WIDTH, bool)
+    for i in range(hybrid.DEPTH):
+        used |= np.any(np.asarray(mlp[f"Dense_{i}"]["kernel"]) != 0, axis=0) | (np.asarray(mlp[f"Dense_{i}"]["bias"]) != 0)
+    return int(np.flatnonzero(used).max() + 1) if used.any() else 0
+
+
+def _resize_mlp(mlp: dict, width: int) -> dict:
+    """Slice (``width`` < current) or zero-pad (``width`` > current) the hidden units."""
+    def fit(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        a = np.asarray(a, np.float32)
+        for ax in axes:
+            if a.shape[ax] > width:
+                a = np.take(a, np.arange(width), axis=ax)
+            else:
+                pad = [(0, 0)] * a.ndim
+                pad[ax] = (0, width - a.shape[ax])
+                a = np.pad(a, pad)
+        return a
+
+    out = {}
+    for i in range(hybrid.DEPTH + 1):
+        k, b = mlp[f"Dense_{i}"]["kernel"], mlp[f"Dense_{i}"]["bias"]
+        k_axes = (1,) if i == 0 else ((0, 1) if i < hybrid.DEPTH else (0,))
+        out[f"Dense_{i}"] = {"kernel": fit(k, k_axes), "bias": b if i == hybrid.DEPTH else fit(b, (0,))}
+    return out
+
+
 def save_predictor(pred: Predictor, base: str) -> None:
-    """Write a predictor to ``base.npz`` + ``base.json``."""
-    io.save(base, pred.params, pred.meta)
+    """Write a predictor to ``base.npz`` + ``base.json`` (MLPs stored at their live width)."""
+    io.save(base, _trim(pred.params), pred.meta)
+
+
+def _trim(params: dict) -> dict:
+    return {op: dict(p, mlp=_resize_mlp(p["mlp"], _live_width(p["mlp"]))) for op, p in params.items()}
+
+
+def _pad(params: dict) -> dict:
+    return {op: dict(p, mlp=_resize_mlp(p["mlp"], hybrid.MAX_WIDTH)) for op, p in params.items()}
 
 
 def load_predictor(base: str) -> Predictor:
-    """Read a predictor written by :func:`save_predictor`."""
+    """Read a predictor written by :func:`save_predictor` (MLPs re-padded, exact)."""
     params, meta = io.load(base)
+    params = _pad(params)
     missing = [op for op in OPS if op not in params]
     if missing:
         raise ConfigError(f"predictor file {base}.npz lacks op '{missing[0]}'")
@@ -405,6 +443,7 @@ def transfer(model_shape: dict, device: str, tp: int, model_name: str = "custom"
     if model_shape["num_q_heads"] % tp or model_shape["num_kv_heads"] % tp and tp % model_shape["num_kv_heads"]:
         raise ConfigError(f"tp={tp} does not divide num_q_heads={model_shape['num_q_heads']}")
     shared, smeta = io.load(transfer_base(device, root))
+    shared = _pad(shared)
     params: dict[str, Any] = {}
     for op in datasets.MLP_CSV_OPS:
         params[op] = tr.specialize_shape_op(shared[op], op, model_shape, tp)

@@ -40,7 +40,7 @@ def build(profiles_dir: str, devices: list[str], out_root: str = api.PARAMS_DIR,
             written.append(base)
         shared, meta = api.train_transfer_models(profiles_dir, device)
         base = api.transfer_base(device, out_root)
-        io.save(base, shared, meta)
+        io.save(base, api._trim(shared), meta)
         written.append(base)
         print(f"{device}: {len(preds)} predictors + transfer models in {time.time() - t0:.1f} s", flush=True)
     return written

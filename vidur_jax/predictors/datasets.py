@@ -61,7 +61,22 @@ MLP_CSV_OPS: tuple[str, ...] = (
 )
 REFERENCE_HEAD_DIM = 128.0
 
-_ONES = np.ones(1)
+
+def _basis(*rows: tuple[int, int, int]) -> np.ndarray:
+    return np.array(rows, np.float32)
+
+
+#: Physical monomial bases (exponents of the 3 internal features).
+BASIS_TOKENS = _basis((0, 0, 0), (1, 0, 0))  # launch/weight-streaming floor + per-token work
+#: prefill: overhead, KV bytes (kv), chunk (Q/O bytes), FLOPs c*kv and c^2 -- all x heads.
+BASIS_PREFILL = _basis((0, 0, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1), (0, 2, 1))
+#: decode: overhead, per-sequence launch work b, KV bytes b*kv -- x heads.
+BASIS_DECODE = _basis((0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1))
+#: GEMM (n, K, N): overhead, weight bytes K*N, FLOPs n*K*N, activation bytes n*K, n*N.
+BASIS_GEMM = _basis((0, 0, 0), (0, 1, 1), (1, 1, 1), (1, 1, 0), (1, 0, 1), (1, 0, 0))
+#: elementwise (n, W): overhead, n, bytes n*W.
+BASIS_ELEMENTWISE = _basis((0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0))
+GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 
 
 def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.0) -> FitJob:
@@ -74,7 +89,8 @@ def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.
     """
     n = np.asarray(num_tokens, np.float64)
     x = np.stack([n, np.ones_like(n), np.ones_like(n)], axis=1)
-    return FitJob(x, np.asarray(y, np.float64), np.array([bytes_per_token, 0.0, 0.0]), np.array([0.0, 1.0, 1.0]))
+    return FitJob(x, np.asarray(y, np.float64), np.array([bytes_per_token, 0.0, 0.0]), np.array([0.0, 1.0, 1.0]),
+                  BASIS_TOKENS)
 
 
 def effective_heads(shape: dict, tp: int, kind: str) -> float:
@@ -100,7 +116,8 @@ def attention_job(rows: pd.DataFrame, kind: str, heads: np.ndarray | float) -> F
     h = np.broadcast_to(np.asarray(heads, np.float64), f0.shape)
     x = np.stack([f0, f1.to_numpy(np.float64), h], axis=1)
     const_h = float(h[0]) if np.unique(h).size == 1 else 0.0
-    return FitJob(x, y.to_numpy(np.float64), np.array([1.0, 1.0, 0.0]), np.array([0.0, 0.0, const_h]))
+    basis = BASIS_PREFILL if kind == "prefill" else BASIS_DECODE
+    return FitJob(x, y.to_numpy(np.float64), np.array([1.0, 1.0, 0.0]), np.array([0.0, 0.0, const_h]), basis)
 
 
 def shape_dims(op: str, shape: dict, tp: int) -> tuple[float, float]:
@@ -149,4 +166,5 @@ def shape_job(frames: list[tuple[dict, int, pd.DataFrame]], op: str, row_stride:
         xs.append(np.stack([n, np.full_like(n, a), np.full_like(n, b)], axis=1))
         ys.append(y)
     x = np.concatenate(xs)
-    return FitJob(x, np.concatenate(ys), np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0]))
+    basis = BASIS_GEMM if op in GEMM_OPS else BASIS_ELEMENTWISE
+    return FitJob(x, np.concatenate(ys), np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0]), basis)

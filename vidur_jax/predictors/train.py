@@ -1,10 +1,14 @@
 """Fitting the hybrid predictors: polynomial part, then MLP part (L + M search).
 
-Stage 1 -- polynomial (L candidates: total degree 1, 2, 3 over the active features).
-Each candidate is a non-negative least-squares fit of the *relative* error
-``sum_i ((poly(x_i) - y_i) / y_i)^2`` (exact, via NNLS, since the model is linear in its
-coefficients). The degree is chosen by an *extrapolation* check: fit on points with every
-active feature <= half its maximum, score MAPE on the rest. The winner is refit on all rows.
+Stage 1 -- polynomial. Jobs carry a *physical* monomial basis (tokens; bytes; FLOPs
+``c*kv, c^2`` for prefill; KV bytes ``b*kv`` for decode; see ``datasets``). Each candidate
+(L = 4 upper-range emphasis powers ``a``) is a non-negative least-squares fit of the
+weighted *relative* error ``sum_i s_i^a ((poly(x_i) - y_i) / y_i)^2`` (exact, via NNLS,
+since the model is linear in its coefficients; ``s_i`` = size / max size), so every term
+is >= 0 and the polynomial is positive and monotone. The candidate is chosen by an
+*extrapolation* check: fit on points with every active feature <= half its maximum, score
+MAPE on the rest; the winner is refit on all rows. (Jobs without a basis fall back to a
+search over total degree 1..3 of all monomials.)
 
 Stage 2 -- MLP (M candidates: hidden widths 8, 16, 32; the polynomial is frozen). The MLP
 learns the log-residual ``log y - log poly`` with a mean squared log-ratio loss, trained with
@@ -62,6 +66,7 @@ class FitJob:
     y: np.ndarray
     feat_scale: np.ndarray
     feat_const: np.ndarray
+    basis: np.ndarray | None = None  # (P, 3) physical monomial exponents; None = degree search
 
 
 def active_dims(x: np.ndarray) -> tuple[int, ...]:
@@ -91,6 +96,45 @@ def fit_nnls_relative(phi: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative coefficients minimizing ``sum(((phi @ c) - y) / y)^2``."""
     coef, _ = nnls(phi / y[:, None], np.ones_like(y), maxiter=50 * phi.shape[1])
     return coef
+
+
+#: Upper-range emphasis candidates (L) for physical bases: row weight (size/max)**a.
+EMPHASIS_POWERS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+
+
+def fit_physical(x: np.ndarray, y: np.ndarray, x_max: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Stage 1 for a fixed physical basis: choose the upper-range emphasis by extrapolation.
+
+    Each candidate ``a`` weights the relative residual of row i by ``(prod_j x_ij/x_max_j)**a``
+    over the active dims, trading small-size accuracy (fixed by the MLP anyway) for the
+    large-size slope that extrapolation relies on.
+
+    Returns:
+      ``(exponents (MAX_TERMS, 3), coef (MAX_TERMS,), a)``, zero-padded.
+    """
+    dims = list(active_dims(x))
+    size = np.prod(np.maximum(x[:, dims], 1e-9) / x_max[dims], axis=1) if dims else np.ones(len(y))
+    inner = np.all(x[:, dims] <= 0.5 * x_max[dims], axis=1) if dims else np.ones(len(y), bool)
+    phi = design(x, x_max, basis)
+
+    def fit(rows: np.ndarray, a: float) -> np.ndarray:
+        w = size[rows] ** (a / 2)
+        coef, _ = nnls(phi[rows] * (w / y[rows])[:, None], w, maxiter=50 * phi.shape[1])
+        return coef
+
+    best = (np.inf, EMPHASIS_POWERS[0])
+    if inner.sum() >= 2 * len(basis) and (~inner).sum() >= 3:
+        for a in EMPHASIS_POWERS:
+            pred = phi[~inner] @ fit(inner, a)
+            score = float(np.mean(np.abs(pred / y[~inner] - 1.0)))
+            if score < best[0]:
+                best = (score, a)
+    coef = fit(np.arange(len(y)), best[1])
+    pad_e = np.zeros((hybrid.MAX_TERMS, 3), np.float32)
+    pad_c = np.zeros(hybrid.MAX_TERMS, np.float32)
+    pad_e[: len(basis)] = basis
+    pad_c[: len(basis)] = coef
+    return pad_e, pad_c, best[1]
 
 
 def fit_poly(x: np.ndarray, y: np.ndarray, x_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -199,7 +243,10 @@ def _prepare(job: FitJob) -> _Prepared:
     x = job.x.astype(np.float64)
     y = np.maximum(job.y.astype(np.float64), 0.5 * max(job.y[job.y > 0].min(), 1e-4))
     x_max = np.maximum(x.max(axis=0), 1e-9)
-    exps, coef, _ = fit_poly(x, y, x_max)
+    if job.basis is not None:
+        exps, coef, _ = fit_physical(x, y, x_max, np.asarray(job.basis, np.float32))
+    else:
+        exps, coef, _ = fit_poly(x, y, x_max)
     u = np.log1p(np.maximum(x, 0.0))
     mu = u.mean(axis=0)
     sd = u.std(axis=0)
