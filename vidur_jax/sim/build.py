@@ -229,6 +229,7 @@ def build_params(
         arrived_at=np.concatenate([arrived, np.full(pad, np.inf)]),
         num_prefill=np.concatenate([prefill, np.zeros(pad, i32)]),
         num_decode=np.concatenate([decode, np.zeros(pad, i32)]),
+        num_valid=i32(mask.sum()),
         random_route=route,
         num_replicas=i32(cfg.num_replicas),
         num_stages=i32(cfg.num_pipeline_stages),

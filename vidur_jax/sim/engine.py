@@ -93,15 +93,10 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
     )
 
 
-def num_valid_requests(params: SimParams) -> jax.Array:
-    """() i32 number of real (non-padding) requests."""
-    return jnp.isfinite(params.arrived_at).sum().astype(jnp.int32)
-
-
 def is_done(params: SimParams, state: SimState) -> jax.Array:
     """() bool: all requests completed, an error was raised, or the step budget ran out."""
     return (
-        (state.num_completed >= num_valid_requests(params))
+        (state.num_completed >= params.num_valid)
         | (state.error != 0)
         | (state.step >= params.max_steps)
     )
@@ -243,15 +238,33 @@ def _end_batch(
         group=jnp.where(finished, -1, row.group),
         inflight_end=row.inflight_end.at[jnp.where(ends, m, row.inflight_end.shape[0])].set(_INF, mode="drop"),
     )
-    return state, row
+    return state, _compact(row)
+
+
+_SLOT_FIELDS = ("req", "prefill", "processed", "blocks", "restarted", "mb", "ntok", "last_done", "group")
+
+
+def _compact(row: _Row) -> _Row:
+    """Move occupied slots to the front, keeping their (arrival) order.
+
+    Invariant: a replica's occupied slots are a prefix sorted by request id, so every
+    "in arrival order" walk of a policy is a walk in slot order (no sorting per step).
+    """
+    keep = row.req >= 0
+    n_keep = keep.sum()
+    dest = jnp.where(keep, jnp.cumsum(keep) - 1, n_keep + jnp.cumsum(~keep) - 1)
+    moved = {f: getattr(row, f).at[dest].set(getattr(row, f)) for f in _SLOT_FIELDS}
+    return row._replace(**moved)
 
 
 def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row, r: jax.Array) -> Candidates:
     """Queue head for admission: restarted requests (by arrival) if any, else the queue."""
     w, r_total = static.window, static.num_requests
     restarted = row.restarted & (row.req >= 0)
-    order = jnp.argsort(jnp.where(restarted, row.req, jnp.iinfo(jnp.int32).max))[:w]
-    rs_valid = restarted[order]
+    # restarted slots, in slot (= arrival) order, compacted to the front
+    dest = jnp.where(restarted, jnp.cumsum(restarted) - 1, w)
+    order = jnp.full(w, 0, jnp.int32).at[dest].set(jnp.arange(row.req.shape[0], dtype=jnp.int32), mode="drop")
+    rs_valid = jnp.arange(w) < restarted.sum()
     rs_req = jnp.where(rs_valid, row.req[order], -1)
     pos = state.q_head[r] + jnp.arange(w)
     q_valid = pos < state.q_tail[r]
@@ -324,9 +337,9 @@ def _form_batch(
     # 2. admitted candidates take their restarted slot or the next free slots
     m_new = jnp.argmin(jnp.isfinite(row.inflight_end))  # first empty micro-batch index
     from_queue = admit & (cands.src_slot < 0)
-    free_slots = jnp.nonzero(row.req < 0, size=w, fill_value=s)[0]
+    # occupied slots are a prefix: new requests append after it (arrival order kept)
     queue_rank = jnp.cumsum(from_queue) - 1
-    target = jnp.where(from_queue, free_slots[jnp.clip(queue_rank, 0, w - 1)], cands.src_slot)
+    target = jnp.where(from_queue, (row.req >= 0).sum() + queue_rank, cands.src_slot)
     overflow = (from_queue & (target >= s)).any()
     target = jnp.where(admit & (target < s), target, s)  # s -> dropped
     group_id = jnp.min(jnp.where(admit, cands.req, jnp.iinfo(jnp.int32).max))
@@ -342,7 +355,7 @@ def _form_batch(
     )
     state = state.replace(
         scheduled_at=_set_first(state.scheduled_at, cands.req, admit, t),
-        q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(from_queue.sum(), mode="drop"),
+        q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(from_queue.sum().astype(jnp.int32), mode="drop"),
     )
 
     # 3. running requests in the batch (their blocks were counted before admission)

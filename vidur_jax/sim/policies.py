@@ -98,9 +98,9 @@ def _ceil_div(a: jax.Array, b: jax.Array) -> jax.Array:
     return (a + b - 1) // b
 
 
-def _arrival_order(view: ReplicaView, eligible: jax.Array) -> jax.Array:
-    """(S,) slot indices: eligible slots by arrival (request id) first, then the rest."""
-    return jnp.argsort(jnp.where(eligible, view.req, _BIG))
+def _rank(mask: jax.Array) -> jax.Array:
+    """(S,) position of each True entry among the True entries (slot order = arrival)."""
+    return _excl_cumsum(mask.astype(jnp.int32))
 
 
 def _empty_plan(view: ReplicaView, cands: Candidates) -> BatchPlan:
@@ -135,7 +135,8 @@ def _running_with_preemption(
     Vidur (vLLM, Sarathi): for each running request in order, a decode needs one free
     block (``free >= 1``); while it cannot get one, the *last* request of the list is
     restarted (its blocks freed); when the list runs out, the request restarts itself.
-    The walk stops after ``max_decodes`` decodes were taken.
+    The walk stops after ``max_decodes`` decodes were taken. Slots are kept in arrival
+    order, so list positions are ranks among the eligible slots.
 
     Args:
         view: the replica.
@@ -148,34 +149,34 @@ def _running_with_preemption(
         running requests reached by the walk (Sarathi's partial prefills), restarts.
     """
     s = view.req.shape[0]
+    big = jnp.int32(s + 1)
     elig = view.schedulable
-    order = _arrival_order(view, elig)
-    e = elig[order]
-    n = e.sum()
-    pos = jnp.arange(s)
-    check = e & is_decode[order]
-    need = _needs_block(view, params)[order] * check
-    held = jnp.where(e, view.blocks[order], 0)
-    # rc[k] = blocks freed by restarting list positions k..n-1 (rc[n] = 0).
-    rc = jnp.concatenate([jnp.cumsum(held[::-1])[::-1], jnp.zeros(1, held.dtype)])
+    n = elig.sum().astype(jnp.int32)
+    rank = _rank(elig)
+    check = elig & is_decode
+    need = _needs_block(view, params) * check
+    held = jnp.where(elig, view.blocks, 0)
+    # blocks freed by restarting every eligible request from this one to the tail
+    tail = jnp.cumsum(held[::-1])[::-1]
     need_free = 1 - view.free_blocks + _excl_cumsum(need)
-    # first victim position s_i such that freeing positions >= s_i satisfies position i
-    cut = (rc[None, :] >= need_free[:, None]) & (jnp.arange(s + 1)[None, :] <= n)
-    s_req = jnp.where(check, cut.sum(axis=1) - 1, n)
+    # s_req: first list position to restart so that this decode finds a free block
+    # tail is non-increasing in slot order: the slots with tail >= need are a prefix
+    n_prefix = jnp.searchsorted(-tail, -need_free, side="right", method="scan_unrolled")
+    elig_upto = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(elig.astype(jnp.int32))])
+    cut = elig_upto[n_prefix] + (need_free <= 0)
+    s_req = jnp.where(check, cut - 1, big)
     limit_ok = _excl_cumsum(check.astype(jnp.int32)) < max_decodes
-    bound_excl = jnp.minimum(n, jax.lax.cummin(jnp.concatenate([jnp.full(1, s, s_req.dtype), s_req[:-1]])))
-    reachable = e & (pos < bound_excl) & limit_ok
-    fail = reachable & check & (s_req <= pos)
-    first_fail = jnp.min(jnp.where(fail, pos, s))
-    reached = reachable & (pos < first_fail)
-    taken_sorted = reached & check
-    boundary = jnp.where(
-        first_fail < s, first_fail, jnp.minimum(n, jnp.min(jnp.where(taken_sorted, s_req, s)))
-    )
-    victim_sorted = e & (pos >= boundary)
-    kept_sorted = reached & ~check & ~victim_sorted
-    inv = jnp.zeros(s, jnp.int32).at[order].set(pos)
-    return taken_sorted[inv], kept_sorted[inv], victim_sorted[inv]
+    prev_min = jax.lax.cummin(jnp.concatenate([jnp.full(1, big), s_req[:-1]]))
+    bound_excl = jnp.minimum(n, prev_min)
+    reachable = elig & (rank < bound_excl) & limit_ok
+    fail = reachable & check & (s_req <= rank)
+    first_fail = jnp.min(jnp.where(fail, rank, big))
+    reached = reachable & (rank < first_fail)
+    taken = reached & check
+    boundary = jnp.where(first_fail < big, first_fail, jnp.minimum(n, jnp.min(jnp.where(taken, s_req, big))))
+    victim = elig & (rank >= boundary)
+    kept = reached & ~check & ~victim
+    return taken, kept, victim
 
 
 def _vllm(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
@@ -217,13 +218,9 @@ def _sarathi(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPl
     is_decode = view.processed >= view.prefill  # prefill complete (processed = prefill + 1)
     taken, kept, victim = _running_with_preemption(view, params, is_decode, params.max_micro_batch)
     budget = params.chunk_size - taken.sum()
-    # partial prefills in arrival order share what is left of the budget
-    order = _arrival_order(view, kept)
-    kept_s = kept[order]
-    remaining = jnp.where(kept_s, view.prefill[order] - view.processed[order], 0)
-    chunk_s = jnp.clip(budget - _excl_cumsum(remaining), 0, remaining)
-    inv = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
-    chunk = chunk_s[inv]
+    # partial prefills, in arrival (= slot) order, share what is left of the budget
+    remaining = jnp.where(kept, view.prefill - view.processed, 0)
+    chunk = jnp.clip(budget - _excl_cumsum(remaining), 0, remaining)
     partial_in = kept & (chunk > 0)
     used = taken.sum() + partial_in.sum()
     budget_left = budget - chunk.sum()
@@ -273,9 +270,7 @@ def _orca(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
     request reserving blocks for the maximum length."""
     plan = _empty_plan(view, cands)
     elig = view.schedulable
-    order = _arrival_order(view, elig)
-    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
-    taken = elig & (rank < params.max_batch_size)
+    taken = elig & (_rank(elig) < params.max_batch_size)
     admit = _orca_admission(view, cands, params, taken.sum())
     return plan._replace(
         slot_in=taken,

@@ -42,18 +42,12 @@ def _ceil_to(x: jax.Array, step: int) -> jax.Array:
     return (x + step - 1) // step * step
 
 
-def _interp_1d(row: jax.Array, x: jax.Array, step: int) -> jax.Array:
-    """Linear interpolation of ``row`` (values at 0, step, 2*step, ...) at ``x``.
-
-    Args:
-        row: (G,) table.
-        x: scalar position, same units as ``step``; clipped to the table.
-    """
-    g = row.shape[0]
-    pos = jnp.clip(x.astype(jnp.float32) / step, 0.0, g - 1.0)
-    lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, g - 2)
-    frac = pos - lo
-    return row[lo] * (1.0 - frac) + row[lo + 1] * frac
+def _lerp_index(x: jax.Array, step: int, size: int) -> tuple[jax.Array, jax.Array]:
+    """Lower grid index and fraction for linear interpolation at ``x`` on a grid of
+    ``size`` points spaced ``step`` apart (clipped to the grid)."""
+    pos = jnp.clip(x.astype(jnp.float32) / step, 0.0, size - 1.0)
+    lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, size - 2)
+    return lo, pos - lo
 
 
 def batch_stage_time(
@@ -86,22 +80,21 @@ def batch_stage_time(
     total = ntok.sum()
     rounded = _ceil_to(total, token_step)
 
-    token_ops = tables.token_ops[p]  # (G, K)
-    g = token_ops.shape[0]
+    # index every table axis at once: t[p][i] would copy a whole slab per config under vmap
+    g = tables.token_ops.shape[1]
     overflow = rounded // token_step > g - 1
-    row = token_ops[jnp.clip(rounded // token_step, 0, g - 1)] * params.op_scale  # (K,)
-    kv_save = _interp_1d(tables.kv_save[p], total, token_step)
+    row = tables.token_ops[p, jnp.clip(rounded // token_step, 0, g - 1)] * params.op_scale  # (K,)
+    lo, frac = _lerp_index(total, token_step, g)
+    kv_save = tables.kv_save[p, lo] * (1.0 - frac) + tables.kv_save[p, lo + 1] * frac
 
     # decode attention: (decode batch size, mean KV length rounded up to kv_step)
     dec = active & ~is_prefill
     n_dec = dec.sum()
     mean_kv = jnp.where(dec, processed, 0).sum() // jnp.maximum(n_dec, 1)
     kv_idx = _ceil_to(mean_kv, kv_step) // kv_step
-    dec_table = tables.decode[p]
-    overflow |= (n_dec > dec_table.shape[0] - 1) | (kv_idx > dec_table.shape[1] - 1)
-    decode_ms = dec_table[
-        jnp.clip(n_dec, 0, dec_table.shape[0] - 1), jnp.clip(kv_idx, 0, dec_table.shape[1] - 1)
-    ]
+    nb, nk = tables.decode.shape[1:]
+    overflow |= (n_dec > nb - 1) | (kv_idx > nk - 1)
+    decode_ms = tables.decode[p, jnp.clip(n_dec, 0, nb - 1), jnp.clip(kv_idx, 0, nk - 1)]
     decode_ms = jnp.where(n_dec > 0, decode_ms * (1.0 + params.gqa_overhead * (n_dec > 1)), 0.0)
 
     # prefill attention: (sum of KV lengths rounded to kv_step, round(sqrt(sum chunk^2)))
@@ -109,10 +102,12 @@ def batch_stage_time(
     n_pre = pre.sum()
     agg_kv = jnp.where(pre, _ceil_to(processed, kv_step), 0).sum()
     agg_chunk = jnp.round(jnp.sqrt(jnp.where(pre, ntok.astype(jnp.float32) ** 2, 0.0).sum()))
-    pre_table = tables.prefill[p]
+    nkp, nc = tables.prefill.shape[1:]
     kvp = agg_kv // kv_step
-    overflow |= (kvp > pre_table.shape[0] - 1) | (agg_chunk > (pre_table.shape[1] - 1) * chunk_step)
-    prefill_ms = _interp_1d(pre_table[jnp.clip(kvp, 0, pre_table.shape[0] - 1)], agg_chunk, chunk_step)
+    overflow |= (kvp > nkp - 1) | (agg_chunk > (nc - 1) * chunk_step)
+    kvp = jnp.clip(kvp, 0, nkp - 1)
+    lo, frac = _lerp_index(agg_chunk, chunk_step, nc)
+    prefill_ms = tables.prefill[p, kvp, lo] * (1.0 - frac) + tables.prefill[p, kvp, lo + 1] * frac
     prefill_ms = jnp.where(n_pre > 0, prefill_ms * (1.0 + params.gqa_overhead * (n_pre > 1)), 0.0)
 
     block_ms = (

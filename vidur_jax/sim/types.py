@@ -117,6 +117,7 @@ class SimParams:
     arrived_at: jax.Array  # (R,) f64 s, sorted; +inf on padding rows
     num_prefill: jax.Array  # (R,) i32 tokens (0 on padding)
     num_decode: jax.Array  # (R,) i32 tokens (0 on padding)
+    num_valid: jax.Array  # () i32 real (non-padding) requests
     random_route: jax.Array  # (R,) i32 replica id per request for router="random"
     # deployment
     num_replicas: jax.Array  # () i32, <= SimStatic.max_replicas
