@@ -27,14 +27,42 @@ EXPERIMENTS = sorted(p.stem for p in (app.CONF_DIR / "experiment").glob("*.yaml"
 # Experiments whose workloads need no data files (plan them fully without fixtures).
 NO_DATA = ("quickstart", "load_sweep", "scheduler_comparison", "replicas_routing")
 DESIGN_METRICS = [
-    "ttft_p50", "ttft_p90", "ttft_p99", "tbt_p50", "tbt_p90", "tbt_p99",
-    "e2e_p50", "e2e_p90", "e2e_p99", "norm_e2e_p50", "norm_e2e_p90", "norm_e2e_p99",
-    "sched_delay_p50", "sched_delay_p90", "sched_delay_p99",
-    "throughput_rps", "throughput_tps", "num_completed", "num_restarts", "mfu_mean",
-    "kv_util_mean", "batch_size_mean", "makespan_s",
+    "ttft_p50",
+    "ttft_p90",
+    "ttft_p99",
+    "tbt_p50",
+    "tbt_p90",
+    "tbt_p99",
+    "e2e_p50",
+    "e2e_p90",
+    "e2e_p99",
+    "norm_e2e_p50",
+    "norm_e2e_p90",
+    "norm_e2e_p99",
+    "sched_delay_p50",
+    "sched_delay_p90",
+    "sched_delay_p99",
+    "throughput_rps",
+    "throughput_tps",
+    "num_completed",
+    "num_restarts",
+    "mfu_mean",
+    "kv_util_mean",
+    "batch_size_mean",
+    "makespan_s",
 ]
-DESIGN_KNOBS = ["model", "device", "tp", "pp", "replicas", "scheduler", "batch_cap",
-                "chunk_size", "qps", "seed"]
+DESIGN_KNOBS = [
+    "model",
+    "device",
+    "tp",
+    "pp",
+    "replicas",
+    "scheduler",
+    "batch_cap",
+    "chunk_size",
+    "qps",
+    "seed",
+]
 SMALL = ["workload.num_requests=60"]
 
 
@@ -45,7 +73,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "vidur_jax", *args],
-        cwd=cwd or REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd or REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -62,14 +94,31 @@ def test_conf_dir_is_package_data():
     assert importlib.resources.files("vidur_jax").joinpath("conf", "config.yaml").is_file()
     # The clone's top-level conf/ is the same folder (a symlink), not a second copy.
     assert (REPO_ROOT / "conf").resolve() == app.CONF_DIR
-    for group in ("model", "hardware", "cluster", "scheduler", "workload", "predictor", "experiment"):
+    for group in (
+        "model",
+        "hardware",
+        "cluster",
+        "scheduler",
+        "workload",
+        "predictor",
+        "experiment",
+    ):
         assert list((app.CONF_DIR / group).glob("*.yaml")), group
 
 
 def test_groups_have_expected_options():
     names = lambda g: {p.stem for p in (app.CONF_DIR / g).glob("*.yaml")}  # noqa: E731
-    assert {"llama2_7b", "llama2_70b", "codellama_34b", "llama3_8b", "llama3_70b",
-            "internlm_20b", "internlm2_20b", "phi2", "qwen_72b"} <= names("model")
+    assert {
+        "llama2_7b",
+        "llama2_70b",
+        "codellama_34b",
+        "llama3_8b",
+        "llama3_70b",
+        "internlm_20b",
+        "internlm2_20b",
+        "phi2",
+        "qwen_72b",
+    } <= names("model")
     assert {"a100", "h100", "a40", "h200"} <= names("hardware")
     assert {"vllm", "sarathi", "orca", "faster_transformer", "lightllm"} <= names("scheduler")
     assert {"synthetic_conv", "chat", "code", "arxiv"} <= names("workload")
@@ -147,7 +196,9 @@ def test_sweep_product_and_zip():
     pts = app.expand_sweep(t)
     assert len(pts) == 6
     assert [(p["workload"]["qps"], p["scheduler"]["batch_size_cap"]) for p in pts][:2] == [
-        (1.0, 64), (1.0, 128)]
+        (1.0, 64),
+        (1.0, 128),
+    ]
     t = _tree("+sweep.qps=[1.0,2.0]", "+sweep.seed=[7,8]", "sweep_mode=zip")
     pts = app.expand_sweep(t)
     assert [(p["workload"]["qps"], p["seed"]) for p in pts] == [(1.0, 7), (2.0, 8)]
@@ -158,7 +209,11 @@ def test_sweep_dotted_and_alias_keys():
     t = _tree("+sweep.scheduler.chunk_size=[256,1024]", "+sweep.tensor_parallel_size=[1,2]")
     pts = app.expand_sweep(t)
     assert {(p["scheduler"]["chunk_size"], p["cluster"]["tp"]) for p in pts} == {
-        (256, 1), (256, 2), (1024, 1), (1024, 2)}
+        (256, 1),
+        (256, 2),
+        (1024, 1),
+        (1024, 2),
+    }
 
 
 @pytest.mark.parametrize(
@@ -166,7 +221,7 @@ def test_sweep_dotted_and_alias_keys():
     [
         (["+sweep.qps=[1.0,2.0]", "+sweep.seed=[1]", "sweep_mode=zip"], "one length"),
         (["+sweep.nope=[1]"], "matches no config key"),
-        (["+sweep.name=[a]"], "ambiguous|matches no"),
+        (["+sweep.workload.nope=[1]"], "not in the config"),
         (["+sweep.qps=[]"], "empty"),
         (["sweep_mode=grid"], "sweep_mode"),
     ],
@@ -177,9 +232,16 @@ def test_sweep_errors(overrides, match):
 
 
 def test_plan_shares_identical_workloads():
-    plan = app.plan_from_config(app.compose(
-        ["+experiment=quickstart", "workload.num_requests=20", "+sweep.batch_size_cap=[32,64]",
-         "+sweep.qps=[1.0,2.0]"]))
+    plan = app.plan_from_config(
+        app.compose(
+            [
+                "+experiment=quickstart",
+                "workload.num_requests=20",
+                "+sweep.batch_size_cap=[32,64]",
+                "+sweep.qps=[1.0,2.0]",
+            ]
+        )
+    )
     assert len(plan.configs) == 4
     assert plan.workloads[0] is plan.workloads[2]  # same qps, different batch cap
     assert plan.workloads[0] is not plan.workloads[1]
@@ -228,8 +290,12 @@ def test_unknown_experiment_lists_available(tmp_path):
 
 
 def test_full_error_shows_traceback(tmp_path):
-    res = run_cli("+experiment=quickstart", "cluster.tp=3", f"hydra.run.dir={tmp_path}",
-                  env={"HYDRA_FULL_ERROR": "1"})
+    res = run_cli(
+        "+experiment=quickstart",
+        "cluster.tp=3",
+        f"hydra.run.dir={tmp_path}",
+        env={"HYDRA_FULL_ERROR": "1"},
+    )
     assert res.returncode != 0 and "Traceback" in res.stderr
 
 
@@ -256,7 +322,12 @@ def test_api_bad_input_raises_config_error():
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory, profiles_dir):
     out = tmp_path_factory.mktemp("qs")
-    args = ["+experiment=quickstart", *SMALL, "+sweep.qps=[1.0,3.0]", f"profiles_dir={profiles_dir}"]
+    args = [
+        "+experiment=quickstart",
+        *SMALL,
+        "+sweep.qps=[1.0,3.0]",
+        f"profiles_dir={profiles_dir}",
+    ]
     res = run_cli(*args, f"hydra.run.dir={out}")
     assert res.returncode == 0, res.stderr[-3000:]
     return out, args, res
@@ -269,10 +340,14 @@ def test_cli_quickstart_writes_run_dir(quickstart_run):
     assert len(summary) == 2
     cols = list(summary.columns)
     assert cols[0] == "config_id"
-    assert cols[1:1 + len(DESIGN_KNOBS)] == DESIGN_KNOBS
+    assert cols[1 : 1 + len(DESIGN_KNOBS)] == DESIGN_KNOBS
     start = cols.index(DESIGN_METRICS[0])
-    assert cols[start:start + len(DESIGN_METRICS)] == DESIGN_METRICS
-    assert cols == [*app.SUMMARY_KNOBS, *app.SUMMARY_METRICS, *cols[len(app.SUMMARY_KNOBS) + len(app.SUMMARY_METRICS):]]
+    assert cols[start : start + len(DESIGN_METRICS)] == DESIGN_METRICS
+    assert cols == [
+        *app.SUMMARY_KNOBS,
+        *app.SUMMARY_METRICS,
+        *cols[len(app.SUMMARY_KNOBS) + len(app.SUMMARY_METRICS) :],
+    ]
     assert summary["qps"].tolist() == [1.0, 3.0]
     assert (summary["num_completed"] == 60).all()
     assert summary[DESIGN_METRICS].notna().all().all()
@@ -302,8 +377,11 @@ def test_api_matches_cli(quickstart_run):
     cli_summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == list(cli_summary.columns)
     pd.testing.assert_frame_equal(
-        summary[DESIGN_METRICS].astype(float), cli_summary[DESIGN_METRICS].astype(float),
-        rtol=1e-9, check_exact=False)
+        summary[DESIGN_METRICS].astype(float),
+        cli_summary[DESIGN_METRICS].astype(float),
+        rtol=1e-9,
+        check_exact=False,
+    )
     cli_req = pd.read_parquet(out / "requests.parquet")
     pd.testing.assert_frame_equal(requests.reset_index(drop=True), cli_req)
 
@@ -314,8 +392,14 @@ def test_api_matches_cli(quickstart_run):
 
 @pytest.mark.slow
 def test_multirun_one_dir_per_job(tmp_path, profiles_dir):
-    res = run_cli("-m", "+experiment=quickstart", *SMALL, "scheduler=vllm,sarathi",
-                  f"profiles_dir={profiles_dir}", f"hydra.sweep.dir={tmp_path}")
+    res = run_cli(
+        "-m",
+        "+experiment=quickstart",
+        *SMALL,
+        "scheduler=vllm,sarathi",
+        f"profiles_dir={profiles_dir}",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / "summary.csv").exists())
     assert [p.name for p in jobs] == ["0", "1"]
@@ -335,11 +419,26 @@ def test_conf_found_from_installed_wheel(tmp_path):
     src.mkdir()
     shutil.copy(REPO_ROOT / "pyproject.toml", src)
     shutil.copy(REPO_ROOT / "README.md", src)
-    shutil.copytree(REPO_ROOT / "vidur_jax", src / "vidur_jax",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO_ROOT / "vidur_jax",
+        src / "vidur_jax",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(src), "-w", str(tmp_path / "dist")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            str(src),
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if build.returncode != 0:
         msg = f"could not build a wheel (needs setuptools/wheel from the index): {build.stderr[-500:]}"
@@ -351,17 +450,45 @@ def test_conf_found_from_installed_wheel(tmp_path):
     for yaml in app.CONF_DIR.rglob("*.yaml"):
         assert f"vidur_jax/conf/{yaml.relative_to(app.CONF_DIR).as_posix()}" in names, yaml
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
-    code = ("import vidur_jax, vidur_jax.app as a; print(vidur_jax.__file__); "
-            "print(a.compose(['+experiment=quickstart']).name)")
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    code = (
+        "import vidur_jax, vidur_jax.app as a; print(vidur_jax.__file__); "
+        "print(a.compose(['+experiment=quickstart']).name)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     where, name = res.stdout.split()
     assert Path(where).resolve().is_relative_to(site.resolve()) and name == "quickstart"
-    res = subprocess.run([sys.executable, "-m", "vidur_jax", "+experiment=quickstart", "--cfg", "job"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "vidur_jax", "+experiment=quickstart", "--cfg", "job"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "synthetic_conv" in res.stdout

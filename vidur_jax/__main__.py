@@ -69,7 +69,9 @@ def main(cfg: DictConfig) -> None:
         plan = app.plan_from_config(cfg)
         app.enable_compile_cache()
         summary_df, requests_df, outputs = app.run_plan(plan)
-        app.write_outputs(out_dir, summary_df, requests_df, outputs, plots=bool(cfg.get("plots", True)))
+        app.write_outputs(
+            out_dir, summary_df, requests_df, outputs, plots=bool(cfg.get("plots", True))
+        )
     except ConfigError as err:
         if _full_error():
             raise

@@ -33,16 +33,43 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 #: Leading ``summary.csv`` columns: the knobs of each config (DESIGN.md section 5).
 SUMMARY_KNOBS = (
-    "config_id", "model", "device", "tp", "pp", "replicas", "scheduler", "batch_cap",
-    "chunk_size", "qps", "seed", "global_scheduler", "network_device", "block_size",
-    "max_tokens_in_batch", "watermark_blocks_fraction", "max_tokens", "workload",
-    "num_gpus", "price_per_hour", "cost_per_hour",
+    "config_id",
+    "model",
+    "device",
+    "tp",
+    "pp",
+    "replicas",
+    "scheduler",
+    "batch_cap",
+    "chunk_size",
+    "qps",
+    "seed",
+    "global_scheduler",
+    "network_device",
+    "block_size",
+    "max_tokens_in_batch",
+    "watermark_blocks_fraction",
+    "max_tokens",
+    "workload",
+    "num_gpus",
+    "price_per_hour",
+    "cost_per_hour",
 )
 #: Metric columns of ``summary.csv`` in seconds / counts (DESIGN.md section 5), in order.
 SUMMARY_METRICS = (
-    *(f"{m}_{q}" for m in ("ttft", "tbt", "e2e", "norm_e2e", "sched_delay") for q in ("p50", "p90", "p99")),
-    "throughput_rps", "throughput_tps", "num_completed", "num_restarts", "mfu_mean",
-    "kv_util_mean", "batch_size_mean", "makespan_s",
+    *(
+        f"{m}_{q}"
+        for m in ("ttft", "tbt", "e2e", "norm_e2e", "sched_delay")
+        for q in ("p50", "p90", "p99")
+    ),
+    "throughput_rps",
+    "throughput_tps",
+    "num_completed",
+    "num_restarts",
+    "mfu_mean",
+    "kv_util_mean",
+    "batch_size_mean",
+    "makespan_s",
 )
 
 # Keys each config group may hold (a typo is an error, not a silently ignored knob).
@@ -50,16 +77,36 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
     "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler"}),
-    "scheduler": frozenset({
-        "replica_scheduler", "batch_size_cap", "block_size", "watermark_blocks_fraction",
-        "chunk_size", "max_tokens_in_batch", "max_waiting_iters", "memory_margin_fraction",
-        "num_blocks", "vidur_compat_memory",
-    }),
+    "scheduler": frozenset(
+        {
+            "replica_scheduler",
+            "batch_size_cap",
+            "block_size",
+            "watermark_blocks_fraction",
+            "chunk_size",
+            "max_tokens_in_batch",
+            "max_waiting_iters",
+            "memory_margin_fraction",
+            "num_blocks",
+            "vidur_compat_memory",
+        }
+    ),
     "predictor": frozenset({"cpu_overhead_ms", "attn_scale", "compute_scale", "network_scale"}),
-    "workload": frozenset({
-        "name", "kind", "num_requests", "qps", "max_tokens", "arrival", "lengths", "path",
-        "prefill_scale_factor", "decode_scale_factor", "time_scale_factor",
-    }),
+    "workload": frozenset(
+        {
+            "name",
+            "kind",
+            "num_requests",
+            "qps",
+            "max_tokens",
+            "arrival",
+            "lengths",
+            "path",
+            "prefill_scale_factor",
+            "decode_scale_factor",
+            "time_scale_factor",
+        }
+    ),
 }
 # Other names a sweep may use for a knob.
 SWEEP_ALIASES = {
@@ -140,9 +187,15 @@ def _sweep_path(tree: Mapping[str, Any], key: str) -> tuple[str, ...]:
         path = tuple(key.split("."))
         node: Any = tree
         for part in path[:-1]:
-            require(isinstance(node, Mapping) and part in node, f"sweep knob '{key}' is not in the config")
+            require(
+                isinstance(node, Mapping) and part in node,
+                f"sweep knob '{key}' is not in the config",
+            )
             node = node[part]
-        require(isinstance(node, Mapping) and path[-1] in node, f"sweep knob '{key}' is not in the config")
+        require(
+            isinstance(node, Mapping) and path[-1] in node,
+            f"sweep knob '{key}' is not in the config",
+        )
         return path
     if key in tree and not isinstance(tree[key], Mapping) and key not in ("sweep", "sweep_mode"):
         return (key,)
@@ -150,10 +203,26 @@ def _sweep_path(tree: Mapping[str, Any], key: str) -> tuple[str, ...]:
     require(
         len(hits) == 1,
         f"sweep knob '{key}' "
-        + (f"is ambiguous ({', '.join(f'{g}.{key}' for g in hits)}); use the dotted name"
-           if hits else "matches no config key; use a dotted name such as scheduler.chunk_size"),
+        + (
+            f"is ambiguous ({', '.join(f'{g}.{key}' for g in hits)}); use the dotted name"
+            if hits
+            else "matches no config key; use a dotted name such as scheduler.chunk_size"
+        ),
     )
     return (hits[0], key)
+
+
+def _flatten(sweep: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{scheduler: {chunk_size: [..]}}`` (from ``+sweep.scheduler.chunk_size=``) ->
+    ``{"scheduler.chunk_size": [..]}``."""
+    out: dict[str, Any] = {}
+    for key, value in sweep.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def expand_sweep(tree: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -164,12 +233,14 @@ def expand_sweep(tree: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
     sweep = tree.get("sweep") or {}
     mode = tree.get("sweep_mode", "product")
-    require(isinstance(sweep, Mapping), f"sweep must be a mapping {{knob: [values]}}, got {sweep!r}")
+    require(
+        isinstance(sweep, Mapping), f"sweep must be a mapping {{knob: [values]}}, got {sweep!r}"
+    )
     require(mode in ("product", "zip"), f"sweep_mode={mode!r}; allowed: product, zip")
     if not sweep:
         return [copy.deepcopy(dict(tree))]
     paths, values = [], []
-    for key, vals in sweep.items():
+    for key, vals in _flatten(sweep).items():
         paths.append(_sweep_path(tree, str(key)))
         vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
         require(len(vals) >= 1, f"sweep.{key} is an empty list")
@@ -178,16 +249,16 @@ def expand_sweep(tree: Mapping[str, Any]) -> list[dict[str, Any]]:
         lens = {len(v) for v in values}
         require(
             len(lens) == 1,
-            f"sweep_mode=zip needs lists of one length; got "
-            f"{', '.join(f'{k}: {len(v)}' for k, v in zip(sweep, values))}",
+            "sweep_mode=zip needs lists of one length; got "
+            + ", ".join(f"{'.'.join(p)}: {len(v)}" for p, v in zip(paths, values, strict=True)),
         )
-        points = list(zip(*values))
+        points = list(zip(*values, strict=True))
     else:
         points = list(itertools.product(*values))
     out = []
     for point in points:
         t = copy.deepcopy(dict(tree))
-        for path, value in zip(paths, point):
+        for path, value in zip(paths, point, strict=True):
             node = t
             for part in path[:-1]:
                 node = node[part]
@@ -231,11 +302,15 @@ def deployment_from(tree: Mapping[str, Any]):
         replica_scheduler=sch["replica_scheduler"],
         batch_size_cap=_int("scheduler.batch_size_cap", sch["batch_size_cap"]),
         block_size=_int("scheduler.block_size", sch["block_size"]),
-        watermark_blocks_fraction=_float("scheduler.watermark_blocks_fraction", sch["watermark_blocks_fraction"]),
+        watermark_blocks_fraction=_float(
+            "scheduler.watermark_blocks_fraction", sch["watermark_blocks_fraction"]
+        ),
         chunk_size=_int("scheduler.chunk_size", sch["chunk_size"]),
         max_tokens_in_batch=_int("scheduler.max_tokens_in_batch", sch["max_tokens_in_batch"]),
         max_waiting_iters=_int("scheduler.max_waiting_iters", sch["max_waiting_iters"]),
-        memory_margin_fraction=_float("scheduler.memory_margin_fraction", sch["memory_margin_fraction"]),
+        memory_margin_fraction=_float(
+            "scheduler.memory_margin_fraction", sch["memory_margin_fraction"]
+        ),
         max_tokens=_int("workload.max_tokens", wl["max_tokens"]),
         num_blocks=None if num_blocks is None else _int("scheduler.num_blocks", num_blocks),
         vidur_compat_memory=bool(sch.get("vidur_compat_memory", True)),
@@ -357,20 +432,29 @@ def plan_from_config(cfg: Any) -> RunPlan:
         num_gpus = dep.tensor_parallel_size * dep.num_pipeline_stages * dep.num_replicas
         configs.append(dep)
         workloads.append(cache[key])
-        labels.append({
-            "qps": spec["qps"] if spec["qps"] is not None else float("nan"),
-            "workload": spec["name"],
-            "num_gpus": num_gpus,
-            "price_per_hour": price,
-            "cost_per_hour": price * num_gpus,
-        })
+        labels.append(
+            {
+                "qps": spec["qps"] if spec["qps"] is not None else float("nan"),
+                "workload": spec["name"],
+                "num_gpus": num_gpus,
+                "price_per_hour": price,
+                "cost_per_hour": price * num_gpus,
+            }
+        )
     profiles_dir = tree.get("profiles_dir")
     if profiles_dir is not None:
-        require(isinstance(profiles_dir, str), f"profiles_dir={profiles_dir!r} must be a path or null")
+        require(
+            isinstance(profiles_dir, str), f"profiles_dir={profiles_dir!r} must be a path or null"
+        )
         profiles_dir = os.path.abspath(os.path.expanduser(profiles_dir))
         require(os.path.isdir(profiles_dir), f"profiles_dir does not exist: {profiles_dir}")
-    return RunPlan(tuple(configs), tuple(workloads), tuple(labels), profiles_dir,
-                   str(tree.get("name", "default")))
+    return RunPlan(
+        tuple(configs),
+        tuple(workloads),
+        tuple(labels),
+        profiles_dir,
+        str(tree.get("name", "default")),
+    )
 
 
 # -------------------------------------------------------------------------------- run
@@ -382,7 +466,10 @@ def enable_compile_cache() -> None:
     simulator's compile (tens of seconds on a small CPU)."""
     import jax
 
-    if os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+    if (
+        os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") == "0"
+        or jax.config.jax_compilation_cache_dir
+    ):
         return
     base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
     jax.config.update("jax_compilation_cache_dir", os.path.join(base, "vidur_jax", "jax"))
@@ -393,19 +480,29 @@ def summary_table(plan: RunPlan, outputs: Sequence[Any]) -> pd.DataFrame:
     """``summary.csv``: knobs (:data:`SUMMARY_KNOBS`), metrics (:data:`SUMMARY_METRICS`),
     then the remaining summary statistics (means, busy fraction, ...)."""
     rows = []
-    for i, (o, lab) in enumerate(zip(outputs, plan.labels)):
+    for i, (o, lab) in enumerate(zip(outputs, plan.labels, strict=True)):
         c = o.config
         row: dict[str, Any] = {
-            "config_id": i, "model": c.model, "device": c.device,
-            "tp": c.tensor_parallel_size, "pp": c.num_pipeline_stages,
-            "replicas": c.num_replicas, "scheduler": c.replica_scheduler,
-            "batch_cap": c.batch_size_cap, "chunk_size": c.chunk_size, "qps": lab["qps"],
-            "seed": c.seed, "global_scheduler": c.global_scheduler,
-            "network_device": c.network_device, "block_size": c.block_size,
+            "config_id": i,
+            "model": c.model,
+            "device": c.device,
+            "tp": c.tensor_parallel_size,
+            "pp": c.num_pipeline_stages,
+            "replicas": c.num_replicas,
+            "scheduler": c.replica_scheduler,
+            "batch_cap": c.batch_size_cap,
+            "chunk_size": c.chunk_size,
+            "qps": lab["qps"],
+            "seed": c.seed,
+            "global_scheduler": c.global_scheduler,
+            "network_device": c.network_device,
+            "block_size": c.block_size,
             "max_tokens_in_batch": c.max_tokens_in_batch,
             "watermark_blocks_fraction": c.watermark_blocks_fraction,
-            "max_tokens": c.max_tokens, "workload": lab["workload"],
-            "num_gpus": lab["num_gpus"], "price_per_hour": lab["price_per_hour"],
+            "max_tokens": c.max_tokens,
+            "workload": lab["workload"],
+            "num_gpus": lab["num_gpus"],
+            "price_per_hour": lab["price_per_hour"],
             "cost_per_hour": lab["cost_per_hour"],
         }
         row.update({k: o.summary.get(k, float("nan")) for k in SUMMARY_METRICS})
@@ -422,7 +519,9 @@ def run_plan(plan: RunPlan) -> tuple[pd.DataFrame, pd.DataFrame, list[Any]]:
     """
     from vidur_jax.sim.run import requests_frame, simulate_configs
 
-    outputs = simulate_configs(list(plan.configs), list(plan.workloads), profiles_dir=plan.profiles_dir)
+    outputs = simulate_configs(
+        list(plan.configs), list(plan.workloads), profiles_dir=plan.profiles_dir
+    )
     return summary_table(plan, outputs), requests_frame(outputs), outputs
 
 
@@ -447,15 +546,28 @@ def write_outputs(
     return written
 
 
-def print_summary(summary_df: pd.DataFrame, out_dir: str | os.PathLike | None, max_rows: int = 20) -> None:
+def print_summary(
+    summary_df: pd.DataFrame, out_dir: str | os.PathLike | None, max_rows: int = 20
+) -> None:
     """One-screen table of the main metrics (rich), plus where the files went."""
     from rich.console import Console
     from rich.table import Table
 
-    cols = [("config_id", "id"), ("scheduler", "sched"), ("tp", "tp"), ("pp", "pp"),
-            ("replicas", "repl"), ("batch_cap", "cap"), ("chunk_size", "chunk"), ("qps", "qps"),
-            ("ttft_p90", "ttft p90 s"), ("tbt_p99", "tbt p99 s"), ("e2e_p90", "e2e p90 s"),
-            ("throughput_rps", "req/s"), ("num_completed", "done")]
+    cols = [
+        ("config_id", "id"),
+        ("scheduler", "sched"),
+        ("tp", "tp"),
+        ("pp", "pp"),
+        ("replicas", "repl"),
+        ("batch_cap", "cap"),
+        ("chunk_size", "chunk"),
+        ("qps", "qps"),
+        ("ttft_p90", "ttft p90 s"),
+        ("tbt_p99", "tbt p99 s"),
+        ("e2e_p90", "e2e p90 s"),
+        ("throughput_rps", "req/s"),
+        ("num_completed", "done"),
+    ]
     table = Table(title=f"{len(summary_df)} configuration(s)", title_justify="left")
     for _, head in cols:
         table.add_column(head, justify="right")
@@ -535,6 +647,10 @@ def simulate(cfg_or_overrides: Any = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     Raises:
         ConfigError: bad input, as one line.
     """
+    require(
+        not isinstance(cfg_or_overrides, str),
+        "overrides must be a list of strings such as ['+experiment=quickstart']",
+    )
     if isinstance(cfg_or_overrides, (list, tuple)):
         cfg = compose(cfg_or_overrides)
     else:
