@@ -1,7 +1,9 @@
 """Save and load predictor parameters as ``.npz`` (arrays) + ``.json`` (metadata).
 
-No pickle: the npz holds float32 arrays under flattened keys ``"<op>/<path>/<leaf>"``
-(e.g. ``"attn_decode/mlp/Dense_0/kernel"``) and is loaded with ``allow_pickle=False``.
+No pickle: the npz holds one float32 vector ``data`` (loaded with ``allow_pickle=False``);
+the json's ``_arrays`` lists ``[name, shape, offset]`` for every leaf, named by its path
+``"<op>/<path>/<leaf>"`` (e.g. ``"attn_decode/mlp/Dense_0/kernel"``). One array instead of
+hundreds of zip members keeps each file small.
 Writes are atomic (temp file + rename).
 """
 
@@ -63,14 +65,23 @@ def save(base: str, params: dict[str, Any], meta: dict) -> None:
       meta: JSON-serializable metadata.
     """
     flat = flatten(params)
+    index, chunks, offset = [], [], 0
+    for name in sorted(flat):
+        a = flat[name]
+        index.append([name, list(a.shape), offset])
+        chunks.append(a.reshape(-1))
+        offset += a.size
+    data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
     def write_npz(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **flat)
+            np.savez_compressed(f, data=data)
+        os.chmod(tmp, 0o644)
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1, sort_keys=True)
+            json.dump(dict(meta, _arrays=index), f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o644)
 
     _atomic_write(base + ".npz", write_npz)
     _atomic_write(base + ".json", write_json)
@@ -80,10 +91,14 @@ def load(base: str) -> tuple[dict[str, Any], dict]:
     """Read ``base.npz`` + ``base.json``; ConfigError (one line) if either is missing."""
     if not (os.path.isfile(base + ".npz") and os.path.isfile(base + ".json")):
         raise ConfigError(f"predictor parameters not found: {base}.npz/.json")
-    with np.load(base + ".npz", allow_pickle=False) as data:
-        flat = {k: np.asarray(data[k]) for k in data.files}
     with open(base + ".json") as f:
         meta = json.load(f)
+    with np.load(base + ".npz", allow_pickle=False) as npz:
+        data = np.asarray(npz["data"], np.float32)
+    flat = {}
+    for name, shape, offset in meta.pop("_arrays"):
+        size = int(np.prod(shape)) if shape else 1
+        flat[name] = data[offset : offset + size].reshape(shape)
     return unflatten(flat), meta
 
 
