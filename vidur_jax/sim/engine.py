@@ -170,23 +170,21 @@ def _gather_row(state: SimState, r: jax.Array) -> _Row:
     )
 
 
+_ROW_TO_STATE = {
+    "req": "slot_req", "prefill": "slot_prefill", "processed": "slot_processed",
+    "blocks": "slot_blocks", "restarted": "slot_restarted", "mb": "slot_mb", "ntok": "slot_ntok",
+    "last_done": "slot_last_done", "group": "slot_group", "free_blocks": "free_blocks",
+    "inflight_end": "inflight_end", "stage_free_at": "stage_free_at", "waiting_iters": "waiting_iters",
+}
+
+
 def _scatter_row(state: SimState, r_w: jax.Array, row: _Row) -> SimState:
     """Write a replica row back; ``r_w`` out of bounds drops the write."""
-    return state.replace(
-        slot_req=state.slot_req.at[r_w].set(row.req, mode="drop"),
-        slot_prefill=state.slot_prefill.at[r_w].set(row.prefill, mode="drop"),
-        slot_processed=state.slot_processed.at[r_w].set(row.processed, mode="drop"),
-        slot_blocks=state.slot_blocks.at[r_w].set(row.blocks, mode="drop"),
-        slot_restarted=state.slot_restarted.at[r_w].set(row.restarted, mode="drop"),
-        slot_mb=state.slot_mb.at[r_w].set(row.mb, mode="drop"),
-        slot_ntok=state.slot_ntok.at[r_w].set(row.ntok, mode="drop"),
-        slot_last_done=state.slot_last_done.at[r_w].set(row.last_done, mode="drop"),
-        slot_group=state.slot_group.at[r_w].set(row.group, mode="drop"),
-        free_blocks=state.free_blocks.at[r_w].set(row.free_blocks, mode="drop"),
-        inflight_end=state.inflight_end.at[r_w].set(row.inflight_end, mode="drop"),
-        stage_free_at=state.stage_free_at.at[r_w].set(row.stage_free_at, mode="drop"),
-        waiting_iters=state.waiting_iters.at[r_w].set(row.waiting_iters, mode="drop"),
-    )
+    updates = {}
+    for field, name in _ROW_TO_STATE.items():
+        target = getattr(state, name)
+        updates[name] = target.at[r_w].set(getattr(row, field).astype(target.dtype), mode="drop")
+    return state.replace(**updates)
 
 
 def _set_first(arr: jax.Array, idx: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
@@ -335,7 +333,7 @@ def _form_batch(
     )
 
     # 2. admitted candidates take their restarted slot or the next free slots
-    m_new = jnp.argmin(jnp.isfinite(row.inflight_end))  # first empty micro-batch index
+    m_new = jnp.argmin(jnp.isfinite(row.inflight_end)).astype(jnp.int32)  # first empty micro-batch
     from_queue = admit & (cands.src_slot < 0)
     # occupied slots are a prefix: new requests append after it (arrival order kept)
     queue_rank = jnp.cumsum(from_queue) - 1
