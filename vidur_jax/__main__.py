@@ -72,14 +72,21 @@ def main(cfg: DictConfig) -> None:
         app.write_outputs(
             out_dir, summary_df, requests_df, outputs, plots=bool(cfg.get("plots", True))
         )
-    except ConfigError as err:
+    except Exception as err:  # noqa: BLE001 - one line per failure, never a traceback wall
         if _full_error():
             raise
+        if isinstance(err, ConfigError):
+            message = str(err)
+        else:  # a bug, not bad input: say so and how to see the traceback
+            message = (
+                f"internal error: {type(err).__name__}: {app.one_line(err)} "
+                "(set HYDRA_FULL_ERROR=1 for the traceback)"
+            )
         if hc.mode == RunMode.MULTIRUN:
-            _fail(f"job {hc.job.num} ({','.join(hc.overrides.task)}): {err}")
-            _failed_jobs.append(str(err))
+            _fail(f"job {hc.job.num} ({','.join(hc.overrides.task)}): {message}")
+            _failed_jobs.append(message)
             return
-        _fail(str(err))
+        _fail(message)
         sys.exit(EXIT_USAGE)
     app.print_summary(summary_df, out_dir, int(cfg.get("print_rows", 20)))
 

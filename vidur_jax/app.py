@@ -461,9 +461,9 @@ def plan_from_config(cfg: Any) -> RunPlan:
 
 
 def enable_compile_cache() -> None:
-    """Use JAX's persistent compilation cache (``~/.cache/vidur_jax/jax``) unless the
-    user configured one or set ``VIDUR_JAX_COMPILE_CACHE=0``; repeat runs skip the
-    simulator's compile (tens of seconds on a small CPU)."""
+    """Use JAX's persistent compilation cache (``$VIDUR_JAX_CACHE/jax``, default
+    ``~/.cache/vidur_jax/jax``) unless the user configured one or set
+    ``VIDUR_JAX_COMPILE_CACHE=0``; repeat runs skip the simulator's compile."""
     import jax
 
     if (
@@ -471,8 +471,10 @@ def enable_compile_cache() -> None:
         or jax.config.jax_compilation_cache_dir
     ):
         return
-    base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-    jax.config.update("jax_compilation_cache_dir", os.path.join(base, "vidur_jax", "jax"))
+    base = os.environ.get(
+        "VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax")
+    )
+    jax.config.update("jax_compilation_cache_dir", os.path.join(base, "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
