@@ -267,6 +267,8 @@ def make_static(
     num_requests: int,
     num_slots: int | None = None,
     num_tbt_bins: int = 2048,
+    window: int | None = None,
+    initial_slots: int = 32,
 ) -> SimStatic:
     """The shared :class:`SimStatic` of configs with one policy and one router."""
     policies = {c.replica_scheduler for c in cfgs}
@@ -277,9 +279,11 @@ def make_static(
             f"{sorted(policies)} and {sorted(routers)} (run them as separate jobs)"
         )
     if num_slots is None:
+        # start small (per-step cost is O(slots)); the host doubles it on overflow
         num_slots = max(slot_bound(c, d) for c, d in zip(cfgs, derived))
-        num_slots = int(min(num_slots, num_requests))
+        num_slots = int(min(num_slots, num_requests, initial_slots))
     num_slots = max(8, int(math.ceil(num_slots / 8) * 8))
+    window = int(min(window or 16, num_slots))
     return SimStatic(
         policy=policies.pop(),
         router=routers.pop(),
@@ -288,4 +292,5 @@ def make_static(
         max_replicas=max(c.num_replicas for c in cfgs),
         max_stages=max(c.num_pipeline_stages for c in cfgs),
         num_tbt_bins=num_tbt_bins,
+        window=window,
     )

@@ -33,6 +33,7 @@ from vidur_jax.sim.types import (
     ERR_STALLED,
     ERR_STEPS,
     ERR_TOKENS,
+    ERR_WINDOW,
     SimParams,
     SimState,
     SimStatic,
@@ -282,6 +283,109 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
     )
 
 
+class _DecodeRun(NamedTuple):
+    """A run of identical decode-only iterations fused into one step."""
+
+    num_iters: jax.Array  # () i32 k >= 1 iterations (1 = no fusion)
+    seconds: jax.Array  # () f64 total duration of the k iterations
+    iter_s: jax.Array  # (J,) f64 duration of each possible iteration
+    alloc: jax.Array  # (S,) i32 blocks each request needs over the k iterations
+    last_done: jax.Array  # () f64 end of iteration k-1 (the last TBT gap starts there)
+    first_end: jax.Array  # () f64 end of iteration 1
+    overflow: jax.Array  # () bool
+
+
+def _decode_run(
+    static: SimStatic,
+    tables: TimingTables,
+    params: SimParams,
+    state: SimState,
+    row: _Row,
+    r: jax.Array,
+    t: jax.Array,
+    slot_in: jax.Array,
+    schedulable: jax.Array,
+    eligible: jax.Array,
+) -> _DecodeRun:
+    """How many identical decode-only iterations can run back to back from ``t``.
+
+    Exactness: when a batch holds every running request of the replica, all of them
+    decoding, and nothing waits in the queue, Vidur's next batch is the same set until
+    (a) a request completes, (b) a request arrives (anywhere: routing may send it here)
+    or (c) memory runs short. So the first ``k`` iterations, ``k`` bounded by those three
+    events, are one step here: their durations (mean KV grows by one token per
+    iteration) and TBT samples are exactly Vidur's. Pipeline parallelism is not fused.
+    """
+    j_max = static.fuse_iters
+    zeros = jnp.zeros(row.req.shape, jnp.int32)
+    if j_max <= 1:
+        return _DecodeRun(jnp.int32(1), jnp.float64(0.0), jnp.zeros(1), zeros, t, t, jnp.array(False))
+    r_total = static.num_requests
+    decoding = row.processed > row.prefill  # prefill done (Vidur's +1 token)
+    queue_empty = (state.q_tail[r] == state.q_head[r]) & ~(row.restarted & (row.req >= 0)).any()
+    ok = (
+        eligible
+        & (params.num_stages == 1)
+        & queue_empty
+        & (slot_in == schedulable).all()
+        & (~slot_in | decoding).all()
+        & slot_in.any()
+    )
+    n = slot_in.sum()
+    sum_kv = jnp.where(slot_in, row.processed, 0).sum()
+    iter_s, overflow = timing.decode_run_times(tables, params, n, sum_kv, j_max)
+    ends = t + jnp.cumsum(iter_s.astype(jnp.float64))  # (J,) end of iteration j+1
+    starts = jnp.concatenate([jnp.reshape(t, (1,)), ends[:-1]])
+    i = jnp.minimum(state.next_arrival, r_total - 1)
+    t_arr = jnp.where(state.next_arrival < r_total, params.arrived_at[i], jnp.inf)
+    safe = jnp.clip(row.req, 0, r_total - 1)
+    total = params.num_prefill[safe] + params.num_decode[safe]
+    remaining = jnp.min(jnp.where(slot_in, total - row.processed, jnp.iinfo(jnp.int32).max))
+    iters = jnp.arange(1, j_max + 1)
+    # blocks held after iteration j: vLLM grows a request to ceil(processed / block_size)
+    if static.policy in ("vllm", "sarathi", "lightllm"):
+        need_blocks = -(-(row.processed[None, :] + iters[:, None] - 1) // params.block_size)
+        alloc_j = jnp.where(slot_in[None, :], jnp.maximum(need_blocks - row.blocks[None, :], 0), 0)
+    else:  # Orca / FasterTransformer reserved the maximum length at admission
+        alloc_j = jnp.zeros((j_max,) + row.req.shape, jnp.int32)
+    mem_ok = alloc_j.sum(axis=1) <= row.free_blocks - 1
+    run_ok = (iters <= remaining) & (starts < t_arr) & (mem_ok | (iters == 1))
+    k = jnp.where(ok, jnp.maximum(jnp.cumprod(run_ok.astype(jnp.int32)).sum(), 1), 1).astype(jnp.int32)
+    return _DecodeRun(
+        num_iters=k,
+        seconds=ends[k - 1] - t,
+        iter_s=iter_s.astype(jnp.float64),
+        alloc=alloc_j[k - 1].astype(jnp.int32),
+        last_done=jnp.where(k > 1, ends[jnp.maximum(k - 2, 0)], t),
+        first_end=ends[0],
+        overflow=overflow,
+    )
+
+
+def _record_fused_tbt(
+    static: SimStatic, state: SimState, row: _Row, slot_in: jax.Array, run: _DecodeRun
+) -> SimState:
+    """TBT samples of iterations 1..k-1 of a fused run (the k-th is recorded at its end).
+
+    Iteration 1's gap is per request (from its previous iteration's end); iterations
+    2..k-1 give every request the same gap, the iteration's duration.
+    """
+    k = run.num_iters
+    h = static.num_tbt_bins
+    fused = slot_in & (k > 1)
+    gap1 = jnp.where(fused, run.first_end - row.last_done, 0.0)
+    hist = state.tbt_hist.at[jnp.where(fused, tbt_bin_index(gap1, h), h)].add(1, mode="drop")
+    n = slot_in.sum().astype(jnp.int32)
+    j = jnp.arange(run.iter_s.shape[0])
+    mid = (j >= 1) & (j < k - 1)
+    hist = hist.at[jnp.where(mid, tbt_bin_index(run.iter_s, h), h)].add(n, mode="drop")
+    return state.replace(
+        tbt_hist=hist,
+        tbt_sum=state.tbt_sum + gap1.sum() + n * jnp.where(mid, run.iter_s, 0.0).sum(),
+        tbt_count=state.tbt_count + fused.sum() + n * mid.sum(),
+    )
+
+
 def _form_batch(
     static: SimStatic,
     tables: TimingTables,
@@ -339,6 +443,10 @@ def _form_batch(
     queue_rank = jnp.cumsum(from_queue) - 1
     target = jnp.where(from_queue, (row.req >= 0).sum() + queue_rank, cands.src_slot)
     overflow = (from_queue & (target >= s)).any()
+    # the whole window was admitted and more requests were waiting: W was too small
+    n_waiting = jnp.where((row.restarted & (row.req >= 0)).any(), (row.restarted & (row.req >= 0)).sum(),
+                          state.q_tail[r] - state.q_head[r])
+    window_full = admit[w - 1] & (n_waiting > w) & (w < s)
     target = jnp.where(admit & (target < s), target, s)  # s -> dropped
     group_id = jnp.min(jnp.where(admit, cands.req, jnp.iinfo(jnp.int32).max))
     row = row._replace(
@@ -356,21 +464,31 @@ def _form_batch(
         q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(from_queue.sum().astype(jnp.int32), mode="drop"),
     )
 
-    # 3. running requests in the batch (their blocks were counted before admission)
-    alloc = jnp.where(slot_in, plan.slot_alloc, 0)
+    # 3. a run of identical decode-only iterations is fused into this one batch
+    run = _decode_run(static, tables, params, state, row, r, t, slot_in, view.schedulable,
+                      launched & ~admit.any() & ~victim.any())
+    k = run.num_iters
+    fused = k > 1
+
+    # 4. running requests in the batch (their blocks were counted before admission)
+    alloc = jnp.where(slot_in, jnp.where(fused, run.alloc, plan.slot_alloc), 0)
+    state = _record_fused_tbt(static, state, row, slot_in, run)
     row = row._replace(
         blocks=row.blocks + alloc,
         mb=jnp.where(slot_in, m_new, row.mb),
-        ntok=jnp.where(slot_in, plan.slot_ntok, row.ntok),
+        ntok=jnp.where(slot_in, jnp.where(fused, k, plan.slot_ntok), row.ntok),
         free_blocks=row.free_blocks - alloc.sum() - jnp.where(admit, plan.cand_blocks, 0).sum(),
-        waiting_iters=jnp.where(can, plan.waiting_iters, row.waiting_iters),
+        waiting_iters=jnp.where(can, plan.waiting_iters + (k - 1), row.waiting_iters),
+        last_done=jnp.where(slot_in & fused, run.last_done, row.last_done),
     )
 
-    # 4. execution time through the pipeline stages
+    # 5. execution time through the pipeline stages
     in_batch = (row.mb == m_new) & (row.req >= 0) & launched
     stage_s, last_s, flops, tok_overflow = timing.batch_stage_time(
-        tables, params, in_batch, row.ntok, row.processed, row.processed < row.prefill
+        tables, params, in_batch, jnp.where(fused, 1, row.ntok), row.processed, row.processed < row.prefill
     )
+    last_s = jnp.where(fused, run.seconds, last_s)
+    tok_overflow |= fused & run.overflow
     stage_free = row.stage_free_at
     cur = t
     for k in range(static.max_stages):
@@ -387,16 +505,17 @@ def _form_batch(
     n_in = in_batch.sum()
     err = (
         jnp.where(overflow & can, ERR_SLOTS, 0)
+        | jnp.where(window_full, ERR_WINDOW, 0)
         | jnp.where(tok_overflow & launched, ERR_TOKENS, 0)
         | jnp.where(plan.oom & can, ERR_OOM, 0)
     )
-    lf = launched.astype(jnp.float64)
+    lf = launched.astype(jnp.float64) * k
     state = state.replace(
-        num_batches=state.num_batches + launched,
+        num_batches=state.num_batches + launched * k,
         batch_size_sum=state.batch_size_sum + lf * n_in,
-        batch_tokens_sum=state.batch_tokens_sum + lf * jnp.where(in_batch, row.ntok, 0).sum(),
+        batch_tokens_sum=state.batch_tokens_sum + launched * jnp.where(in_batch, row.ntok, 0).sum(),
         kv_util_sum=state.kv_util_sum + lf * (params.num_blocks - row.free_blocks) / params.num_blocks,
-        busy_s=state.busy_s + lf * last_s,
+        busy_s=state.busy_s + launched * last_s,
         flops_sum=state.flops_sum + lf * flops,
         error=state.error | err,
     )

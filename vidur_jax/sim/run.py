@@ -22,7 +22,7 @@ from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import simulate_batch
 from vidur_jax.sim.tables import PredictorLike
-from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERROR_NAMES, SimState
+from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimState
 from vidur_jax.workload.types import Workload
 
 #: Knob columns written to ``summary.csv`` for every config.
@@ -102,28 +102,41 @@ def _run_group(
     workloads: Sequence[Workload],
     predictor_for: Callable[[DeploymentConfig], PredictorLike],
     num_slots: int | None,
-    max_grow: int = 6,
+    max_grow: int = 8,
 ) -> list[ConfigOutput]:
+    """Run configs of one (policy, router); re-run only those that overflowed a
+    capacity, with that capacity doubled."""
     derived = [build.derive(c) for c in cfgs]
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots)
+    slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived)))
     spec = build.table_spec_for(cfgs, static.num_slots)
+    results: list[ConfigOutput | None] = [None] * len(cfgs)
+    pending = list(range(len(cfgs)))
     for _ in range(max_grow):
-        tables, index = build.build_tables(cfgs, spec, predictor_for)
-        params = build.stack_params(
-            [build.build_params(c, d, w, k, num_requests) for c, d, w, k in zip(cfgs, derived, workloads, index)]
-        )
+        sub = [cfgs[i] for i in pending]
+        tables, index = build.build_tables(sub, spec, predictor_for)
+        params = build.stack_params([
+            build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests)
+            for i, k in zip(pending, index)
+        ])
         state = jax.block_until_ready(simulate_batch(static, tables, params))
         errors = np.asarray(state.error)
-        if (errors & ERR_SLOTS).any():
-            static = dataclasses.replace(static, num_slots=min(2 * static.num_slots, max(num_requests, 8)))
+        grow = errors & (ERR_SLOTS | ERR_WINDOW | ERR_TOKENS)
+        _raise_errors(sub, np.where(grow != 0, 0, errors))
+        for j, i in enumerate(pending):
+            if not grow[j]:
+                results[i] = _config_output(cfgs[i], workloads[i], state, j)
+        if not grow.any():
+            return results  # type: ignore[return-value]
+        pending = [i for j, i in enumerate(pending) if grow[j]]
+        if (grow & ERR_SLOTS).any():
+            static = dataclasses.replace(static, num_slots=min(2 * static.num_slots, slot_cap, num_requests))
             spec = build.table_spec_for(cfgs, static.num_slots)
-            continue
-        if (errors & ERR_TOKENS).any():
+        if (grow & ERR_WINDOW).any():
+            static = dataclasses.replace(static, window=min(2 * static.window, static.num_slots))
+        if (grow & ERR_TOKENS).any():
             spec = spec.grown()
-            continue
-        _raise_errors(cfgs, errors)
-        return [_config_output(c, w, state, i) for i, (c, w) in enumerate(zip(cfgs, workloads))]
     raise ConfigError("capacity kept overflowing after growing it; please report this config")
 
 

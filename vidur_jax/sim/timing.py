@@ -126,3 +126,50 @@ def batch_stage_time(
         + params.attn_flops_coef * attn_pairs.astype(jnp.float32)
     )
     return stage_ms * 1e-3, last_ms * 1e-3, flops, overflow
+
+
+def decode_run_times(
+    tables: TimingTables,
+    params: SimParams,
+    n_dec: jax.Array,
+    sum_kv: jax.Array,
+    num_iters: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Last-stage seconds of ``num_iters`` consecutive decode-only iterations.
+
+    The same ``n_dec`` requests decode one token each per iteration, so iteration ``j``
+    (0-based) sees a mean KV length of ``(sum_kv + j * n_dec) // n_dec``; everything else
+    (token count, KV-cache save) is unchanged. Used to fuse runs of identical decode
+    batches into one simulator step.
+
+    Args:
+        tables: timing tables.
+        params: the config's knobs.
+        n_dec: () number of decodes in each batch (>= 1 when used).
+        sum_kv: () sum of the decodes' processed tokens before the first iteration.
+        num_iters: static J, iterations to time.
+
+    Returns:
+        ``(seconds, overflow)``: (J,) seconds per iteration and a bool overflow flag.
+    """
+    p = params.table_index
+    token_step, kv_step = tables.token_step, tables.kv_step
+    n = jnp.maximum(n_dec, 1)
+    rounded = _ceil_to(n, token_step)
+    g = tables.token_ops.shape[1]
+    row = tables.token_ops[p, jnp.clip(rounded // token_step, 0, g - 1)] * params.op_scale
+    lo, frac = _lerp_index(n, token_step, g)
+    kv_save = tables.kv_save[p, lo] * (1.0 - frac) + tables.kv_save[p, lo + 1] * frac
+    mean_kv = (sum_kv + jnp.arange(num_iters) * n) // n  # (J,)
+    kv_idx = _ceil_to(mean_kv, kv_step) // kv_step
+    nb, nk = tables.decode.shape[1:]
+    overflow = (n > nb - 1) | (kv_idx[-1] > nk - 1) | (rounded // token_step > g - 1)
+    decode_ms = tables.decode[p, jnp.clip(n, 0, nb - 1), jnp.clip(kv_idx, 0, nk - 1)]
+    decode_ms = decode_ms * (1.0 + params.gqa_overhead * (n > 1))
+    block_ms = (
+        row[_CORE_OPS].sum()
+        + 2.0 * row[OP_INDEX["all_reduce"]]
+        + params.attn_scale * (kv_save + decode_ms)
+    )
+    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms
+    return last_ms * 1e-3, overflow

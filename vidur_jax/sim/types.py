@@ -36,6 +36,7 @@ ERR_STALLED = 2  # work left but nothing can ever be scheduled (e.g. a request l
 ERR_STEPS = 4  # step budget exhausted (should not happen; indicates a bug)
 ERR_TOKENS = 8  # a batch larger than the timing tables cover: grow the tables
 ERR_OOM = 16  # LightLLM decode could not allocate (Vidur raises "OOM handling not implemented")
+ERR_WINDOW = 32  # a batch could admit more queued requests than the window holds: grow window
 
 ERROR_NAMES = {
     ERR_SLOTS: "running-set slots overflowed",
@@ -43,6 +44,7 @@ ERROR_NAMES = {
     ERR_STEPS: "step budget exhausted",
     ERR_TOKENS: "batch larger than the timing tables cover",
     ERR_OOM: "LightLLM decode ran out of KV memory",
+    ERR_WINDOW: "admission window overflowed",
 }
 
 
@@ -58,6 +60,10 @@ class SimStatic:
         max_replicas: replica capacity N (configs may use fewer).
         max_stages: pipeline-stage capacity (configs may use fewer).
         num_tbt_bins: number of TBT histogram bins H.
+        window: admission window W: queued requests one batch may admit at most
+            (overflow is detected and the host re-runs with a larger window).
+        fuse_iters: longest run of identical decode-only iterations simulated as one
+            step (exact; 1 disables fusion).
     """
 
     policy: str
@@ -67,11 +73,8 @@ class SimStatic:
     max_replicas: int = 1
     max_stages: int = 1
     num_tbt_bins: int = 2048
-
-    @property
-    def window(self) -> int:
-        """How many queued requests one batch may admit at most (W = S)."""
-        return self.num_slots
+    window: int = 16
+    fuse_iters: int = 16
 
 
 @flax.struct.dataclass
