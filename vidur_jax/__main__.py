@@ -65,7 +65,14 @@ def main(cfg: DictConfig) -> None:
     """Run one job: plan, simulate, write the run dir, print the summary."""
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
+    task = str(cfg.get("task", "simulate"))
     try:
+        if task != "simulate":
+            from vidur_jax import tasks
+
+            app.enable_compile_cache()
+            tasks.resolve(task)(app.to_container(cfg), out_dir)
+            return
         plan = app.plan_from_config(cfg)
         app.enable_compile_cache()
         summary_df, requests_df, outputs = app.run_plan(plan)
