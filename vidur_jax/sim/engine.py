@@ -80,6 +80,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         waiting_iters=jnp.zeros(n, i32),
         tbt_hist=jnp.zeros(static.num_tbt_bins, i32),
         tbt_sum=jnp.array(0.0, f64),
+        tbt_bin_sum=jnp.zeros(static.num_tbt_bins, f64),
         tbt_count=jnp.array(0, jnp.int64),
         num_batches=jnp.array(0, jnp.int64),
         batch_size_sum=jnp.array(0.0, f64),
@@ -216,7 +217,8 @@ def _end_batch(
     is_decode_iter = inb & (processed > row.prefill + 1)
     gap = t - row.last_done
     bins = tbt_bin_index(gap, static.num_tbt_bins)
-    hist = state.tbt_hist.at[jnp.where(is_decode_iter, bins, static.num_tbt_bins)].add(1, mode="drop")
+    bins_w = jnp.where(is_decode_iter, bins, static.num_tbt_bins)
+    hist = state.tbt_hist.at[bins_w].add(1, mode="drop")
 
     state = state.replace(
         first_token_at=_set_first(state.first_token_at, row.req, prefill_done, t),
@@ -224,6 +226,7 @@ def _end_batch(
         num_completed=state.num_completed + finished.sum().astype(jnp.int32),
         tbt_hist=hist,
         tbt_sum=state.tbt_sum + jnp.where(is_decode_iter, gap, 0.0).sum(),
+        tbt_bin_sum=state.tbt_bin_sum.at[bins_w].add(gap, mode="drop"),
         tbt_count=state.tbt_count + is_decode_iter.sum(),
     )
     row = row._replace(
@@ -374,14 +377,17 @@ def _record_fused_tbt(
     h = static.num_tbt_bins
     fused = slot_in & (k > 1)
     gap1 = jnp.where(fused, run.first_end - row.last_done, 0.0)
-    hist = state.tbt_hist.at[jnp.where(fused, tbt_bin_index(gap1, h), h)].add(1, mode="drop")
+    bins1 = jnp.where(fused, tbt_bin_index(gap1, h), h)
+    hist = state.tbt_hist.at[bins1].add(1, mode="drop")
     n = slot_in.sum().astype(jnp.int32)
     j = jnp.arange(run.iter_s.shape[0])
     mid = (j >= 1) & (j < k - 1)
-    hist = hist.at[jnp.where(mid, tbt_bin_index(run.iter_s, h), h)].add(n, mode="drop")
+    bins_mid = jnp.where(mid, tbt_bin_index(run.iter_s, h), h)
+    hist = hist.at[bins_mid].add(n, mode="drop")
     return state.replace(
         tbt_hist=hist,
         tbt_sum=state.tbt_sum + gap1.sum() + n * jnp.where(mid, run.iter_s, 0.0).sum(),
+        tbt_bin_sum=state.tbt_bin_sum.at[bins1].add(gap1, mode="drop").at[bins_mid].add(n * run.iter_s, mode="drop"),
         tbt_count=state.tbt_count + fused.sum() + n * mid.sum(),
     )
 

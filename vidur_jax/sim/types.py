@@ -182,6 +182,7 @@ class SimState:
     # --- metrics accumulators
     tbt_hist: jax.Array  # (H,) i32 counts of TBT samples per bin
     tbt_sum: jax.Array  # () f64 s
+    tbt_bin_sum: jax.Array  # (H,) f64 s, sum of the TBT samples in each bin (differentiable TBT quantiles)
     tbt_count: jax.Array  # () i64
     num_batches: jax.Array  # () i64
     batch_size_sum: jax.Array  # () f64 requests
