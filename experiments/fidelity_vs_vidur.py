@@ -61,8 +61,33 @@ def compare(name: str, summary: dict, ref: dict) -> list[dict]:
     return rows
 
 
-def run(cases_dir: str, profiles_dir: str | None = None) -> pd.DataFrame:
-    """Run every case under ``cases_dir``; return the comparison table."""
+def forest_predictor_for(profiles_dir: str):
+    """Config -> Vidur-style forest predictor (cached per bundle); needs scikit-learn."""
+    import functools
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from vidur_forest import ForestPredictor
+
+    @functools.lru_cache(maxsize=None)
+    def load(model, device, tp, network):
+        return ForestPredictor(profiles_dir, model, device, tp, network)
+
+    return lambda c: load(c.model, c.device, c.tensor_parallel_size, c.network_device)
+
+
+def run(cases_dir: str, profiles_dir: str | None = None, predictor: str = "hybrid") -> pd.DataFrame:
+    """Run every case under ``cases_dir``; return the comparison table.
+
+    Args:
+        cases_dir: directory of case sub-directories.
+        profiles_dir: raw profiles (train the hybrid predictors from them; required for
+            ``predictor="forest"``). None = the predictors shipped in the package.
+        predictor: ``"hybrid"`` (vidur_jax's MLP + polynomial) or ``"forest"`` (Vidur-style
+            random forests, to separate simulation from predictor differences).
+    """
+    if predictor == "forest" and not profiles_dir:
+        raise SystemExit("error: --predictor forest needs --profiles-dir")
+    predictor_for = forest_predictor_for(profiles_dir) if predictor == "forest" else None
     case_dirs = sorted(
         os.path.join(cases_dir, d) for d in os.listdir(cases_dir)
         if os.path.isfile(os.path.join(cases_dir, d, "case.json"))
@@ -73,7 +98,7 @@ def run(cases_dir: str, profiles_dir: str | None = None) -> pd.DataFrame:
     for d in case_dirs:
         name, cfg, wl, ref = load_case(d)
         t0 = time.perf_counter()
-        (out,) = simulate_configs([cfg], [wl], profiles_dir=profiles_dir)
+        (out,) = simulate_configs([cfg], [wl], predictor_for=predictor_for, profiles_dir=profiles_dir)
         wall = time.perf_counter() - t0
         rows.extend(compare(name, out.summary, ref))
         rows.append({"case": name, "metric": "wall_s", "vidur": ref.get("vidur_wall_s", float("nan")),
@@ -86,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", required=True, help="directory of case sub-directories")
     ap.add_argument("--out", required=True, help="output CSV")
     ap.add_argument("--profiles-dir", default=None, help="train predictors from these profiles")
+    ap.add_argument("--predictor", choices=("hybrid", "forest"), default="hybrid",
+                    help="hybrid = vidur_jax's predictors; forest = Vidur-style forests (diagnosis)")
     args = ap.parse_args(argv)
-    df = run(args.cases, args.profiles_dir)
+    df = run(args.cases, args.profiles_dir, args.predictor)
     atomic_write_csv(df, args.out)
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))

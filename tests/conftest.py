@@ -16,15 +16,19 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("VIDUR_JAX_PROFILES")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        msg = f"Vidur data folder {path} not found (set VIDUR_JAX_PROFILES)"
+        msg = f"{what} {path} not found"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("VIDUR_JAX_PROFILES")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return _require_dir(path, "Vidur data folder (set VIDUR_JAX_PROFILES)")
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +41,11 @@ def profiles_dir() -> Path:
 def data_dir() -> Path:
     """Folder with Vidur's ``processed_traces/`` (same root as ``profiles_dir``)."""
     return _shared_data()
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """Vidur's reference outputs (``../shared/reference/cases``; env VIDUR_JAX_REFERENCE)."""
+    env = os.environ.get("VIDUR_JAX_REFERENCE")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "reference" / "cases"
+    return _require_dir(path, "Vidur reference cases folder (set VIDUR_JAX_REFERENCE)")
