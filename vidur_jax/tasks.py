@@ -17,6 +17,7 @@ from vidur_jax.errors import ConfigError
 
 TASKS: dict[str, str] = {
     # "simulate" (the default) is run by vidur_jax.__main__ / vidur_jax.app directly.
+    "sensitivity": "vidur_jax.sensitivity.task:run_task",
 }
 
 

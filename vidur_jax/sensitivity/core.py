@@ -93,15 +93,30 @@ ATTN_OPS = ("attn_kv_cache_save", "attn_decode", "attn_prefill")
 ALL_OPS = (*TOKEN_OPS, *ATTN_OPS)
 #: Roofline grouping of operations behind the overall speed knobs.
 COMPUTE_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj", "attn_prefill")
-MEMORY_OPS = ("attn_rope", "mlp_act", "input_layernorm", "post_attention_layernorm", "add",
-              "attn_kv_cache_save", "attn_decode")
+MEMORY_OPS = (
+    "attn_rope",
+    "mlp_act",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "add",
+    "attn_kv_cache_save",
+    "attn_decode",
+)
 NETWORK_OPS = ("all_reduce", "send_recv")
-SPEED_GROUPS = {"compute_speed": COMPUTE_OPS, "memory_bandwidth": MEMORY_OPS,
-                "interconnect_speed": NETWORK_OPS}
+SPEED_GROUPS = {
+    "compute_speed": COMPUTE_OPS,
+    "memory_bandwidth": MEMORY_OPS,
+    "interconnect_speed": NETWORK_OPS,
+}
 
 #: Continuous knobs differentiated with ``jvp`` / ``grad``.
-CONTINUOUS_KNOBS = ("qps", *SPEED_GROUPS, "cpu_overhead_ms", "price_per_gpu_hour",
-                    *(f"op_time:{op}" for op in ALL_OPS))
+CONTINUOUS_KNOBS = (
+    "qps",
+    *SPEED_GROUPS,
+    "cpu_overhead_ms",
+    "price_per_gpu_hour",
+    *(f"op_time:{op}" for op in ALL_OPS),
+)
 #: Integer knobs, differentiated through the Gaussian-smoothing relaxation.
 DISCRETE_KNOBS = ("chunk_size", "batch_cap")
 #: Default knobs of a sensitivity table (per-operation knobs on request).
@@ -110,8 +125,12 @@ DEFAULT_KNOBS = ("qps", *SPEED_GROUPS, "cpu_overhead_ms", "price_per_gpu_hour", 
 _LATENCY = ("ttft", "tbt", "e2e", "norm_e2e")
 _STATS = ("mean", "p50", "p90", "p99")
 #: Metrics :func:`metrics_at` returns.
-METRICS = (*(f"{m}_{s}" for m in _LATENCY for s in _STATS), "throughput_rps",
-           "cost_per_1k_requests", "qps_per_dollar")
+METRICS = (
+    *(f"{m}_{s}" for m in _LATENCY for s in _STATS),
+    "throughput_rps",
+    "cost_per_1k_requests",
+    "qps_per_dollar",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +161,13 @@ class Case:
 
     def base_knobs(self) -> dict[str, float]:
         """Every continuous and discrete knob at the case's own value."""
-        out = {"qps": self.qps, "cpu_overhead_ms": float(self.config.cpu_overhead_ms),
-               "price_per_gpu_hour": self.price_per_gpu_hour,
-               "chunk_size": float(self.config.chunk_size),
-               "batch_cap": float(self.config.batch_size_cap)}
+        out = {
+            "qps": self.qps,
+            "cpu_overhead_ms": float(self.config.cpu_overhead_ms),
+            "price_per_gpu_hour": self.price_per_gpu_hour,
+            "chunk_size": float(self.config.chunk_size),
+            "batch_cap": float(self.config.batch_size_cap),
+        }
         out.update({k: 1.0 for k in SPEED_GROUPS})
         out.update({f"op_time:{op}": 1.0 for op in ALL_OPS})
         return out
@@ -185,8 +207,9 @@ def make_case(
     n = int(np.asarray(workload.mask).sum())
     num_requests = workload.num_requests
     cap = max(config.batch_size_cap, max_batch_cap or 0)
-    big = dataclasses.replace(config, batch_size_cap=cap,
-                              chunk_size=max(config.chunk_size, max_chunk or 0))
+    big = dataclasses.replace(
+        config, batch_size_cap=cap, chunk_size=max(config.chunk_size, max_chunk or 0)
+    )
     slots = int(min(num_requests, max(build.slot_bound(big, build.derive(big)), 8)))
     static = build.make_static([config], [derived], num_requests, num_slots=slots, window=slots)
     spec = build.table_spec_for([big], static.num_slots)
@@ -195,8 +218,17 @@ def make_case(
     for _ in range(4):
         tables, _ = build.build_tables([config], spec, lambda c: predictor)
         tables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tables)
-        case = Case(config, workload, static, tables, params, float(qps),
-                    float(price_per_gpu_hour), num_gpus, n)
+        case = Case(
+            config,
+            workload,
+            static,
+            tables,
+            params,
+            float(qps),
+            float(price_per_gpu_hour),
+            num_gpus,
+            n,
+        )
         try:
             evaluate(case)
         except _Overflow:
@@ -225,8 +257,9 @@ def _op_multipliers(knobs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return mult
 
 
-def _apply(tables0: TimingTables, params: SimParams, qps0: jax.Array,
-           knobs: Mapping[str, jax.Array]) -> tuple[TimingTables, SimParams]:
+def _apply(
+    tables0: TimingTables, params: SimParams, qps0: jax.Array, knobs: Mapping[str, jax.Array]
+) -> tuple[TimingTables, SimParams]:
     mult = _op_multipliers(knobs)
     col = jnp.stack([mult[op] for op in TOKEN_OPS])
     tables = tables0.replace(
@@ -247,8 +280,9 @@ def _apply(tables0: TimingTables, params: SimParams, qps0: jax.Array,
     return tables, new
 
 
-def apply_knobs(case: Case, knobs: Mapping[str, jax.Array], params: SimParams | None = None
-                ) -> tuple[TimingTables, SimParams]:
+def apply_knobs(
+    case: Case, knobs: Mapping[str, jax.Array], params: SimParams | None = None
+) -> tuple[TimingTables, SimParams]:
     """Timing tables and params of ``case`` with the continuous ``knobs`` applied.
 
     Missing knobs keep the case's value. Kernel-time knobs scale the tabulated times
@@ -299,9 +333,15 @@ def _tbt_quantile(state: SimState, q: float) -> jax.Array:
     return jax.lax.stop_gradient(value) + mean_in_bin - jax.lax.stop_gradient(mean_in_bin)
 
 
-def _state_metrics(n: int, num_gpus: int, qps0: jax.Array, price0: jax.Array,
-                   knobs: Mapping[str, jax.Array], params: SimParams, state: SimState
-                   ) -> dict[str, jax.Array]:
+def _state_metrics(
+    n: int,
+    num_gpus: int,
+    qps0: jax.Array,
+    price0: jax.Array,
+    knobs: Mapping[str, jax.Array],
+    params: SimParams,
+    state: SimState,
+) -> dict[str, jax.Array]:
     arr = params.arrived_at[:n]
     ttft = state.first_token_at[:n] - arr
     e2e = state.completed_at[:n] - arr
@@ -322,13 +362,26 @@ def _state_metrics(n: int, num_gpus: int, qps0: jax.Array, price0: jax.Array,
 
 
 def _aux(params: SimParams, state: SimState) -> dict[str, jax.Array]:
-    return {"error": state.error, "num_completed": state.num_completed, "steps": state.step,
-            "done": engine.is_done(params, state)}
+    return {
+        "error": state.error,
+        "num_completed": state.num_completed,
+        "steps": state.step,
+        "done": engine.is_done(params, state),
+    }
 
 
-def _run(static: SimStatic, n: int, num_gpus: int, steps: int | None, block: int,
-         tables0: TimingTables, params0: SimParams, qps0: jax.Array, price0: jax.Array,
-         knobs: Mapping[str, jax.Array]):
+def _run(
+    static: SimStatic,
+    n: int,
+    num_gpus: int,
+    steps: int | None,
+    block: int,
+    tables0: TimingTables,
+    params0: SimParams,
+    qps0: jax.Array,
+    price0: jax.Array,
+    knobs: Mapping[str, jax.Array],
+):
     tables, p = _apply(tables0, params0, qps0, knobs)
     if steps is None:
         state = engine.simulate_one(static, tables, p)
@@ -337,8 +390,9 @@ def _run(static: SimStatic, n: int, num_gpus: int, steps: int | None, block: int
     return _state_metrics(n, num_gpus, qps0, price0, knobs, p, state), _aux(p, state)
 
 
-def simulate_scan(static: SimStatic, tables: TimingTables, params: SimParams, num_steps: int,
-                  block: int = 64) -> SimState:
+def simulate_scan(
+    static: SimStatic, tables: TimingTables, params: SimParams, num_steps: int, block: int = 64
+) -> SimState:
     """Run ``num_steps`` events with a bounded, checkpointed ``lax.scan`` (reverse mode).
 
     Equivalent to :func:`engine.simulate_one` when ``num_steps`` covers the run (a done
@@ -350,8 +404,9 @@ def simulate_scan(static: SimStatic, tables: TimingTables, params: SimParams, nu
 
     @jax.checkpoint
     def run_block(state, _):
-        state, _ = jax.lax.scan(lambda s, _: (engine.step(static, tables, params, s), None),
-                                state, None, length=block)
+        state, _ = jax.lax.scan(
+            lambda s, _: (engine.step(static, tables, params, s), None), state, None, length=block
+        )
         return state, None
 
     state, _ = jax.lax.scan(run_block, engine.init_state(static, params), None, length=outer)
@@ -378,6 +433,7 @@ def _jac_fwd(static, n, num_gpus, steps, block, tables0, params0, qps0, price0, 
     def f(d):
         m, aux = _run(static, n, num_gpus, steps, block, tables0, params0, qps0, price0, fixed | d)
         return m, (m, aux)
+
     return jax.jacfwd(f, has_aux=True)(diff)
 
 
@@ -386,13 +442,18 @@ def _jac_rev(static, n, num_gpus, steps, block, tables0, params0, qps0, price0, 
     def f(d):
         m, aux = _run(static, n, num_gpus, steps, block, tables0, params0, qps0, price0, fixed | d)
         return m, (m, aux)
+
     return jax.jacrev(f, has_aux=True)(diff)
 
 
 def _args(case: Case, params: SimParams | None = None):
     params = case.params if params is None else params
-    return (case.tables, jax.tree.map(jnp.asarray, params), jnp.float64(case.qps),
-            jnp.float64(case.price_per_gpu_hour))
+    return (
+        case.tables,
+        jax.tree.map(jnp.asarray, params),
+        jnp.float64(case.qps),
+        jnp.float64(case.price_per_gpu_hour),
+    )
 
 
 def _to_float(tree):
@@ -406,11 +467,16 @@ def _check(aux: Mapping[str, jax.Array], what: str) -> None:
         if bits == ERR_TOKENS:
             raise _Overflow(f"{what}: batch larger than the timing tables cover")
         names = "; ".join(m for b, m in ERROR_NAMES.items() if bits & b)
-        hint = (" (grow max_chunk / max_batch_cap of make_case)"
-                if bits & (ERR_SLOTS | ERR_WINDOW | ERR_TOKENS) else "")
+        hint = (
+            " (grow max_chunk / max_batch_cap of make_case)"
+            if bits & (ERR_SLOTS | ERR_WINDOW | ERR_TOKENS)
+            else ""
+        )
         raise ConfigError(f"{what}: simulation failed: {names}{hint}")
     if not np.asarray(aux["done"]).all():
-        raise ConfigError(f"{what}: the scan ended before the simulation finished (raise num_steps)")
+        raise ConfigError(
+            f"{what}: the scan ended before the simulation finished (raise num_steps)"
+        )
 
 
 def _knob_dict(knobs: Mapping[str, float]) -> dict[str, jax.Array]:
@@ -432,9 +498,18 @@ def evaluate_many(case: Case, points: Sequence[Mapping[str, float]]) -> list[dic
     full_p = full + [full[-1]] * pad
     params = _discrete_params(case, [(p["chunk_size"], p["batch_cap"]) for p in full_p])
     knobs = {k: jnp.asarray([p[k] for p in full_p], jnp.float64) for k in _knob_dict(full_p[0])}
-    m, aux = _values_batch(case.static, case.num_valid, case.num_gpus, None, 64,
-                           case.tables, params, jnp.float64(case.qps),
-                           jnp.float64(case.price_per_gpu_hour), knobs)
+    m, aux = _values_batch(
+        case.static,
+        case.num_valid,
+        case.num_gpus,
+        None,
+        64,
+        case.tables,
+        params,
+        jnp.float64(case.qps),
+        jnp.float64(case.price_per_gpu_hour),
+        knobs,
+    )
     _check(aux, "evaluate")
     m = {k: np.asarray(v, np.float64) for k, v in m.items()}
     return [{k: float(v[i]) for k, v in m.items()} for i in range(len(full))]
@@ -453,11 +528,14 @@ def _discrete_params(case: Case, points: Sequence[tuple[float, float]]) -> SimPa
         key = (max(1, int(round(chunk))), max(case.config.num_pipeline_stages, int(round(cap))))
         if key not in cache:
             cfg = dataclasses.replace(case.config, chunk_size=key[0], batch_size_cap=key[1])
-            require(key[1] <= case.static.num_slots or case.static.num_slots >= case.num_valid,
-                    f"batch_cap={key[1]} exceeds the case's {case.static.num_slots} slots "
-                    "(pass max_batch_cap to make_case)")
-            cache[key] = build.build_params(cfg, build.derive(cfg), case.workload, 0,
-                                            case.static.num_requests)
+            require(
+                key[1] <= case.static.num_slots or case.static.num_slots >= case.num_valid,
+                f"batch_cap={key[1]} exceeds the case's {case.static.num_slots} slots "
+                "(pass max_batch_cap to make_case)",
+            )
+            cache[key] = build.build_params(
+                cfg, build.derive(cfg), case.workload, 0, case.static.num_requests
+            )
         out.append(cache[key])
     return build.stack_params(out)
 
@@ -471,12 +549,18 @@ class Sensitivity:
         values: ``{metric: value}`` at the point (seconds, requests/s, $).
         derivative: ``{metric: {knob: d metric / d knob}}``.
         method: ``{knob: "jvp" | "vjp" | "smoothed(s=...)"}``.
+        smoothed: ``{metric: {knob: slope of the Gaussian-smoothed metric}}`` for
+            continuous knobs when requested (schedule-aware; see
+            :func:`smoothed_derivatives`), and the integer knobs' relaxation.
+        widths: ``{knob: s}`` smoothing widths used.
     """
 
     point: dict[str, float]
     values: dict[str, float]
     derivative: dict[str, dict[str, float]]
     method: dict[str, str]
+    smoothed: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    widths: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def elasticity(self, metric: str, knob: str) -> float:
         """``d log metric / d log knob`` (NaN where the metric or knob is 0)."""
@@ -485,17 +569,39 @@ class Sensitivity:
             return float("nan")
         return self.derivative[metric][knob] * x / v
 
+    def smoothed_elasticity(self, metric: str, knob: str) -> float:
+        """Elasticity from the smoothed (schedule-aware) slope; NaN if not computed."""
+        d = self.smoothed.get(metric, {}).get(knob)
+        v, x = self.values[metric], self.point[knob]
+        if d is None or v == 0 or not np.isfinite(v):
+            return float("nan")
+        return d * x / v
+
     def frame(self, **labels):
-        """Long table: ``metric, knob, value, derivative, elasticity, method`` (+ labels)."""
+        """Long table: ``metric, knob, value, derivative, elasticity`` (+ ``knob_value,
+        method, derivative_smoothed, elasticity_smoothed, smoothing_width`` and labels)."""
         import pandas as pd
 
         rows = []
         for metric, row in self.derivative.items():
             for knob, d in row.items():
-                rows.append({**labels, "metric": metric, "knob": knob,
-                             "knob_value": self.point[knob], "value": self.values[metric],
-                             "derivative": d, "elasticity": self.elasticity(metric, knob),
-                             "method": self.method[knob]})
+                rows.append(
+                    {
+                        **labels,
+                        "metric": metric,
+                        "knob": knob,
+                        "value": self.values[metric],
+                        "derivative": d,
+                        "elasticity": self.elasticity(metric, knob),
+                        "knob_value": self.point[knob],
+                        "method": self.method[knob],
+                        "derivative_smoothed": self.smoothed.get(metric, {}).get(
+                            knob, float("nan")
+                        ),
+                        "elasticity_smoothed": self.smoothed_elasticity(metric, knob),
+                        "smoothing_width": self.widths.get(knob, float("nan")),
+                    }
+                )
         return pd.DataFrame(rows)
 
 
@@ -505,11 +611,18 @@ DEFAULT_SMOOTHING = {"chunk_size": 0.125, "batch_cap": 0.125}
 MIN_SMOOTHING = {"chunk_size": 16.0, "batch_cap": 2.0}
 
 
+#: Default smoothing width of continuous knobs (schedule-aware slopes), fraction of value.
+CONTINUOUS_SMOOTHING = 0.05
+
+
 def smoothing_width(knob: str, value: float, width: float | None = None) -> float:
-    """Gaussian smoothing width ``s`` of an integer knob at ``value``."""
+    """Gaussian smoothing width ``s`` of ``knob`` at ``value`` (absolute units)."""
     if width is not None:
         return float(width)
-    return max(MIN_SMOOTHING[knob], DEFAULT_SMOOTHING[knob] * value)
+    if knob in DISCRETE_KNOBS:
+        return max(MIN_SMOOTHING[knob], DEFAULT_SMOOTHING[knob] * value)
+    require(value != 0, f"{knob}=0: give an absolute smoothing width")
+    return CONTINUOUS_SMOOTHING * abs(value)
 
 
 def smoothed_derivatives(
@@ -519,16 +632,19 @@ def smoothed_derivatives(
     width: float | None = None,
     num_nodes: int = 4,
 ) -> tuple[dict[str, float], dict[str, float], float]:
-    """Derivative of the Gaussian-smoothed metrics with respect to an integer knob.
+    """Derivative of the Gaussian-smoothed metrics with respect to ``knob``.
 
     ``d/dc E[M(round(c + s Z))] = E[Z M(round(c + s Z))] / s`` with ``num_nodes``
-    (even) Gauss-Hermite nodes, all simulated in one vmapped call.
+    (even) Gauss-Hermite nodes, all simulated in one vmapped call. For an integer knob
+    this is its relaxation; for a continuous knob (no rounding) it is the
+    *schedule-aware* slope over a width ``s``: it includes the jumps of batch
+    composition that the jvp (schedule held fixed) does not see.
 
     Returns:
         ``(derivative, smoothed_value, s)``: ``{metric: dM_s/dc}``, ``{metric: M_s(c)}``
         and the width used.
     """
-    require(knob in DISCRETE_KNOBS, f"{knob!r} is not an integer knob ({', '.join(DISCRETE_KNOBS)})")
+    require(knob in DISCRETE_KNOBS or knob in CONTINUOUS_KNOBS, f"unknown knob {knob!r}")
     require(num_nodes >= 2 and num_nodes % 2 == 0, f"num_nodes={num_nodes} must be even and >= 2")
     s = smoothing_width(knob, point[knob], width)
     z, w = np.polynomial.hermite_e.hermegauss(num_nodes)
@@ -555,6 +671,7 @@ def sensitivities(
     smoothing: Mapping[str, float] | None = None,
     num_nodes: int = 4,
     block: int = 64,
+    smooth_continuous: bool = False,
 ) -> Sensitivity:
     """d(metric)/d(knob) for every metric of :data:`METRICS` and each of ``knobs``.
 
@@ -570,13 +687,18 @@ def sensitivities(
             :func:`smoothing_width`).
         num_nodes: Gauss-Hermite nodes of the relaxation (even).
         block: steps per checkpointed block in reverse mode.
+        smooth_continuous: also compute the schedule-aware smoothed slope of every
+            continuous knob (``num_nodes`` extra simulations per knob).
 
     Returns:
         A :class:`Sensitivity`.
     """
     require(mode in ("forward", "reverse"), f"mode={mode!r}; allowed: forward, reverse")
     unknown = [k for k in knobs if k not in CONTINUOUS_KNOBS and k not in DISCRETE_KNOBS]
-    require(not unknown, f"unknown knobs {unknown}; allowed: {', '.join((*CONTINUOUS_KNOBS, *DISCRETE_KNOBS))}")
+    require(
+        not unknown,
+        f"unknown knobs {unknown}; allowed: {', '.join((*CONTINUOUS_KNOBS, *DISCRETE_KNOBS))}",
+    )
     point = case.base_knobs() | dict(at or {})
     for k in DISCRETE_KNOBS:
         point[k] = float(round(point[k]))
@@ -587,34 +709,46 @@ def sensitivities(
     args = _args(case, jax.tree.map(lambda x: x[0], params))
     method = {}
     if mode == "forward":
-        jac, (vals, aux) = _jac_fwd(case.static, case.num_valid, case.num_gpus, None, block,
-                                    *args, diff, fixed)
+        jac, (vals, aux) = _jac_fwd(
+            case.static, case.num_valid, case.num_gpus, None, block, *args, diff, fixed
+        )
         _check(aux, "forward sensitivities")
         method.update({k: "jvp" for k in cont})
     else:
-        vals, aux = _values(case.static, case.num_valid, case.num_gpus, None, block, *args,
-                            fixed | diff)
+        vals, aux = _values(
+            case.static, case.num_valid, case.num_gpus, None, block, *args, fixed | diff
+        )
         _check(aux, "reverse sensitivities")
         steps = int(np.asarray(aux["steps"]))
         steps = block * (-(-steps // block))  # a multiple of the block: fewer recompiles
-        jac, (vals, aux) = _jac_rev(case.static, case.num_valid, case.num_gpus, steps, block,
-                                    *args, diff, fixed)
+        jac, (vals, aux) = _jac_rev(
+            case.static, case.num_valid, case.num_gpus, steps, block, *args, diff, fixed
+        )
         _check(aux, "reverse sensitivities")
         method.update({k: "vjp" for k in cont})
     values = _to_float(vals)
     deriv = {m: {k: float(np.asarray(jac[m][k])) for k in cont} for m in METRICS}
+    smoothed: dict[str, dict[str, float]] = {m: {} for m in METRICS}
+    widths = {}
     for k in knobs:
-        if k in DISCRETE_KNOBS:
-            d, _, s = smoothed_derivatives(case, k, point, (smoothing or {}).get(k), num_nodes)
-            method[k] = f"smoothed(s={s:g})"
+        if k in DISCRETE_KNOBS or (smooth_continuous and point[k] != 0):
+            d, _, w = smoothed_derivatives(case, k, point, (smoothing or {}).get(k), num_nodes)
+            widths[k] = w
             for m in METRICS:
-                deriv[m][k] = d[m]
+                smoothed[m][k] = d[m]
+                if k in DISCRETE_KNOBS:
+                    deriv[m][k] = d[m]
+            if k in DISCRETE_KNOBS:
+                method[k] = f"smoothed(s={w:g})"
     deriv = {m: {k: deriv[m][k] for k in knobs} for m in METRICS}
-    return Sensitivity({k: float(point[k]) for k in knobs}, values, deriv, method)
+    return Sensitivity({k: float(point[k]) for k in knobs}, values, deriv, method, smoothed, widths)
 
 
 def finite_difference(
-    case: Case, knob: str, at: Mapping[str, float] | None = None, rel_step: float = 1e-5,
+    case: Case,
+    knob: str,
+    at: Mapping[str, float] | None = None,
+    rel_step: float = 1e-5,
     step: float | None = None,
 ) -> dict[str, float]:
     """Central finite difference of every metric in ``knob`` (same simulator).

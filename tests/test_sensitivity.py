@@ -1,0 +1,163 @@
+"""Derivatives of serving metrics vs central finite differences of the same simulator.
+
+One small Sarathi case (30 requests, synthetic linear kernel times, float64 tables) is
+compiled once per entry point and shared. Tolerances:
+
+* continuous knobs, smooth metrics (request-level means/percentiles, TBT mean,
+  throughput, cost): jvp vs central FD with a 1e-6 relative step — the schedule does not
+  change over such a step, so they agree to ~1e-7 relative (FD round-off); we assert
+  1e-5 relative + 1e-9 absolute.
+* TBT percentiles (piecewise constant histogram): the value is the histogram quantile,
+  the derivative that of the quantile bin's sample mean; checked by the exact scaling
+  invariant (all kernel times x a => every TBT sample x a) and a wide-step FD.
+* discrete schedule: jvp (schedule held fixed) vs a wide-step FD over which batches
+  change — documented bias, asserted within a loose bound.
+* integer knobs (chunk size, batch cap): Gaussian-smoothed slope vs wide central FDs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vidur_jax.sensitivity import core
+from vidur_jax.sim import engine
+from vidur_jax.sim.build import DeploymentConfig, stack_params
+from vidur_jax.sim.tables import LinearPredictor
+from vidur_jax.workload import make_workload
+
+QPS = 4.0
+PRED = LinearPredictor(
+    per_token_ms=0.1 / 32,
+    fixed_ms=10.0 / 32,
+    decode_ms_per_kv=1e-5,
+    prefill_ms_per_token2=1e-6,
+    ops=("mlp_up_proj", "attn_rope", "all_reduce"),
+)
+SMOOTH = [m for m in core.METRICS if not m.startswith("tbt_p")]
+CONT = (
+    "qps",
+    "compute_speed",
+    "memory_bandwidth",
+    "cpu_overhead_ms",
+    "price_per_gpu_hour",
+    "op_time:mlp_up_proj",
+    "op_time:attn_decode",
+    "op_time:attn_prefill",
+)
+
+
+def _workload(n: int = 30, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    arr = np.cumsum(rng.exponential(1 / QPS, n))
+    return make_workload(arr, rng.integers(20, 300, n), rng.integers(5, 60, n))
+
+
+@pytest.fixture(scope="module")
+def case() -> core.Case:
+    cfg = DeploymentConfig(replica_scheduler="sarathi", chunk_size=128, batch_size_cap=16)
+    return core.make_case(cfg, _workload(), PRED, QPS, max_chunk=256, max_batch_cap=24)
+
+
+@pytest.fixture(scope="module")
+def forward(case) -> core.Sensitivity:
+    return core.sensitivities(case, CONT)
+
+
+def test_values_match_host_summary(case):
+    from vidur_jax.sim.run import simulate_configs
+
+    (out,) = simulate_configs([case.config], [case.workload], predictor_for=lambda c: PRED)
+    v = core.evaluate(case)
+    for m in ("ttft_p90", "e2e_mean", "norm_e2e_p99", "tbt_mean", "tbt_p99", "throughput_rps"):
+        assert v[m] == pytest.approx(out.summary[m], rel=1e-5), m
+
+
+def test_tbt_bin_sums_are_consistent(case):
+    tables, params = core.apply_knobs(case, {})
+    state = engine.simulate_batch(case.static, tables, stack_params([params]))
+    hist, bsum = np.asarray(state.tbt_hist[0]), np.asarray(state.tbt_bin_sum[0])
+    assert bsum.sum() == pytest.approx(float(state.tbt_sum[0]), rel=1e-12)
+    from vidur_jax.metrics.histogram import tbt_bin_edges
+
+    e = tbt_bin_edges(hist.size)
+    nz = hist > 0
+    mean = bsum[nz] / hist[nz]
+    assert np.all(mean >= e[:-1][nz] * (1 - 1e-9)) and np.all(mean <= e[1:][nz] * (1 + 1e-9))
+    assert np.all(bsum[~nz] == 0)
+
+
+@pytest.mark.parametrize("knob", CONT)
+def test_jvp_matches_central_differences(case, forward, knob):
+    fd = core.finite_difference(case, knob, rel_step=1e-6)
+    for m in SMOOTH:
+        d = forward.derivative[m][knob]
+        assert d == pytest.approx(fd[m], rel=1e-5, abs=1e-9), (m, d, fd[m])
+
+
+def test_tbt_percentile_derivative(case, forward):
+    # every kernel time x a (cpu overhead 0) => every TBT sample x a: elasticity -1 to a
+    # uniform speed-up, exactly for the bin means used as the derivative
+    for m in ("tbt_p50", "tbt_p90", "tbt_p99"):
+        s = core.sensitivities(case, ("compute_speed", "memory_bandwidth", "interconnect_speed"))
+        total = sum(
+            s.elasticity(m, k) for k in ("compute_speed", "memory_bandwidth", "interconnect_speed")
+        )
+        assert total == pytest.approx(-1.0, abs=0.02), (m, total)  # bin mean vs quantile: < 1%
+    # wide step (5%): the histogram quantile moves by the predicted amount within 2 bins
+    fd = core.finite_difference(case, "compute_speed", rel_step=0.05)
+    for m in ("tbt_p90", "tbt_p99"):
+        pred = forward.derivative[m]["compute_speed"]
+        assert fd[m] == pytest.approx(pred, rel=0.25), (m, fd[m], pred)
+    # load does not change iteration times with the schedule fixed
+    assert forward.derivative["tbt_mean"]["qps"] == 0.0
+
+
+def test_schedule_change_bias_is_bounded(case, forward):
+    # over +-10% of qps batches change (piecewise-constant schedule): the jvp is the
+    # schedule-fixed slope; the wide-step FD includes the jumps. Measured: agree within ~25%
+    fd = core.finite_difference(case, "qps", rel_step=0.1)
+    for m in ("ttft_mean", "e2e_mean"):
+        d = forward.derivative[m]["qps"]
+        assert np.sign(d) == np.sign(fd[m])
+        assert d == pytest.approx(fd[m], rel=0.5), (m, d, fd[m])
+
+
+@pytest.mark.parametrize("knob", ["chunk_size", "batch_cap"])
+def test_integer_knob_relaxation_vs_wide_differences(case, knob):
+    point = case.base_knobs()
+    d, smooth, s = core.smoothed_derivatives(case, knob, point, num_nodes=4)
+    # the smoothed metric stays close to the metric itself (bias of the relaxation)
+    v = core.evaluate(case)
+    for m in ("ttft_mean", "e2e_mean"):
+        assert smooth[m] == pytest.approx(v[m], rel=0.15)
+    # slope over +-s and +-2s (wide central differences of the unsmoothed simulator)
+    fd1 = core.finite_difference(case, knob, step=s)
+    fd2 = core.finite_difference(case, knob, step=2 * s)
+    for m in ("ttft_mean", "e2e_mean", "throughput_rps"):
+        lo, hi = sorted([fd1[m], fd2[m]])
+        scale = max(abs(lo), abs(hi), 1e-3 * abs(v[m]) / s)
+        assert lo - 0.5 * scale <= d[m] <= hi + 0.5 * scale, (knob, m, d[m], fd1[m], fd2[m])
+
+
+def test_sensitivity_frame_and_elasticity(case, forward):
+    df = forward.frame(qps=QPS)
+    for col in ("metric", "knob", "value", "derivative", "elasticity"):
+        assert col in df.columns
+    assert len(df) == len(core.METRICS) * len(CONT)
+    # cost is linear in price: elasticity exactly 1
+    assert forward.elasticity("cost_per_1k_requests", "price_per_gpu_hour") == pytest.approx(1.0)
+    assert forward.elasticity("qps_per_dollar", "qps") == pytest.approx(1.0)
+    with pytest.raises(Exception, match="unknown knobs"):
+        core.sensitivities(case, ("warp_speed",))
+
+
+@pytest.mark.slow
+def test_reverse_mode_matches_forward(case, forward):
+    knobs = ("qps", "compute_speed", "cpu_overhead_ms", "op_time:attn_decode")
+    rev = core.sensitivities(case, knobs, mode="reverse")
+    for m in core.METRICS:
+        for k in knobs:
+            assert rev.derivative[m][k] == pytest.approx(
+                forward.derivative[m][k], rel=1e-9, abs=1e-12
+            )
