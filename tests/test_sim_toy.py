@@ -60,6 +60,23 @@ def test_vllm_three_requests():
     assert out.counters["tbt_count"] == 3  # R0 x2, R1 x1
     assert out.counters["tbt_sum_s"] == pytest.approx((c - a) + (c - b) + it(1))
     assert out.summary["num_completed"] == 3
+    assert out.counters["num_batches"] == 5
+    assert out.summary["batch_size_mean"] == pytest.approx(6 / 5)
+
+
+def test_batch_log_records_every_batch():
+    (out,) = simulate_configs([DeploymentConfig(replica_scheduler="vllm")], [three_requests()],
+                              predictor_for=lambda c: PRED, trace_capacity=16)
+    log = out.batch_log
+    a = it(16)
+    b = a + it(8)
+    c = b + it(2)
+    np.testing.assert_allclose(log["start"], [0.0, a, b, c, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(log["end"], [a, b, c, c + it(1), 0.1 + it(24)], rtol=1e-6)
+    assert log["size"].tolist() == [1, 1, 2, 1, 1]
+    assert log["prefill_tokens"].tolist() == [16, 8, 0, 0, 24]
+    assert log["decode_tokens"].tolist() == [0, 0, 2, 1, 0]
+    assert not log["truncated"]
 
 
 def test_sarathi_chunked_prefill():

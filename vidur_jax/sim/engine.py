@@ -92,6 +92,14 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         step=jnp.array(0, jnp.int64),
         num_completed=jnp.array(0, i32),
         error=jnp.array(0, i32),
+        log_count=jnp.array(0, i32),
+        log_start=jnp.zeros(static.trace_capacity, f64),
+        log_end=jnp.zeros(static.trace_capacity, f64),
+        log_replica=jnp.zeros(static.trace_capacity, i32),
+        log_size=jnp.zeros(static.trace_capacity, i32),
+        log_prefill_tokens=jnp.zeros(static.trace_capacity, i32),
+        log_decode_tokens=jnp.zeros(static.trace_capacity, i32),
+        log_iters=jnp.zeros(static.trace_capacity, i32),
     )
 
 
@@ -497,11 +505,11 @@ def _form_batch(
     tok_overflow |= fused & run.overflow
     stage_free = row.stage_free_at
     cur = t
-    for k in range(static.max_stages):
-        active = launched & (k < params.num_stages)
-        dur = jnp.where(k < params.num_stages - 1, stage_s, last_s)
-        end = jnp.maximum(cur, stage_free[k]) + dur
-        stage_free = stage_free.at[k].set(jnp.where(active, end, stage_free[k]))
+    for stage in range(static.max_stages):
+        active = launched & (stage < params.num_stages)
+        dur = jnp.where(stage < params.num_stages - 1, stage_s, last_s)
+        end = jnp.maximum(cur, stage_free[stage]) + dur
+        stage_free = stage_free.at[stage].set(jnp.where(active, end, stage_free[stage]))
         cur = jnp.where(active, end, cur)
     row = row._replace(
         stage_free_at=stage_free,
@@ -525,7 +533,38 @@ def _form_batch(
         flops_sum=state.flops_sum + lf * flops,
         error=state.error | err,
     )
+    state = _log_batch(static, state, launched, r, t, cur, in_batch, row, k)
     return state, row, launched
+
+
+def _log_batch(
+    static: SimStatic,
+    state: SimState,
+    launched: jax.Array,
+    r: jax.Array,
+    t: jax.Array,
+    end: jax.Array,
+    in_batch: jax.Array,
+    row: _Row,
+    k: jax.Array,
+) -> SimState:
+    """Append the launched batch to the batch log (only when ``trace_capacity > 0``)."""
+    if static.trace_capacity <= 0:
+        return state
+    i = jnp.where(launched, state.log_count, static.trace_capacity)  # out of bounds -> dropped
+    prefill = in_batch & (row.processed < row.prefill)
+    return state.replace(
+        log_count=state.log_count + launched.astype(jnp.int32),
+        log_start=state.log_start.at[i].set(t, mode="drop"),
+        log_end=state.log_end.at[i].set(end, mode="drop"),
+        log_replica=state.log_replica.at[i].set(r, mode="drop"),
+        log_size=state.log_size.at[i].set(in_batch.sum().astype(jnp.int32), mode="drop"),
+        log_prefill_tokens=state.log_prefill_tokens.at[i].set(
+            jnp.where(prefill, row.ntok, 0).sum().astype(jnp.int32), mode="drop"),
+        log_decode_tokens=state.log_decode_tokens.at[i].set(
+            jnp.where(in_batch & ~prefill, row.ntok, 0).sum().astype(jnp.int32), mode="drop"),
+        log_iters=state.log_iters.at[i].set(k.astype(jnp.int32), mode="drop"),
+    )
 
 
 def _replica_update(

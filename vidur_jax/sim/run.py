@@ -42,6 +42,7 @@ class ConfigOutput:
     tbt_hist: np.ndarray  # (H,) TBT counts
     counters: dict[str, float]
     summary: dict[str, float]
+    batch_log: dict[str, np.ndarray] | None = None  # per-batch records when traced
 
 
 def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfig], PredictorLike]:
@@ -84,7 +85,13 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     hist = pick(state.tbt_hist)
     summary = metrics.summarize(requests, hist, counters)
     summary["num_batches"] = nb
-    return ConfigOutput(cfg, requests, hist, counters, summary)
+    log = None
+    if state.log_start.shape[-1] > 0:
+        count = min(int(pick(state.log_count)), state.log_start.shape[-1])
+        log = {name: pick(getattr(state, f"log_{name}"))[:count] for name in
+               ("start", "end", "replica", "size", "prefill_tokens", "decode_tokens", "iters")}
+        log["truncated"] = np.array(int(pick(state.log_count)) > count)
+    return ConfigOutput(cfg, requests, hist, counters, summary, log)
 
 
 def _raise_errors(cfgs: Sequence[DeploymentConfig], errors: np.ndarray) -> None:
@@ -103,12 +110,14 @@ def _run_group(
     predictor_for: Callable[[DeploymentConfig], PredictorLike],
     num_slots: int | None,
     max_grow: int = 8,
+    trace_capacity: int = 0,
 ) -> list[ConfigOutput]:
     """Run configs of one (policy, router); re-run only those that overflowed a
     capacity, with that capacity doubled."""
     derived = [build.derive(c) for c in cfgs]
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots)
+    static = dataclasses.replace(static, trace_capacity=int(trace_capacity))
     slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived)))
     spec = build.table_spec_for(cfgs, static.num_slots)
     results: list[ConfigOutput | None] = [None] * len(cfgs)
@@ -146,6 +155,7 @@ def simulate_configs(
     predictor_for: Callable[[DeploymentConfig], PredictorLike] | None = None,
     profiles_dir: str | None = None,
     num_slots: int | None = None,
+    trace_capacity: int = 0,
 ) -> list[ConfigOutput]:
     """Simulate every config on its workload; one compiled call per (policy, router).
 
@@ -155,6 +165,8 @@ def simulate_configs(
         predictor_for: config -> predictor; default loads trained predictors.
         profiles_dir: profiles to train predictors from (None = shipped parameters).
         num_slots: running-set capacity override (grown automatically on overflow).
+        trace_capacity: record up to this many batches per config in
+            ``ConfigOutput.batch_log`` (for Chrome traces); 0 = off.
 
     Returns:
         One :class:`ConfigOutput` per config, in input order.
@@ -169,7 +181,8 @@ def simulate_configs(
         groups.setdefault((c.replica_scheduler, c.global_scheduler), []).append(i)
     out: list[ConfigOutput | None] = [None] * len(cfgs)
     for idx in groups.values():
-        res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots)
+        res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots,
+                         trace_capacity=trace_capacity)
         for i, r in zip(idx, res):
             out[i] = r
     return out  # type: ignore[return-value]

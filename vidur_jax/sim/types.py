@@ -64,6 +64,8 @@ class SimStatic:
             (overflow is detected and the host re-runs with a larger window).
         fuse_iters: longest run of identical decode-only iterations simulated as one
             step (exact; 1 disables fusion).
+        trace_capacity: batches recorded in the batch log (0 = no log); a fused run of
+            decode iterations is one entry with ``log_iters`` iterations.
     """
 
     policy: str
@@ -75,6 +77,7 @@ class SimStatic:
     num_tbt_bins: int = 2048
     window: int = 16
     fuse_iters: int = 16
+    trace_capacity: int = 0
 
 
 @flax.struct.dataclass
@@ -195,3 +198,12 @@ class SimState:
     step: jax.Array  # () i64
     num_completed: jax.Array  # () i32
     error: jax.Array  # () i32 bit set of ERR_*
+    # --- batch log (SimStatic.trace_capacity entries; for Chrome traces)
+    log_count: jax.Array  # () i32 batches launched (may exceed capacity: the rest is dropped)
+    log_start: jax.Array  # (B,) f64 s batch formation time
+    log_end: jax.Array  # (B,) f64 s batch end (last pipeline stage)
+    log_replica: jax.Array  # (B,) i32
+    log_size: jax.Array  # (B,) i32 requests in the batch
+    log_prefill_tokens: jax.Array  # (B,) i32 prefill tokens
+    log_decode_tokens: jax.Array  # (B,) i32 decode tokens (all fused iterations)
+    log_iters: jax.Array  # (B,) i32 iterations (> 1 for a fused decode run)
