@@ -132,6 +132,8 @@ class RunPlan:
             (``qps``, ``workload``, ``price_per_hour``).
         profiles_dir: Vidur data root to train predictors from; None = shipped params.
         name: run name.
+        chrome_trace: also record every batch and write ``chrome_trace.json``
+            (:mod:`vidur_jax.metrics.chrome_trace`).
     """
 
     configs: tuple[Any, ...]  # DeploymentConfig
@@ -139,6 +141,7 @@ class RunPlan:
     labels: tuple[dict[str, Any], ...]
     profiles_dir: str | None
     name: str = "default"
+    chrome_trace: bool = False
 
 
 # ----------------------------------------------------------------------------- config
@@ -448,12 +451,17 @@ def plan_from_config(cfg: Any) -> RunPlan:
         )
         profiles_dir = os.path.abspath(os.path.expanduser(profiles_dir))
         require(os.path.isdir(profiles_dir), f"profiles_dir does not exist: {profiles_dir}")
+    chrome_trace = tree.get("chrome_trace", False)
+    require(
+        isinstance(chrome_trace, bool), f"chrome_trace={chrome_trace!r} must be true or false"
+    )
     return RunPlan(
         tuple(configs),
         tuple(workloads),
         tuple(labels),
         profiles_dir,
         str(tree.get("name", "default")),
+        chrome_trace,
     )
 
 
@@ -521,9 +529,16 @@ def run_plan(plan: RunPlan) -> tuple[pd.DataFrame, pd.DataFrame, list[Any]]:
     """
     from vidur_jax.sim.run import requests_frame, simulate_configs
 
-    outputs = simulate_configs(
-        list(plan.configs), list(plan.workloads), profiles_dir=plan.profiles_dir
-    )
+    if plan.chrome_trace:
+        from vidur_jax.metrics.chrome_trace import simulate_traced
+
+        outputs = simulate_traced(
+            list(plan.configs), list(plan.workloads), profiles_dir=plan.profiles_dir
+        )
+    else:
+        outputs = simulate_configs(
+            list(plan.configs), list(plan.workloads), profiles_dir=plan.profiles_dir
+        )
     return summary_table(plan, outputs), requests_frame(outputs), outputs
 
 
@@ -534,7 +549,8 @@ def write_outputs(
     outputs: Sequence[Any],
     plots: bool = True,
 ) -> list[Path]:
-    """Write ``summary.csv``, ``requests.parquet`` and ``plots/*.png`` atomically."""
+    """Write ``summary.csv``, ``requests.parquet`` and ``plots/*.png`` atomically, and
+    ``chrome_trace.json`` when the outputs carry batch logs (``chrome_trace=true``)."""
     from vidur_jax import metrics
 
     out = Path(out_dir)
@@ -542,6 +558,10 @@ def write_outputs(
         metrics.atomic_write_csv(summary_df, out / "summary.csv"),
         metrics.atomic_write_parquet(requests_df, out / "requests.parquet"),
     ]
+    if any(getattr(o, "batch_log", None) is not None for o in outputs):
+        from vidur_jax.metrics.chrome_trace import write_chrome_trace
+
+        written.append(write_chrome_trace(outputs, out / "chrome_trace.json"))
     if plots:
         hist = {i: o.tbt_hist for i, o in enumerate(outputs)}
         written += metrics.plot_cdfs(requests_df, hist, out / "plots")
