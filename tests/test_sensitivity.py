@@ -95,32 +95,52 @@ def test_jvp_matches_central_differences(case, forward, knob):
         assert d == pytest.approx(fd[m], rel=1e-5, abs=1e-9), (m, d, fd[m])
 
 
-def test_tbt_percentile_derivative(case, forward):
-    # every kernel time x a (cpu overhead 0) => every TBT sample x a: elasticity -1 to a
-    # uniform speed-up, exactly for the bin means used as the derivative
+SPEEDS = ("compute_speed", "memory_bandwidth", "interconnect_speed")
+
+
+@pytest.fixture(scope="module")
+def speeds(case) -> core.Sensitivity:
+    return core.sensitivities(case, ("qps", *SPEEDS))
+
+
+def test_time_rescaling_invariant(case, speeds):
+    # all kernels and the arrival rate x a (cpu overhead 0) is the same run with every
+    # time x 1/a: time metrics have elasticity -1 along that direction, throughput +1
+    for m in core.METRICS:
+        total = sum(speeds.elasticity(m, k) for k in ("qps", *SPEEDS))
+        if m in ("qps_per_dollar", "throughput_rps"):
+            assert total == pytest.approx(1.0, abs=1e-6), m
+        elif m == "cost_per_1k_requests":
+            assert total == pytest.approx(-1.0, abs=1e-6), m
+        elif m.startswith("tbt_p"):  # bin mean vs histogram quantile: within one bin (~1%)
+            assert total == pytest.approx(-1.0, abs=0.02), (m, total)
+        else:
+            assert total == pytest.approx(-1.0, abs=1e-6), (m, total)
+
+
+def test_tbt_percentile_wide_step(case, speeds):
+    # the histogram quantile (piecewise constant) moves as its derivative predicts over a
+    # wide step along the exact-rescaling direction (2% = two bins of slack)
+    a = 1.25
+    up = core.evaluate(case, {"qps": QPS * a, **{k: a for k in SPEEDS}})
+    base = core.evaluate(case)
     for m in ("tbt_p50", "tbt_p90", "tbt_p99"):
-        s = core.sensitivities(case, ("compute_speed", "memory_bandwidth", "interconnect_speed"))
-        total = sum(
-            s.elasticity(m, k) for k in ("compute_speed", "memory_bandwidth", "interconnect_speed")
-        )
-        assert total == pytest.approx(-1.0, abs=0.02), (m, total)  # bin mean vs quantile: < 1%
-    # wide step (5%): the histogram quantile moves by the predicted amount within 2 bins
-    fd = core.finite_difference(case, "compute_speed", rel_step=0.05)
-    for m in ("tbt_p90", "tbt_p99"):
-        pred = forward.derivative[m]["compute_speed"]
-        assert fd[m] == pytest.approx(pred, rel=0.25), (m, fd[m], pred)
-    # load does not change iteration times with the schedule fixed
-    assert forward.derivative["tbt_mean"]["qps"] == 0.0
+        assert up[m] / base[m] == pytest.approx(1.0 / a, rel=0.02), m
+    # the pathwise derivative of TBT to load alone is 0: iteration times depend on the
+    # batches only, which a small load change does not alter (see the smoothed slope)
+    assert speeds.derivative["tbt_mean"]["qps"] == 0.0
 
 
-def test_schedule_change_bias_is_bounded(case, forward):
-    # over +-10% of qps batches change (piecewise-constant schedule): the jvp is the
-    # schedule-fixed slope; the wide-step FD includes the jumps. Measured: agree within ~25%
-    fd = core.finite_difference(case, "qps", rel_step=0.1)
-    for m in ("ttft_mean", "e2e_mean"):
-        d = forward.derivative[m]["qps"]
-        assert np.sign(d) == np.sign(fd[m])
-        assert d == pytest.approx(fd[m], rel=0.5), (m, d, fd[m])
+def test_schedule_change_bias_and_smoothed_slope(case, forward):
+    # The jvp holds the batches fixed; a real load change re-forms them. Here that bias
+    # dominates (measured: jvp of ttft_mean 0.21 s/qps, wide differences ~0.005), so the
+    # schedule-aware smoothed slope is what matches finite differences over 5-20% steps.
+    fds = [core.finite_difference(case, "qps", rel_step=r) for r in (0.05, 0.1, 0.2)]
+    d, _, _ = core.smoothed_derivatives(case, "qps", case.base_knobs(), width=0.1 * QPS)
+    for m, slack in (("e2e_mean", 0.5), ("tbt_mean", 0.5), ("ttft_mean", 1.5)):
+        lo, hi = min(f[m] for f in fds), max(f[m] for f in fds)
+        assert lo * (1 - slack) <= d[m] <= hi * (1 + slack), (m, d[m], lo, hi)
+    assert forward.derivative["ttft_mean"]["qps"] > 5 * max(f["ttft_mean"] for f in fds)
 
 
 @pytest.mark.parametrize("knob", ["chunk_size", "batch_cap"])
