@@ -515,7 +515,7 @@ def evaluate_many(case: Case, points: Sequence[Mapping[str, float]]) -> list[dic
             None,
             64,
             case.tables,
-            jax.tree.map(lambda x: x[sl], params),
+            jax.tree.map(lambda x, sl=sl: x[sl], params),
             jnp.float64(case.qps),
             jnp.float64(case.price_per_gpu_hour),
             {k: v[sl] for k, v in knobs.items()},
