@@ -41,7 +41,9 @@ LANE_STRIDE = 10_000
 
 def batch_name(prefill_tokens: int, decode_tokens: int, iters: int) -> str:
     """Short event name: ``prefill``, ``decode``, ``mixed``, with ``x N`` for fused runs."""
-    kind = "mixed" if prefill_tokens and decode_tokens else ("prefill" if prefill_tokens else "decode")
+    kind = (
+        "mixed" if prefill_tokens and decode_tokens else ("prefill" if prefill_tokens else "decode")
+    )
     return f"{kind} x{iters}" if iters > 1 else kind
 
 
@@ -97,19 +99,38 @@ def trace_events(
     lanes = _lanes(start, end, replica)
     pid = int(config_id)
     events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
-         "args": {"name": label or f"config {pid}"}},
-        {"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0,
-         "args": {"sort_index": pid}},
+        {
+            "name": "process_name",
+            "ph": "M",
+            "pid": pid,
+            "tid": 0,
+            "args": {"name": label or f"config {pid}"},
+        },
+        {
+            "name": "process_sort_index",
+            "ph": "M",
+            "pid": pid,
+            "tid": 0,
+            "args": {"sort_index": pid},
+        },
     ]
     reps = set(range(num_replicas or 0)) | set(replica.tolist())
-    tracks = {(r, 0) for r in reps} | set(zip(replica.tolist(), lanes.tolist()))
+    tracks = {(r, 0) for r in reps} | set(zip(replica.tolist(), lanes.tolist(), strict=True))
     for r, lane in sorted(tracks):
         tid = r + lane * LANE_STRIDE
         name = f"replica {r}" if lane == 0 else f"replica {r} / lane {lane}"
-        events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
-        events.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid,
-                       "args": {"sort_index": tid}})
+        events.append(
+            {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}
+        )
+        events.append(
+            {
+                "name": "thread_sort_index",
+                "ph": "M",
+                "pid": pid,
+                "tid": tid,
+                "args": {"sort_index": tid},
+            }
+        )
     for i in np.argsort(start, kind="stable"):
         p, d, k = int(log["prefill_tokens"][i]), int(log["decode_tokens"][i]), int(log["iters"][i])
         events.append(
