@@ -1,0 +1,271 @@
+"""The search grid: models x clusters x TP x PP x schedulers x batch caps -> candidates.
+
+Vidur-Search's grid (``vidur/config_optimizer/config_explorer/config/config.yml``):
+for each model and cluster (a GPU type, a node type and a GPU count) every tensor-parallel
+degree x pipeline depth x replica scheduler (vLLM, or Sarathi with one chunk size) x batch
+cap, with ``num_replicas = num_gpus // (tp * pp)``. Every point becomes a
+:class:`Candidate`; points that cannot run (TP not dividing the heads, PP not dividing the
+layers, the model not fitting in GPU memory, fewer GPUs than one replica needs, no node
+wide enough for the TP degree) are kept with ``reason`` set, never dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vidur_jax import catalog
+from vidur_jax.errors import ConfigError, require
+from vidur_jax.sim.build import DeploymentConfig, derive
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """One cluster type of the grid.
+
+    Attributes:
+        device: GPU SKU (catalog name, e.g. ``"a100"``).
+        network_device: node SKU whose interconnect is used; a TP degree wider than its
+            node switches to the widest node of the same GPU (e.g. ``a100_dgx`` for TP 8).
+        num_gpus: GPUs in the cluster; replicas = ``num_gpus // (tp * pp)``.
+        price_per_hour: $ per GPU-hour; None = the catalog price.
+    """
+
+    device: str
+    network_device: str
+    num_gpus: int
+    price_per_hour: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerChoice:
+    """A replica scheduler of the grid: ``vllm``, or ``sarathi`` with a chunk size."""
+
+    scheduler: str
+    chunk_size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One grid point.
+
+    Attributes:
+        config: the deployment (also set for infeasible points, unvalidated, so their
+            knobs can be listed).
+        num_gpus: GPUs the deployment uses (tp * pp * replicas).
+        price_per_hour: $ per GPU-hour.
+        reason: why the point cannot run, or ``""`` when it is feasible.
+    """
+
+    config: DeploymentConfig
+    num_gpus: int
+    price_per_hour: float
+    reason: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        """True when the deployment can be simulated."""
+        return not self.reason
+
+    @property
+    def cost_per_hour(self) -> float:
+        """$ per hour of the whole deployment."""
+        return self.num_gpus * self.price_per_hour
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """Axes of the grid (Vidur's defaults).
+
+    Attributes:
+        models: model names (catalog).
+        clusters: cluster types.
+        tp: tensor-parallel degrees.
+        pp: pipeline depths.
+        schedulers: replica schedulers (with chunk sizes).
+        batch_caps: batch size caps.
+    """
+
+    models: tuple[str, ...]
+    clusters: tuple[Cluster, ...]
+    tp: tuple[int, ...] = (1, 2, 4, 8)
+    pp: tuple[int, ...] = (1, 2, 4)
+    schedulers: tuple[SchedulerChoice, ...] = (
+        SchedulerChoice("vllm"),
+        *(SchedulerChoice("sarathi", c) for c in (256, 512, 1024, 2048, 4096)),
+    )
+    batch_caps: tuple[int, ...] = (32, 64, 128)
+
+    @property
+    def size(self) -> int:
+        """Number of grid points."""
+        return (
+            len(self.models)
+            * len(self.clusters)
+            * len(self.tp)
+            * len(self.pp)
+            * len(self.schedulers)
+            * len(self.batch_caps)
+        )
+
+
+def _ints(name: str, values: Any) -> tuple[int, ...]:
+    vals = list(values) if isinstance(values, (list, tuple)) else [values]
+    require(len(vals) >= 1, f"search.{name} is an empty list")
+    for v in vals:
+        require(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            f"search.{name} has {v!r}; values must be integers >= 1",
+        )
+    return tuple(int(v) for v in vals)
+
+
+def grid_from_dict(
+    block: Mapping[str, Any], default_model: str, default_cluster: Mapping[str, Any]
+) -> GridSpec:
+    """Parse the grid keys of a ``search:`` config block.
+
+    Args:
+        block: ``models, clusters, tp, pp, schedulers, batch_caps`` (each optional).
+        default_model: model used when ``models`` is null.
+        default_cluster: ``{device, network_device, num_gpus, price_per_hour}`` used when
+            ``clusters`` is null.
+
+    Raises:
+        ConfigError: malformed axis (one line naming it).
+    """
+    models = block.get("models") or [default_model]
+    require(isinstance(models, (list, tuple)), f"search.models={models!r} must be a list")
+    for m in models:
+        catalog.get_model(m)
+    clusters = []
+    for i, c in enumerate(block.get("clusters") or [default_cluster]):
+        require(isinstance(c, Mapping), f"search.clusters[{i}]={c!r} must be a mapping")
+        unknown = sorted(set(c) - {"device", "network_device", "num_gpus", "price_per_hour"})
+        require(
+            not unknown,
+            f"search.clusters[{i}] has unknown key(s) {unknown}; allowed: device, "
+            "network_device, num_gpus, price_per_hour",
+        )
+        device = catalog.get_device(c.get("device", "")).name
+        node = c.get("network_device") or _default_node(device)
+        require(
+            catalog.get_node(node).device == device,
+            f"search.clusters[{i}].network_device={node!r} holds "
+            f"{catalog.get_node(node).device} GPUs, not {device}",
+        )
+        num = _ints(f"clusters[{i}].num_gpus", c.get("num_gpus"))[0]
+        price = c.get("price_per_hour")
+        if price is not None:
+            require(
+                isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0,
+                f"search.clusters[{i}].price_per_hour={price!r} must be a number >= 0",
+            )
+        clusters.append(Cluster(device, node, num, None if price is None else float(price)))
+    scheds = []
+    for i, s in enumerate(block.get("schedulers") or [{"scheduler": "vllm"}]):
+        if isinstance(s, str):
+            s = {"scheduler": s}
+        require(isinstance(s, Mapping), f"search.schedulers[{i}]={s!r} must be a mapping")
+        name = s.get("scheduler")
+        require(
+            name in ("vllm", "sarathi", "orca", "faster_transformer", "lightllm"),
+            f"search.schedulers[{i}].scheduler={name!r}; allowed: vllm, sarathi, orca, "
+            "faster_transformer, lightllm",
+        )
+        chunk = s.get("chunk_size")
+        if chunk is not None:
+            chunk = _ints(f"schedulers[{i}].chunk_size", chunk)[0]
+        scheds.append(SchedulerChoice(name, chunk))
+    return GridSpec(
+        models=tuple(catalog.get_model(m).name for m in models),
+        clusters=tuple(clusters),
+        tp=_ints("tp", block.get("tp", [1, 2, 4, 8])),
+        pp=_ints("pp", block.get("pp", [1, 2, 4])),
+        schedulers=tuple(scheds),
+        batch_caps=_ints("batch_caps", block.get("batch_caps", [32, 64, 128])),
+    )
+
+
+def _default_node(device: str) -> str:
+    nodes = [n for n in catalog.list_nodes() if catalog.get_node(n).device == device]
+    require(bool(nodes), f"no node type holds {device} GPUs; set search.clusters[].network_device")
+    return min(nodes, key=lambda n: catalog.get_node(n).devices_per_node)
+
+
+def node_for_tp(network_device: str, tp: int) -> str | None:
+    """The cluster's node type if ``tp`` GPUs fit in one node, else the smallest node of
+    the same GPU that holds them (TP stays inside a node, as in Vidur); None if none."""
+    node = catalog.get_node(network_device)
+    if tp <= node.devices_per_node:
+        return node.name
+    wider = [
+        catalog.get_node(n)
+        for n in catalog.list_nodes()
+        if catalog.get_node(n).device == node.device and catalog.get_node(n).devices_per_node >= tp
+    ]
+    return min(wider, key=lambda n: n.devices_per_node).name if wider else None
+
+
+def expand_grid(spec: GridSpec, base: DeploymentConfig) -> list[Candidate]:
+    """Every grid point as a :class:`Candidate` (infeasible ones carry their reason).
+
+    Args:
+        spec: the axes.
+        base: defaults for every knob the grid does not set (block size, watermark,
+            token budget, memory margin, max tokens, predictor scales, seed, router).
+
+    Returns:
+        Candidates in grid order (model, cluster, tp, pp, scheduler, batch cap).
+    """
+    out = []
+    for model, cl, tp, pp, sch, cap in itertools.product(
+        spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps
+    ):
+        price = (
+            cl.price_per_hour
+            if cl.price_per_hour is not None
+            else catalog.get_device(cl.device).price_per_hour
+        )
+        replicas = cl.num_gpus // (tp * pp)
+        node = node_for_tp(cl.network_device, tp)
+        cfg = dataclasses.replace(
+            base,
+            model=model,
+            device=cl.device,
+            network_device=node or cl.network_device,
+            tensor_parallel_size=tp,
+            num_pipeline_stages=pp,
+            num_replicas=max(replicas, 1),
+            replica_scheduler=sch.scheduler,
+            chunk_size=sch.chunk_size if sch.chunk_size is not None else base.chunk_size,
+            batch_size_cap=cap,
+        )
+        reason = ""
+        if replicas < 1:
+            reason = f"tp*pp={tp * pp} exceeds the cluster's {cl.num_gpus} GPUs"
+        elif node is None:
+            reason = f"tp={tp} exceeds every {cl.device} node type"
+        else:
+            try:
+                derive(cfg)  # validates: divisibility, memory fit, batch cap >= pp
+            except ConfigError as err:
+                reason = str(err)
+        out.append(Candidate(cfg, tp * pp * replicas, float(price), reason))
+    return out
+
+
+def describe(c: DeploymentConfig) -> str:
+    """Short human-readable name of a deployment, e.g. ``a100 tp2 pp1 x8 sarathi512 cap64``."""
+    sched = c.replica_scheduler + (str(c.chunk_size) if c.replica_scheduler == "sarathi" else "")
+    return (
+        f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
+        f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
+    )
+
+
+def feasible_configs(cands: Sequence[Candidate]) -> list[int]:
+    """Indices of the feasible candidates."""
+    return [i for i, c in enumerate(cands) if c.feasible]
