@@ -32,28 +32,53 @@ DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m profiling", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="data root; tables go under OUT/profiling/")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny model and grid, few repetitions (seconds on a CPU)")
-    p.add_argument("--model", help="catalog model name or alias (default: Llama-2-7B; smoke: a tiny model)")
-    p.add_argument("--shape", help="JSON ModelShape fields for a model not in the catalog, e.g. "
-                   '\'{"name": "org/m", "n_head": 32, "n_kv_head": 8, "n_embd": 4096, '
-                   '"n_expanded_embd": 14336, "vocab_size": 128256, "use_gated_mlp": true}\'')
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny model and grid, few repetitions (seconds on a CPU)",
+    )
+    p.add_argument(
+        "--model", help="catalog model name or alias (default: Llama-2-7B; smoke: a tiny model)"
+    )
+    p.add_argument(
+        "--shape",
+        help="JSON ModelShape fields for a model not in the catalog, e.g. "
+        '\'{"name": "org/m", "n_head": 32, "n_kv_head": 8, "n_embd": 4096, '
+        '"n_expanded_embd": 14336, "vocab_size": 128256, "use_gated_mlp": true}\'',
+    )
     p.add_argument("--device-name", help="device folder name (default: from jax, e.g. h100; cpu)")
-    p.add_argument("--node-name", help="network folder name (default: <device>_pairwise_nvlink, the "
-                   "name the predictors look up first)")
+    p.add_argument(
+        "--node-name",
+        help="network folder name (default: <device>_pairwise_nvlink, the "
+        "name the predictors look up first)",
+    )
     p.add_argument("--what", nargs="+", choices=WHAT, default=list(WHAT))
     p.add_argument("--tp", type=int, nargs="+", help="TP degrees (default 1 2 4 8; smoke 1 2)")
     p.add_argument("--max-tokens", type=int, help="largest num_tokens for mlp.csv (default 4096)")
     p.add_argument("--token-stride", type=int, default=1, help="keep every k-th num_tokens value")
-    p.add_argument("--max-seq-len", type=int, help="longest chunk + KV for attention (default 4096)")
+    p.add_argument(
+        "--max-seq-len", type=int, help="longest chunk + KV for attention (default 4096)"
+    )
     p.add_argument("--max-batch", type=int, help="largest decode batch (default 128)")
     p.add_argument("--attn-stride", type=int, default=1, help="keep every k-th attention point")
-    p.add_argument("--max-kv-tokens", type=int, default=524288,
-                   help="skip attention points holding more KV tokens (batch x (kv + chunk))")
-    p.add_argument("--attn-impl", choices=["xla", "cudnn"], default="xla",
-                   help="jax.nn.dot_product_attention implementation (cudnn falls back to xla per point)")
-    p.add_argument("--max-collective-size", type=int, default=64 * 1024 * 1024,
-                   help="largest collective message, elements per device")
+    p.add_argument(
+        "--max-kv-tokens",
+        type=int,
+        default=524288,
+        help="skip attention points holding more KV tokens (batch x (kv + chunk))",
+    )
+    p.add_argument(
+        "--attn-impl",
+        choices=["xla", "cudnn"],
+        default="xla",
+        help="jax.nn.dot_product_attention implementation (cudnn falls back to xla per point)",
+    )
+    p.add_argument(
+        "--max-collective-size",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest collective message, elements per device",
+    )
     p.add_argument("--collective-stride", type=int, default=1, help="keep every k-th message size")
     p.add_argument("--dtype", choices=list(DTYPES), help="default float16 (float32 on CPU)")
     p.add_argument("--warmup", type=int, help="discarded calls per point (default 2; smoke 1)")
@@ -99,31 +124,51 @@ def run(args: argparse.Namespace) -> dict:
         if smoke:
             tokens = [1, 16, 64]
         df = harness.profile_mlp(shape, tps, tokens, cfg, dtype, args.seed, progress)
-        written.append(harness.write_csv(df, f"{harness.compute_dir(args.out, device, shape.name)}/mlp.csv"))
+        written.append(
+            harness.write_csv(df, f"{harness.compute_dir(args.out, device, shape.name)}/mlp.csv")
+        )
     if "attention" in args.what:
         max_seq = args.max_seq_len or (128 if smoke else min(shape.max_model_len, 4096))
         max_batch = args.max_batch or (4 if smoke else 128)
         pts = grids.attention_points(max_seq, 1, max_batch, args.max_kv_tokens)
         pts = grids.thin([p for p in pts if not p.is_prefill], args.attn_stride) + grids.thin(
-            [p for p in pts if p.is_prefill], args.attn_stride)
+            [p for p in pts if p.is_prefill], args.attn_stride
+        )
         if smoke:
             pts = [p for p in pts if p in SMOKE_ATTENTION] or pts[:4]
-        df = harness.profile_attention(shape, tps, pts, cfg, dtype, args.attn_impl, seed=args.seed,
-                                       progress=progress)
-        written.append(harness.write_csv(df, f"{harness.compute_dir(args.out, device, shape.name)}/attention.csv"))
+        df = harness.profile_attention(
+            shape, tps, pts, cfg, dtype, args.attn_impl, seed=args.seed, progress=progress
+        )
+        written.append(
+            harness.write_csv(
+                df, f"{harness.compute_dir(args.out, device, shape.name)}/attention.csv"
+            )
+        )
     if "network" in args.what:
         devices = jax.local_devices()
         if len(devices) < 2:
-            notes.append(f"network skipped: {len(devices)} local device ({devices[0].platform}); "
-                         "all_reduce/send_recv need >= 2 (use a multi-GPU host)")
+            notes.append(
+                f"network skipped: {len(devices)} local device ({devices[0].platform}); "
+                "all_reduce/send_recv need >= 2 (use a multi-GPU host)"
+            )
         else:
-            max_size = min(args.max_collective_size, 64 * 1024) if smoke else args.max_collective_size
-            sizes = grids.thin(grids.collective_sizes(max_size), max(args.collective_stride, 8 if smoke else 1))
+            max_size = (
+                min(args.max_collective_size, 64 * 1024) if smoke else args.max_collective_size
+            )
+            sizes = grids.thin(
+                grids.collective_sizes(max_size), max(args.collective_stride, 8 if smoke else 1)
+            )
             for coll in collectives.COLLECTIVES:
                 df = harness.profile_network(coll, sizes, cfg, dtype, devices, progress)
-                written.append(harness.write_csv(df, f"{harness.network_dir(args.out, node)}/{coll}.csv", index=True))
-    notes.append(f"device={device} ({jax.devices()[0].device_kind}), dtype={jnp.dtype(dtype).name}, "
-                 f"model={shape.name}, tp={tps}, {time.time() - t0:.1f} s")
+                written.append(
+                    harness.write_csv(
+                        df, f"{harness.network_dir(args.out, node)}/{coll}.csv", index=True
+                    )
+                )
+    notes.append(
+        f"device={device} ({jax.devices()[0].device_kind}), dtype={jnp.dtype(dtype).name}, "
+        f"model={shape.name}, tp={tps}, {time.time() - t0:.1f} s"
+    )
     return {"written": written, "notes": notes}
 
 

@@ -47,7 +47,10 @@ def decode_batch_sizes(min_batch: int, max_batch: int) -> list[int]:
 def prefill_chunk_sizes(max_seq_len: int) -> list[int]:
     """Prefill chunk sizes: 64..128 step 16, ..1024 step 32, ..4096 step 64, ... (Vidur)."""
     space = _segments(
-        (64, 129, 16), (128, 1025, 32), (1024, 4 * 1024 + 1, 64), (4 * 1024, 16 * 1024 + 1, 128),
+        (64, 129, 16),
+        (128, 1025, 32),
+        (1024, 4 * 1024 + 1, 64),
+        (4 * 1024, 16 * 1024 + 1, 128),
         (16 * 1024, 64 * 1024 + 1, 256),
     )
     return sorted({c for c in space if c <= max_seq_len})

@@ -25,7 +25,12 @@ import pandas as pd
 from profiling import collectives, grids, ops
 from profiling.timing import TimingConfig, flatten_stats, stat_columns, time_call
 
-ATTENTION_TIMED_OPS: tuple[str, ...] = ("attn_input_reshape", "attn_decode", "attn_output_reshape", "attn_prefill")
+ATTENTION_TIMED_OPS: tuple[str, ...] = (
+    "attn_input_reshape",
+    "attn_decode",
+    "attn_output_reshape",
+    "attn_prefill",
+)
 #: Known GPU names recognized in ``jax.Device.device_kind`` (catalog names).
 _KNOWN_DEVICES = ("h200", "h100", "a100", "a40", "l40s", "l4", "a10g", "v100")
 
@@ -92,17 +97,27 @@ def profile_mlp(
             for op, (fn, args) in ops.mlp_calls(shape, tp, n, weights, dtype, rng).items():
                 row.update(flatten_stats(op, time_call(fn, args, cfg)))
             row.update(
-                n_head=shape.n_head, n_kv_head=shape.n_kv_head, n_embd=shape.n_embd,
-                n_expanded_embd=shape.n_expanded_embd, vocab_size=shape.vocab_size,
-                use_gated_mlp=bool(shape.use_gated_mlp), num_tokens=int(n),
+                n_head=shape.n_head,
+                n_kv_head=shape.n_kv_head,
+                n_embd=shape.n_embd,
+                n_expanded_embd=shape.n_expanded_embd,
+                vocab_size=shape.vocab_size,
+                use_gated_mlp=bool(shape.use_gated_mlp),
+                num_tokens=int(n),
                 num_tensor_parallel_workers=int(tp),
             )
             rows.append(row)
             _log(progress, f"mlp tp={tp} num_tokens={n}")
         del weights
     columns = [c for op in shape.ops() for c in stat_columns(op)] + [
-        "n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp",
-        "num_tokens", "num_tensor_parallel_workers",
+        "n_head",
+        "n_kv_head",
+        "n_embd",
+        "n_expanded_embd",
+        "vocab_size",
+        "use_gated_mlp",
+        "num_tokens",
+        "num_tensor_parallel_workers",
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -149,10 +164,15 @@ def profile_attention(
             row.update(flatten_stats("attn_output_reshape", zero))
             row.update(flatten_stats("attn_prefill", stats if p.is_prefill else nan))
             row.update(
-                n_embd=shape.n_embd, n_q_head=shape.n_head, n_kv_head=shape.n_kv_head,
-                block_size=block_size, num_tensor_parallel_workers=int(tp),
-                max_model_len=shape.max_model_len, batch_size=p.batch_size,
-                prefill_chunk_size=p.prefill_chunk_size, kv_cache_size=p.kv_cache_size,
+                n_embd=shape.n_embd,
+                n_q_head=shape.n_head,
+                n_kv_head=shape.n_kv_head,
+                block_size=block_size,
+                num_tensor_parallel_workers=int(tp),
+                max_model_len=shape.max_model_len,
+                batch_size=p.batch_size,
+                prefill_chunk_size=p.prefill_chunk_size,
+                kv_cache_size=p.kv_cache_size,
                 is_prefill=bool(p.is_prefill),
                 attention_backend=f"jax.nn.dot_product_attention[{impl or 'xla'}]",
             )
@@ -160,8 +180,16 @@ def profile_attention(
             del args
             _log(progress, f"attention tp={tp} {p}")
     columns = [c for op in ATTENTION_TIMED_OPS for c in stat_columns(op)] + [
-        "n_embd", "n_q_head", "n_kv_head", "block_size", "num_tensor_parallel_workers",
-        "max_model_len", "batch_size", "prefill_chunk_size", "kv_cache_size", "is_prefill",
+        "n_embd",
+        "n_q_head",
+        "n_kv_head",
+        "block_size",
+        "num_tensor_parallel_workers",
+        "max_model_len",
+        "batch_size",
+        "prefill_chunk_size",
+        "kv_cache_size",
+        "is_prefill",
         "attention_backend",
     ]
     return pd.DataFrame(rows, columns=columns)
@@ -193,12 +221,23 @@ def profile_network(
         for size in sizes:
             fn, args = collectives.collective_call(devices[:k], collective, size, dtype)
             row = flatten_stats(collective, time_call(fn, args, cfg))
-            row.update(rank=0, num_workers=k, size=int(size * item), collective=collective,
-                       devices_per_node=k, max_devices_per_node=len(devices))
+            row.update(
+                rank=0,
+                num_workers=k,
+                size=int(size * item),
+                collective=collective,
+                devices_per_node=k,
+                max_devices_per_node=len(devices),
+            )
             rows.append(row)
             _log(progress, f"{collective} workers={k} size={size}")
     columns = stat_columns(collective) + [
-        "rank", "num_workers", "size", "collective", "devices_per_node", "max_devices_per_node",
+        "rank",
+        "num_workers",
+        "size",
+        "collective",
+        "devices_per_node",
+        "max_devices_per_node",
     ]
     return pd.DataFrame(rows, columns=columns)
 

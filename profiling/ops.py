@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +80,11 @@ class ModelShape:
 
     def check_tp(self, tp: int) -> None:
         """Raise ValueError unless ``tp`` shards heads, hidden and MLP sizes evenly (Vidur)."""
-        for what, size in (("n_head", self.n_head), ("n_embd", self.n_embd),
-                           ("n_expanded_embd", self.n_expanded_embd)):
+        for what, size in (
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("n_expanded_embd", self.n_expanded_embd),
+        ):
             if size % tp:
                 raise ValueError(f"tp={tp} does not divide {what}={size} of {self.name}")
 
@@ -90,14 +94,31 @@ def shape_from_catalog(model: str) -> ModelShape:
     from vidur_jax.catalog import get_model
 
     m = get_model(model)
-    return ModelShape(m.name, m.num_q_heads, m.num_kv_heads, m.embedding_dim, m.mlp_hidden_dim,
-                      m.vocab_size, m.use_gated_mlp, m.post_attn_norm, m.max_model_len)
+    return ModelShape(
+        m.name,
+        m.num_q_heads,
+        m.num_kv_heads,
+        m.embedding_dim,
+        m.mlp_hidden_dim,
+        m.vocab_size,
+        m.use_gated_mlp,
+        m.post_attn_norm,
+        m.max_model_len,
+    )
 
 
 #: A tiny Llama-like shape for smoke runs (seconds on a CPU).
-SMOKE_SHAPE = ModelShape("smoke/tiny-llama", n_head=4, n_kv_head=2, n_embd=256,
-                         n_expanded_embd=512, vocab_size=1024, use_gated_mlp=True,
-                         post_attn_norm=True, max_model_len=256)
+SMOKE_SHAPE = ModelShape(
+    "smoke/tiny-llama",
+    n_head=4,
+    n_kv_head=2,
+    n_embd=256,
+    n_expanded_embd=512,
+    vocab_size=1024,
+    use_gated_mlp=True,
+    post_attn_norm=True,
+    max_model_len=256,
+)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -134,7 +155,9 @@ def linear(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def rope(q: jax.Array, k: jax.Array, positions: jax.Array, cos_sin: jax.Array) -> tuple[jax.Array, jax.Array]:
+def rope(
+    q: jax.Array, k: jax.Array, positions: jax.Array, cos_sin: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """NeoX-style rotary embedding of q ``(n, hq, d)`` and k ``(n, hkv, d)`` in place of Vidur's ``get_rope``."""
     cs = jnp.take(cos_sin, positions, axis=0)  # (n, d): [cos | sin]
     half = q.shape[-1] // 2
@@ -169,7 +192,9 @@ def add(a: jax.Array, b: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: jnp.dtype, scale: float = 0.02) -> jax.Array:
+def _normal(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: jnp.dtype, scale: float = 0.02
+) -> jax.Array:
     """Random device array built on the host (no per-shape compile, unlike ``jax.random``).
 
     A block of at most 2**20 normal draws is tiled to the shape: values only need to be
@@ -187,7 +212,9 @@ def rope_table(max_pos: int, head_dim: int) -> np.ndarray:
     return np.concatenate([np.cos(ang), np.sin(ang)], axis=1)
 
 
-def make_weights(shape: ModelShape, tp: int, dtype: jnp.dtype, rng: np.random.Generator) -> dict[str, jax.Array]:
+def make_weights(
+    shape: ModelShape, tp: int, dtype: jnp.dtype, rng: np.random.Generator
+) -> dict[str, jax.Array]:
     """Per-worker weights (random, small) for one TP degree."""
     d, e = shape.head_dim, shape.n_embd
     hq, hkv = shape.q_heads(tp), shape.kv_heads(tp)
@@ -206,7 +233,11 @@ def make_weights(shape: ModelShape, tp: int, dtype: jnp.dtype, rng: np.random.Ge
 
 
 def mlp_calls(
-    shape: ModelShape, tp: int, num_tokens: int, weights: dict[str, jax.Array], dtype: jnp.dtype,
+    shape: ModelShape,
+    tp: int,
+    num_tokens: int,
+    weights: dict[str, jax.Array],
+    dtype: jnp.dtype,
     rng: np.random.Generator,
 ) -> dict[str, tuple[Callable, tuple]]:
     """``{op: (jitted fn, args)}`` for every op of ``shape.ops()`` at ``num_tokens``."""
@@ -255,7 +286,9 @@ def _attention_causal(q, k, v, implementation):
 attention_masked = jax.jit(_attention, static_argnames=("implementation",))
 attention_causal = jax.jit(_attention_causal, static_argnames=("implementation",))
 attention_full = jax.jit(
-    lambda q, k, v, implementation: jax.nn.dot_product_attention(q, k, v, implementation=implementation),
+    lambda q, k, v, implementation: jax.nn.dot_product_attention(
+        q, k, v, implementation=implementation
+    ),
     static_argnames=("implementation",),
 )
 
@@ -272,7 +305,12 @@ def chunk_mask(chunk: int, kv: int) -> np.ndarray:
 
 
 def attention_call(
-    shape: ModelShape, tp: int, point, dtype: jnp.dtype, rng: np.random.Generator, implementation: str | None
+    shape: ModelShape,
+    tp: int,
+    point,
+    dtype: jnp.dtype,
+    rng: np.random.Generator,
+    implementation: str | None,
 ) -> tuple[Callable, tuple]:
     """``(fn, args)`` for one :class:`~profiling.grids.AttentionPoint` (BTNH layout).
 
@@ -287,11 +325,11 @@ def attention_call(
         k = _normal(rng, (1, kv + c, hkv, d), dtype, 1.0)
         v = _normal(rng, (1, kv + c, hkv, d), dtype, 1.0)
         if kv == 0:
-            return lambda q, k, v: attention_causal(q, k, v, implementation=implementation), (q, k, v)
+            return partial(attention_causal, implementation=implementation), (q, k, v)
         mask = jnp.asarray(chunk_mask(c, kv))
-        return lambda q, k, v, m: attention_masked(q, k, v, m, implementation=implementation), (q, k, v, mask)
+        return partial(attention_masked, implementation=implementation), (q, k, v, mask)
     b, kv = point.batch_size, point.kv_cache_size
     q = _normal(rng, (b, 1, hq, d), dtype, 1.0)
     k = _normal(rng, (b, kv + 1, hkv, d), dtype, 1.0)
     v = _normal(rng, (b, kv + 1, hkv, d), dtype, 1.0)
-    return lambda q, k, v: attention_full(q, k, v, implementation=implementation), (q, k, v)
+    return partial(attention_full, implementation=implementation), (q, k, v)
