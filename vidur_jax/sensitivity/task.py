@@ -158,6 +158,8 @@ def plot_elasticities(df: pd.DataFrame, metrics: Sequence[str], path: str | os.P
                     hatch="//",
                     label=f"{q:g} qps (smoothed)",
                 )
+        # schedule-fixed and schedule-aware slopes can differ by orders of magnitude
+        ax.set_yscale("symlog", linthresh=0.1)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_xticks(x, knobs, rotation=20, ha="right")
         ax.set_ylabel(f"elasticity of {metric}")
