@@ -1,0 +1,633 @@
+"""Roofline fallback: op times from peak FLOP/s and bandwidth, for unprofiled (model, GPU).
+
+Every op Vidur profiles is reduced to its work per tensor-parallel worker -- FLOPs and
+bytes moved (fp16, 2 bytes per element) -- and its time is predicted as a smooth roofline
+
+    t = overhead + (t_c**p + t_m**p) ** (1/p),   t_c = FLOPs / (eff_c * peak_flops),
+                                                 t_m = bytes / (eff_m * bandwidth)
+
+with per-op efficiency factors ``eff_c``, ``eff_m`` (fraction of the datasheet peak that
+the op's kernels reach), a per-op launch ``overhead`` (ms) and a sharpness ``p`` (large
+``p`` -> hard ``max``). The four constants per op are **calibrated** on profiled GPUs
+(:func:`calibrate`, a least-squares fit of ``log t`` on Vidur's tables) and then
+transferred to any GPU of the catalog through its ``fp16_tflops`` and ``hbm_gbps``.
+Collectives use the NVLink bandwidth per GPU (:data:`LINK_GBPS`) in place of HBM
+bandwidth and ring all-reduce traffic ``2 (p-1)/p x message``.
+
+Work per op (``n`` tokens, ``E`` hidden, ``F`` MLP inner, ``d`` head dim, ``hq = H/tp``
+query heads, ``hkv = ceil(Hkv/tp)`` KV heads per worker):
+
+=========================  ===================================  =======================
+op                         FLOPs                                bytes / 2
+=========================  ===================================  =======================
+GEMM (n,K)x(K,N)           2 n K N                              n K + K N + n N
+  attn_pre_proj            K=E, N=(hq + 2 hkv) d
+  attn_post_proj           K=hq d, N=E
+  mlp_up_proj              K=E, N=(2 if gated else 1) F/tp
+  mlp_down_proj            K=F/tp, N=E
+norms                      --                                   2 n E + E
+add                        --                                   3 n E
+mlp_act                    --                                   3 n F/tp (gated), 2 n F/tp
+attn_rope                  --                                   2 n (hq + hkv) d
+attn_prefill (kv, c)       4 hq d c (kv + c)                    2 c hq d + 2 (kv+c) hkv d
+attn_decode (b, kv)        4 b hq d kv                          2 b kv hkv d + 2 b hq d
+all_reduce (n)             --                                   (link) 2 (p-1)/p n E
+send_recv (n)              --                                   (link) n E
+=========================  ===================================  =======================
+
+``attn_kv_cache_save`` is 0, like the profiled predictors (Vidur's tables lack it).
+Evaluation (calibrate on one GPU, predict the other): ``experiments/roofline_eval.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from vidur_jax.errors import ConfigError
+
+#: Per-direction NVLink bandwidth per GPU, GB/s (NVIDIA datasheets: A100 SXM NVLink3
+#: 600 GB/s and H100/H200 SXM NVLink4 900 GB/s bidirectional; A40 NVLink bridge 112.5).
+LINK_GBPS: dict[str, float] = {"a40": 56.25, "a100": 300.0, "h100": 450.0, "h200": 450.0}
+BYTES_PER_ELEMENT = 2.0  # fp16 / bf16
+GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+MEMORY_OPS = ("input_layernorm", "post_attention_layernorm", "add", "mlp_act", "attn_rope")
+ATTENTION_OPS = ("attn_prefill", "attn_decode")
+NETWORK_OPS = ("all_reduce", "send_recv")
+#: Ops the roofline answers (same names and features as ``vidur_jax.predictors.OPS``).
+OPS: tuple[str, ...] = (
+    "attn_pre_proj",
+    "attn_post_proj",
+    "attn_rope",
+    "attn_kv_cache_save",
+    "mlp_up_proj",
+    "mlp_down_proj",
+    "mlp_act",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "add",
+    "attn_prefill",
+    "attn_decode",
+    "all_reduce",
+    "send_recv",
+)
+OP_FEATURES: dict[str, tuple[str, ...]] = {op: ("num_tokens",) for op in OPS}
+OP_FEATURES["attn_prefill"] = ("kv_cache_size", "prefill_chunk_size")
+OP_FEATURES["attn_decode"] = ("batch_size", "kv_cache_size")
+
+
+# ----------------------------------------------------------------------------- work model
+
+
+def _shape(model: Any) -> dict:
+    """Model shape dict from a catalog name / ModelSpec / dict (predictors' shape keys)."""
+    if isinstance(model, dict):
+        need = ("num_q_heads", "num_kv_heads", "embedding_dim", "mlp_hidden_dim", "use_gated_mlp")
+        missing = [k for k in need if k not in model]
+        if missing:
+            raise ConfigError(f"model shape lacks '{missing[0]}' (needs {', '.join(need)})")
+        return dict(model)
+    from vidur_jax.catalog import get_model
+
+    spec = get_model(model)
+    return {
+        "name": spec.name,
+        "num_q_heads": spec.num_q_heads,
+        "num_kv_heads": spec.num_kv_heads,
+        "embedding_dim": spec.embedding_dim,
+        "mlp_hidden_dim": spec.mlp_hidden_dim,
+        "vocab_size": spec.vocab_size,
+        "use_gated_mlp": spec.use_gated_mlp,
+        "post_attn_norm": spec.post_attn_norm,
+    }
+
+
+def _device(device: Any) -> dict:
+    """``{name, peak_flops (FLOP/s), hbm_bw (B/s), link_bw (B/s)}`` of a GPU."""
+    if isinstance(device, dict):
+        name = str(device.get("name", "custom"))
+        tflops, gbps = float(device["fp16_tflops"]), float(device["hbm_gbps"])
+        link = float(device.get("link_gbps", LINK_GBPS.get(name, 0.0)))
+    else:
+        from vidur_jax.catalog import get_device
+
+        spec = get_device(device)
+        name, tflops, gbps, link = (
+            spec.name,
+            spec.fp16_tflops,
+            spec.hbm_gbps,
+            LINK_GBPS.get(spec.name, 0.0),
+        )
+    return {"name": name, "peak_flops": tflops * 1e12, "hbm_bw": gbps * 1e9, "link_bw": link * 1e9}
+
+
+def op_work(op: str, shape: dict, tp: int, **features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """FLOPs and bytes of one call of ``op`` on one TP worker (see the module table).
+
+    Args:
+        op: an op of :data:`OPS` except ``attn_kv_cache_save``.
+        shape: model shape (``num_q_heads, num_kv_heads, embedding_dim, mlp_hidden_dim,
+            use_gated_mlp``).
+        tp: tensor-parallel degree (group size for ``all_reduce``).
+        **features: as in :meth:`RooflinePredictor.predict`.
+
+    Returns:
+        ``(flops, bytes)`` float64 arrays of the broadcast feature shape. For network
+        ops ``bytes`` is link traffic per GPU.
+    """
+    e = float(shape["embedding_dim"])
+    d = e / shape["num_q_heads"]
+    hq = float(shape["num_q_heads"] // tp)
+    hkv = float(math.ceil(shape["num_kv_heads"] / tp))
+    f = float(shape["mlp_hidden_dim"] // tp)
+    b = BYTES_PER_ELEMENT
+    if op == "attn_prefill":
+        kv, c = np.broadcast_arrays(*(np.asarray(features[k], np.float64) for k in OP_FEATURES[op]))
+        # Full c x (kv + c) score block: Vidur's profiled kernels take as long for the
+        # causal chunk as for a full one (A100 Llama-2-7B: ~100 TFLOP/s either way).
+        flops = 4.0 * hq * d * c * (kv + c)
+        return flops, b * (2.0 * c * hq * d + 2.0 * (kv + c) * hkv * d)
+    if op == "attn_decode":
+        bs, kv = np.broadcast_arrays(
+            *(np.asarray(features[k], np.float64) for k in OP_FEATURES[op])
+        )
+        return 4.0 * bs * hq * d * kv, b * (2.0 * bs * kv * hkv * d + 2.0 * bs * hq * d)
+    n = np.asarray(features["num_tokens"], np.float64)
+    zero = np.zeros_like(n)
+    gemm = {
+        "attn_pre_proj": (e, (hq + 2.0 * hkv) * d),
+        "attn_post_proj": (hq * d, e),
+        "mlp_up_proj": (e, (2.0 if shape["use_gated_mlp"] else 1.0) * f),
+        "mlp_down_proj": (f, e),
+    }
+    if op in gemm:
+        k, m = gemm[op]
+        return 2.0 * n * k * m, b * (n * k + k * m + n * m)
+    if op in ("input_layernorm", "post_attention_layernorm"):
+        return zero, b * (2.0 * n * e + e)
+    if op == "add":
+        return zero, b * 3.0 * n * e
+    if op == "mlp_act":
+        return zero, b * (3.0 if shape["use_gated_mlp"] else 2.0) * n * f
+    if op == "attn_rope":
+        return zero, b * 2.0 * n * (hq + hkv) * d
+    if op == "all_reduce":
+        return zero, b * n * e * 2.0 * (tp - 1) / tp
+    if op == "send_recv":
+        return zero, b * n * e
+    raise ConfigError(f"unknown op '{op}'; allowed: {', '.join(OPS)}")
+
+
+def roofline_ms(
+    fit: dict, flops: np.ndarray, nbytes: np.ndarray, peak_flops: float, bandwidth: float
+) -> np.ndarray:
+    """Smooth roofline time (ms) from work and one op's fitted constants.
+
+    Args:
+        fit: ``{eff_compute, eff_memory, overhead_ms, sharpness}``.
+        flops, nbytes: work per call (broadcastable arrays).
+        peak_flops: FLOP/s; bandwidth: bytes/s.
+    """
+    p = float(fit["sharpness"])
+    tc = np.asarray(flops, np.float64) / (fit["eff_compute"] * peak_flops) * 1e3
+    tm = np.asarray(nbytes, np.float64) / (fit["eff_memory"] * bandwidth) * 1e3
+    # (tc^p + tm^p)^(1/p), scaled for stability; 0 work -> 0
+    top = np.maximum(np.maximum(tc, tm), 1e-30)
+    body = top * ((tc / top) ** p + (tm / top) ** p) ** (1.0 / p)
+    return fit["overhead_ms"] + body
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _bandwidth(op: str, dev: dict) -> float:
+    return dev["link_bw"] if op in NETWORK_OPS else dev["hbm_bw"]
+
+
+def calibration_rows(profiles_dir: str, device: str, models: Sequence[str] | None = None) -> dict:
+    """Profiled medians of ``device`` as ``{op: [(shape, tp, features, ms array), ...]}``.
+
+    Token ops come from every ``mlp.csv`` of the device (all models, all TPs), attention
+    from every ``attention.csv`` (only a100 Llama-2-7B exists), collectives from
+    ``<device>_pairwise_nvlink`` (TP 2, 4; send/recv) and ``<device>_dgx`` (TP 8), the
+    tables the predictors use.
+    """
+    from vidur_jax.profiles import loader
+
+    out: dict[str, list] = {}
+    names = models or loader.list_compute_models(profiles_dir, device)
+    for model in names:
+        comp = loader.load_compute(profiles_dir, device, model)
+        shape = loader.model_shape(comp)
+        for tp in sorted(int(t) for t in comp["num_tensor_parallel_workers"].unique()):
+            rows = comp[comp["num_tensor_parallel_workers"] == tp]
+            n = rows["num_tokens"].to_numpy(float)
+            for op in GEMM_OPS + MEMORY_OPS:
+                y = rows[op].to_numpy(float)
+                keep = y > 0  # phi-2 has no post-attention norm (0 in the table)
+                if keep.any():
+                    out.setdefault(op, []).append((shape, tp, {"num_tokens": n[keep]}, y[keep]))
+        try:
+            att = loader.load_attention(profiles_dir, device, model)
+        except ConfigError:
+            att = None
+        if att is not None:
+            for tp in sorted(int(t) for t in att["num_tensor_parallel_workers"].unique()):
+                sub = att[att["num_tensor_parallel_workers"] == tp]
+                pre, dec = sub[sub["is_prefill"]], sub[~sub["is_prefill"]]
+                feats = {
+                    "kv_cache_size": pre["kv_cache_size"].to_numpy(float),
+                    "prefill_chunk_size": pre["prefill_chunk_size"].to_numpy(float),
+                }
+                out.setdefault("attn_prefill", []).append(
+                    (shape, tp, feats, pre["attn_prefill"].to_numpy(float))
+                )
+                feats = {
+                    "batch_size": dec["batch_size"].to_numpy(float),
+                    "kv_cache_size": dec["kv_cache_size"].to_numpy(float),
+                }
+                out.setdefault("attn_decode", []).append(
+                    (shape, tp, feats, dec["attn_decode"].to_numpy(float))
+                )
+    unit = {
+        "num_q_heads": 1,
+        "num_kv_heads": 1,
+        "embedding_dim": 1,
+        "mlp_hidden_dim": 1,
+        "use_gated_mlp": False,
+    }  # network features are bytes: n tokens of E=1 element... x2
+    for tp in (2, 4, 8):
+        for net in (f"{device}_pairwise_nvlink", f"{device}_dgx"):
+            try:
+                ar = loader.load_all_reduce(profiles_dir, net, tp)
+            except ConfigError:
+                continue
+            feats = {"num_tokens": ar["size"].to_numpy(float) / BYTES_PER_ELEMENT}
+            out.setdefault("all_reduce", []).append(
+                (unit, tp, feats, ar["all_reduce"].to_numpy(float))
+            )
+            break
+    try:
+        sr = loader.load_send_recv(profiles_dir, f"{device}_pairwise_nvlink")
+        feats = {"num_tokens": sr["size"].to_numpy(float) / BYTES_PER_ELEMENT}
+        out.setdefault("send_recv", []).append((unit, 1, feats, sr["send_recv"].to_numpy(float)))
+    except ConfigError:
+        pass
+    return out
+
+
+def _work_arrays(
+    op: str, rows: list, dev: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    flops, nbytes, y, peak, bw = [], [], [], [], []
+    for shape, tp, feats, ms in rows:
+        fl, by = op_work(op, shape, tp, **feats)
+        flops.append(fl)
+        nbytes.append(by)
+        y.append(ms)
+        peak.append(np.full(len(ms), dev["peak_flops"]))
+        bw.append(np.full(len(ms), _bandwidth(op, dev)))
+    return (
+        np.concatenate(flops) / np.concatenate(peak),
+        np.concatenate(nbytes) / np.concatenate(bw),
+        np.concatenate(y),
+        np.ones(1),
+    )
+
+
+def _fit_op(op: str, tc0: np.ndarray, tm0: np.ndarray, y: np.ndarray) -> dict:
+    """Least squares on log time; tc0/tm0 are times (s) at 100% efficiency."""
+    from scipy.optimize import least_squares
+
+    compute = op in GEMM_OPS or op in ATTENTION_OPS
+    y = np.maximum(y, 1e-4)
+
+    def unpack(x):
+        eff_c = 1.0 / (1.0 + np.exp(-x[0]))
+        eff_m = 1.0 / (1.0 + np.exp(-x[1]))
+        return {
+            "eff_compute": float(eff_c) if compute else 1.0,
+            "eff_memory": float(eff_m),
+            "overhead_ms": float(np.exp(x[2])),
+            "sharpness": float(1.0 + 63.0 / (1.0 + np.exp(-x[3]))),
+        }
+
+    def resid(x):
+        fit = unpack(x)
+        pred = roofline_ms(fit, tc0 if compute else 0.0 * tc0, tm0, 1.0, 1.0)
+        return np.log(pred) - np.log(y)
+
+    best = None
+    for p0 in (-2.5, -1.0):  # sharpness ~3 and ~13; two starts guard against a flat basin
+        x0 = np.array([1.0, 1.0, np.log(max(np.min(y) * 0.5, 1e-4)), p0])
+        res = least_squares(resid, x0, loss="soft_l1", f_scale=0.1)
+        if best is None or res.cost < best.cost:
+            best = res
+    fit = unpack(best.x)
+    err = np.abs(np.exp(resid(best.x)) - 1.0)
+    fit["fit_mape_pct"] = float(100.0 * err.mean())
+    fit["num_rows"] = int(len(y))
+    return fit
+
+
+def calibrate(
+    profiles_dir: str, devices: Iterable[str] = ("a100",), models: Sequence[str] | None = None
+) -> dict:
+    """Fit per-op roofline constants on the profiles of ``devices`` (jointly).
+
+    Args:
+        profiles_dir: Vidur data root.
+        devices: profiled GPUs whose tables are pooled (catalog names).
+        models: restrict to these ``<org>/<model>`` (default: all with an ``mlp.csv``).
+
+    Returns:
+        ``{"devices": [...], "ops": {op: {eff_compute, eff_memory, overhead_ms,
+        sharpness, fit_mape_pct, num_rows}}}``, JSON-serializable.
+    """
+    devices = list(devices)
+    pooled: dict[str, list] = {}
+    for name in devices:
+        dev = _device(name)
+        for op, rows in calibration_rows(profiles_dir, name, models).items():
+            tc0, tm0, y, _ = _work_arrays(op, rows, dev)
+            pooled.setdefault(op, []).append((tc0, tm0, y))
+    if not pooled:
+        raise ConfigError(
+            f"no profiles to calibrate the roofline on for {devices} under {profiles_dir}"
+        )
+    ops = {}
+    for op, parts in pooled.items():
+        tc0, tm0, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        ops[op] = _fit_op(op, tc0, tm0, y)
+    # all-reduce efficiency depends on the group (4 GPUs of a pairwise-NVLink node cross
+    # PCIe; 8 of a DGX use NVSwitch), so each TP degree also gets its own fit
+    for name in devices:
+        dev = _device(name)
+        for shape, tp, feats, ms in calibration_rows(profiles_dir, name, models).get(
+            "all_reduce", []
+        ):
+            pooled.setdefault(f"all_reduce@{tp}", []).append(
+                _work_arrays("all_reduce", [(shape, tp, feats, ms)], dev)[:3]
+            )
+    for key in sorted(k for k in pooled if k.startswith("all_reduce@")):
+        tc0, tm0, y = (np.concatenate([p[i] for p in pooled[key]]) for i in range(3))
+        ops[key] = _fit_op("all_reduce", tc0, tm0, y)
+    return {"devices": devices, "ops": ops}
+
+
+#: Calibrated on a100 + h100 (all models/TPs of ../shared/data; attention: a100
+#: Llama-2-7B only); regenerate with ``experiments/roofline_eval.py --out DIR``
+#: (``calibration_a100+h100.json``).
+DEFAULT_CALIBRATION: dict = {
+    "devices": ["a100", "h100"],
+    "ops": {
+        "add": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.9862,
+            "overhead_ms": 0.001113,
+            "sharpness": 5.779,
+            "fit_mape_pct": 13.44,
+        },
+        "all_reduce": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.4649,
+            "overhead_ms": 0.03304,
+            "sharpness": 5.779,
+            "fit_mape_pct": 48.05,
+        },
+        "all_reduce@2": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.6263,
+            "overhead_ms": 0.03097,
+            "sharpness": 5.779,
+            "fit_mape_pct": 11.91,
+        },
+        "all_reduce@4": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.08073,
+            "overhead_ms": 0.03563,
+            "sharpness": 17.94,
+            "fit_mape_pct": 12.48,
+        },
+        "all_reduce@8": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.6015,
+            "overhead_ms": 0.03043,
+            "sharpness": 5.779,
+            "fit_mape_pct": 19.17,
+        },
+        "attn_decode": {
+            "eff_compute": 0.7311,
+            "eff_memory": 0.7969,
+            "overhead_ms": 0.015,
+            "sharpness": 5.779,
+            "fit_mape_pct": 13.39,
+        },
+        "attn_post_proj": {
+            "eff_compute": 0.7052,
+            "eff_memory": 0.8439,
+            "overhead_ms": 0.004695,
+            "sharpness": 1.522,
+            "fit_mape_pct": 7.322,
+        },
+        "attn_pre_proj": {
+            "eff_compute": 0.7388,
+            "eff_memory": 0.9492,
+            "overhead_ms": 0.006962,
+            "sharpness": 1.273,
+            "fit_mape_pct": 7.242,
+        },
+        "attn_prefill": {
+            "eff_compute": 0.2772,
+            "eff_memory": 1.0,
+            "overhead_ms": 0.02198,
+            "sharpness": 64.0,
+            "fit_mape_pct": 13.07,
+        },
+        "attn_rope": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.4622,
+            "overhead_ms": 0.002099,
+            "sharpness": 17.94,
+            "fit_mape_pct": 11.73,
+        },
+        "input_layernorm": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.3877,
+            "overhead_ms": 0.002504,
+            "sharpness": 5.779,
+            "fit_mape_pct": 16.26,
+        },
+        "mlp_act": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.517,
+            "overhead_ms": 0.001828,
+            "sharpness": 17.94,
+            "fit_mape_pct": 11.69,
+        },
+        "mlp_down_proj": {
+            "eff_compute": 0.7373,
+            "eff_memory": 0.8663,
+            "overhead_ms": 0.005522,
+            "sharpness": 1.633,
+            "fit_mape_pct": 7.65,
+        },
+        "mlp_up_proj": {
+            "eff_compute": 0.7526,
+            "eff_memory": 0.9343,
+            "overhead_ms": 0.007114,
+            "sharpness": 1.35,
+            "fit_mape_pct": 5.92,
+        },
+        "post_attention_layernorm": {
+            "eff_compute": 1.0,
+            "eff_memory": 0.365,
+            "overhead_ms": 0.00241,
+            "sharpness": 5.779,
+            "fit_mape_pct": 13.63,
+        },
+        "send_recv": {
+            "eff_compute": 1.0,
+            "eff_memory": 1.0,
+            "overhead_ms": 0.008332,
+            "sharpness": 17.94,
+            "fit_mape_pct": 15.4,
+        },
+    },
+}
+
+
+# ----------------------------------------------------------------------------- predictor
+
+
+class RooflinePredictor:
+    """Duck-typed predictor (``predict(op, **features) -> ms``) from the roofline.
+
+    Args:
+        model: catalog name / alias, ``ModelSpec``, or a shape dict.
+        device: catalog GPU name, ``DeviceSpec``, or ``{name, fp16_tflops, hbm_gbps,
+            link_gbps}``.
+        tp: tensor-parallel degree.
+        calibration: output of :func:`calibrate` (default :data:`DEFAULT_CALIBRATION`).
+
+    Attributes:
+        meta: ``source="roofline"``, model, device, tp, peaks used, calibration devices,
+            per-op ``op_source`` and a one-line ``warning`` for the simulator to print.
+    """
+
+    def __init__(self, model: Any, device: Any, tp: int, calibration: dict | None = None) -> None:
+        self.shape = _shape(model)
+        self.device = _device(device)
+        self.tp = int(tp)
+        if self.tp < 1 or self.shape["num_q_heads"] % self.tp:
+            raise ConfigError(f"tp={tp} does not divide num_q_heads={self.shape['num_q_heads']}")
+        self.calibration = calibration if calibration is not None else DEFAULT_CALIBRATION
+        if self.device["link_bw"] <= 0:
+            warnings.warn(
+                f"no NVLink bandwidth known for {self.device['name']}; collectives use PCIe 4.0 x16 "
+                "(32 GB/s)",
+                stacklevel=2,
+            )
+            self.device["link_bw"] = 32e9
+        name = self.shape.get("name", "custom")
+        cal = "+".join(self.calibration.get("devices", []))
+        self.meta = {
+            "source": "roofline",
+            "model": name,
+            "device": self.device["name"],
+            "tp": self.tp,
+            "units": "ms",
+            "peak_tflops": self.device["peak_flops"] / 1e12,
+            "hbm_gbps": self.device["hbm_bw"] / 1e9,
+            "link_gbps": self.device["link_bw"] / 1e9,
+            "calibrated_on": self.calibration.get("devices", []),
+            "op_source": {
+                op: ("absent (0, as Vidur)" if op == "attn_kv_cache_save" else "roofline")
+                for op in OPS
+            },
+            "shape": self.shape,
+            "warning": f"no profiles for {name} on {self.device['name']} (tp={self.tp}): op times are "
+            f"roofline estimates (efficiencies calibrated on {cal}); expect 10-40% error",
+        }
+
+    def predict(self, op: str, **features: Any) -> np.ndarray:
+        """Predicted time (ms, float64) of ``op``, broadcast over array features.
+
+        Args:
+            op: one of :data:`OPS`.
+            **features: ``num_tokens`` for token and network ops; ``kv_cache_size,
+                prefill_chunk_size`` for attn_prefill; ``batch_size, kv_cache_size`` for
+                attn_decode.
+        """
+        if op not in OP_FEATURES:
+            raise ConfigError(f"unknown op '{op}'; allowed: {', '.join(OPS)}")
+        if set(features) != set(OP_FEATURES[op]):
+            raise ConfigError(
+                f"op '{op}' takes features {list(OP_FEATURES[op])}, got {sorted(features)}"
+            )
+        if op == "attn_kv_cache_save" or (op == "all_reduce" and self.tp == 1):
+            return np.zeros(np.shape(features["num_tokens"]), np.float64)
+        flops, nbytes = op_work(op, self.shape, self.tp, **features)
+        fits = self.calibration.get("ops", {})
+        if op not in fits:
+            cal = "+".join(self.calibration.get("devices", [])) or "?"
+            raise ConfigError(
+                f"roofline calibration ({cal}) has no fit for op '{op}' (no profile of it)"
+            )
+        fit = fits.get(f"{op}@{self.tp}", fits[op]) if op == "all_reduce" else fits[op]
+        return roofline_ms(
+            fit, flops, nbytes, self.device["peak_flops"], _bandwidth(op, self.device)
+        )
+
+
+def evaluate(
+    calibration: dict, profiles_dir: str, device: str, models: Sequence[str] | None = None
+) -> list[dict]:
+    """Error of a calibration on ``device``'s profiles (every table :func:`calibrate` reads).
+
+    Returns:
+        One dict per op: ``op, rows, mape_pct, median_ape_pct, p90_ape_pct, bias_pct``
+        (``bias`` = mean signed relative error; + means the roofline is too slow).
+        Ops the calibration lacks are skipped.
+    """
+    dev = _device(device)
+    out = []
+    for op, rows in calibration_rows(profiles_dir, device, models).items():
+        if op not in calibration["ops"]:
+            continue
+        pred, y = [], []
+        for shape, tp, feats, ms in rows:
+            fits = calibration["ops"]
+            fit = fits.get(f"{op}@{tp}", fits[op]) if op == "all_reduce" else fits[op]
+            fl, by = op_work(op, shape, tp, **feats)
+            pred.append(roofline_ms(fit, fl, by, dev["peak_flops"], _bandwidth(op, dev)))
+            y.append(ms)
+        rel = np.concatenate(pred) / np.concatenate(y) - 1.0
+        ape = 100.0 * np.abs(rel)
+        out.append(
+            {
+                "op": op,
+                "rows": int(len(rel)),
+                "mape_pct": float(ape.mean()),
+                "median_ape_pct": float(np.median(ape)),
+                "p90_ape_pct": float(np.percentile(ape, 90)),
+                "bias_pct": float(100.0 * rel.mean()),
+            }
+        )
+    return out
+
+
+def load_roofline(
+    model: Any, device: Any, tp: int, calibration: dict | None = None
+) -> RooflinePredictor:
+    """The fallback for ``predictors.load`` when no profile or shipped predictor exists.
+
+    Emits a ``UserWarning`` with ``meta["warning"]`` so the run says it is on a fallback.
+    """
+    pred = RooflinePredictor(model, device, tp, calibration)
+    warnings.warn(pred.meta["warning"], stacklevel=2)
+    return pred
