@@ -485,9 +485,8 @@ def search_capacity(
                 lo, hi, st, len(probes[i]), dict(best.summary) if best else {}, probes[i]
             )
         )
-    stats = runner.stats
-    stats.rounds = rounds
-    stats.wall_s = time.perf_counter() - t0
+    # a snapshot: later runs on the same runner (e.g. a brute-force check) keep counting
+    stats = dataclasses.replace(runner.stats, rounds=rounds, wall_s=time.perf_counter() - t0)
     return results, stats
 
 

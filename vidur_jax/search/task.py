@@ -115,14 +115,12 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
     settings = settings_from(block, seed)
     slos = select.slos_from(block["slos"])
     base = app.deployment_from(cfg)
-    cl = cfg["cluster"]
     default_cluster = {
         "device": base.device,
         "network_device": base.network_device,
         "num_gpus": base.tensor_parallel_size * base.num_pipeline_stages * base.num_replicas,
         "price_per_hour": cfg["hardware"].get("price_per_hour"),
     }
-    del cl
     spec = grid_mod.grid_from_dict(block, base.model, default_cluster)
     cands = grid_mod.expand_grid(spec, base)
     feas = grid_mod.feasible_configs(cands)
@@ -168,12 +166,19 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
         "grid": spec,
         "slos": slos,
         "predictor_note": block.get("predictor_note"),
+        "runner": runner,
     }
 
 
 def run_task(cfg: dict[str, Any], out_dir: str) -> None:
     """Task entry (``task: search``): run the search and write the run dir."""
     res = run_search(cfg)
+    write_outputs(res, out_dir, plots=bool(cfg.get("plots", True)))
+    _print(res["table"], res, out_dir)
+
+
+def write_outputs(res: dict[str, Any], out_dir: str, plots: bool = True) -> None:
+    """Write ``search.csv``, ``probes.csv``, ``best_config.json`` and the plots atomically."""
     table, st, s = res["table"], res["stats"], res["settings"]
     metrics.atomic_write_csv(table, os.path.join(out_dir, "search.csv"))
     metrics.atomic_write_csv(res["probes"], os.path.join(out_dir, "probes.csv"))
@@ -191,11 +196,10 @@ def run_task(cfg: dict[str, Any], out_dir: str) -> None:
         "predictor_note": res["predictor_note"],
     }
     metrics.atomic_write_json(doc, os.path.join(out_dir, "best_config.json"))
-    if cfg.get("plots", True):
+    if plots:
         from vidur_jax.search.plots import plot_all
 
         plot_all(table, res["slos"], out_dir)
-    _print(table, res, out_dir)
 
 
 def _print(table: pd.DataFrame, res: dict[str, Any], out_dir: str) -> None:
