@@ -88,20 +88,23 @@ def test_lanes_split_only_overlapping_batches():
         chrome_trace.trace_events({**log, "truncated": np.array(True)})
 
 
+TRACED = [
+    "+experiment=study_readme_scenario",
+    "workload=synthetic_conv",
+    "workload.num_requests=40",
+    "workload.qps=4.0",
+    "cluster=replicas4",
+    "cluster.num_replicas=2",
+]
+
+
 @pytest.fixture(scope="module")
 def traced_run(tmp_path_factory):
-    """Two-replica Sarathi run of 40 synthetic requests with ``chrome_trace=true``."""
+    """The README scenario's deployment, shrunk (2 replicas, 40 synthetic requests), run
+    as a plain simulation with ``chrome_trace=true``; the study test below reuses its
+    compiled program."""
     out = tmp_path_factory.mktemp("traced")
-    cfg = app.compose(
-        [
-            "+experiment=quickstart",
-            "cluster=replicas4",
-            "cluster.num_replicas=2",
-            "workload.num_requests=40",
-            "workload.qps=4.0",
-            "chrome_trace=true",
-        ]
-    )
+    cfg = app.compose([*TRACED, "task=simulate", "chrome_trace=true"])
     plan = app.plan_from_config(cfg)
     assert plan.chrome_trace
     summary, requests, outputs = app.run_plan(plan)
@@ -147,7 +150,25 @@ def test_chrome_trace_json_matches_batch_log(traced_run):
         assert np.all(np.array([e["ts"] for e in ev[1:]]) >= ends - 1e-3)
 
 
-# ------------------------------------------------------------------ a tiny study
+# ------------------------------------------------------------------ tiny studies
+
+
+def test_readme_study_end_to_end(traced_run, tmp_path):
+    studies.run_task(app.to_container(app.compose(TRACED)), str(tmp_path))
+    res = pd.read_csv(tmp_path / "readme_scenario.csv").set_index("metric")
+    assert list(res.index) == ["ttft_s", "e2e_s", "tbt_s", "batch_size"]
+    assert res.loc["ttft_s", "count"] == 40
+    assert (res["p50"] <= res["p90"]).all() and (res["p90"] <= res["p99"]).all()
+    # batch sizes are per iteration: mean over the log weighted by fused iterations
+    log = traced_run[1][0].batch_log
+    mean = (log["size"] * log["iters"]).sum() / log["iters"].sum()
+    assert res.loc["batch_size", "mean"] == pytest.approx(mean)
+    assert (tmp_path / "readme_scenario.png").read_bytes()[:4] == b"\x89PNG"
+    doc = json.loads((tmp_path / "chrome_trace.json").read_text())
+    assert sum(e["ph"] == "X" for e in doc["traceEvents"]) == len(log["start"])
+    meta = json.loads((tmp_path / "study.json").read_text())
+    assert meta["predictor_source"] == {"meta-llama/Meta-Llama-3-8B/a100/tp1": "transferred"}
+    assert any("transferred" in n for n in meta["notes"])
 
 
 def test_chunk_size_study_end_to_end(tmp_path):

@@ -79,7 +79,7 @@ def run(tree: dict[str, Any], study: dict[str, Any], out_dir: str) -> None:
             "count": hist.sum(),
             "mean": o.counters["tbt_sum_s"] / max(o.counters["tbt_count"], 1.0),
             "max": float(edges[1:][np.flatnonzero(hist)[-1]]) if hist.any() else np.nan,
-            **{f"p{int(q * 100)}": float(histogram_quantile(hist, q, edges)) for q in qs},
+            **{f"p{int(q * 100)}": float(histogram_quantile(hist, edges, q)) for q in qs},
         }
     )
     rows.append(
@@ -107,9 +107,8 @@ def run(tree: dict[str, Any], study: dict[str, Any], out_dir: str) -> None:
         ax.set_xlabel(title)
     nz = np.flatnonzero(hist)
     sl = slice(max(nz[0] - 1, 0), nz[-1] + 1)
-    axes[0, 1].step(edges[1:][sl], np.cumsum(hist)[sl] / hist.sum(), where="post", lw=1.5)
-    axes[0, 1].set_xscale("log")
-    axes[0, 1].set_xlabel("time between tokens (s)")
+    axes[0, 1].step(edges[1:][sl] * 1e3, np.cumsum(hist)[sl] / hist.sum(), where="post", lw=1.5)
+    axes[0, 1].set_xlabel("time between tokens (ms)")
     order = np.argsort(sizes, kind="stable")
     axes[1, 1].step(sizes[order], np.cumsum(weights[order]) / weights.sum(), where="post", lw=1.5)
     axes[1, 1].set_xlabel("batch size (requests per iteration)")
