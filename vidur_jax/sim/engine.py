@@ -433,6 +433,8 @@ def _form_batch(
     )
     cands = _candidates(static, params, state, row, r)
     plan = POLICY_FNS[static.policy](view, cands, params)
+    # x64 arithmetic promotes counts to int64; the state keeps int32
+    plan = jax.tree.map(lambda x: x.astype(jnp.int32) if x.dtype == jnp.int64 else x, plan)
     slot_in = plan.slot_in & can
     victim = plan.slot_victim & can
     admit = plan.cand_admit & can

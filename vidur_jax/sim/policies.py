@@ -236,6 +236,9 @@ def _sarathi(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPl
         & (used + k < params.max_micro_batch)
         & (view.free_blocks + freed - taken_alloc(view, params, taken) - jnp.cumsum(blocks) >= params.watermark_blocks)
         & (new_tok > 0)
+        # Vidur pushes this iteration's victims to the queue front, where they block new
+        # requests (re-admitting them needs more memory than they just freed)
+        & ~victim.any()
     )
     admit = _prefix(ok)
     return plan._replace(
