@@ -11,12 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from profiling import grids, ops
-from profiling.__main__ import main
-from profiling.timing import summarize
 from vidur_jax.profiles import loader
 
 REPO = Path(__file__).resolve().parents[1]
+# profiling/ is a top-level folder run with `python -m profiling` from the repository
+# root, not part of the installed package; make it importable under plain `pytest`.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from profiling import grids, ops  # noqa: E402
+from profiling.__main__ import main  # noqa: E402
+from profiling.timing import summarize  # noqa: E402
+
 SMOKE_MODEL = ops.SMOKE_SHAPE.name
 
 
