@@ -8,11 +8,13 @@ silently dropped (DESIGN.md section 3).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -20,9 +22,9 @@ from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.engine import simulate_batch
+from vidur_jax.sim.engine import init_state, simulate_batch, simulate_one
 from vidur_jax.sim.tables import PredictorLike
-from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimState
+from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimParams, SimState, SimStatic
 from vidur_jax.workload.types import Workload
 
 #: Knob columns written to ``summary.csv`` for every config.
@@ -104,6 +106,104 @@ def _raise_errors(cfgs: Sequence[DeploymentConfig], errors: np.ndarray) -> None:
             )
 
 
+def state_bytes_per_config(static: SimStatic) -> int:
+    """Bytes of one config's simulation state (x3 for loop buffers and temporaries)."""
+    shapes = jax.eval_shape(lambda: init_state(static, _dummy_params(static)))
+    return 3 * sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+
+
+def _dummy_params(static: SimStatic):
+    r = static.num_requests
+    cfg = DeploymentConfig()
+    from vidur_jax.workload.types import Workload
+
+    wl = Workload(np.zeros(r), np.ones(r, np.int32), np.ones(r, np.int32), np.ones(r, bool))
+    return jax.tree.map(jnp.asarray, build.build_params(cfg, build.derive(cfg), wl, 0, r))
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable of this machine (Linux), else 8 GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 1024**3
+
+
+def plan_chunk(static: SimStatic, num_configs: int, chunk_configs: int | None, memory_fraction: float = 0.6) -> int:
+    """Configs per compiled call: ``chunk_configs`` if given (checked), else the most that fit.
+
+    Raises:
+        ConfigError: not even one config fits, or an explicit chunk does not fit (the
+            message suggests a chunk size that does).
+    """
+    per = state_bytes_per_config(static)
+    budget = int(available_memory_bytes() * memory_fraction)
+    fits = budget // max(per, 1)
+    if fits < 1:
+        raise ConfigError(
+            f"one configuration needs ~{per / 2**30:.1f} GiB of simulation state but only "
+            f"{budget / 2**30:.1f} GiB is available; use fewer requests per config"
+        )
+    if chunk_configs is not None:
+        if chunk_configs < 1:
+            raise ConfigError(f"chunk_configs={chunk_configs} must be >= 1")
+        if chunk_configs > fits:
+            raise ConfigError(
+                f"chunk_configs={chunk_configs} needs ~{chunk_configs * per / 2**30:.1f} GiB but "
+                f"{budget / 2**30:.1f} GiB is available; use chunk_configs={fits} or less"
+            )
+        return int(min(chunk_configs, num_configs))
+    return int(min(num_configs, fits))
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_runner(static: SimStatic, num_devices: int):
+    """jit(shard_map(vmap(simulate_one))) over the local devices: each device runs its own
+    while loop on its share of configs (no cross-device sync per step)."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("configs",))
+
+    def local(tables, params):
+        return jax.vmap(simulate_one, in_axes=(None, None, 0))(static, tables, params)
+
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("configs")),
+                                 out_specs=PartitionSpec("configs"), check_vma=False))
+
+
+def _execute(static: SimStatic, tables, params: list[SimParams], chunk: int, progress) -> list[tuple[SimState, int]]:
+    """Run ``params`` in chunks of ``chunk`` configs, sharded over local devices.
+
+    Returns one ``(host_state, index)`` per config. Chunks are padded to one shape (one
+    compile); padding configs repeat the last config and are discarded.
+    """
+    n_dev = jax.local_device_count()
+    chunk = max(1, min(chunk, len(params)))
+    if n_dev > 1:
+        chunk = -(-chunk // n_dev) * n_dev
+    multi = len(params) > chunk
+    out: list[tuple[SimState, int]] = []
+    for start in range(0, len(params), chunk):
+        part = list(params[start:start + chunk])
+        real = len(part)
+        if multi or n_dev > 1:
+            part += [part[-1]] * (chunk - real)
+        stacked = build.stack_params(part)
+        if n_dev > 1:
+            state = _sharded_runner(static, n_dev)(tables, stacked)
+        else:
+            state = simulate_batch(static, tables, stacked)
+        state = jax.device_get(state)
+        out.extend((state, j) for j in range(real))
+        if progress is not None:
+            progress(real)
+    return out
+
+
 def _run_group(
     cfgs: Sequence[DeploymentConfig],
     workloads: Sequence[Workload],
@@ -111,6 +211,8 @@ def _run_group(
     num_slots: int | None,
     max_grow: int = 8,
     trace_capacity: int = 0,
+    chunk_configs: int | None = None,
+    progress=None,
 ) -> list[ConfigOutput]:
     """Run configs of one (policy, router); re-run only those that overflowed a
     capacity, with that capacity doubled."""
@@ -125,20 +227,21 @@ def _run_group(
     for _ in range(max_grow):
         sub = [cfgs[i] for i in pending]
         tables, index = build.build_tables(sub, spec, predictor_for)
-        params = build.stack_params([
+        params = [
             build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests)
             for i, k in zip(pending, index)
-        ])
-        state = jax.block_until_ready(simulate_batch(static, tables, params))
-        errors = np.asarray(state.error)
+        ]
+        chunk = plan_chunk(static, len(params), chunk_configs)
+        runs = _execute(static, tables, params, chunk, progress)
+        errors = np.array([int(st.error[j]) for st, j in runs])
         grow = errors & (ERR_SLOTS | ERR_WINDOW | ERR_TOKENS)
         _raise_errors(sub, np.where(grow != 0, 0, errors))
-        for j, i in enumerate(pending):
-            if not grow[j]:
-                results[i] = _config_output(cfgs[i], workloads[i], state, j)
+        for (st, j), i, g in zip(runs, pending, grow):
+            if not g:
+                results[i] = _config_output(cfgs[i], workloads[i], st, j)
         if not grow.any():
             return results  # type: ignore[return-value]
-        pending = [i for j, i in enumerate(pending) if grow[j]]
+        pending = [i for i, g in zip(pending, grow) if g]
         if (grow & ERR_SLOTS).any():
             static = dataclasses.replace(static, num_slots=min(2 * static.num_slots, slot_cap, num_requests))
             spec = build.table_spec_for(cfgs, static.num_slots)
@@ -156,8 +259,14 @@ def simulate_configs(
     profiles_dir: str | None = None,
     num_slots: int | None = None,
     trace_capacity: int = 0,
+    chunk_configs: int | None = None,
+    progress: bool = False,
 ) -> list[ConfigOutput]:
     """Simulate every config on its workload; one compiled call per (policy, router).
+
+    Configs run in chunks that fit in memory (``chunk_configs``, default: as many as fit)
+    and are sharded over all local devices (GPUs, or CPU devices when
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``).
 
     Args:
         cfgs: deployments.
@@ -167,6 +276,8 @@ def simulate_configs(
         num_slots: running-set capacity override (grown automatically on overflow).
         trace_capacity: record up to this many batches per config in
             ``ConfigOutput.batch_log`` (for Chrome traces); 0 = off.
+        chunk_configs: configs per compiled call (checked against free memory).
+        progress: show a progress bar with ETA over configs (stderr).
 
     Returns:
         One :class:`ConfigOutput` per config, in input order.
@@ -180,12 +291,28 @@ def simulate_configs(
     for i, c in enumerate(cfgs):
         groups.setdefault((c.replica_scheduler, c.global_scheduler), []).append(i)
     out: list[ConfigOutput | None] = [None] * len(cfgs)
-    for idx in groups.values():
-        res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots,
-                         trace_capacity=trace_capacity)
-        for i, r in zip(idx, res):
-            out[i] = r
+    with _progress_bar(len(cfgs), progress) as advance:
+        for idx in groups.values():
+            res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots,
+                             trace_capacity=trace_capacity, chunk_configs=chunk_configs, progress=advance)
+            for i, r in zip(idx, res):
+                out[i] = r
     return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool):
+    """Yields ``advance(n)`` for a rich progress bar with ETA (or a no-op when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("configs"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("configs", total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def summary_frame(outputs: Sequence[ConfigOutput], extra: Sequence[dict] | None = None) -> pd.DataFrame:

@@ -1,0 +1,69 @@
+"""Many configs: chunked execution, sharding over devices, memory planning, progress."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from vidur_jax.errors import ConfigError
+from vidur_jax.sim import build
+from vidur_jax.sim.build import DeploymentConfig
+from vidur_jax.sim.run import plan_chunk, simulate_configs, state_bytes_per_config
+from vidur_jax.sim.tables import LinearPredictor
+from vidur_jax.workload import make_workload
+
+PRED = LinearPredictor(per_token_ms=0.1 / 32, fixed_ms=10.0 / 32, decode_ms_per_kv=1e-5)
+
+
+def _workload(seed, n=30, qps=10.0):
+    rng = np.random.default_rng(seed)
+    return make_workload(np.cumsum(rng.exponential(1 / qps, n)), rng.integers(1, 400, n), rng.integers(1, 40, n))
+
+
+def _configs(n):
+    return [DeploymentConfig(replica_scheduler="vllm", batch_size_cap=c, seed=i)
+            for i, c in zip(range(n), [8, 16, 32] * n)]
+
+
+def test_chunked_equals_one_call():
+    cfgs, wls = _configs(5), [_workload(i) for i in range(5)]
+    whole = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED)
+    chunked = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED, chunk_configs=2, progress=True)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a.requests["completed_at"], b.requests["completed_at"])
+
+
+def test_memory_plan_refuses_what_cannot_fit():
+    cfg = DeploymentConfig()
+    static = build.make_static([cfg], [build.derive(cfg)], 1000)
+    per = state_bytes_per_config(static)
+    assert per > 1000 * 8 * 3  # at least the three timestamp arrays
+    assert plan_chunk(static, 10, None) == 10
+    with pytest.raises(ConfigError, match="use chunk_configs="):
+        plan_chunk(static, 10**9, 10**9)
+
+
+def test_sharded_over_four_cpu_devices_matches_one_device(tmp_path):
+    """Same results with the config axis sharded over 4 forced CPU devices."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, numpy as np, jax
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_sim_sweep import _configs, _workload, PRED
+        from vidur_jax.sim.run import simulate_configs
+        assert jax.local_device_count() == int(sys.argv[1])
+        outs = simulate_configs(_configs(6), [_workload(i) for i in range(6)], predictor_for=lambda c: PRED)
+        np.save(sys.argv[2], np.stack([o.requests["completed_at"] for o in outs]))
+    """))
+    results = []
+    for n in (1, 4):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+        out = tmp_path / f"r{n}.npy"
+        subprocess.run([sys.executable, str(script), str(n), str(out)], check=True, env=env, timeout=600)
+        results.append(np.load(out))
+    np.testing.assert_array_equal(results[0], results[1])
