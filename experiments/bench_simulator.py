@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = build.DeploymentConfig(replica_scheduler="sarathi", chunk_size=512, batch_size_cap=128)
     single = workloads(1, args.requests, args.data_dir)
+    args.profiles_dir = args.profiles_dir or None
     c1, r1, steps1, _ = timed_run([cfg], single, args.profiles_dir)
     many = workloads(args.configs, args.requests, args.data_dir)
     cfgs = [build.DeploymentConfig(replica_scheduler="sarathi", seed=i) for i in range(args.configs)]

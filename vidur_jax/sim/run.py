@@ -53,7 +53,15 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
 
     @functools.lru_cache(maxsize=None)
     def _load(model: str, device: str, tp: int, network: str) -> PredictorLike:
-        return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+        try:
+            return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+        except ConfigError:
+            if profiles_dir is not None:
+                raise
+            # nothing trained or transferable for this (model, device): roofline estimates
+            from vidur_jax.predictors import roofline
+
+            return roofline.load_roofline(model, device, tp)
 
     return lambda c: _load(c.model, c.device, c.tensor_parallel_size, c.network_device)
 
@@ -291,11 +299,13 @@ def simulate_configs(
     for i, c in enumerate(cfgs):
         groups.setdefault((c.replica_scheduler, c.global_scheduler), []).append(i)
     out: list[ConfigOutput | None] = [None] * len(cfgs)
+    sources = [str(getattr(predictor_for(c), "meta", {}).get("source", "custom")) for c in cfgs]
     with _progress_bar(len(cfgs), progress) as advance:
         for idx in groups.values():
             res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots,
                              trace_capacity=trace_capacity, chunk_configs=chunk_configs, progress=advance)
             for i, r in zip(idx, res):
+                r.summary["predictor_source"] = sources[i]
                 out[i] = r
     return out  # type: ignore[return-value]
 
