@@ -167,7 +167,8 @@ def test_readme_study_end_to_end(traced_run, tmp_path):
     doc = json.loads((tmp_path / "chrome_trace.json").read_text())
     assert sum(e["ph"] == "X" for e in doc["traceEvents"]) == len(log["start"])
     meta = json.loads((tmp_path / "study.json").read_text())
-    assert meta["predictor_source"] == {"meta-llama/Meta-Llama-3-8B/a100/tp1": "transferred"}
+    (source,) = meta["predictor_source"].values()
+    assert source.startswith("transferred") and "attn_prefill" in source
     assert any("transferred" in n for n in meta["notes"])
 
 

@@ -87,7 +87,11 @@ def predictor_sources(configs: Sequence[Any], profiles_dir: str | None) -> dict[
             continue
         try:
             meta = predictors.load(c.model, c.device, c.tensor_parallel_size, profiles_dir).meta
-            out[key] = str(meta.get("source", "unknown"))
+            source = str(meta.get("source", "unknown"))
+            ops = sorted(
+                op for op, s in (meta.get("op_source") or {}).items() if s == "transferred"
+            )
+            out[key] = f"{source} ({', '.join(ops)})" if source == "transferred" and ops else source
         except ConfigError as err:
             out[key] = f"unavailable ({err})"
     return out
@@ -137,12 +141,13 @@ class StudyRun:
     ) -> list[Path]:
         """Write the results CSV, ``summary.csv`` and ``study.json``; print a short report."""
         sources = predictor_sources(plan.configs, plan.profiles_dir)
-        transferred = sorted(k for k, v in sources.items() if v == "transferred")
+        transferred = sorted(f"{k}: {v}" for k, v in sources.items() if v.startswith("transferred"))
         notes = list(notes)
         if transferred:
             notes.append(
-                "predictors transferred from other models' profiles (no profiles of this "
-                f"model/GPU; less accurate than trained ones): {', '.join(transferred)}"
+                "operations without profiles of this model/GPU are predicted by models "
+                "transferred from other models' profiles (less accurate than trained ones): "
+                + "; ".join(transferred)
             )
         wall = time.perf_counter() - self.started
         written = [

@@ -9,8 +9,9 @@ TBT p99 against the load, one panel per device, one line per shape.
 Tensor parallelism cuts every iteration's time (lower TBT) but pays all-reduces;
 pipeline parallelism keeps per-GPU work large and overlaps micro-batches (more
 throughput per GPU) at a higher per-token latency. Shapes whose weights do not fit the
-GPU are reported in ``study.json`` and skipped. The 70B models have no attention profiles
-on H100 in Vidur's data, so their H100 predictors are transferred (``study.json``).
+GPU are reported in ``study.json`` and skipped. Vidur's data has no attention profiles of
+the 70B models, so their attention times are transferred from other models' profiles
+(``study.json`` lists the transferred operations).
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def run(tree: dict[str, Any], study: dict[str, Any], out_dir: str) -> None:
     summary["requests_per_dollar"] = summary.throughput_rps * 3600.0 / summary.cost_per_hour
     results = summary[COLUMNS].copy()
 
-    fig, axes = plt.subplots(2, len(devices), figsize=(5.2 * len(devices), 7), squeeze=False)
+    fig, axes = plt.subplots(
+        3, len(devices), figsize=(5.2 * len(devices), 9.5), squeeze=False, sharey="row"
+    )
     for j, dev in enumerate(devices):
         dev_name = app.to_container(common.with_option(tree, "hardware", dev))["hardware"]["device"]
         for tp, pp in shapes:
@@ -81,13 +84,16 @@ def run(tree: dict[str, Any], study: dict[str, Any], out_dir: str) -> None:
             ls = "-" if pp == 1 else "--"
             axes[0, j].plot(g.qps, g.ttft_p90, "o" + ls, label=lab, ms=4)
             axes[1, j].plot(g.qps, g.tbt_p99, "o" + ls, label=lab, ms=4)
+            axes[2, j].plot(g.qps, g.requests_per_dollar, "o" + ls, label=lab, ms=4)
         axes[0, j].set_title(dev_name.upper())
-        axes[0, j].set_ylabel("TTFT p90 (s)")
-        axes[1, j].set_ylabel("TBT p99 (s)")
         for ax in axes[:, j]:
-            ax.set_yscale("log")
             ax.set_xlabel("offered load (QPS)")
             ax.grid(alpha=0.3, which="both")
+        axes[0, j].set_yscale("log")
+        axes[1, j].set_yscale("log")
+    axes[0, 0].set_ylabel("TTFT p90 (s)")
+    axes[1, 0].set_ylabel("TBT p99 (s)")
+    axes[2, 0].set_ylabel("requests per $ (at achieved throughput)")
     axes[0, 0].legend(fontsize="small")
     c = plan.configs[0]
     fig.suptitle(
