@@ -32,7 +32,9 @@ from vidur_jax.predictors import api, datasets, evaluate, train  # noqa: E402
 from vidur_jax.profiles import loader  # noqa: E402
 
 
-def forest_tables(profiles_dir: str, device: str, model: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def forest_tables(
+    profiles_dir: str, device: str, model: str
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(op, Vidur features, target) for every table Vidur trains for this model/GPU."""
     comp = loader.load_compute(profiles_dir, device, model)
     shape = loader.model_shape(comp)
@@ -45,19 +47,31 @@ def forest_tables(profiles_dir: str, device: str, model: str) -> list[tuple[str,
             att = loader.load_attention(profiles_dir, device, model)
             att = att[att["num_tensor_parallel_workers"] == tp]
             for kind in ("prefill", "decode"):
-                job = datasets.attention_job(att[att["is_prefill"] == (kind == "prefill")], kind, 1.0)
-                tables.append((f"attn_{kind}", evaluate._vidur_features(f"attn_{kind}", job.x), job.y))
+                job = datasets.attention_job(
+                    att[att["is_prefill"] == (kind == "prefill")], kind, 1.0
+                )
+                tables.append(
+                    (f"attn_{kind}", evaluate._vidur_features(f"attn_{kind}", job.x), job.y)
+                )
         if tp > 1:
             net = api._network_for_tp(profiles_dir, device, tp, None)
             ar = loader.load_all_reduce(profiles_dir, net, tp)
-            tables.append(("all_reduce", (ar[["size"]].to_numpy(float) / shape["embedding_dim"] / 2), ar["all_reduce"].to_numpy(float)))
+            tables.append(
+                (
+                    "all_reduce",
+                    (ar[["size"]].to_numpy(float) / shape["embedding_dim"] / 2),
+                    ar["all_reduce"].to_numpy(float),
+                )
+            )
     return tables
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--profiles-dir", default=os.environ.get("VIDUR_JAX_PROFILES", "../shared/data"))
+    parser.add_argument(
+        "--profiles-dir", default=os.environ.get("VIDUR_JAX_PROFILES", "../shared/data")
+    )
     parser.add_argument("--model", default="meta-llama/Llama-2-7b-hf")
     parser.add_argument("--device", default="a100")
     parser.add_argument("--forest-ops", type=int, default=3)
@@ -68,7 +82,11 @@ def main() -> None:
     ours = time.perf_counter() - t0
 
     tables = forest_tables(args.profiles_dir, args.device, args.model)
-    timed = tables if args.forest_ops <= 0 else tables[:: max(1, len(tables) // args.forest_ops)][: args.forest_ops]
+    timed = (
+        tables
+        if args.forest_ops <= 0
+        else tables[:: max(1, len(tables) // args.forest_ops)][: args.forest_ops]
+    )
     t0 = time.perf_counter()
     for _, x, y in timed:
         evaluate.make_forest(True, len(y)).fit(x, y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,27 +23,64 @@ def mape(pred, y) -> float:
     return float(np.mean(np.abs(np.asarray(pred) / np.asarray(y) - 1.0)) * 100)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def holdout_fit(profiles_dir):
-    """Fit mlp_up_proj (TP2) and attn_decode (TP4) with every 5th row held out."""
-    comp = select_tp(load_compute(str(profiles_dir), "a100", MODEL), 2, "x")
+    """One vmapped fit shared by the accuracy tests (A100 Llama-2-7B profiles).
+
+    mlp_up_proj (TP2) and attn_decode (TP4, every 2nd row) with every 5th row held out;
+    add (TP8) trained on num_tokens <= 2048 only, for extrapolation.
+    """
+    comp = load_compute(str(profiles_dir), "a100", MODEL)
+    tp2, tp8 = select_tp(comp, 2, "x"), select_tp(comp, 8, "x")
     att = load_attention(str(profiles_dir), "a100", MODEL)
-    dec = att[(~att["is_prefill"]) & (att["num_tensor_parallel_workers"] == 4)].reset_index(drop=True)
-    n, y = comp["num_tokens"].to_numpy(float), comp["mlp_up_proj"].to_numpy(float)
+    dec = (
+        att[(~att["is_prefill"]) & (att["num_tensor_parallel_workers"] == 4)]
+        .iloc[::2]
+        .reset_index(drop=True)
+    )
+    n, y = tp2["num_tokens"].to_numpy(float), tp2["mlp_up_proj"].to_numpy(float)
     ti, di = np.arange(len(n)) % 5 == 0, np.arange(len(dec)) % 5 == 0
-    jobs = [datasets.token_job(n[~ti], y[~ti]), datasets.attention_job(dec[~di], "decode", 8.0)]
-    p_up, p_dec = train.fit_jobs(jobs)
-    return {"up": (p_up, n[ti], y[ti]), "dec": (p_dec, dec[di])}
+    n8, y8 = tp8["num_tokens"].to_numpy(float), tp8["add"].to_numpy(float)
+    small = n8 <= 2048
+    jobs = [
+        datasets.token_job(n[~ti], y[~ti]),
+        datasets.attention_job(dec[~di], "decode", 8.0),
+        datasets.token_job(n8[small], y8[small]),
+    ]
+    p_up, p_dec, p_add = train.fit_jobs(jobs)
+    return {
+        "up": (p_up, n[ti], y[ti]),
+        "dec": (p_dec, dec[di]),
+        "add": (p_add, n8[~small], y8[~small]),
+    }
 
 
 def test_heldout_accuracy(holdout_fit):
     p_up, n, y = holdout_fit["up"]
     pred = predictors.api.apply_op(p_up, "mlp_up_proj", num_tokens=n)
-    assert mape(pred, y) < 8.0
+    assert mape(pred, y) < 4.0  # the forest gets ~2%; linear interpolation ~2%
     p_dec, rows = holdout_fit["dec"]
-    pred = predictors.api.apply_op(p_dec, "attn_decode", batch_size=rows["batch_size"].to_numpy(),
-                                   kv_cache_size=rows["kv_cache_size"].to_numpy())
-    assert mape(pred, rows["attn_decode"]) < 8.0
+    pred = predictors.api.apply_op(
+        p_dec,
+        "attn_decode",
+        batch_size=rows["batch_size"].to_numpy(),
+        kv_cache_size=rows["kv_cache_size"].to_numpy(),
+    )
+    assert mape(pred, rows["attn_decode"]) < 6.0
+
+
+def test_extrapolation_of_elementwise_op(holdout_fit):
+    """add trained on <= 2048 tokens predicts 2048..4096 (a forest is ~30% off here)."""
+    p_add, n, y = holdout_fit["add"]
+    assert n.min() > 2048 and n.max() >= 4000
+    assert mape(predictors.api.apply_op(p_add, "add", num_tokens=n), y) < 15.0
+
+
+def test_below_range_uses_launch_floor(holdout_fit):
+    """Below the profiled sizes the all-rows polynomial (with its constant) takes over."""
+    p_up, n, _ = holdout_fit["up"]
+    lo = predictors.api.apply_op(p_up, "mlp_up_proj", num_tokens=np.array([0.0, 1.0]))
+    assert np.all(np.asarray(lo) > 0.005)  # ms; the profiled 1-token GEMM takes ~0.02 ms
 
 
 def test_train_step_compiles_once():
@@ -66,11 +105,27 @@ def test_zero_padded_units_are_exact():
     mask = train.width_mask(8)
     z = jnp.asarray(np.random.default_rng(1).normal(size=(50, 3)), jnp.float32)
     masked = hybrid.MLP.apply({"params": mlp}, z, jnp.asarray(mask))
-    zeroed = hybrid.MLP.apply({"params": hybrid.zero_masked_units(mlp, mask)}, z, jnp.ones(hybrid.MAX_WIDTH))
+    zeroed = hybrid.MLP.apply(
+        {"params": hybrid.zero_masked_units(mlp, mask)}, z, jnp.ones(hybrid.MAX_WIDTH)
+    )
     np.testing.assert_array_equal(np.asarray(masked), np.asarray(zeroed))
+    # A float64 mask (jax_enable_x64, set by the simulator) must not promote the math.
+    with jax.enable_x64(True):
+        ones64 = jnp.ones(hybrid.MAX_WIDTH, jnp.float64)
+        zeroed64 = hybrid.MLP.apply({"params": hybrid.zero_masked_units(mlp, mask)}, z, ones64)
+    np.testing.assert_array_equal(np.asarray(masked), np.asarray(zeroed64))
 
 
-@pytest.fixture(scope="module")
+def test_knots_interpolate_exactly():
+    u = np.log1p(np.array([1.0, 2.0, 2.0, 8.0, 16.0]))
+    r = np.array([0.5, 0.1, 0.3, -0.2, 0.0])
+    ku, kr = train.fit_knots(u, r, num=8)
+    assert np.all(np.diff(ku) > 0)
+    np.testing.assert_allclose(np.interp(u, ku, kr), [0.5, 0.2, 0.2, -0.2, 0.0], atol=1e-6)
+    np.testing.assert_allclose(np.interp(u[-1] + 3.0, ku, kr), 0.0)  # held past the last point
+
+
+@pytest.fixture(scope="session")
 def shipped():
     if not predictors.list_shipped():
         pytest.fail("no shipped predictor params; run python -m vidur_jax.predictors.build")
@@ -84,8 +139,12 @@ def test_shipped_loads_without_profiles_and_has_identical_trees(shipped):
     s1 = jax.tree_util.tree_structure(shipped.params)
     assert s1 == jax.tree_util.tree_structure(other.params)
     stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), shipped.params, other.params)
-    out = jax.vmap(lambda p: predictors.predict_jax(p, "mlp_up_proj", num_tokens=jnp.array([64.0, 512.0])))(stacked)
-    np.testing.assert_allclose(out[0], shipped.predict("mlp_up_proj", num_tokens=[64, 512]), rtol=1e-5)
+    out = jax.vmap(
+        lambda p: predictors.predict_jax(p, "mlp_up_proj", num_tokens=jnp.array([64.0, 512.0]))
+    )(stacked)
+    np.testing.assert_allclose(
+        out[0], shipped.predict("mlp_up_proj", num_tokens=[64, 512]), rtol=1e-5
+    )
 
 
 def test_positive_and_monotone_ish(shipped):
@@ -98,9 +157,15 @@ def test_positive_and_monotone_ish(shipped):
             assert np.all(y == 0)
             continue
         assert np.all(y > 0), op
-        # never drops by more than 15% (+ the 1 us profile resolution) below the running max
-        assert np.all(y[1:] >= 0.85 * np.maximum.accumulate(y)[:-1] - 1e-3), op
-    dec = shipped.predict("attn_decode", batch_size=np.arange(1, 129)[:, None], kv_cache_size=np.array([256, 1024, 4096]))
+        # Never drops by more than 25% (+ the 1 us profile resolution) below the running
+        # max: the profiles themselves are not monotone (cuBLAS kernel switches, e.g.
+        # attn_pre_proj at TP2 drops 18% from 1200 to 1216 tokens) and the knots follow them.
+        assert np.all(y[1:] >= 0.75 * np.maximum.accumulate(y)[:-1] - 1e-3), op
+    dec = shipped.predict(
+        "attn_decode",
+        batch_size=np.arange(1, 129)[:, None],
+        kv_cache_size=np.array([256, 1024, 4096]),
+    )
     assert dec.shape == (128, 3) and np.all(dec > 0) and np.all(np.diff(dec, axis=1) > 0)
 
 
@@ -119,35 +184,119 @@ def test_save_load_round_trip_is_exact(shipped, tmp_path):
     predictors.save_predictor(shipped, base)
     again = predictors.load_predictor(base)
     assert again.meta == shipped.meta
-    for op in predictors.OPS:
-        f = {k: np.array([3.0, 300.0, 3000.0]) for k in predictors.OP_FEATURES[op]}
-        np.testing.assert_array_equal(again.predict(op, **f), shipped.predict(op, **f))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, again.params, shipped.params)
+    f = {
+        "kv_cache_size": np.array([3.0, 300.0, 3000.0]),
+        "prefill_chunk_size": np.array([3.0, 300.0, 3000.0]),
+    }
+    np.testing.assert_array_equal(
+        again.predict("attn_prefill", **f), shipped.predict("attn_prefill", **f)
+    )
 
 
 def test_gradients_finite_and_correct(shipped):
     params = jax.tree_util.tree_map(jnp.asarray, shipped.params)
 
     def prefill(kv, c):
-        return predictors.predict_jax(params, "attn_prefill", kv_cache_size=kv, prefill_chunk_size=c).sum()
+        return predictors.predict_jax(
+            params, "attn_prefill", kv_cache_size=kv, prefill_chunk_size=c
+        ).sum()
 
-    kv, c = jnp.array([0.0, 512.0, 6000.0]), jnp.array([128.0, 1024.0, 8192.0])  # in and out of range
+    kv, c = (
+        jnp.array([0.0, 512.0, 6000.0]),
+        jnp.array([128.0, 1024.0, 8192.0]),
+    )  # in and out of range
     g = jax.grad(prefill, argnums=(0, 1))(kv, c)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in g)
-    check_grads(lambda n: predictors.predict_jax(params, "mlp_up_proj", num_tokens=n),
-                (jnp.array([100.0, 3000.0, 9000.0]),), order=1, modes=["rev"], eps=1.0, atol=1e-3, rtol=5e-2)
+    check_grads(
+        lambda n: predictors.predict_jax(params, "mlp_up_proj", num_tokens=n),
+        (jnp.array([100.0, 3000.0, 9000.0]),),
+        order=1,
+        modes=["rev"],
+        eps=1.0,
+        atol=1e-3,
+        rtol=5e-2,
+    )
     jitted = jax.jit(lambda n: predictors.predict_jax(params, "all_reduce", num_tokens=n))
-    np.testing.assert_allclose(jitted(jnp.array([64.0])), shipped.predict("all_reduce", num_tokens=[64]), rtol=1e-6)
+    np.testing.assert_allclose(
+        jitted(jnp.array([64.0])), shipped.predict("all_reduce", num_tokens=[64]), rtol=1e-6
+    )
 
 
 def test_transfer_unprofiled_model():
-    shape = {"num_q_heads": 40, "num_kv_heads": 40, "embedding_dim": 5120, "mlp_hidden_dim": 13824,
-             "use_gated_mlp": True, "vocab_size": 103168}
+    shape = {
+        "num_q_heads": 40,
+        "num_kv_heads": 40,
+        "embedding_dim": 5120,
+        "mlp_hidden_dim": 13824,
+        "use_gated_mlp": True,
+        "vocab_size": 103168,
+    }
     p = predictors.transfer(shape, "a100", 2, model_name="internlm/internlm-20b")
     assert p.meta["source"] == "transferred"
     small = predictors.load(MODEL, "a100", 2)  # 4096-wide, should be cheaper per token
     for op in LINEAR_OPS:
         big, ref = p.predict(op, num_tokens=2048), small.predict(op, num_tokens=2048)
         assert 1.0 < big / ref < 3.0, op
+
+
+def test_gqa_overhead_is_left_to_the_simulator():
+    """Predictors return raw kernel time: decode of a GQA model == same KV heads without GQA."""
+    gqa = {
+        "num_q_heads": 32,
+        "num_kv_heads": 8,
+        "embedding_dim": 4096,
+        "mlp_hidden_dim": 14336,
+        "use_gated_mlp": True,
+    }
+    mha = dict(gqa, num_q_heads=8, embedding_dim=1024)  # 8 heads of 128, like gqa's KV heads
+    a, b = predictors.transfer(gqa, "a100", 1), predictors.transfer(mha, "a100", 1)
+    f = {"batch_size": np.array([1, 2, 32]), "kv_cache_size": np.array([512, 512, 2048])}
+    np.testing.assert_allclose(
+        a.predict("attn_decode", **f), b.predict("attn_decode", **f), rtol=1e-6
+    )
+    assert (
+        a.meta["attn_overhead_included"] is False
+        and a.meta["attn_batching_overhead_fraction"] == 0.1
+    )
+
+
+def test_stale_cache_entry_is_retrained(profiles_dir, shipped, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDUR_JAX_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_train(profiles_dir, targets, tps=None, network_device=None, seed=0):
+        calls.append(tps)
+        return {(targets[0][0], targets[0][1], tps[0]): shipped}
+
+    monkeypatch.setattr(predictors.api, "train_predictors", fake_train)
+    first = predictors.load(MODEL, "a100", 2, profiles_dir=str(profiles_dir))
+    (npz,) = list((tmp_path / "predictors").glob("*.npz"))
+    predictors.load(MODEL, "a100", 2, profiles_dir=str(profiles_dir))
+    assert len(calls) == 1  # cache hit
+    np.savez(npz, coef=np.zeros(3))  # an old layout: no 'data' member
+    again = predictors.load(MODEL, "a100", 2, profiles_dir=str(profiles_dir))
+    assert len(calls) == 2 and again.meta == first.meta
+    meta = json.loads(npz.with_suffix(".json").read_text())
+    meta["format_version"] = predictors.api.FORMAT_VERSION - 1
+    npz.with_suffix(".json").write_text(json.dumps(meta))
+    predictors.load(MODEL, "a100", 2, profiles_dir=str(profiles_dir))
+    assert len(calls) == 3
+    meta["format_version"] = 0
+    npz.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="format_version=0"):  # read directly: a clear error
+        predictors.load_predictor(str(npz.with_suffix("")))
+
+
+def test_predictor_eval_task_needs_profiles(tmp_path):
+    from vidur_jax.predictors import evaluate
+
+    with pytest.raises(ConfigError, match="profiles_dir is null"):
+        evaluate.run_task({"profiles_dir": None, "predictor_eval": {}}, str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown predictor_eval option"):
+        evaluate.run_task(
+            {"profiles_dir": str(tmp_path), "predictor_eval": {"nope": 1}}, str(tmp_path)
+        )
 
 
 def test_errors():

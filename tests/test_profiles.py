@@ -28,7 +28,14 @@ def _write_mlp(root, rows, drop=(), device="a100", model="org/toy"):
             continue
         for stat in ("min", "max", "mean", "median", "std"):
             data[f"time_stats.{op}.{stat}"] = [r[1] for r in rows]
-    shape = {"n_head": 4, "n_kv_head": 4, "n_embd": 64, "n_expanded_embd": 128, "vocab_size": 100, "use_gated_mlp": True}
+    shape = {
+        "n_head": 4,
+        "n_kv_head": 4,
+        "n_embd": 64,
+        "n_expanded_embd": 128,
+        "vocab_size": 100,
+        "use_gated_mlp": True,
+    }
     for k, v in shape.items():
         data[k] = [v] * len(rows)
     data["num_tokens"] = [r[0] for r in rows]
@@ -81,8 +88,15 @@ def test_network_selection_and_errors(tmp_path):
     rows = []
     for w, dpn in [(2, 2), (4, 4), (4, 2)]:
         for size in (2048, 4096):
-            rows.append({"time_stats.all_reduce.median": 0.01 * w + size * 1e-6, "num_workers": w, "size": size,
-                         "collective": "all_reduce", "devices_per_node": dpn})
+            rows.append(
+                {
+                    "time_stats.all_reduce.median": 0.01 * w + size * 1e-6,
+                    "num_workers": w,
+                    "size": size,
+                    "collective": "all_reduce",
+                    "devices_per_node": dpn,
+                }
+            )
     pd.DataFrame(rows).to_csv(path / "all_reduce.csv")
     ar = load_all_reduce(str(tmp_path), "toy", 4)
     assert ar["size"].tolist() == [2048, 4096]

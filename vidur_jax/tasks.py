@@ -18,6 +18,7 @@ from vidur_jax.errors import ConfigError
 TASKS: dict[str, str] = {
     # "simulate" (the default) is run by vidur_jax.__main__ / vidur_jax.app directly.
     "search": "vidur_jax.search.task:run_task",
+    "predictor_eval": "vidur_jax.predictors.evaluate:run_task",
     "sensitivity": "vidur_jax.sensitivity.task:run_task",
     # ready-made studies (conf/experiment/study_*.yaml), see vidur_jax/studies
     "study": "vidur_jax.studies:run_task",

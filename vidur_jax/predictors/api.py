@@ -18,10 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidur_jax.errors import ConfigError
-from vidur_jax.predictors import datasets, hybrid, io, train, transfer as tr
+from vidur_jax.predictors import datasets, hybrid, io, train
+from vidur_jax.predictors import transfer as tr
 from vidur_jax.profiles import loader
 
-FORMAT_VERSION = 1
+#: Version of the saved layout (npz ``data`` vector + json index, param tree, features).
+#: Bump it whenever saved params change meaning or layout: it is part of the training
+#: cache key and is checked on load, so stale files are retrained or reported clearly.
+#: 2: single-array npz; no ``gqa_decode`` leaf (attention is the raw kernel time).
+FORMAT_VERSION = 2
 PARAMS_DIR = os.path.join(os.path.dirname(__file__), "params")
 OPS = datasets.OPS
 OP_FEATURES = datasets.OP_FEATURES
@@ -53,7 +58,10 @@ class Predictor:
         Returns:
           ``np.ndarray`` (float64) of the broadcast shape, milliseconds.
         """
-        return np.asarray(_predict_jit(self.params[_check_op(op)], op, **_check_features(op, features)), np.float64)
+        return np.asarray(
+            _predict_jit(self.params[_check_op(op)], op, **_check_features(op, features)),
+            np.float64,
+        )
 
 
 def _check_op(op: str) -> str:
@@ -163,9 +171,13 @@ def train_predictors(
         avail = sorted(int(t) for t in comp["num_tensor_parallel_workers"].unique())
         want = [t for t in (tps or avail) if t in avail]
         if not want:
-            raise ConfigError(f"no compute profile rows for {model} on {device} at tp={list(tps or [])} (available: {avail})")
+            raise ConfigError(
+                f"no compute profile rows for {model} on {device} at tp={list(tps or [])} (available: {avail})"
+            )
         att_path = loader.compute_path(profiles_dir, device, model, "attention")
-        att = loader.load_attention(profiles_dir, device, model) if os.path.isfile(att_path) else None
+        att = (
+            loader.load_attention(profiles_dir, device, model) if os.path.isfile(att_path) else None
+        )
         for tp in want:
             rows = loader.select_tp(comp, tp, loader.compute_path(profiles_dir, device, model))
             plan = {"shape": shape, "ops": {}, "source": {}}
@@ -176,35 +188,50 @@ def train_predictors(
                     jobs[key] = datasets.token_job(rows["num_tokens"].to_numpy(float), y)
                     plan["ops"][op], plan["source"][op] = ("job", key), "trained"
                 else:
-                    plan["ops"][op], plan["source"][op] = ("zero", None), "absent (0 in profile, as Vidur)"
+                    plan["ops"][op], plan["source"][op] = (
+                        ("zero", None),
+                        "absent (0 in profile, as Vidur)",
+                    )
             plan["ops"]["attn_kv_cache_save"] = ("zero", None)
             plan["source"]["attn_kv_cache_save"] = "absent (no column in profile -> 0, as Vidur)"
             att_tp = att[att["num_tensor_parallel_workers"] == tp] if att is not None else None
             for op, kind in (("attn_prefill", "prefill"), ("attn_decode", "decode")):
-                sub = None if att_tp is None else att_tp[att_tp["is_prefill"] == (kind == "prefill")]
+                sub = (
+                    None if att_tp is None else att_tp[att_tp["is_prefill"] == (kind == "prefill")]
+                )
                 if sub is not None and len(sub) > 0:
                     key = (device, model, tp, op)
                     heads = datasets.effective_heads(shape, tp, kind)
                     jobs[key] = datasets.attention_job(sub, kind, heads)
                     plan["ops"][op], plan["source"][op] = ("job", key), "trained"
                 else:
-                    plan["ops"][op], plan["source"][op] = ("transfer", ("_transfer", op)), "transferred"
+                    plan["ops"][op], plan["source"][op] = (
+                        ("transfer", ("_transfer", op)),
+                        "transferred",
+                    )
             if tp > 1:
                 net = _network_for_tp(profiles_dir, device, tp, network_device)
                 key = (net, tp, "all_reduce")
                 if key not in jobs:
                     ar = loader.load_all_reduce(profiles_dir, net, tp)
-                    jobs[key] = datasets.token_job(ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float))
+                    jobs[key] = datasets.token_job(
+                        ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float)
+                    )
                 plan["ops"]["all_reduce"], plan["source"]["all_reduce"] = ("net", key), "trained"
                 plan["network_device"] = net
             else:
-                plan["ops"]["all_reduce"], plan["source"]["all_reduce"] = ("zero", None), "absent (tp=1)"
+                plan["ops"]["all_reduce"], plan["source"]["all_reduce"] = (
+                    ("zero", None),
+                    "absent (tp=1)",
+                )
                 plan["network_device"] = network_device or f"{device}_pairwise_nvlink"
             sr_net = network_device or f"{device}_pairwise_nvlink"
             key = (sr_net, "send_recv")
             if key not in jobs:
                 sr = loader.load_send_recv(profiles_dir, sr_net)
-                jobs[key] = datasets.token_job(sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float))
+                jobs[key] = datasets.token_job(
+                    sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float)
+                )
             plan["ops"]["send_recv"], plan["source"]["send_recv"] = ("net", key), "trained"
             plan["send_recv_network_device"] = sr_net
             plans[(device, model, tp)] = plan
@@ -217,7 +244,7 @@ def train_predictors(
         for device in {d for d, _ in targets}:
             scales[device] = tr.device_scales(profiles_dir, device)
     keys = list(jobs)
-    fitted = dict(zip(keys, train.fit_jobs([jobs[k] for k in keys], seed=seed)))
+    fitted = dict(zip(keys, train.fit_jobs([jobs[k] for k in keys], seed=seed), strict=False))
     out = {}
     for (device, model, tp), plan in plans.items():
         shape = plan["shape"]
@@ -250,14 +277,23 @@ def _meta(model: str, device: str, tp: int, plan: dict, params: dict, scales: di
         "send_recv_network_device": plan["send_recv_network_device"],
         "source": "transferred" if transferred else "trained",
         "op_source": plan["source"],
-        "ranges": {op: _params_ranges(params[op], op) for op in OPS if plan["source"][op] in ("trained", "transferred")},
+        "ranges": {
+            op: _params_ranges(params[op], op)
+            for op in OPS
+            if plan["source"][op] in ("trained", "transferred")
+        },
         "poly_terms": {op: int(np.sum(np.asarray(params[op]["coef"]) > 0)) for op in OPS},
         "mlp_width": {op: train.widths_of(params[op]) for op in OPS},
         "shape": shape,
         "units": "ms",
         "gqa": shape["num_q_heads"] > shape["num_kv_heads"],
-        "attn_decode_gqa_overhead_included": float(params["attn_decode"]["gqa_decode"]),
-        "attn_prefill_batching_overhead_fraction": tr.GQA_PREFILL_OVERHEAD if shape["num_q_heads"] > shape["num_kv_heads"] else 0.0,
+        # Predictors return raw kernel times, like Vidur's forests; the simulator applies
+        # Vidur's attention batching overhead (x(1 + fraction) for GQA models when a batch
+        # has > 1 decode / > 1 prefill), see vidur_jax/sim/timing.py.
+        "attn_overhead_included": False,
+        "attn_batching_overhead_fraction": tr.GQA_BATCHING_OVERHEAD
+        if shape["num_q_heads"] > shape["num_kv_heads"]
+        else 0.0,
         "nccl_cpu_launch_overhead_ms": 0.02,
     }
     if transferred and scales is not None:
@@ -278,12 +314,15 @@ def _live_width(mlp: dict) -> int:
     """Hidden units in use (trained widths keep the first ``w`` units; the rest are 0)."""
     used = np.zeros(hybrid.MAX_WIDTH, bool)
     for i in range(hybrid.DEPTH):
-        used |= np.any(np.asarray(mlp[f"Dense_{i}"]["kernel"]) != 0, axis=0) | (np.asarray(mlp[f"Dense_{i}"]["bias"]) != 0)
+        used |= np.any(np.asarray(mlp[f"Dense_{i}"]["kernel"]) != 0, axis=0) | (
+            np.asarray(mlp[f"Dense_{i}"]["bias"]) != 0
+        )
     return int(np.flatnonzero(used).max() + 1) if used.any() else 0
 
 
 def _resize_mlp(mlp: dict, width: int) -> dict:
     """Slice (``width`` < current) or zero-pad (``width`` > current) the hidden units."""
+
     def fit(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         a = np.asarray(a, np.float32)
         for ax in axes:
@@ -299,7 +338,10 @@ def _resize_mlp(mlp: dict, width: int) -> dict:
     for i in range(hybrid.DEPTH + 1):
         k, b = mlp[f"Dense_{i}"]["kernel"], mlp[f"Dense_{i}"]["bias"]
         k_axes = (1,) if i == 0 else ((0, 1) if i < hybrid.DEPTH else (0,))
-        out[f"Dense_{i}"] = {"kernel": fit(k, k_axes), "bias": b if i == hybrid.DEPTH else fit(b, (0,))}
+        out[f"Dense_{i}"] = {
+            "kernel": fit(k, k_axes),
+            "bias": b if i == hybrid.DEPTH else fit(b, (0,)),
+        }
     return out
 
 
@@ -309,7 +351,9 @@ def save_predictor(pred: Predictor, base: str) -> None:
 
 
 def _trim(params: dict) -> dict:
-    return {op: dict(p, mlp=_resize_mlp(p["mlp"], _live_width(p["mlp"]))) for op, p in params.items()}
+    return {
+        op: dict(p, mlp=_resize_mlp(p["mlp"], _live_width(p["mlp"]))) for op, p in params.items()
+    }
 
 
 def _pad(params: dict) -> dict:
@@ -317,16 +361,44 @@ def _pad(params: dict) -> dict:
 
 
 def load_predictor(base: str) -> Predictor:
-    """Read a predictor written by :func:`save_predictor` (MLPs re-padded, exact)."""
+    """Read a predictor written by :func:`save_predictor` (MLPs re-padded, exact).
+
+    Raises:
+      ConfigError: missing, unreadable, or written by another :data:`FORMAT_VERSION`.
+    """
     params, meta = io.load(base)
-    params = _pad(params)
+    _check_version(meta, base)
     missing = [op for op in OPS if op not in params]
     if missing:
         raise ConfigError(f"predictor file {base}.npz lacks op '{missing[0]}'")
+    try:
+        params = _pad(params)
+        _check_tree(params)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"predictor file {base}.npz has an unexpected layout ({err})") from err
     return Predictor(params, meta)
 
 
-def _profile_files(profiles_dir: str, device: str, model: str, network_device: str | None) -> list[str]:
+def _check_version(meta: dict, base: str) -> None:
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"predictor file {base}.json has format_version={version}, this code reads "
+            f"{FORMAT_VERSION}; rebuild it (python -m vidur_jax.predictors.build --profiles-dir DIR)"
+        )
+
+
+def _check_tree(params: dict) -> None:
+    """Raise ValueError unless every op has exactly the leaves of ``hybrid.zero_params()``."""
+    ref = jax.tree_util.tree_structure(hybrid.zero_params())
+    for op in OPS:
+        if jax.tree_util.tree_structure(params[op]) != ref:
+            raise ValueError(f"op '{op}' params do not match the current tree")
+
+
+def _profile_files(
+    profiles_dir: str, device: str, model: str, network_device: str | None
+) -> list[str]:
     root = loader._profiling_root(profiles_dir)
     files = [
         loader.compute_path(profiles_dir, device, model),
@@ -334,9 +406,15 @@ def _profile_files(profiles_dir: str, device: str, model: str, network_device: s
         loader.compute_path(profiles_dir, tr.REFERENCE_DEVICE, tr.REFERENCE_MODEL, "attention"),
     ]
     for net in filter(None, [network_device, f"{device}_pairwise_nvlink", f"{device}_dgx"]):
-        files += [loader.network_path(profiles_dir, net, "all_reduce"), loader.network_path(profiles_dir, net, "send_recv")]
+        files += [
+            loader.network_path(profiles_dir, net, "all_reduce"),
+            loader.network_path(profiles_dir, net, "send_recv"),
+        ]
     for dev in (device, tr.REFERENCE_DEVICE):  # device-scale inputs
-        files += [loader.compute_path(profiles_dir, dev, m) for m in loader.list_compute_models(profiles_dir, dev)]
+        files += [
+            loader.compute_path(profiles_dir, dev, m)
+            for m in loader.list_compute_models(profiles_dir, dev)
+        ]
     return [f for f in files if f.startswith(root)]
 
 
@@ -370,20 +448,31 @@ def load(
             return load_predictor(base)
         shape = _catalog_shape(model)
         if shape is None:
-            raise ConfigError(f"no shipped predictor for model '{model}' on device '{device}' at tp={tp}; "
-                              f"shipped: {', '.join(list_shipped())}")
+            raise ConfigError(
+                f"no shipped predictor for model '{model}' on device '{device}' at tp={tp}; "
+                f"shipped: {', '.join(list_shipped())}"
+            )
         return transfer(shape, device, tp, model_name=model)
     if not os.path.isdir(profiles_dir):
         raise ConfigError(f"profiles_dir does not exist: {profiles_dir}")
     if not os.path.isfile(loader.compute_path(profiles_dir, device, model)):
-        raise ConfigError(f"no compute profile for model '{model}' on device '{device}' "
-                          f"(expected {loader.compute_path(profiles_dir, device, model)})")
-    key = io.files_hash(_profile_files(profiles_dir, device, model, network_device),
-                        f"v{FORMAT_VERSION}|{model}|{device}|{tp}|{network_device}|{train.NUM_STEPS}|{train.MLP_WIDTHS}")
+        raise ConfigError(
+            f"no compute profile for model '{model}' on device '{device}' "
+            f"(expected {loader.compute_path(profiles_dir, device, model)})"
+        )
+    key = io.files_hash(
+        _profile_files(profiles_dir, device, model, network_device),
+        f"v{FORMAT_VERSION}|{model}|{device}|{tp}|{network_device}|{train.config_key()}",
+    )
     base = os.path.join(io.cache_dir(), "predictors", key)
-    if os.path.isfile(base + ".npz"):
-        return load_predictor(base)
-    pred = train_predictors(profiles_dir, [(device, model)], (tp,), network_device)[(device, model, tp)]
+    if os.path.isfile(base + ".npz") or os.path.isfile(base + ".json"):
+        try:
+            return load_predictor(base)
+        except ConfigError:
+            pass  # stale or corrupt cache entry: retrain and overwrite it
+    pred = train_predictors(profiles_dir, [(device, model)], (tp,), network_device)[
+        (device, model, tp)
+    ]
     save_predictor(pred, base)
     return pred
 
@@ -407,6 +496,7 @@ def list_shipped(root: str = PARAMS_DIR) -> list[str]:
 def _catalog_shape(model: str) -> dict | None:
     try:
         from vidur_jax.catalog import models as catalog  # optional dependency at runtime
+
         spec = catalog.get_model(model)
     except Exception:
         return None
@@ -426,7 +516,9 @@ def transfer_base(device: str, root: str = PARAMS_DIR) -> str:
     return os.path.join(root, device, "_transfer", "shared")
 
 
-def transfer(model_shape: dict, device: str, tp: int, model_name: str = "custom", root: str = PARAMS_DIR) -> Predictor:
+def transfer(
+    model_shape: dict, device: str, tp: int, model_name: str = "custom", root: str = PARAMS_DIR
+) -> Predictor:
     """Predictor for a model without profiles, from shape features (all ops transferred).
 
     Args:
@@ -440,7 +532,11 @@ def transfer(model_shape: dict, device: str, tp: int, model_name: str = "custom"
     missing = [k for k in required if k not in model_shape]
     if missing:
         raise ConfigError(f"model_shape lacks '{missing[0]}' (needs {', '.join(required)})")
-    if model_shape["num_q_heads"] % tp or model_shape["num_kv_heads"] % tp and tp % model_shape["num_kv_heads"]:
+    if (
+        model_shape["num_q_heads"] % tp
+        or model_shape["num_kv_heads"] % tp
+        and tp % model_shape["num_kv_heads"]
+    ):
         raise ConfigError(f"tp={tp} does not divide num_q_heads={model_shape['num_q_heads']}")
     shared, smeta = io.load(transfer_base(device, root))
     shared = _pad(shared)
@@ -454,7 +550,9 @@ def transfer(model_shape: dict, device: str, tp: int, model_name: str = "custom"
     if tp > 1:
         if f"all_reduce_tp{tp}" not in shared:
             raise ConfigError(f"no all_reduce transfer model for device={device} tp={tp}")
-        params["all_reduce"] = tr.with_bytes_per_token(shared[f"all_reduce_tp{tp}"], model_shape["embedding_dim"])
+        params["all_reduce"] = tr.with_bytes_per_token(
+            shared[f"all_reduce_tp{tp}"], model_shape["embedding_dim"]
+        )
     else:
         params["all_reduce"] = hybrid.zero_params()
     params["send_recv"] = tr.with_bytes_per_token(shared["send_recv"], model_shape["embedding_dim"])
@@ -472,7 +570,9 @@ def transfer(model_shape: dict, device: str, tp: int, model_name: str = "custom"
     return Predictor(params, meta)
 
 
-def train_transfer_models(profiles_dir: str, device: str, seed: int = 0, row_stride: int = 2) -> tuple[dict, dict]:
+def train_transfer_models(
+    profiles_dir: str, device: str, seed: int = 0, row_stride: int = 2
+) -> tuple[dict, dict]:
     """Fit a device's shared transfer models (shape ops, attention, network).
 
     Returns:
@@ -494,13 +594,17 @@ def train_transfer_models(profiles_dir: str, device: str, seed: int = 0, row_str
         except ConfigError:
             continue
         ar = loader.load_all_reduce(profiles_dir, net, tp)
-        jobs[f"all_reduce_tp{tp}"] = datasets.token_job(ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float))
+        jobs[f"all_reduce_tp{tp}"] = datasets.token_job(
+            ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float)
+        )
         nets[str(tp)] = net
     sr_net = f"{device}_pairwise_nvlink"
     sr = loader.load_send_recv(profiles_dir, sr_net)
-    jobs["send_recv"] = datasets.token_job(sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float))
+    jobs["send_recv"] = datasets.token_job(
+        sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float)
+    )
     names = list(jobs)
-    fitted = dict(zip(names, train.fit_jobs([jobs[n] for n in names], seed=seed)))
+    fitted = dict(zip(names, train.fit_jobs([jobs[n] for n in names], seed=seed), strict=False))
     meta = {
         "format_version": FORMAT_VERSION,
         "device": device,

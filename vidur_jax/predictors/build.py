@@ -21,7 +21,12 @@ from vidur_jax.predictors import api, io
 from vidur_jax.profiles import loader
 
 
-def build(profiles_dir: str, devices: list[str], out_root: str = api.PARAMS_DIR, models: list[str] | None = None) -> list[str]:
+def build(
+    profiles_dir: str,
+    devices: list[str],
+    out_root: str = api.PARAMS_DIR,
+    models: list[str] | None = None,
+) -> list[str]:
     """Train and write every supported (device, model, TP) predictor.
 
     Returns:
@@ -29,7 +34,11 @@ def build(profiles_dir: str, devices: list[str], out_root: str = api.PARAMS_DIR,
     """
     written = []
     for device in devices:
-        names = [m for m in loader.list_compute_models(profiles_dir, device) if models is None or m in models]
+        names = [
+            m
+            for m in loader.list_compute_models(profiles_dir, device)
+            if models is None or m in models
+        ]
         if not names:
             raise ConfigError(f"no compute profiles for device '{device}' under {profiles_dir}")
         t0 = time.time()
@@ -42,7 +51,10 @@ def build(profiles_dir: str, devices: list[str], out_root: str = api.PARAMS_DIR,
         base = api.transfer_base(device, out_root)
         io.save(base, api._trim(shared), meta)
         written.append(base)
-        print(f"{device}: {len(preds)} predictors + transfer models in {time.time() - t0:.1f} s", flush=True)
+        print(
+            f"{device}: {len(preds)} predictors + transfer models in {time.time() - t0:.1f} s",
+            flush=True,
+        )
     return written
 
 

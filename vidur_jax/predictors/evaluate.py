@@ -21,6 +21,7 @@ shape-transfer token-op models and leave-one-TP-out MAPE of the attention transf
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -31,7 +32,11 @@ from vidur_jax.predictors import api, datasets, train
 from vidur_jax.predictors import transfer as tr
 from vidur_jax.profiles import loader
 
-VIDUR_RF_GRID = {"n_estimators": [250, 500, 750], "max_depth": [8, 16, 32], "min_samples_split": [2, 5, 10]}
+VIDUR_RF_GRID = {
+    "n_estimators": [250, 500, 750],
+    "max_depth": [8, 16, 32],
+    "min_samples_split": [2, 5, 10],
+}
 EXTRAP_TOKENS = 2048
 EXTRAP_BATCH = 64
 EXTRAP_KV = 2048
@@ -52,10 +57,17 @@ def make_forest(grid: bool, n_rows: int):
     from sklearn.model_selection import GridSearchCV
 
     if not grid:
-        return RandomForestRegressor(n_estimators=250, max_depth=32, min_samples_split=2, n_jobs=-1, random_state=0)
+        return RandomForestRegressor(
+            n_estimators=250, max_depth=32, min_samples_split=2, n_jobs=-1, random_state=0
+        )
     scorer = make_scorer(mape, greater_is_better=False)
-    return GridSearchCV(RandomForestRegressor(random_state=0), VIDUR_RF_GRID, scoring=scorer,
-                        cv=10 if n_rows >= 10 else 2, n_jobs=-1)
+    return GridSearchCV(
+        RandomForestRegressor(random_state=0),
+        VIDUR_RF_GRID,
+        scoring=scorer,
+        cv=10 if n_rows >= 10 else 2,
+        n_jobs=-1,
+    )
 
 
 def _vidur_features(op: str, x: np.ndarray) -> np.ndarray:
@@ -78,7 +90,9 @@ def _extrap_mask(op: str, x: np.ndarray) -> np.ndarray:
     return x[:, 0] <= EXTRAP_TOKENS
 
 
-def _cases(profiles_dir: str, devices: list[str], models: list[str] | None) -> list[tuple[dict, train.FitJob]]:
+def _cases(
+    profiles_dir: str, devices: list[str], models: list[str] | None
+) -> list[tuple[dict, train.FitJob]]:
     """Every (device, model, op, tp) dataset with a non-zero target."""
     cases = []
     for device in devices:
@@ -98,9 +112,19 @@ def _cases(profiles_dir: str, devices: list[str], models: list[str] | None) -> l
                 att = loader.load_attention(profiles_dir, device, model)
                 for tp in sorted(int(t) for t in att["num_tensor_parallel_workers"].unique()):
                     for kind in ("prefill", "decode"):
-                        sub = att[(att["num_tensor_parallel_workers"] == tp) & (att["is_prefill"] == (kind == "prefill"))]
-                        job = datasets.attention_job(sub, kind, datasets.effective_heads(shape, tp, kind))
-                        cases.append(({"device": device, "model": model, "op": f"attn_{kind}", "tp": tp}, job))
+                        sub = att[
+                            (att["num_tensor_parallel_workers"] == tp)
+                            & (att["is_prefill"] == (kind == "prefill"))
+                        ]
+                        job = datasets.attention_job(
+                            sub, kind, datasets.effective_heads(shape, tp, kind)
+                        )
+                        cases.append(
+                            (
+                                {"device": device, "model": model, "op": f"attn_{kind}", "tp": tp},
+                                job,
+                            )
+                        )
         if models is None:
             for tp in (2, 4, 8):
                 try:
@@ -108,17 +132,26 @@ def _cases(profiles_dir: str, devices: list[str], models: list[str] | None) -> l
                 except Exception:
                     continue
                 ar = loader.load_all_reduce(profiles_dir, net, tp)
-                job = datasets.token_job(ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float))
-                cases.append(({"device": device, "model": f"network:{net}", "op": "all_reduce", "tp": tp}, job))
+                job = datasets.token_job(
+                    ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float)
+                )
+                cases.append(
+                    (
+                        {"device": device, "model": f"network:{net}", "op": "all_reduce", "tp": tp},
+                        job,
+                    )
+                )
             net = f"{device}_pairwise_nvlink"
             sr = loader.load_send_recv(profiles_dir, net)
             job = datasets.token_job(sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float))
-            cases.append(({"device": device, "model": f"network:{net}", "op": "send_recv", "tp": 1}, job))
+            cases.append(
+                ({"device": device, "model": f"network:{net}", "op": "send_recv", "tp": 1}, job)
+            )
     return cases
 
 
 def _subset(job: train.FitJob, mask: np.ndarray) -> train.FitJob:
-    return train.FitJob(job.x[mask], job.y[mask], job.feat_scale, job.feat_const)
+    return dataclasses.replace(job, x=job.x[mask], y=job.y[mask])
 
 
 def _predict(params: dict, x: np.ndarray) -> np.ndarray:
@@ -162,7 +195,13 @@ def run_eval(
         splits[(i, "ex")] = (tr_mask, ~tr_mask)
     keys = [k for k, (trm, te) in splits.items() if trm.sum() >= 8 and te.sum() >= 1]
     log(f"fitting {len(keys)} predictors")
-    fitted = dict(zip(keys, train.fit_jobs([_subset(cases[i][1], splits[(i, s)][0]) for i, s in keys])))
+    fitted = dict(
+        zip(
+            keys,
+            train.fit_jobs([_subset(cases[i][1], splits[(i, s)][0]) for i, s in keys]),
+            strict=False,
+        )
+    )
     rows = []
     for i, (info, job) in enumerate(cases):
         row = dict(info, n_rows=len(job.y))
@@ -175,7 +214,9 @@ def run_eval(
             if include_forest:
                 rf = make_forest(forest_grid, int(trm.sum()))
                 rf.fit(_vidur_features(info["op"], job.x[trm]), job.y[trm])
-                row[f"rf_mape_{name}"] = mape(rf.predict(_vidur_features(info["op"], job.x[te])), job.y[te])
+                row[f"rf_mape_{name}"] = mape(
+                    rf.predict(_vidur_features(info["op"], job.x[te])), job.y[te]
+                )
         rows.append(row)
     df = pd.DataFrame(rows)
     _write_csv(df, out_csv)
@@ -190,11 +231,20 @@ def _write_csv(df: pd.DataFrame, path: str) -> None:
 
 
 def _per_layer_key(shape: dict) -> tuple:
-    return (shape["num_q_heads"], shape["num_kv_heads"], shape["embedding_dim"], shape["mlp_hidden_dim"], shape["use_gated_mlp"])
+    return (
+        shape["num_q_heads"],
+        shape["num_kv_heads"],
+        shape["embedding_dim"],
+        shape["mlp_hidden_dim"],
+        shape["use_gated_mlp"],
+    )
 
 
 def run_transfer_eval(
-    profiles_dir: str, out_csv: str, devices: list[str] | None = None, log: Callable[[str], None] = print
+    profiles_dir: str,
+    out_csv: str,
+    devices: list[str] | None = None,
+    log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Leave-one-model-out (token ops) and leave-one-TP-out (attention) transfer MAPE.
 
@@ -211,13 +261,21 @@ def run_transfer_eval(
         for model in loader.list_compute_models(profiles_dir, device):
             comp = loader.load_compute(profiles_dir, device, model)
             shape = loader.model_shape(comp)
-            frames[model] = [(shape, tp, loader.select_tp(comp, tp, model))
-                             for tp in sorted(int(t) for t in comp["num_tensor_parallel_workers"].unique())]
+            frames[model] = [
+                (shape, tp, loader.select_tp(comp, tp, model))
+                for tp in sorted(int(t) for t in comp["num_tensor_parallel_workers"].unique())
+            ]
         for held in frames:
             key = _per_layer_key(frames[held][0][0])
-            train_frames = [f for m, fs in frames.items() if _per_layer_key(fs[0][0]) != key for f in fs]
+            train_frames = [
+                f for m, fs in frames.items() if _per_layer_key(fs[0][0]) != key for f in fs
+            ]
             for op in datasets.MLP_CSV_OPS:
-                test = datasets.shape_job(frames[held], op) if any(np.any(r[op] > 0) for _, _, r in frames[held]) else None
+                test = (
+                    datasets.shape_job(frames[held], op)
+                    if any(np.any(r[op] > 0) for _, _, r in frames[held])
+                    else None
+                )
                 if test is None:
                     continue
                 jobs.append(datasets.shape_job(train_frames, op, row_stride=2))
@@ -228,12 +286,14 @@ def run_transfer_eval(
         for op, job in tr.attention_transfer_jobs(att, exclude_tp=tp).items():
             test = tr.attention_transfer_jobs(att[att["num_tensor_parallel_workers"] == tp])[op]
             jobs.append(job)
-            infos.append({"kind": "tp", "device": tr.REFERENCE_DEVICE, "held_out": f"tp{tp}", "op": op})
+            infos.append(
+                {"kind": "tp", "device": tr.REFERENCE_DEVICE, "held_out": f"tp{tp}", "op": op}
+            )
             tests.append(test)
     log(f"fitting {len(jobs)} transfer predictors")
     fitted = train.fit_jobs(jobs)
     rows = []
-    for info, params, test in zip(infos, fitted, tests):
+    for info, params, test in zip(infos, fitted, tests, strict=False):
         p = dict(params)
         p["feat_scale"] = np.ones(3, np.float32)
         p["feat_const"] = np.zeros(3, np.float32)
@@ -242,6 +302,57 @@ def run_transfer_eval(
     df = pd.DataFrame(rows)
     _write_csv(df, out_csv)
     return df
+
+
+def run_task(cfg: dict, out_dir: str) -> None:
+    """Hydra task ``predictor_eval`` (``python -m vidur_jax +experiment=predictor_eval``).
+
+    Reads the top-level ``profiles_dir`` (default ``$VIDUR_JAX_PROFILES``) and the
+    ``predictor_eval`` group (``devices``, ``models`` (null = every profiled model and the
+    network tables), ``include_forest``, ``forest_grid``, ``transfer``); writes
+    ``predictor_eval.csv`` (and ``predictor_transfer_eval.csv`` with ``transfer: true``)
+    into ``out_dir`` and prints the per-op medians.
+
+    Raises:
+      ConfigError: ``profiles_dir`` null or missing.
+    """
+    from vidur_jax.errors import ConfigError
+
+    profiles_dir = cfg.get("profiles_dir")
+    if not profiles_dir:
+        raise ConfigError(
+            "predictor_eval needs Vidur profiles: profiles_dir is null; set VIDUR_JAX_PROFILES=DIR "
+            "or pass profiles_dir=DIR (a folder holding profiling/)"
+        )
+    profiles_dir = os.path.abspath(os.path.expanduser(str(profiles_dir)))
+    if not os.path.isdir(profiles_dir):
+        raise ConfigError(f"profiles_dir does not exist: {profiles_dir}")
+    opts = dict(cfg.get("predictor_eval") or {})
+    unknown = sorted(set(opts) - {"devices", "models", "include_forest", "forest_grid", "transfer"})
+    if unknown:
+        raise ConfigError(
+            f"unknown predictor_eval option '{unknown[0]}'; allowed: devices, models, include_forest, "
+            "forest_grid, transfer"
+        )
+    devices = list(opts.get("devices") or ["a100", "h100"])
+    models = opts.get("models")
+    df = run_eval(
+        profiles_dir,
+        os.path.join(out_dir, "predictor_eval.csv"),
+        devices,
+        None if models is None else list(models),
+        bool(opts.get("include_forest", True)),
+        bool(opts.get("forest_grid", False)),
+    )
+    cols = [c for c in df.columns if "mape" in c]
+    print(df.groupby("op")[cols].median().round(2).to_string())
+    print("median over all rows:", df[cols].median().round(2).to_dict())
+    if opts.get("transfer", False):
+        t = run_transfer_eval(
+            profiles_dir, os.path.join(out_dir, "predictor_transfer_eval.csv"), devices
+        )
+        print("transfer median MAPE:", round(float(t["mape"].median()), 2))
+    print(f"wrote {os.path.join(out_dir, 'predictor_eval.csv')}")
 
 
 def main() -> None:
@@ -257,13 +368,21 @@ def main() -> None:
     parser.add_argument("--forest-grid", action="store_true")
     parser.add_argument("--skip-transfer", action="store_true")
     args = parser.parse_args()
-    df = run_eval(args.profiles_dir, os.path.join(args.out, "predictor_eval.csv"), args.devices, args.models,
-                  not args.no_forest, args.forest_grid)
+    df = run_eval(
+        args.profiles_dir,
+        os.path.join(args.out, "predictor_eval.csv"),
+        args.devices,
+        args.models,
+        not args.no_forest,
+        args.forest_grid,
+    )
     cols = [c for c in df.columns if "mape" in c]
     print(df.groupby("op")[cols].median().round(2).to_string())
     print("median over all:", df[cols].median().round(2).to_dict())
     if not args.skip_transfer:
-        t = run_transfer_eval(args.profiles_dir, os.path.join(args.out, "predictor_transfer_eval.csv"), args.devices)
+        t = run_transfer_eval(
+            args.profiles_dir, os.path.join(args.out, "predictor_transfer_eval.csv"), args.devices
+        )
         print(t.groupby(["kind", "op"])["mape"].median().round(2).to_string())
         print("transfer median:", round(float(t["mape"].median()), 2))
 

@@ -8,17 +8,26 @@ stored in the params (e.g. attention heads per device), so one tree fits every o
 
 The prediction in milliseconds is::
 
-    poly(x)  = sum_k coef[k] * prod_j (x_j / x_max_j) ** exponents[k, j]   (coef >= 0)
-    u        = log1p(x);   z = (u - z_mu) / z_sd
-    w(x)     = exp(-dist(u, [lo, hi])**2 / tau**2)    # 1 inside the profiled box
-    y        = out_scale * poly(x) * exp(w(x) * mlp(z)) * (1 + gqa_decode * [x_0 > 1])
+    poly_c(x) = sum_k c[k] * prod_j (x_j / x_max_j) ** exponents[k, j]   (c >= 0)
+    u         = log1p(x);   z = (u - z_mu) / z_sd
+    w(x)      = exp(-dist(u, [lo, hi])**2 / tau**2)    # 1 inside the profiled box
+    knots(u)  = piecewise-linear interpolation of knot_r at knot_u, in u_0 = log1p(x_0)
+    far(x)    = s(x) * log poly_coef(x) + (1 - s(x)) * log poly_coef_in(x)   # s: share above
+    log y     = w(x) * (log poly_coef_in(x) + mlp(z) + knots(u)) + (1 - w(x)) * far(x)
+    y         = out_scale * exp(log y)
 
-Inside the profiled box the MLP multiplies the polynomial by a learned correction
-(interpolation); outside the correction fades smoothly so the non-negative polynomial in
-physical features (tokens, FLOPs, bytes) extrapolates. ``w`` is C1 (squared hinge),
-so the composite is differentiable everywhere. ``out_scale`` carries device transfer
-factors (and is 0 for ops that a model does not have); ``gqa_decode`` is Vidur's GQA
-decode batching overhead for transferred attention.
+Two non-negative polynomials share one physical basis (tokens, FLOPs, bytes): ``coef_in``
+is fitted on every row with equal relative weight and is the base the MLP corrects
+inside the profiled box (interpolation); ``coef`` is fitted with emphasis on the largest
+sizes and takes over beyond the box (extrapolation; below the box ``coef_in`` does),
+where the blend weight ``w`` fades the interpolating part out smoothly. The MLP learns the smooth part of the log-residual;
+for 1-feature ops the knots then carry what is left at the profiled points (GEMM wave
+quantization steps, L2-spill kinks), which a smooth network cannot follow: inside the
+range this is exactly linear interpolation between profiled points, like the neighbour
+averaging of Vidur's forests (attention and shape-transfer jobs keep zero knots). ``w`` is C1 (squared hinge), so the composite is
+differentiable everywhere. ``out_scale`` carries device transfer factors (and is 0 for
+ops that a model does not have). Predictions are raw kernel times: Vidur's GQA attention
+batching overhead is applied by the simulator, not here.
 """
 
 from __future__ import annotations
@@ -41,6 +50,12 @@ MAX_TERMS = 20
 #: Largest monomial exponent.
 MAX_EXPONENT = 3
 
+#: Residual knots per predictor (1-feature ops; the profiles have <= ~260 points).
+NUM_KNOTS = 256
+
+#: Smallest polynomial value (ms) before taking logs (keeps zero polynomials finite).
+POLY_FLOOR = 1e-9
+
 Params = dict[str, Any]
 
 
@@ -59,6 +74,7 @@ class MaskedMLP(nn.Module):
     def __call__(self, z: jax.Array, mask: jax.Array) -> jax.Array:
         """Args: z ``(..., 3)`` standardized log features; mask ``(width,)``. Returns ``(...)``."""
         h = z
+        mask = mask.astype(z.dtype)  # a float64 mask (jax_enable_x64) must not promote h
         for _ in range(self.depth):
             h = jnp.tanh(nn.Dense(self.width)(h)) * mask
         return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[..., 0]
@@ -115,12 +131,21 @@ def poly_terms(x: jax.Array, x_max: jax.Array, exponents: jax.Array) -> jax.Arra
     return jnp.prod(per_dim, axis=-1)
 
 
-def box_weight(u: jax.Array, lo: jax.Array, hi: jax.Array, tau: jax.Array) -> jax.Array:
-    """Blend weight: 1 inside ``[lo, hi]`` (log1p space), Gaussian decay outside. ``(N,)``."""
+def box_weight(
+    u: jax.Array, lo: jax.Array, hi: jax.Array, tau: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Blend weights for points ``u`` ``(N, 3)`` (log1p space) and the box ``[lo, hi]``.
+
+    Returns:
+      ``(w, s)``, each ``(N,)``: ``w`` is 1 inside the box with a Gaussian decay outside;
+      ``s`` in [0, 1] is the share of the squared distance lying *above* the box (1 when
+      every out-of-box dim is too large, 0 when every one is too small).
+    """
     over = jnp.maximum(u - hi, 0.0)
     under = jnp.maximum(lo - u, 0.0)
-    d2 = jnp.sum(over * over + under * under, axis=-1)
-    return jnp.exp(-d2 / (tau * tau))
+    d2_over = jnp.sum(over * over, axis=-1)
+    d2 = d2_over + jnp.sum(under * under, axis=-1)
+    return jnp.exp(-d2 / (tau * tau)), d2_over / jnp.maximum(d2, 1e-12)
 
 
 def internal_features(params: Params, feats: jax.Array) -> jax.Array:
@@ -134,24 +159,32 @@ def apply(params: Params, feats: jax.Array) -> jax.Array:
     Pure and differentiable; usable inside ``jit``/``vmap``/``grad``.
     """
     x = internal_features(params, feats)
-    poly = poly_terms(x, params["x_max"], params["exponents"]) @ params["coef"]
+    terms = poly_terms(x, params["x_max"], params["exponents"])
+    log_out = jnp.log(jnp.maximum(terms @ params["coef"], POLY_FLOOR))
+    log_in = jnp.log(jnp.maximum(terms @ params["coef_in"], POLY_FLOOR))
     u = jnp.log1p(jnp.maximum(x, 0.0))
     z = (u - params["z_mu"]) / params["z_sd"]
     corr = MLP.apply({"params": params["mlp"]}, z, jnp.ones((MAX_WIDTH,), x.dtype))
-    w = box_weight(u, params["lo"], params["hi"], params["tau"])
-    overhead = 1.0 + params["gqa_decode"] * (feats[..., 0] > 1.0)
-    return params["out_scale"] * poly * jnp.exp(w * corr) * overhead
+    corr = corr + jnp.interp(u[..., 0], params["knot_u"], params["knot_r"])
+    w, s = box_weight(u, params["lo"], params["hi"], params["tau"])
+    # Above the range the large-size polynomial extrapolates; below it (e.g. 1 token when
+    # the table starts at 2) the all-rows one does, since its constant term is the launch floor.
+    log_far = s * log_out + (1.0 - s) * log_in
+    return params["out_scale"] * jnp.exp(w * (log_in + corr) + (1.0 - w) * log_far)
 
 
 def zero_params() -> Params:
     """A predictor that always returns 0 ms (ops a model or a TP degree does not have)."""
-    mlp = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, np.float32), init_mlp(jax.random.PRNGKey(0)))
+    mlp = jax.tree_util.tree_map(
+        lambda a: np.zeros(a.shape, np.float32), init_mlp(jax.random.PRNGKey(0))
+    )
     return {
         "feat_scale": np.array([1.0, 1.0, 1.0], np.float32),
         "feat_const": np.zeros(3, np.float32),
         "x_max": np.ones(3, np.float32),
         "exponents": np.zeros((MAX_TERMS, 3), np.float32),
         "coef": np.zeros(MAX_TERMS, np.float32),
+        "coef_in": np.zeros(MAX_TERMS, np.float32),
         "z_mu": np.zeros(3, np.float32),
         "z_sd": np.ones(3, np.float32),
         "lo": np.zeros(3, np.float32),
@@ -159,5 +192,6 @@ def zero_params() -> Params:
         "tau": np.array(1.0, np.float32),
         "mlp": mlp,
         "out_scale": np.array(0.0, np.float32),
-        "gqa_decode": np.array(0.0, np.float32),
+        "knot_u": np.arange(NUM_KNOTS, dtype=np.float32),
+        "knot_r": np.zeros(NUM_KNOTS, np.float32),
     }

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -88,17 +89,25 @@ def save(base: str, params: dict[str, Any], meta: dict) -> None:
 
 
 def load(base: str) -> tuple[dict[str, Any], dict]:
-    """Read ``base.npz`` + ``base.json``; ConfigError (one line) if either is missing."""
+    """Read ``base.npz`` + ``base.json``; ConfigError (one line) if missing or unreadable."""
     if not (os.path.isfile(base + ".npz") and os.path.isfile(base + ".json")):
         raise ConfigError(f"predictor parameters not found: {base}.npz/.json")
-    with open(base + ".json") as f:
-        meta = json.load(f)
-    with np.load(base + ".npz", allow_pickle=False) as npz:
-        data = np.asarray(npz["data"], np.float32)
-    flat = {}
-    for name, shape, offset in meta.pop("_arrays"):
-        size = int(np.prod(shape)) if shape else 1
-        flat[name] = data[offset : offset + size].reshape(shape)
+    try:
+        with open(base + ".json") as f:
+            meta = json.load(f)
+        with np.load(base + ".npz", allow_pickle=False) as npz:
+            data = np.asarray(npz["data"], np.float32)
+        flat = {}
+        for name, shape, offset in meta.pop("_arrays"):
+            size = int(np.prod(shape)) if shape else 1
+            if offset + size > data.size:
+                raise ValueError(f"array '{name}' runs past the end of the data")
+            flat[name] = data[offset : offset + size].reshape(shape)
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as err:
+        # Stale layouts (older format versions), truncated or hand-edited files.
+        raise ConfigError(
+            f"unreadable predictor parameters {base}.npz/.json: {type(err).__name__}: {err}"
+        ) from err
     return unflatten(flat), meta
 
 
@@ -115,4 +124,6 @@ def files_hash(paths: list[str], extra: str = "") -> str:
 
 def cache_dir() -> str:
     """Cache folder for trained params: ``$VIDUR_JAX_CACHE`` or ``~/.cache/vidur_jax``."""
-    return os.environ.get("VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax"))
+    return os.environ.get(
+        "VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax")
+    )

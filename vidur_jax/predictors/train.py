@@ -16,7 +16,12 @@ learns the log-residual ``log y - log poly`` with a mean squared log-ratio loss,
 vmapped, ``lax.scan``-ed, jitted call: widths are hidden-unit masks inside one padded
 network and rows are padded to a bucketed count with zero weights, so the train step
 compiles once per (jobs, rows) bucket. The width is chosen on every 5th row held out; the
-winner is retrained on all rows.
+winner is retrained on all rows in a second vmapped run. Jobs of 1-feature ops skip the
+search (width ``KNOT_MLP_WIDTH``): their residual knots (stage 3) interpolate whatever
+the smooth MLP leaves at the profiled points.
+
+Stage 3 -- knots (1-feature ops): the remaining log-residual at every profiled point,
+averaged per distinct feature value, interpolated linearly (see ``hybrid``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ POLY_DEGREES: tuple[int, ...] = (1, 2, 3)
 #: MLP width candidates (M); all padded to ``hybrid.MAX_WIDTH``.
 MLP_WIDTHS: tuple[int, ...] = (8, 16, 32)
 NUM_STEPS = 1000
+#: MLP width of jobs with residual knots (no width search, see ``fit_jobs``).
+KNOT_MLP_WIDTH = 8
 PEAK_LR = 1e-2
 #: Blend length scale in log1p units: the MLP correction falls to exp(-1) at e**0.4 ~ 1.5x
 #: beyond the profiled box and to ~5% at 2x.
@@ -67,6 +74,10 @@ class FitJob:
     feat_scale: np.ndarray
     feat_const: np.ndarray
     basis: np.ndarray | None = None  # (P, 3) physical monomial exponents; None = degree search
+    #: Upper-range emphasis candidates ``a`` for the physical basis; one value = no search.
+    emphasis: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    #: Fit residual knots along feature 0 (1-feature ops only, see ``hybrid``).
+    knots: bool = False
 
 
 def active_dims(x: np.ndarray) -> tuple[int, ...]:
@@ -102,7 +113,13 @@ def fit_nnls_relative(phi: np.ndarray, y: np.ndarray) -> np.ndarray:
 EMPHASIS_POWERS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
 
 
-def fit_physical(x: np.ndarray, y: np.ndarray, x_max: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def fit_physical(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_max: np.ndarray,
+    basis: np.ndarray,
+    emphasis: tuple[float, ...] = EMPHASIS_POWERS,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Stage 1 for a fixed physical basis: choose the upper-range emphasis by extrapolation.
 
     Each candidate ``a`` weights the relative residual of row i by ``(prod_j x_ij/x_max_j)**a``
@@ -122,9 +139,9 @@ def fit_physical(x: np.ndarray, y: np.ndarray, x_max: np.ndarray, basis: np.ndar
         coef, _ = nnls(phi[rows] * (w / y[rows])[:, None], w, maxiter=50 * phi.shape[1])
         return coef
 
-    best = (np.inf, EMPHASIS_POWERS[0])
-    if inner.sum() >= 2 * len(basis) and (~inner).sum() >= 3:
-        for a in EMPHASIS_POWERS:
+    best = (np.inf, emphasis[0])
+    if len(emphasis) > 1 and inner.sum() >= 2 * len(basis) and (~inner).sum() >= 3:
+        for a in emphasis:
             pred = phi[~inner] @ fit(inner, a)
             score = float(np.mean(np.abs(pred / y[~inner] - 1.0)))
             if score < best[0]:
@@ -147,7 +164,11 @@ def fit_poly(x: np.ndarray, y: np.ndarray, x_max: np.ndarray) -> tuple[np.ndarra
       ``(exponents (MAX_TERMS, 3), coef (MAX_TERMS,), degree)``, zero-padded.
     """
     dims = active_dims(x)
-    inner = np.all(x[:, list(dims)] <= 0.5 * x_max[list(dims)], axis=1) if dims else np.ones(len(y), bool)
+    inner = (
+        np.all(x[:, list(dims)] <= 0.5 * x_max[list(dims)], axis=1)
+        if dims
+        else np.ones(len(y), bool)
+    )
     best: tuple[float, int] | None = None
     for degree in POLY_DEGREES:
         exps = monomials(dims, degree)
@@ -180,11 +201,15 @@ def width_mask(width: int) -> np.ndarray:
 
 
 def _optimizer() -> optax.GradientTransformation:
-    sched = optax.warmup_cosine_decay_schedule(0.0, PEAK_LR, 50, NUM_STEPS, end_value=PEAK_LR * 0.01)
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, PEAK_LR, 50, NUM_STEPS, end_value=PEAK_LR * 0.01
+    )
     return optax.adam(sched)
 
 
-def _loss(mlp: hybrid.Params, z: jax.Array, r: jax.Array, wts: jax.Array, mask: jax.Array) -> jax.Array:
+def _loss(
+    mlp: hybrid.Params, z: jax.Array, r: jax.Array, wts: jax.Array, mask: jax.Array
+) -> jax.Array:
     """Weighted mean squared log-ratio of one MLP: ``(corr - (log y - log poly))^2``."""
     pred = hybrid.MLP.apply({"params": mlp}, z, mask)
     return jnp.sum(wts * (pred - r) ** 2) / jnp.maximum(jnp.sum(wts), 1.0)
@@ -192,7 +217,12 @@ def _loss(mlp: hybrid.Params, z: jax.Array, r: jax.Array, wts: jax.Array, mask: 
 
 @partial(jax.jit, static_argnames=("num_steps",))
 def fit_mlps(
-    mlp0: hybrid.Params, z: jax.Array, r: jax.Array, wts: jax.Array, masks: jax.Array, num_steps: int = NUM_STEPS
+    mlp0: hybrid.Params,
+    z: jax.Array,
+    r: jax.Array,
+    wts: jax.Array,
+    masks: jax.Array,
+    num_steps: int = NUM_STEPS,
 ) -> tuple[hybrid.Params, jax.Array]:
     """Train K MLPs at once (vmapped Adam, scanned steps).
 
@@ -233,9 +263,35 @@ def _bucket(n: int) -> int:
 
 @dataclass
 class _Prepared:
-    base: hybrid.Params  # everything but the MLP
-    z: np.ndarray  # (N, 3)
+    base: hybrid.Params  # everything but the MLP and knots
+    z: np.ndarray  # (N, 3) MLP rows (strided to MAX_MLP_ROWS)
     r: np.ndarray  # (N,)
+    u0_all: np.ndarray | None = None  # (M,) log1p(x_0) of every row, for knots
+    z_all: np.ndarray | None = None  # (M, 3)
+    r_all: np.ndarray | None = None  # (M,)
+
+
+def fit_knots(
+    u0: np.ndarray, resid: np.ndarray, num: int = hybrid.NUM_KNOTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Knots interpolating ``resid`` at ``u0`` (mean per distinct value, or per quantile bin).
+
+    Returns:
+      ``(knot_u (num,), knot_r (num,))``, ``knot_u`` strictly increasing; unused knots
+      continue past the last point with its value (the interpolation holds it).
+    """
+    order = np.argsort(u0, kind="stable")
+    u0, resid = u0[order], resid[order]
+    uniq, inv = np.unique(u0, return_inverse=True)
+    if len(uniq) > num:  # group neighbouring values into num bins of similar counts
+        inv = np.minimum((np.arange(len(u0)) * num) // len(u0), num - 1)
+    k = int(inv.max()) + 1
+    cnt = np.bincount(inv, minlength=k)
+    ku = np.bincount(inv, weights=u0, minlength=k) / cnt
+    kr = np.bincount(inv, weights=resid, minlength=k) / cnt
+    knot_u = np.concatenate([ku, ku[-1] + 1.0 + np.arange(num - k)])
+    knot_r = np.concatenate([kr, np.full(num - k, kr[-1])])
+    return knot_u.astype(np.float32), knot_r.astype(np.float32)
 
 
 def _prepare(job: FitJob) -> _Prepared:
@@ -244,32 +300,41 @@ def _prepare(job: FitJob) -> _Prepared:
     y = np.maximum(job.y.astype(np.float64), 0.5 * max(job.y[job.y > 0].min(), 1e-4))
     x_max = np.maximum(x.max(axis=0), 1e-9)
     if job.basis is not None:
-        exps, coef, _ = fit_physical(x, y, x_max, np.asarray(job.basis, np.float32))
+        basis = np.asarray(job.basis, np.float32)
+        exps, coef, _ = fit_physical(x, y, x_max, basis, job.emphasis)
+        _, coef_in, _ = fit_physical(x, y, x_max, basis, (0.0,))
     else:
         exps, coef, _ = fit_poly(x, y, x_max)
+        coef_in = coef
     u = np.log1p(np.maximum(x, 0.0))
     mu = u.mean(axis=0)
     sd = u.std(axis=0)
     sd = np.where(sd > 1e-6, sd, 1.0)
-    poly = design(x, x_max, exps) @ coef.astype(np.float64)
-    r = np.log(y) - np.log(np.maximum(poly, 1e-12))
-    stride = -(-len(r) // MAX_MLP_ROWS)
-    u_mlp, r = u[::stride], r[::stride]
+    poly = design(x, x_max, exps) @ coef_in.astype(np.float64)
+    r_full = np.log(y) - np.log(np.maximum(poly, hybrid.POLY_FLOOR))
+    stride = -(-len(r_full) // MAX_MLP_ROWS)
+    u_mlp, r = u[::stride], r_full[::stride]
     base = {
         "feat_scale": job.feat_scale.astype(np.float32),
         "feat_const": job.feat_const.astype(np.float32),
         "x_max": x_max.astype(np.float32),
         "exponents": exps,
         "coef": coef,
+        "coef_in": coef_in.astype(np.float32),
         "z_mu": mu.astype(np.float32),
         "z_sd": sd.astype(np.float32),
         "lo": u.min(axis=0).astype(np.float32),
         "hi": u.max(axis=0).astype(np.float32),
         "tau": np.array(TAU, np.float32),
         "out_scale": np.array(1.0, np.float32),
-        "gqa_decode": np.array(0.0, np.float32),
     }
-    return _Prepared(base, ((u_mlp - mu) / sd).astype(np.float32), r.astype(np.float32))
+    base["knot_u"], base["knot_r"] = hybrid.zero_params()["knot_u"], hybrid.zero_params()["knot_r"]
+    prep = _Prepared(base, ((u_mlp - mu) / sd).astype(np.float32), r.astype(np.float32))
+    if job.knots:
+        prep.u0_all = u[:, 0]
+        prep.z_all = ((u - mu) / sd).astype(np.float32)
+        prep.r_all = r_full.astype(np.float32)
+    return prep
 
 
 def _run_mlps(
@@ -283,7 +348,7 @@ def _run_mlps(
     r = np.zeros((k_pad, n), np.float32)
     wts = np.zeros((k_pad, n), np.float32)
     masks = np.zeros((k_pad, hybrid.MAX_WIDTH), np.float32)
-    for i, (p, w, rows) in enumerate(zip(preps, widths, row_sets)):
+    for i, (p, w, rows) in enumerate(zip(preps, widths, row_sets, strict=False)):
         z[i] = _pad_rows(p.z, n)
         r[i] = _pad_rows(p.r, n)
         wts[i, rows] = 1.0
@@ -292,7 +357,10 @@ def _run_mlps(
     mlp0 = jax.vmap(hybrid.init_mlp)(keys)
     params, _ = fit_mlps(mlp0, jnp.asarray(z), jnp.asarray(r), jnp.asarray(wts), jnp.asarray(masks))
     params = jax.tree_util.tree_map(np.asarray, params)
-    out = [hybrid.zero_masked_units(jax.tree_util.tree_map(lambda a: a[i], params), masks[i]) for i in range(k)]
+    out = [
+        hybrid.zero_masked_units(jax.tree_util.tree_map(lambda a, i=i: a[i], params), masks[i])
+        for i in range(k)
+    ]
     return out, np.asarray([0.0])
 
 
@@ -305,8 +373,10 @@ def _run_grouped(
         buckets.setdefault(_bucket(len(p.r)), []).append(i)
     out: list[hybrid.Params | None] = [None] * len(preps)
     for b, idx in sorted(buckets.items()):
-        params, _ = _run_mlps([preps[i] for i in idx], [widths[i] for i in idx], [row_sets[i] for i in idx], seed + b)
-        for i, p in zip(idx, params):
+        params, _ = _run_mlps(
+            [preps[i] for i in idx], [widths[i] for i in idx], [row_sets[i] for i in idx], seed + b
+        )
+        for i, p in zip(idx, params, strict=False):
             out[i] = p
     return out
 
@@ -316,7 +386,9 @@ def _mlp_msle(mlp: hybrid.Params, prep: _Prepared, rows: np.ndarray) -> float:
     return float(np.mean((np.asarray(pred) - prep.r[rows]) ** 2))
 
 
-def fit_jobs(jobs: list[FitJob], seed: int = 0, widths: tuple[int, ...] = MLP_WIDTHS) -> list[hybrid.Params]:
+def fit_jobs(
+    jobs: list[FitJob], seed: int = 0, widths: tuple[int, ...] = MLP_WIDTHS
+) -> list[hybrid.Params]:
     """Fit every job: polynomial search (L), then a vmapped MLP width search (M).
 
     Args:
@@ -330,31 +402,48 @@ def fit_jobs(jobs: list[FitJob], seed: int = 0, widths: tuple[int, ...] = MLP_WI
     if not jobs:
         return []
     preps = [_prepare(j) for j in jobs]
-    # One vmapped run trains every (job, width) with every 5th row (offset 2) held out; the
-    # width with the best held-out loss is kept as is (no refit: the grids are dense, and the
-    # polynomial already uses every row), so the search costs a single compiled run.
-    entries = []  # (job index, width, all_rows)
-    for i in range(len(preps)):
-        for w in widths:
-            entries.append((i, w, len(widths) == 1))
-    row_sets = []
-    for i, _, all_rows in entries:
-        idx = np.arange(len(preps[i].r))
-        row_sets.append(idx if all_rows else idx[idx % 5 != 2])
-    mlps = _run_grouped([preps[i] for i, _, _ in entries], [w for _, w, _ in entries], row_sets, seed)
-    best: dict[int, tuple[float, int]] = {}
-    for (i, w, all_rows), mlp in zip(entries, mlps):
-        idx = np.arange(len(preps[i].r))
-        loss = _mlp_msle(mlp, preps[i], idx[idx % 5 == 2])
-        if i not in best or loss < best[i][0] - 1e-9:
-            best[i] = (loss, w)
+    # Jobs with knots get a fixed small width: the knots interpolate what the MLP leaves,
+    # so the width barely matters there (and the search would double their cost).
+    chosen = [KNOT_MLP_WIDTH if job.knots else widths[-1] for job in jobs]
+    search = [i for i, job in enumerate(jobs) if not job.knots]
+    if len(widths) > 1 and search:
+        # Width search: one vmapped run trains every (job, width) with every 5th row
+        # (offset 2) held out; the width with the best held-out loss wins.
+        entries = [(i, w) for i in search for w in widths]
+        row_sets = []
+        for i, _ in entries:
+            idx = np.arange(len(preps[i].r))
+            row_sets.append(idx[idx % 5 != 2])
+        mlps = _run_grouped([preps[i] for i, _ in entries], [w for _, w in entries], row_sets, seed)
+        best: dict[int, tuple[float, int]] = {}
+        for (i, w), mlp in zip(entries, mlps, strict=False):
+            idx = np.arange(len(preps[i].r))
+            loss = _mlp_msle(mlp, preps[i], idx[idx % 5 == 2])
+            if i not in best or loss < best[i][0] - 1e-9:
+                best[i] = (loss, w)
+        for i in search:
+            chosen[i] = best[i][1]
+    # Refit the chosen width of every job on all of its rows (a second, smaller run).
+    all_rows = [np.arange(len(p.r)) for p in preps]
+    mlps = _run_grouped(preps, chosen, all_rows, seed + 1)
     out = []
-    for (i, w, all_rows), mlp in zip(entries, mlps):
-        if all_rows or w == best[i][1]:
-            params = dict(preps[i].base)
-            params["mlp"] = mlp
-            out.append(params)
+    for prep, mlp in zip(preps, mlps, strict=False):
+        params = dict(prep.base)
+        params["mlp"] = mlp
+        if prep.u0_all is not None:
+            smooth = hybrid.MLP.apply(
+                {"params": mlp}, jnp.asarray(prep.z_all), jnp.ones(hybrid.MAX_WIDTH, jnp.float32)
+            )
+            params["knot_u"], params["knot_r"] = fit_knots(
+                prep.u0_all, prep.r_all - np.asarray(smooth, np.float64)
+            )
+        out.append(params)
     return out
+
+
+def config_key() -> str:
+    """Training settings that change fitted params (part of the training cache key)."""
+    return f"steps={NUM_STEPS}|widths={MLP_WIDTHS}|knot_width={KNOT_MLP_WIDTH}|knots={hybrid.NUM_KNOTS}|lr={PEAK_LR}|tau={TAU}|rows={ROW_BUCKETS}"
 
 
 def widths_of(params: hybrid.Params) -> int:

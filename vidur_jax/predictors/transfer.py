@@ -7,11 +7,13 @@ query heads for prefill (FLOP-bound), KV heads for decode (KV-bandwidth-bound;
 FlashAttention's decode kernel reads each KV head once for its query group). For a
 target model the head feature is set from its shape, and:
 
-* **GQA decode**: times are multiplied by ``1 + 0.1`` when ``batch_size > 1``, Vidur's
-  ``attention_decode_batching_overhead_fraction`` (default 0.1, applied by Vidur only
-  when ``num_q_heads > num_kv_heads``). The prefill counterpart (also 0.1, when a batch has
-  more than one prefill) depends on the batch composition and is left to the simulator;
-  it is recorded in ``meta["attn_prefill_batching_overhead_fraction"]``.
+* **GQA**: the predictor returns the raw kernel time from the heads feature (KV heads for
+  decode, query heads for prefill), like Vidur's forests. Vidur's batching overhead for
+  GQA models (``attention_decode_batching_overhead_fraction`` and its prefill twin,
+  default 0.1, applied when ``num_q_heads > num_kv_heads`` and a batch holds more than
+  one decode / prefill) depends on the batch composition and is applied once, by the
+  simulator (``SimParams.gqa_overhead``); ``meta["attn_batching_overhead_fraction"]``
+  records it. Basis: Vidur has no GQA profile either and uses the same x1.1 rule.
 * **Another GPU**: times are scaled by the measured ratio of that GPU's GEMM times to the
   A100's on the same models/TPs (``device_scales``): the ratio at ``num_tokens <= 16``
   (weight-streaming, memory-bound like decode) for decode, and at ``num_tokens >= 2048``
@@ -36,8 +38,8 @@ from vidur_jax.profiles import loader
 
 REFERENCE_DEVICE = "a100"
 REFERENCE_MODEL = "meta-llama/Llama-2-7b-hf"
-GQA_DECODE_OVERHEAD = 0.1
-GQA_PREFILL_OVERHEAD = 0.1
+#: Vidur's attention batching overhead fraction for GQA models (applied by the simulator).
+GQA_BATCHING_OVERHEAD = 0.1
 _GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 
 
@@ -49,9 +51,14 @@ def device_scales(profiles_dir: str, device: str, reference: str = REFERENCE_DEV
     """
     if device == reference:
         return {"prefill": 1.0, "decode": 1.0, "basis": "reference device"}
-    common = sorted(set(loader.list_compute_models(profiles_dir, device)) & set(loader.list_compute_models(profiles_dir, reference)))
+    common = sorted(
+        set(loader.list_compute_models(profiles_dir, device))
+        & set(loader.list_compute_models(profiles_dir, reference))
+    )
     if not common:
-        raise ConfigError(f"cannot transfer attention to device '{device}': no model profiled on both {device} and {reference}")
+        raise ConfigError(
+            f"cannot transfer attention to device '{device}': no model profiled on both {device} and {reference}"
+        )
     small, large = [], []
     for model in common:
         a = loader.load_compute(profiles_dir, device, model)
@@ -72,10 +79,16 @@ def device_scales(profiles_dir: str, device: str, reference: str = REFERENCE_DEV
 def reference_shape(att: pd.DataFrame) -> dict:
     """Model shape recorded in an attention table (first row)."""
     row = att.iloc[0]
-    return {"num_q_heads": int(row["n_q_head"]), "num_kv_heads": int(row["n_kv_head"]), "embedding_dim": int(row["n_embd"])}
+    return {
+        "num_q_heads": int(row["n_q_head"]),
+        "num_kv_heads": int(row["n_kv_head"]),
+        "embedding_dim": int(row["n_embd"]),
+    }
 
 
-def attention_transfer_jobs(att: pd.DataFrame, exclude_tp: int | None = None) -> dict[str, "datasets.FitJob"]:
+def attention_transfer_jobs(
+    att: pd.DataFrame, exclude_tp: int | None = None
+) -> dict[str, datasets.FitJob]:
     """Prefill and decode fit jobs over all TPs of the reference table (heads as a feature)."""
     shape = reference_shape(att)
     jobs = {}
@@ -89,15 +102,15 @@ def attention_transfer_jobs(att: pd.DataFrame, exclude_tp: int | None = None) ->
     return jobs
 
 
-def specialize_attention(params: hybrid.Params, op: str, shape: dict, tp: int, scale: float) -> hybrid.Params:
-    """Transfer-model params for one target: fix its heads feature, device scale and GQA rule."""
+def specialize_attention(
+    params: hybrid.Params, op: str, shape: dict, tp: int, scale: float
+) -> hybrid.Params:
+    """Transfer-model params for one target: fix its heads feature and device scale."""
     kind = "prefill" if op == "attn_prefill" else "decode"
     p = copy.deepcopy(params)
     p["feat_scale"] = np.array([1.0, 1.0, 0.0], np.float32)
     p["feat_const"] = np.array([0.0, 0.0, datasets.effective_heads(shape, tp, kind)], np.float32)
     p["out_scale"] = np.array(scale, np.float32)
-    gqa = shape["num_q_heads"] > shape["num_kv_heads"] and kind == "decode"
-    p["gqa_decode"] = np.array(GQA_DECODE_OVERHEAD if gqa else 0.0, np.float32)
     return p
 
 

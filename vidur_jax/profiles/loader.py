@@ -80,7 +80,9 @@ def compute_path(profiles_dir: str, device: str, model: str, table: str = "mlp")
 
 def network_path(profiles_dir: str, network_device: str, collective: str) -> str:
     """Path of a network table, e.g. ``<dir>/profiling/network/a100_dgx/all_reduce.csv``."""
-    return os.path.join(_profiling_root(profiles_dir), "network", network_device, f"{collective}.csv")
+    return os.path.join(
+        _profiling_root(profiles_dir), "network", network_device, f"{collective}.csv"
+    )
 
 
 def _profiling_root(profiles_dir: str) -> str:
@@ -124,13 +126,19 @@ def check_times(df: pd.DataFrame, columns: Sequence[str], path: str) -> None:
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ConfigError(f"profile {path}: column '{col}' has a NaN/non-numeric time at data row {row}")
+            raise ConfigError(
+                f"profile {path}: column '{col}' has a NaN/non-numeric time at data row {row}"
+            )
         if (values < 0).any():
             row = int(np.flatnonzero(values < 0)[0])
-            raise ConfigError(f"profile {path}: column '{col}' has a negative time ({values[row]}) at data row {row}")
+            raise ConfigError(
+                f"profile {path}: column '{col}' has a negative time ({values[row]}) at data row {row}"
+            )
 
 
-def average_duplicates(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+def average_duplicates(
+    df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]
+) -> pd.DataFrame:
     """Average repeated measurements of the same grid point; one row per key."""
     return df.groupby(list(keys), as_index=False, sort=True)[list(values)].mean()
 
@@ -151,11 +159,15 @@ def load_compute(profiles_dir: str, device: str, model_profile_name: str) -> pd.
     path = compute_path(profiles_dir, device, model_profile_name)
     df = read_csv(path, "compute profile")
     required = [median_col(op) for op in COMPUTE_OPS if op not in OPTIONAL_COMPUTE_OPS]
-    require_columns(df, [*SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers", *required], path)
+    require_columns(
+        df, [*SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers", *required], path
+    )
     present = [median_col(op) for op in COMPUTE_OPS if median_col(op) in df.columns]
     check_times(df, present, path)
     check_times(df, ["num_tokens", "num_tensor_parallel_workers"], path)
-    out = pd.DataFrame({k: df[k] for k in (*SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers")})
+    out = pd.DataFrame(
+        {k: df[k] for k in (*SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers")}
+    )
     for op in COMPUTE_OPS:
         out[op] = df[median_col(op)].astype(float) if median_col(op) in df.columns else 0.0
     out["use_gated_mlp"] = out["use_gated_mlp"].astype(str).str.lower().eq("true")
@@ -163,7 +175,9 @@ def load_compute(profiles_dir: str, device: str, model_profile_name: str) -> pd.
     return average_duplicates(out, keys, list(COMPUTE_OPS))
 
 
-def select_tp(df: pd.DataFrame, tp: int, path_hint: str, column: str = "num_tensor_parallel_workers") -> pd.DataFrame:
+def select_tp(
+    df: pd.DataFrame, tp: int, path_hint: str, column: str = "num_tensor_parallel_workers"
+) -> pd.DataFrame:
     """Rows of ``df`` for tensor-parallel degree ``tp``; ConfigError if there are none."""
     rows = df[df[column] == tp]
     if rows.empty:
@@ -202,7 +216,9 @@ def load_attention(profiles_dir: str, device: str, model_profile_name: str) -> p
     """
     path = compute_path(profiles_dir, device, model_profile_name, "attention")
     df = read_csv(path, "attention profile")
-    require_columns(df, [*ATTENTION_KEYS, median_col("attn_prefill"), median_col("attn_decode")], path)
+    require_columns(
+        df, [*ATTENTION_KEYS, median_col("attn_prefill"), median_col("attn_decode")], path
+    )
     is_prefill = df["is_prefill"].astype(str).str.lower().eq("true")
     check_times(df[is_prefill], [median_col("attn_prefill")], path)
     check_times(df[~is_prefill], [median_col("attn_decode")], path)
@@ -220,10 +236,14 @@ def load_attention(profiles_dir: str, device: str, model_profile_name: str) -> p
     return out.groupby(list(ATTENTION_KEYS), as_index=False, sort=True).mean()
 
 
-def _load_network(profiles_dir: str, network_device: str, collective: str) -> tuple[pd.DataFrame, str]:
+def _load_network(
+    profiles_dir: str, network_device: str, collective: str
+) -> tuple[pd.DataFrame, str]:
     path = network_path(profiles_dir, network_device, collective)
     df = read_csv(path, f"{collective} profile")
-    require_columns(df, [median_col(collective), "num_workers", "size", "collective", "devices_per_node"], path)
+    require_columns(
+        df, [median_col(collective), "num_workers", "size", "collective", "devices_per_node"], path
+    )
     df = df[df["collective"] == collective]
     if df.empty:
         raise ConfigError(f"profile {path} has no rows with collective == '{collective}'")
@@ -242,7 +262,13 @@ def load_all_reduce(profiles_dir: str, network_device: str, tp: int) -> pd.DataF
     df, path = _load_network(profiles_dir, network_device, "all_reduce")
     rows = df[(df["num_workers"] == tp) & (df["devices_per_node"] == tp)]
     if rows.empty:
-        avail = sorted({int(w) for w, d in zip(df["num_workers"], df["devices_per_node"]) if w == d})
+        avail = sorted(
+            {
+                int(w)
+                for w, d in zip(df["num_workers"], df["devices_per_node"], strict=False)
+                if w == d
+            }
+        )
         raise ConfigError(
             f"no all_reduce rows for tp={tp} (num_workers == devices_per_node == {tp}) in {path} "
             f"(available tp: {avail})"
@@ -251,7 +277,9 @@ def load_all_reduce(profiles_dir: str, network_device: str, tp: int) -> pd.DataF
     return average_duplicates(rows, ["size"], ["all_reduce"])
 
 
-def load_send_recv(profiles_dir: str, network_device: str, multi_node: bool = False) -> pd.DataFrame:
+def load_send_recv(
+    profiles_dir: str, network_device: str, multi_node: bool = False
+) -> pd.DataFrame:
     """Pipeline send/recv times between two stages (Vidur's selection).
 
     Vidur uses ``devices_per_node == 2`` when the stages share a node and ``1`` when
