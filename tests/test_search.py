@@ -90,6 +90,15 @@ def test_next_qps_refines_to_granularity():
     assert cap.next_qps([_p(512.0, True)], s, 2)[1] == "capped"
 
 
+def test_capacity_under_slo_criterion():
+    s = cap.SearchSettings(max_delay_s=5.0)
+    summ = {"ttft_p90": 3.0, "tbt_p99": 0.1}
+    assert cap.passes(1.0, summ, s) and not cap.passes(6.0, summ, s)
+    strict = cap.SearchSettings(max_delay_s=5.0, ttft_p90_max_s=2.0, tbt_p99_max_s=0.2)
+    assert not cap.passes(1.0, summ, strict)
+    assert cap.passes(1.0, {"ttft_p90": 1.0, "tbt_p99": 0.1}, strict)
+
+
 def test_settings_reject_bad_values():
     with pytest.raises(ConfigError, match="granularity"):
         cap.SearchSettings(granularity=0).check()

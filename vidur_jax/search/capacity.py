@@ -69,6 +69,9 @@ class SearchSettings:
             chunks are padded with no-op lanes.
         mode: ``replica`` | ``cluster`` | ``auto`` (replica for round robin).
         seed: PRNG seed of lengths and arrivals.
+        ttft_p90_max_s: if set, a probe also needs TTFT P90 <= this to pass (capacity
+            under the user SLO instead of Vidur's scheduling-delay criterion alone).
+        tbt_p99_max_s: likewise for TBT P99.
     """
 
     num_requests: int = 400
@@ -82,6 +85,8 @@ class SearchSettings:
     width: int = 16
     mode: str = "auto"
     seed: int = 42
+    ttft_p90_max_s: float | None = None
+    tbt_p99_max_s: float | None = None
 
     def check(self) -> SearchSettings:
         """Validate (one line per bad value)."""
@@ -232,6 +237,16 @@ def make_probe_workloads(
     return ProbeWorkloads(np.asarray(p), np.asarray(d), np.asarray(u), num_requests, mode)
 
 
+def passes(delay_s: float, summary: dict, s: SearchSettings) -> bool:
+    """The capacity criterion: delay quantile within bound (and the SLO, if set)."""
+    ok = delay_s <= s.max_delay_s
+    if s.ttft_p90_max_s is not None:
+        ok = ok and summary.get("ttft_p90", math.inf) <= s.ttft_p90_max_s
+    if s.tbt_p99_max_s is not None:
+        ok = ok and summary.get("tbt_p99", math.inf) <= s.tbt_p99_max_s
+    return bool(ok)
+
+
 def sched_delay_quantile(out: ConfigOutput, q: float) -> float:
     """Quantile ``q`` of scheduling delay (first scheduled - arrival) over requests,
     numpy's linear method (as ``summary.csv``); inf if some request was never scheduled."""
@@ -369,7 +384,7 @@ class ProbeRunner:
                 out = _config_output(self.sim_cfgs[p.config_index], wl, state, j)
                 p.summary = out.summary
                 p.delay_s = sched_delay_quantile(out, self.settings.quantile)
-                p.passed = bool(p.delay_s <= self.settings.max_delay_s)
+                p.passed = passes(p.delay_s, p.summary, self.settings)
         return overflow
 
 

@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "width": 16,
     "mode": "auto",
     "slos": [{"name": "default", "ttft_p90_s": 2.0, "tbt_p99_s": 0.2}],
+    "capacity_under_slo": False,
     "predictor_note": None,
 }
 
@@ -114,6 +115,10 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
     seed = int(cfg.get("seed", 42))
     settings = settings_from(block, seed)
     slos = select.slos_from(block["slos"])
+    if block["capacity_under_slo"]:
+        settings = dataclasses.replace(
+            settings, ttft_p90_max_s=slos[0].ttft_p90_s, tbt_p99_max_s=slos[0].tbt_p99_s
+        )
     base = app.deployment_from(cfg)
     default_cluster = {
         "device": base.device,
