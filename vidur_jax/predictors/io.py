@@ -80,8 +80,15 @@ def save(base: str, params: dict[str, Any], meta: dict) -> None:
         os.chmod(tmp, 0o644)
 
     def write_json(tmp: str) -> None:
+        # Readable metadata; the array index compact, one leaf per line (small files).
+        text = json.dumps(
+            {k: v for k, v in meta.items() if k != "_arrays"}, indent=1, sort_keys=True
+        )
+        rows = ",\n  ".join(json.dumps(row, separators=(",", ":")) for row in index)
+        text = text[: text.rstrip().rfind("}")].rstrip()
+        text += (",\n" if text != "{" else "\n") + f' "_arrays": [\n  {rows}\n ]\n}}\n'
         with open(tmp, "w") as f:
-            json.dump(dict(meta, _arrays=index), f, indent=1, sort_keys=True)
+            f.write(text)
         os.chmod(tmp, 0o644)
 
     _atomic_write(base + ".npz", write_npz)
