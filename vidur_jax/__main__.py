@@ -66,6 +66,10 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
     task = str(cfg.get("task", "simulate"))
+    if bool(cfg.get("skip_existing", False)) and os.path.exists(os.path.join(out_dir, "summary.csv")):
+        open(os.path.join(out_dir, ".skipped"), "w").close()
+        sys.stderr.write(f"skipped: {out_dir} already has summary.csv\n")
+        return
     try:
         if task != "simulate":
             from vidur_jax import tasks
