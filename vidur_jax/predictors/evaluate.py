@@ -29,7 +29,10 @@ import numpy as np
 import pandas as pd
 
 from vidur_jax.predictors import api, datasets, train
-from vidur_jax.predictors import transfer as tr
+
+# Not ``from vidur_jax.predictors import transfer``: the package exports a ``transfer``
+# function under that name, which shadows the submodule once the package is imported.
+from vidur_jax.predictors.transfer import REFERENCE_DEVICE, REFERENCE_MODEL, attention_transfer_jobs
 from vidur_jax.profiles import loader
 
 VIDUR_RF_GRID = {
@@ -281,13 +284,13 @@ def run_transfer_eval(
                 jobs.append(datasets.shape_job(train_frames, op, row_stride=2))
                 infos.append({"kind": "model", "device": device, "held_out": held, "op": op})
                 tests.append(test)
-    att = loader.load_attention(profiles_dir, tr.REFERENCE_DEVICE, tr.REFERENCE_MODEL)
+    att = loader.load_attention(profiles_dir, REFERENCE_DEVICE, REFERENCE_MODEL)
     for tp in (1, 2, 4, 8):
-        for op, job in tr.attention_transfer_jobs(att, exclude_tp=tp).items():
-            test = tr.attention_transfer_jobs(att[att["num_tensor_parallel_workers"] == tp])[op]
+        for op, job in attention_transfer_jobs(att, exclude_tp=tp).items():
+            test = attention_transfer_jobs(att[att["num_tensor_parallel_workers"] == tp])[op]
             jobs.append(job)
             infos.append(
-                {"kind": "tp", "device": tr.REFERENCE_DEVICE, "held_out": f"tp{tp}", "op": op}
+                {"kind": "tp", "device": REFERENCE_DEVICE, "held_out": f"tp{tp}", "op": op}
             )
             tests.append(test)
     log(f"fitting {len(jobs)} transfer predictors")
