@@ -26,7 +26,7 @@ from vidur_jax.workload import make_workload
 
 PRED = LinearPredictor(per_token_ms=0.1 / 32, fixed_ms=10.0 / 32, decode_ms_per_kv=1e-5,
                        prefill_ms_per_token2=1e-7)
-POLICIES = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm")
+POLICIES = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm", "static_batching", "s3")
 
 
 def random_workload(seed: int, n: int = 40, qps: float = 20.0):
@@ -42,6 +42,10 @@ def small_config(policy: str, **kw) -> DeploymentConfig:
                 num_blocks=120, block_size=16, max_tokens_in_batch=1024)
     if policy == "lightllm":  # Vidur's LightLLM needs one-token blocks (its memory estimate is in tokens)
         base.update(block_size=1, num_blocks=1920)
+    if policy == "static_batching":
+        base.update(batch_timeout_s=0.05, batch_max_tokens=2048)
+    if policy == "s3":  # buckets of 26 output tokens, a predictor wrong half of the time
+        base.update(s3_num_buckets=40, s3_predictor="confusion", s3_accuracy=0.5)
     base.update(kw)
     return DeploymentConfig(**base)
 
@@ -112,7 +116,7 @@ def _static_params(policy: str, wl, **static_kw):
     return static, tables, params
 
 
-@pytest.mark.parametrize("policy", ["vllm", "sarathi"])
+@pytest.mark.parametrize("policy", ["vllm", "sarathi", "static_batching"])
 def test_fused_decode_runs_equal_unfused(policy):
     wl = random_workload(7, n=30, qps=5.0)
     outs = []

@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,17 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "memory_margin_fraction",
             "num_blocks",
             "vidur_compat_memory",
+            "batch_timeout_s",
+            "batch_max_tokens",
+            "s3_predictor",
+            "s3_accuracy",
+            "s3_error_buckets",
+            "s3_num_buckets",
         }
     ),
-    "predictor": frozenset({"cpu_overhead_ms", "attn_scale", "compute_scale", "network_scale"}),
+    "predictor": frozenset(
+        {"cpu_overhead_ms", "cpu_overhead", "attn_scale", "compute_scale", "network_scale"}
+    ),
     "workload": frozenset(
         {
             "name",
@@ -105,6 +114,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "prefill_scale_factor",
             "decode_scale_factor",
             "time_scale_factor",
+            "num_seqs",
         }
     ),
 }
@@ -134,6 +144,7 @@ class RunPlan:
         name: run name.
         chrome_trace: also record every batch and write ``chrome_trace.json``
             (:mod:`vidur_jax.metrics.chrome_trace`).
+        chunk_configs: configs per compiled call (None = as many as fit in memory).
     """
 
     configs: tuple[Any, ...]  # DeploymentConfig
@@ -142,6 +153,7 @@ class RunPlan:
     profiles_dir: str | None
     name: str = "default"
     chrome_trace: bool = False
+    chunk_configs: int | None = None
 
 
 # ----------------------------------------------------------------------------- config
@@ -286,6 +298,19 @@ def _float(name: str, value: Any) -> float:
         raise ConfigError(f"{name}={value!r} must be a number") from None
 
 
+def _bool(name: str, value: Any) -> bool:
+    require(isinstance(value, (bool, np.bool_)), f"{name}={value!r} must be true or false")
+    return bool(value)
+
+
+def _data_root(tree: Mapping[str, Any]) -> str | None:
+    """Vidur data root searched for CPU-overhead profiles (profiles_dir, else data_dir)."""
+    root = tree.get("profiles_dir") or tree.get("data_dir")
+    if not isinstance(root, str) or not root:
+        return None
+    return os.path.abspath(os.path.expanduser(root))
+
+
 def deployment_from(tree: Mapping[str, Any]):
     """The validated :class:`DeploymentConfig` of one (swept) config tree."""
     from vidur_jax.sim.build import DeploymentConfig
@@ -317,7 +342,15 @@ def deployment_from(tree: Mapping[str, Any]):
         max_tokens=_int("workload.max_tokens", wl["max_tokens"]),
         num_blocks=None if num_blocks is None else _int("scheduler.num_blocks", num_blocks),
         vidur_compat_memory=bool(sch.get("vidur_compat_memory", True)),
+        batch_timeout_s=_float("scheduler.batch_timeout_s", sch.get("batch_timeout_s", 0.1)),
+        batch_max_tokens=_int("scheduler.batch_max_tokens", sch.get("batch_max_tokens", 65536)),
+        s3_predictor=str(sch.get("s3_predictor", "oracle")),
+        s3_accuracy=_float("scheduler.s3_accuracy", sch.get("s3_accuracy", 1.0)),
+        s3_error_buckets=_int("scheduler.s3_error_buckets", sch.get("s3_error_buckets", 1)),
+        s3_num_buckets=_int("scheduler.s3_num_buckets", sch.get("s3_num_buckets", 10)),
         cpu_overhead_ms=_float("predictor.cpu_overhead_ms", pred["cpu_overhead_ms"]),
+        cpu_overhead=_bool("predictor.cpu_overhead", pred.get("cpu_overhead", False)),
+        cpu_overhead_dir=_data_root(tree),
         attn_scale=_float("predictor.attn_scale", pred["attn_scale"]),
         compute_scale=_float("predictor.compute_scale", pred["compute_scale"]),
         network_scale=_float("predictor.network_scale", pred["network_scale"]),
@@ -353,6 +386,8 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
         "num_requests": _int("workload.num_requests", wl.get("num_requests")),
         "max_tokens": _int("workload.max_tokens", wl.get("max_tokens")),
         "seed": _int("seed", tree.get("seed", 42)),
+        # parallel sampling / beam width per request: int or {kind: fixed|choice, ...}
+        "num_seqs": wl.get("num_seqs"),
     }
     require(spec["num_requests"] >= 1, f"workload.num_requests={spec['num_requests']} must be >= 1")
     qps = wl.get("qps")
@@ -382,6 +417,17 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
 
 def build_workload(spec: Mapping[str, Any]):
     """The :class:`Workload` of a :func:`workload_spec`."""
+    import jax
+
+    from vidur_jax import workload
+
+    wl = _build_requests(spec)
+    if spec.get("num_seqs") is not None:
+        wl = workload.with_num_seqs(wl, spec["num_seqs"], jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 7))
+    return wl
+
+
+def _build_requests(spec: Mapping[str, Any]):
     import jax
 
     from vidur_jax import workload
@@ -455,6 +501,11 @@ def plan_from_config(cfg: Any) -> RunPlan:
     require(
         isinstance(chrome_trace, bool), f"chrome_trace={chrome_trace!r} must be true or false"
     )
+    chunk_configs = tree.get("chunk_configs")
+    require(
+        chunk_configs is None or (isinstance(chunk_configs, int) and chunk_configs >= 1),
+        f"chunk_configs={chunk_configs!r} must be an integer >= 1 or null",
+    )
     return RunPlan(
         tuple(configs),
         tuple(workloads),
@@ -462,6 +513,7 @@ def plan_from_config(cfg: Any) -> RunPlan:
         profiles_dir,
         str(tree.get("name", "default")),
         chrome_trace,
+        chunk_configs,
     )
 
 
@@ -537,7 +589,11 @@ def run_plan(plan: RunPlan) -> tuple[pd.DataFrame, pd.DataFrame, list[Any]]:
         )
     else:
         outputs = simulate_configs(
-            list(plan.configs), list(plan.workloads), profiles_dir=plan.profiles_dir
+            list(plan.configs),
+            list(plan.workloads),
+            profiles_dir=plan.profiles_dir,
+            chunk_configs=plan.chunk_configs,
+            progress=len(plan.configs) > 1 and sys.stderr.isatty(),
         )
     return summary_table(plan, outputs), requests_frame(outputs), outputs
 

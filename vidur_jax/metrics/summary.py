@@ -89,7 +89,7 @@ def summarize(
     Args:
         requests: (R,) arrays ``arrived_at, num_prefill, num_decode, scheduled_at,
             first_token_at, completed_at, num_restarts`` (NaN = never happened), and
-            optionally a bool ``mask``; rows with non-finite ``arrived_at`` are padding.
+            optionally a bool ``mask`` and ``num_seqs`` (sequences per request, default 1); rows with non-finite ``arrived_at`` are padding.
         tbt_hist: (B,) TBT counts over ``edges`` (None = no TBT data).
         counters: scalar counters from the simulator. Recognised keys:
             ``tbt_sum_s``/``tbt_count`` (exact TBT mean; else the histogram's),
@@ -100,8 +100,10 @@ def summarize(
     Returns:
         Flat dict: ``{ttft,tbt,e2e,norm_e2e,sched_delay}_{p50,p90,p99,mean}``,
         ``throughput_rps`` (completed / makespan), ``throughput_tps`` (prefill + decode
-        tokens of completed requests / makespan), ``throughput_output_tps`` (decode
-        tokens / makespan), ``num_requests``, ``num_completed``, ``num_restarts``,
+        tokens of completed requests / makespan, decode tokens of every sequence: n x
+        decode with ``num_seqs``), ``throughput_output_tps`` (decode tokens of every
+        sequence / makespan), ``throughput_request_output_tps`` (decode tokens counted
+        once per request), ``num_sequences``, ``num_requests``, ``num_completed``, ``num_restarts``,
         ``makespan_s`` (last completion - first arrival), ``mfu_mean``,
         ``kv_util_mean``, ``batch_size_mean`` and, with ``busy_time_s``,
         ``busy_fraction``. Undefined values are NaN.
@@ -140,8 +142,13 @@ def summarize(
         makespan = float("nan")
     rate = 1.0 / makespan if num_completed and makespan > 0 else float("nan")
     out["throughput_rps"] = num_completed * rate
-    out["throughput_tps"] = float((a["num_prefill"][done] + a["num_decode"][done]).sum()) * rate
-    out["throughput_output_tps"] = float(a["num_decode"][done].sum()) * rate
+    # parallel sampling / beam search: n sequences per request each produce num_decode tokens
+    seqs = np.asarray(requests.get("num_seqs", np.ones_like(a["num_decode"])), np.float64).reshape(-1)[done]
+    seq_decode = float((seqs * a["num_decode"][done]).sum())
+    out["throughput_tps"] = (float(a["num_prefill"][done].sum()) + seq_decode) * rate
+    out["throughput_output_tps"] = seq_decode * rate
+    out["throughput_request_output_tps"] = float(a["num_decode"][done].sum()) * rate
+    out["num_sequences"] = int(seqs.sum())
     out["num_requests"] = int(valid.sum())
     out["num_completed"] = num_completed
     out["num_restarts"] = int(np.nansum(a["num_restarts"][valid]))

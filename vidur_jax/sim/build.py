@@ -17,11 +17,16 @@ import numpy as np
 
 from vidur_jax import catalog
 from vidur_jax.errors import ConfigError, require
+from vidur_jax.sim import cpu_overhead, s3
 from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
 from vidur_jax.sim.types import POLICIES, ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
 from vidur_jax.workload.types import Workload
 
 jax.config.update("jax_enable_x64", True)
+
+#: Policies that reserve ``max_tokens`` of KV memory per request at admission (their
+#: batch size is bounded by memory / max length).
+RESERVING_POLICIES = ("orca", "faster_transformer", "static_batching")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +36,17 @@ class DeploymentConfig:
     Attributes mirror Vidur's config names; see ``conf/`` for their documentation.
     ``vidur_compat_memory`` keeps Vidur's memory planner, which counts every model
     layer's KV cache on each pipeline stage (an overcount); set it False for the
-    correct per-stage accounting.
+    correct per-stage accounting. ``cpu_overhead`` adds Vidur's per-batch-size CPU
+    overheads (:mod:`vidur_jax.sim.cpu_overhead`) from the profile under
+    ``cpu_overhead_dir`` (a Vidur data root) when there is one, else a documented
+    parametric default. ``batch_timeout_s`` and ``batch_max_tokens`` are the knobs of
+    Alpa-style request batching (``replica_scheduler="static_batching"``): a batch is
+    launched when its oldest request has waited ``batch_timeout_s`` or its prompt + output
+    tokens reach ``batch_max_tokens`` (or it holds ``batch_size_cap`` requests).
+    ``s3_*`` are S3's output-length predictor (:mod:`vidur_jax.sim.s3`): ``oracle``,
+    ``confusion`` (right with probability ``s3_accuracy``, else off by
+    ``s3_error_buckets``) or ``learned``, over ``s3_num_buckets`` buckets of
+    ``max_tokens / s3_num_buckets`` output tokens.
     """
 
     model: str = "meta-llama/Llama-2-7b-hf"
@@ -50,9 +65,17 @@ class DeploymentConfig:
     max_waiting_iters: int = 10
     memory_margin_fraction: float = 0.1
     max_tokens: int = 4096
+    batch_timeout_s: float = 0.1
+    batch_max_tokens: int = 65536
+    s3_predictor: str = "oracle"
+    s3_accuracy: float = 1.0
+    s3_error_buckets: int = 1
+    s3_num_buckets: int = 10
     num_blocks: int | None = None
     vidur_compat_memory: bool = True
     cpu_overhead_ms: float = 0.0
+    cpu_overhead: bool = False
+    cpu_overhead_dir: str | None = None
     attn_scale: float = 1.0
     compute_scale: float = 1.0
     network_scale: float = 1.0
@@ -67,6 +90,7 @@ class DeploymentConfig:
             self.network_device,
             self.tensor_parallel_size,
             self.num_pipeline_stages > 1,
+            self.cpu_overhead_dir,
         )
 
     def validate(self) -> None:
@@ -84,7 +108,7 @@ class DeploymentConfig:
         catalog.get_node(self.network_device)
         for name in ("tensor_parallel_size", "num_pipeline_stages", "num_replicas",
                      "batch_size_cap", "block_size", "chunk_size", "max_tokens_in_batch",
-                     "max_tokens", "max_waiting_iters"):
+                     "max_tokens", "max_waiting_iters", "batch_max_tokens", "s3_num_buckets"):
             value = getattr(self, name)
             require(
                 isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
@@ -94,6 +118,13 @@ class DeploymentConfig:
                 f"watermark_blocks_fraction={self.watermark_blocks_fraction} must be in [0, 1)")
         for name in ("attn_scale", "compute_scale", "network_scale"):
             require(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0")
+        require(self.batch_timeout_s >= 0 and np.isfinite(self.batch_timeout_s),
+                f"batch_timeout_s={self.batch_timeout_s} must be a finite number >= 0")
+        require(self.s3_predictor in s3.PREDICTORS,
+                f"s3_predictor={self.s3_predictor!r}; allowed: {', '.join(s3.PREDICTORS)}")
+        require(0.0 <= self.s3_accuracy <= 1.0, f"s3_accuracy={self.s3_accuracy} must be in [0, 1]")
+        require(isinstance(self.s3_error_buckets, (int, np.integer)) and self.s3_error_buckets >= 1,
+                f"s3_error_buckets={self.s3_error_buckets!r} must be an integer >= 1")
         require(self.cpu_overhead_ms >= 0, f"cpu_overhead_ms={self.cpu_overhead_ms} must be >= 0")
         catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
         catalog.validate_max_tokens(model, self.max_tokens)
@@ -151,7 +182,7 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
 
 def slot_bound(cfg: DeploymentConfig, derived: DerivedConfig) -> int:
     """Most requests one replica can hold at once under ``cfg``'s policy."""
-    if cfg.replica_scheduler in ("orca", "faster_transformer"):
+    if cfg.replica_scheduler in RESERVING_POLICIES:
         return derived.max_batch_size * cfg.num_pipeline_stages
     return cfg.batch_size_cap
 
@@ -161,7 +192,7 @@ def table_spec_for(cfgs: Sequence[DeploymentConfig], num_slots: int) -> TableSpe
     max_tokens = max(c.max_tokens for c in cfgs)
     batch_tokens = 0
     for c in cfgs:
-        if c.replica_scheduler in ("orca", "faster_transformer"):
+        if c.replica_scheduler in RESERVING_POLICIES or c.replica_scheduler == "s3":
             bound = num_slots * c.max_tokens
         elif c.replica_scheduler == "sarathi":
             bound = c.chunk_size + num_slots
@@ -190,8 +221,10 @@ def build_tables(
     for c in cfgs:
         if c.bundle_key not in keys:
             keys[c.bundle_key] = len(slabs)
-            slabs.append(tabulate_one(predictor_for(c), spec, c.tensor_parallel_size,
-                                      c.num_pipeline_stages))
+            slab = tabulate_one(predictor_for(c), spec, c.tensor_parallel_size, c.num_pipeline_stages)
+            slab["cpu_overhead"] = cpu_overhead.table(c.model, c.network_device, c.tensor_parallel_size,
+                                                      spec.max_decode_batch, c.cpu_overhead_dir)
+            slabs.append(slab)
         index.append(keys[c.bundle_key])
     return stack_tables(slabs, spec), index
 
@@ -218,6 +251,8 @@ def build_params(
     arrived = np.where(mask, np.asarray(workload.arrived_at, np.float64), np.inf)
     prefill = np.where(mask, np.asarray(workload.num_prefill), 0).astype(np.int32)
     decode = np.where(mask, np.asarray(workload.num_decode), 0).astype(np.int32)
+    seqs = np.ones(n, np.int32) if workload.num_seqs is None else np.asarray(workload.num_seqs, np.int32)
+    seqs = np.where(mask, seqs, 1)
     require(bool(np.all(np.diff(arrived[mask]) >= 0)), "workload arrivals must be sorted by time")
     rng = np.random.default_rng(cfg.seed)
     route = rng.integers(0, cfg.num_replicas, size=num_requests).astype(np.int32)
@@ -225,10 +260,14 @@ def build_params(
     for name in ("all_reduce", "send_recv"):
         op_scale[TOKEN_OPS.index(name)] = 1.0 / cfg.network_scale
     f32, i32 = np.float32, np.int32
+    width = s3.bucket_width(cfg.max_tokens, cfg.s3_num_buckets)
+    pred = s3.predict_buckets(cfg.s3_predictor, prefill, decode, mask, width, cfg.s3_num_buckets,
+                              cfg.s3_accuracy, cfg.s3_error_buckets, cfg.seed)
     return SimParams(
         arrived_at=np.concatenate([arrived, np.full(pad, np.inf)]),
         num_prefill=np.concatenate([prefill, np.zeros(pad, i32)]),
         num_decode=np.concatenate([decode, np.zeros(pad, i32)]),
+        num_seqs=np.concatenate([seqs, np.ones(pad, i32)]),
         num_valid=i32(mask.sum()),
         random_route=route,
         num_replicas=i32(cfg.num_replicas),
@@ -245,10 +284,17 @@ def build_params(
         block_size=i32(cfg.block_size),
         watermark_blocks=i32(derived.watermark_blocks),
         max_blocks_per_seq=i32(derived.max_blocks_per_seq),
+        batch_timeout=np.float64(cfg.batch_timeout_s),
+        batch_max_tokens=i32(cfg.batch_max_tokens),
+        pred_bucket=np.concatenate([pred, np.zeros(pad, i32)]),
+        bucket_tokens=i32(width),
+        num_buckets=i32(cfg.s3_num_buckets),
+        max_tokens=i32(cfg.max_tokens),
         gqa_overhead=f32(derived.gqa_overhead),
         op_scale=op_scale,
         attn_scale=f32(cfg.attn_scale * cfg.compute_scale),
         cpu_overhead_ms=f32(cfg.cpu_overhead_ms),
+        cpu_overhead_on=f32(1.0 if cfg.cpu_overhead else 0.0),
         flops_per_token=f32(derived.flops_per_token),
         attn_flops_coef=f32(derived.attn_flops_coef),
         peak_flops=f32(derived.peak_flops),

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
 from vidur_jax.sim import timing
-from vidur_jax.sim.policies import POLICY_FNS, Candidates, ReplicaView
+from vidur_jax.sim.policies import POLICY_FNS, Candidates, ReplicaView, seq_blocks
 from vidur_jax.sim.types import (
     ERR_OOM,
     ERR_SLOTS,
@@ -60,6 +60,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         first_token_at=nan_r,
         completed_at=nan_r,
         num_restarts=jnp.zeros(r, i32),
+        restart_tokens=jnp.array(0, jnp.int64),
         next_arrival=jnp.array(0, i32),
         queue=jnp.full((n, r), -1, i32),
         q_head=jnp.zeros(n, i32),
@@ -84,6 +85,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         tbt_count=jnp.array(0, jnp.int64),
         num_batches=jnp.array(0, jnp.int64),
         batch_size_sum=jnp.array(0.0, f64),
+        batch_size_max=jnp.array(0, i32),
         batch_tokens_sum=jnp.array(0.0, f64),
         kv_util_sum=jnp.array(0.0, f64),
         busy_s=jnp.array(0.0, f64),
@@ -291,7 +293,16 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
         total=jnp.where(valid, total, 0),
         src_slot=jnp.where(use_restarted & rs_valid, order, -1),
         valid=valid,
+        arrived_at=jnp.where(valid, params.arrived_at[safe], _INF),
+        seqs=jnp.where(valid, params.num_seqs[safe], 1),
+        prompt=jnp.where(valid, params.num_prefill[safe], 0),
+        bucket=_bucket(params, state, safe),
     )
+
+
+def _bucket(params: SimParams, state: SimState, req: jax.Array) -> jax.Array:
+    """S3 bucket to reserve for: the predicted one, one higher per preemption so far."""
+    return jnp.minimum(params.pred_bucket[req] + state.num_restarts[req], params.num_buckets - 1)
 
 
 class _DecodeRun(NamedTuple):
@@ -334,6 +345,10 @@ def _decode_run(
     r_total = static.num_requests
     decoding = row.processed > row.prefill  # prefill done (Vidur's +1 token)
     queue_empty = (state.q_tail[r] == state.q_head[r]) & ~(row.restarted & (row.req >= 0)).any()
+    # a static batch (Alpa-style batching) runs to completion whatever arrives meanwhile
+    closed = static.policy == "static_batching"
+    if closed:
+        queue_empty = jnp.array(True)
     ok = (
         eligible
         & (params.num_stages == 1)
@@ -342,25 +357,35 @@ def _decode_run(
         & (~slot_in | decoding).all()
         & slot_in.any()
     )
-    n = slot_in.sum()
-    sum_kv = jnp.where(slot_in, row.processed, 0).sum()
+    safe = jnp.clip(row.req, 0, r_total - 1)
+    seqs = jnp.where(row.req >= 0, params.num_seqs[safe], 1)
+    # every sequence decodes one token per iteration (n = decode batch, Vidur's n = requests)
+    n = jnp.where(slot_in, seqs, 0).sum()
+    sum_kv = jnp.where(slot_in, row.processed * seqs, 0).sum()
     iter_s, overflow = timing.decode_run_times(tables, params, n, sum_kv, j_max)
     ends = t + jnp.cumsum(iter_s.astype(jnp.float64))  # (J,) end of iteration j+1
     starts = jnp.concatenate([jnp.reshape(t, (1,)), ends[:-1]])
     i = jnp.minimum(state.next_arrival, r_total - 1)
     t_arr = jnp.where(state.next_arrival < r_total, params.arrived_at[i], jnp.inf)
-    safe = jnp.clip(row.req, 0, r_total - 1)
     total = params.num_prefill[safe] + params.num_decode[safe]
     remaining = jnp.min(jnp.where(slot_in, total - row.processed, jnp.iinfo(jnp.int32).max))
     iters = jnp.arange(1, j_max + 1)
     # blocks held after iteration j: vLLM grows a request to ceil(processed / block_size)
     if static.policy in ("vllm", "sarathi", "lightllm"):
-        need_blocks = -(-(row.processed[None, :] + iters[:, None] - 1) // params.block_size)
+        shared = params.num_prefill[safe] // params.block_size
+        need_blocks = seq_blocks(row.processed[None, :] + iters[:, None] - 1, seqs[None, :], shared[None, :],
+                                 params.block_size)
         alloc_j = jnp.where(slot_in[None, :], jnp.maximum(need_blocks - row.blocks[None, :], 0), 0)
-    else:  # Orca / FasterTransformer reserved the maximum length at admission
+    else:  # Orca / FasterTransformer / S3 reserved their blocks at admission
         alloc_j = jnp.zeros((j_max,) + row.req.shape, jnp.int32)
     mem_ok = alloc_j.sum(axis=1) <= row.free_blocks - 1
-    run_ok = (iters <= remaining) & (starts < t_arr) & (mem_ok | (iters == 1))
+    if static.policy == "s3":
+        # stop before a sequence outgrows its reservation (S3 preempts it there)
+        shared = params.num_prefill[safe] // params.block_size
+        held = seq_blocks(row.processed[None, :] + iters[:, None] - 1, seqs[None, :], shared[None, :],
+                          params.block_size)
+        mem_ok = (~slot_in[None, :] | (held <= row.blocks[None, :])).all(axis=1)
+    run_ok = (iters <= remaining) & ((starts < t_arr) | closed) & (mem_ok | (iters == 1))
     k = jnp.where(ok, jnp.maximum(jnp.cumprod(run_ok.astype(jnp.int32)).sum(), 1), 1).astype(jnp.int32)
     return _DecodeRun(
         num_iters=k,
@@ -412,13 +437,15 @@ def _form_batch(
 ) -> tuple[SimState, _Row, jax.Array]:
     """Let the policy form the replica's next batch at time ``t`` and launch it.
 
-    Returns the updated state and row, and whether a batch was launched.
+    Returns the updated state and row, whether a batch was launched, and the time the
+    policy asked to be woken at (``inf`` = none; static batching's timeout).
     """
     s, w, r_total = static.num_slots, static.window, static.num_requests
     n_inflight = jnp.isfinite(row.inflight_end).sum()
     can = apply & (n_inflight < params.num_stages)
     safe_req = jnp.clip(row.req, 0, r_total - 1)
     total = jnp.where(row.req >= 0, params.num_prefill[safe_req] + params.num_decode[safe_req], 0)
+    seqs = jnp.where(row.req >= 0, params.num_seqs[safe_req], 1)
     view = ReplicaView(
         req=row.req,
         prefill=row.prefill,
@@ -430,6 +457,11 @@ def _form_batch(
         group=row.group,
         free_blocks=row.free_blocks,
         waiting_iters=row.waiting_iters,
+        now=t,
+        seqs=seqs,
+        shared=params.num_prefill[safe_req] // params.block_size,
+        prompt=params.num_prefill[safe_req],
+        bucket=_bucket(params, state, safe_req),
     )
     cands = _candidates(static, params, state, row, r)
     plan = POLICY_FNS[static.policy](view, cands, params)
@@ -442,7 +474,10 @@ def _form_batch(
 
     # 1. preemption victims restart by recomputation (Vidur: prefill := processed)
     req_w = jnp.where(victim, row.req, r_total)
-    state = state.replace(num_restarts=state.num_restarts.at[req_w].add(1, mode="drop"))
+    state = state.replace(
+        num_restarts=state.num_restarts.at[req_w].add(1, mode="drop"),
+        restart_tokens=state.restart_tokens + jnp.where(victim, row.processed, 0).sum(),
+    )
     freed = jnp.where(victim, row.blocks, 0).sum()
     row = row._replace(
         restarted=row.restarted | victim,
@@ -500,8 +535,10 @@ def _form_batch(
 
     # 5. execution time through the pipeline stages
     in_batch = (row.mb == m_new) & (row.req >= 0) & launched
+    seqs = jnp.where(row.req >= 0, params.num_seqs[jnp.clip(row.req, 0, r_total - 1)], 1)  # slots moved
+    is_prefill = row.processed < row.prefill
     stage_s, last_s, flops, tok_overflow = timing.batch_stage_time(
-        tables, params, in_batch, jnp.where(fused, 1, row.ntok), row.processed, row.processed < row.prefill
+        tables, params, in_batch, jnp.where(fused, 1, row.ntok), row.processed, is_prefill, seqs
     )
     last_s = jnp.where(fused, run.seconds, last_s)
     tok_overflow |= fused & run.overflow
@@ -529,14 +566,16 @@ def _form_batch(
     state = state.replace(
         num_batches=state.num_batches + launched * k,
         batch_size_sum=state.batch_size_sum + lf * n_in,
-        batch_tokens_sum=state.batch_tokens_sum + launched * jnp.where(in_batch, row.ntok, 0).sum(),
+        batch_size_max=jnp.maximum(state.batch_size_max, jnp.where(launched, n_in, 0).astype(jnp.int32)),
+        batch_tokens_sum=state.batch_tokens_sum
+        + launched * jnp.where(in_batch, jnp.where(is_prefill, row.ntok, row.ntok * seqs), 0).sum(),
         kv_util_sum=state.kv_util_sum + lf * (params.num_blocks - row.free_blocks) / params.num_blocks,
         busy_s=state.busy_s + launched * last_s,
         flops_sum=state.flops_sum + lf * flops,
         error=state.error | err,
     )
-    state = _log_batch(static, state, launched, r, t, cur, in_batch, row, k)
-    return state, row, launched
+    state = _log_batch(static, state, launched, r, t, cur, in_batch, row, k, seqs)
+    return state, row, launched, jnp.where(can, plan.wake_at, _INF)
 
 
 def _log_batch(
@@ -549,8 +588,11 @@ def _log_batch(
     in_batch: jax.Array,
     row: _Row,
     k: jax.Array,
+    seqs: jax.Array,
 ) -> SimState:
-    """Append the launched batch to the batch log (only when ``trace_capacity > 0``)."""
+    """Append the launched batch to the batch log (only when ``trace_capacity > 0``).
+
+    Decode tokens count every sequence (n per request per iteration)."""
     if static.trace_capacity <= 0:
         return state
     i = jnp.where(launched, state.log_count, static.trace_capacity)  # out of bounds -> dropped
@@ -564,7 +606,7 @@ def _log_batch(
         log_prefill_tokens=state.log_prefill_tokens.at[i].set(
             jnp.where(prefill, row.ntok, 0).sum().astype(jnp.int32), mode="drop"),
         log_decode_tokens=state.log_decode_tokens.at[i].set(
-            jnp.where(in_batch & ~prefill, row.ntok, 0).sum().astype(jnp.int32), mode="drop"),
+            jnp.where(in_batch & ~prefill, row.ntok * seqs, 0).sum().astype(jnp.int32), mode="drop"),
         log_iters=state.log_iters.at[i].set(k.astype(jnp.int32), mode="drop"),
     )
 
@@ -581,11 +623,11 @@ def _replica_update(
     """Process replica ``r``'s event at time ``t`` (no-op unless ``apply``)."""
     row = _gather_row(state, r)
     state, row = _end_batch(static, params, state, row, t, apply)
-    state, row, launched = _form_batch(static, tables, params, state, row, r, t, apply)
+    state, row, launched, wake_at = _form_batch(static, tables, params, state, row, r, t, apply)
     n_inflight = jnp.isfinite(row.inflight_end).sum()
     # Vidur forms batches until all pipeline slots are busy: try again at the same time
     again = launched & (n_inflight < params.num_stages)
-    nxt = jnp.where(again, t, jnp.min(row.inflight_end))
+    nxt = jnp.where(again, t, jnp.minimum(jnp.min(row.inflight_end), wake_at))
     r_w = jnp.where(apply, r, static.max_replicas)
     state = _scatter_row(state, r_w, row)
     return state.replace(next_event=state.next_event.at[r_w].set(nxt, mode="drop"))

@@ -44,6 +44,11 @@ class ReplicaView(NamedTuple):
     group: jax.Array  # (S,) i32 FasterTransformer batch group
     free_blocks: jax.Array  # () i32
     waiting_iters: jax.Array  # () i32 LightLLM counter
+    now: jax.Array | float = 0.0  # () f64 s decision time (static batching's timeout)
+    seqs: jax.Array | None = None  # (S,) i32 output sequences of each request (1 = Vidur)
+    shared: jax.Array | None = None  # (S,) i32 full prompt blocks the sequences share
+    prompt: jax.Array | None = None  # (S,) i32 original prompt tokens (S3 reservation)
+    bucket: jax.Array | None = None  # (S,) i32 S3 output-length bucket reserved for
 
     @property
     def occupied(self) -> jax.Array:
@@ -69,6 +74,10 @@ class Candidates(NamedTuple):
     total: jax.Array  # (W,) i32 prefill + decode tokens
     src_slot: jax.Array  # (W,) i32 slot of a restarted request, -1 for a queued one
     valid: jax.Array  # (W,) bool
+    arrived_at: jax.Array | None = None  # (W,) f64 s arrival time of each candidate
+    seqs: jax.Array | None = None  # (W,) i32 output sequences of each candidate
+    prompt: jax.Array | None = None  # (W,) i32 original prompt tokens
+    bucket: jax.Array | None = None  # (W,) i32 S3 output-length bucket to reserve for
 
 
 class BatchPlan(NamedTuple):
@@ -83,6 +92,7 @@ class BatchPlan(NamedTuple):
     cand_blocks: jax.Array  # (W,) i32 blocks allocated to each admitted candidate
     waiting_iters: jax.Array  # () i32 LightLLM counter after this decision
     oom: jax.Array  # () bool LightLLM decode could not allocate
+    wake_at: jax.Array  # () f64 s act again at this time even without an event (inf = no)
 
 
 def _excl_cumsum(x: jax.Array) -> jax.Array:
@@ -116,12 +126,29 @@ def _empty_plan(view: ReplicaView, cands: Candidates) -> BatchPlan:
         cand_blocks=zw,
         waiting_iters=view.waiting_iters,
         oom=jnp.array(False),
+        wake_at=jnp.array(jnp.inf),
     )
 
 
+def seq_blocks(tokens: jax.Array, seqs: jax.Array, shared: jax.Array, block_size: jax.Array) -> jax.Array:
+    """KV blocks of a request whose ``seqs`` sequences each hold ``tokens`` tokens.
+
+    The sequences share the ``shared`` full blocks of the prompt; every other block
+    (the prompt's partial last block, copied on write, and the generated tokens) is
+    per sequence. One sequence needs ``ceil(tokens / block_size)`` blocks (Vidur).
+    """
+    own = _ceil_div(tokens, block_size)
+    return own + (seqs - 1) * jnp.maximum(own - shared, 0)
+
+
 def _needs_block(view: ReplicaView, params: SimParams) -> jax.Array:
-    """(S,) i32: 1 where the next token needs a new KV block (vLLM's rule)."""
-    return (view.processed > view.blocks * params.block_size).astype(jnp.int32)
+    """(S,) i32: blocks the next decode needs (vLLM's rule: 1 when the token does not fit;
+    with n sequences, all their blocks beyond the held ones)."""
+    one = (view.processed > view.blocks * params.block_size).astype(jnp.int32)
+    if view.seqs is None:
+        return one
+    many = jnp.maximum(seq_blocks(view.processed, view.seqs, view.shared, params.block_size) - view.blocks, 0)
+    return jnp.where(view.seqs > 1, many, one).astype(jnp.int32)
 
 
 def _running_with_preemption(
@@ -158,7 +185,8 @@ def _running_with_preemption(
     held = jnp.where(elig, view.blocks, 0)
     # blocks freed by restarting every eligible request from this one to the tail
     tail = jnp.cumsum(held[::-1])[::-1]
-    need_free = 1 - view.free_blocks + _excl_cumsum(need)
+    # a decode needs max(its blocks, 1) free (Vidur: can_allocate(1) before every decode)
+    need_free = jnp.maximum(need, 1) - view.free_blocks + _excl_cumsum(need)
     # s_req: first list position to restart so that this decode finds a free block
     # tail is non-increasing in slot order: the slots with tail >= need are a prefix
     n_prefix = jnp.searchsorted(-tail, -need_free, side="right", method="scan_unrolled")
@@ -257,13 +285,20 @@ def taken_alloc(view: ReplicaView, params: SimParams, taken: jax.Array) -> jax.A
     return jnp.where(taken, _needs_block(view, params), 0).sum()
 
 
+def _reserved_blocks(cands: Candidates, params: SimParams) -> jax.Array:
+    """(W,) blocks reserved at admission by Orca / FasterTransformer: ``max_tokens`` worth
+    per sequence."""
+    seqs = 1 if cands.seqs is None else cands.seqs
+    return params.max_blocks_per_seq * seqs
+
+
 def _orca_admission(view: ReplicaView, cands: Candidates, params: SimParams, num_running: jax.Array):
     """Orca / FasterTransformer admission: reserve ``max_tokens`` worth of blocks each."""
     k = jnp.arange(cands.req.shape[0])
     ok = (
         cands.valid
         & (num_running + k < params.max_batch_size)
-        & (view.free_blocks - (k + 1) * params.max_blocks_per_seq >= 0)
+        & (view.free_blocks - jnp.cumsum(_reserved_blocks(cands, params)) >= 0)
     )
     return _prefix(ok)
 
@@ -280,7 +315,7 @@ def _orca(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
         slot_ntok=jnp.where(taken, jnp.where(view.processed >= view.prefill, 1, view.prefill - view.processed), 0),
         cand_admit=admit,
         cand_ntok=jnp.where(admit, cands.prefill, 0),
-        cand_blocks=jnp.where(admit, params.max_blocks_per_seq, 0),
+        cand_blocks=jnp.where(admit, _reserved_blocks(cands, params), 0),
     )
 
 
@@ -297,7 +332,7 @@ def _faster_transformer(view: ReplicaView, cands: Candidates, params: SimParams)
         slot_ntok=jnp.where(taken, 1, 0),
         cand_admit=admit,
         cand_ntok=jnp.where(admit, cands.prefill, 0),
-        cand_blocks=jnp.where(admit, params.max_blocks_per_seq, 0),
+        cand_blocks=jnp.where(admit, _reserved_blocks(cands, params), 0),
     )
 
 
@@ -359,6 +394,98 @@ def _lightllm(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchP
     )
 
 
+def _static_batching(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
+    """Alpa-style request batching: collect arriving requests into one batch, run it to
+    completion (prefill once, then decode every member until the last one finishes, as
+    FasterTransformer), then collect the next.
+
+    A waiting batch is launched when it is *complete* — it holds ``max_batch_size``
+    requests, or its prompt + output tokens reach ``batch_max_tokens``, or the next
+    waiting request does not fit (tokens, batch size or memory; each request reserves
+    ``max_tokens`` worth of blocks, as FasterTransformer) — or when ``batch_timeout``
+    seconds have passed since its oldest request arrived. Otherwise the replica sleeps
+    until that timeout (``wake_at``) unless an arrival wakes it first.
+    """
+    plan = _empty_plan(view, cands)
+    elig = view.schedulable
+    first_group = jnp.min(jnp.where(elig, view.group, _BIG))
+    taken = elig & (view.group == first_group)
+    has_group = taken.any()
+    k = jnp.arange(cands.req.shape[0])
+    tokens = jnp.where(cands.valid, cands.total, 0)
+    ok = (
+        cands.valid
+        & (k < params.max_batch_size)
+        & (view.free_blocks - jnp.cumsum(_reserved_blocks(cands, params)) >= 0)
+        & ((jnp.cumsum(tokens) <= params.batch_max_tokens) | (k == 0))
+    )
+    admit = _prefix(ok)
+    full = (
+        (admit.sum() >= params.max_batch_size)
+        | (jnp.where(admit, tokens, 0).sum() >= params.batch_max_tokens)
+        | (cands.valid & ~admit).any()
+    )
+    deadline = cands.arrived_at[0] + params.batch_timeout  # oldest waiting request
+    waiting = ~has_group & cands.valid[0]
+    go = waiting & (full | (view.now >= deadline))
+    admit &= go
+    return plan._replace(
+        slot_in=taken,
+        slot_ntok=jnp.where(taken, 1, 0),
+        cand_admit=admit,
+        cand_ntok=jnp.where(admit, cands.prefill, 0),
+        cand_blocks=jnp.where(admit, _reserved_blocks(cands, params), 0),
+        wake_at=jnp.where(waiting & ~go, deadline, jnp.inf),
+    )
+
+
+def s3_reserved_blocks(prompt: jax.Array, bucket: jax.Array, seqs: jax.Array, params: SimParams) -> jax.Array:
+    """Blocks S3 reserves: prompt + the upper bound of the output-length bucket
+    (at most ``max_tokens``), for every sequence."""
+    tokens = jnp.minimum(prompt + (bucket + 1) * params.bucket_tokens, params.max_tokens)
+    return seq_blocks(tokens, seqs, prompt // params.block_size, params.block_size)
+
+
+def _s3(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
+    """S3: Orca-style iteration-level batching whose admission reserves KV memory for the
+    *predicted* output length (prompt + the predicted bucket's upper bound) instead of
+    the maximum, so more requests fit in a batch.
+
+    Requests are admitted in arrival order while their reservations fit in free memory
+    and the batch cap. A running sequence whose next token would not fit its
+    reservation was under-predicted: it is preempted (restarted by recomputation, its
+    blocks freed) and re-admitted with priority at the next bucket (the engine counts it
+    in ``num_restarts``; the bucket is the predicted one plus the restarts). The
+    replica acts again at once after a preemption (``wake_at``) so a batch whose every
+    member was preempted does not stall.
+    """
+    plan = _empty_plan(view, cands)
+    elig = view.schedulable
+    decoding = view.processed >= view.prefill
+    victim = elig & decoding & (_needs_block(view, params) > 0)
+    running = elig & ~victim
+    taken = running & (_rank(running) < params.batch_cap)
+    k = jnp.arange(cands.req.shape[0])
+    reserve = s3_reserved_blocks(cands.prompt, cands.bucket, cands.seqs, params)
+    ok = (
+        cands.valid
+        & (view.allocated.sum() - victim.sum() + k < params.batch_cap)
+        & (view.free_blocks - jnp.cumsum(reserve) >= 0)
+        # preempted sequences are re-admitted first (they wait at the queue front)
+        & ~victim.any()
+    )
+    admit = _prefix(ok)
+    return plan._replace(
+        slot_in=taken,
+        slot_ntok=jnp.where(taken, jnp.where(decoding, 1, view.prefill - view.processed), 0),
+        slot_victim=victim,
+        cand_admit=admit,
+        cand_ntok=jnp.where(admit, cands.prefill, 0),
+        cand_blocks=jnp.where(admit, reserve, 0),
+        wake_at=jnp.where(victim.any(), view.now, jnp.inf),
+    )
+
+
 PolicyFn = Callable[[ReplicaView, Candidates, SimParams], BatchPlan]
 
 #: Policy functions by Vidur scheduler name (resolved in Python before ``jit``).
@@ -368,4 +495,6 @@ POLICY_FNS: dict[str, PolicyFn] = {
     "orca": _orca,
     "faster_transformer": _faster_transformer,
     "lightllm": _lightllm,
+    "static_batching": _static_batching,
+    "s3": _s3,
 }

@@ -77,6 +77,7 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
         "first_token_at": pick(state.first_token_at)[:n],
         "completed_at": pick(state.completed_at)[:n],
         "num_restarts": pick(state.num_restarts)[:n],
+        "num_seqs": np.ones(n, np.int64) if wl.num_seqs is None else np.asarray(wl.num_seqs),
     }
     nb = float(pick(state.num_batches))
     counters = {
@@ -89,12 +90,15 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
         "num_replicas": float(cfg.num_replicas),
         "flops_sum": float(pick(state.flops_sum)),
         "num_steps": float(pick(state.step)),
+        "restart_tokens": float(pick(state.restart_tokens)),
     }
     peak = build.derive(cfg).peak_flops
     counters["mfu_mean"] = counters["flops_sum"] / (counters["busy_time_s"] * peak) if counters["busy_time_s"] > 0 else float("nan")
     hist = pick(state.tbt_hist)
     summary = metrics.summarize(requests, hist, counters)
     summary["num_batches"] = nb
+    summary["recomputed_tokens"] = counters["restart_tokens"]  # KV discarded by preemptions
+    summary["batch_size_max"] = float(pick(state.batch_size_max))
     log = None
     if state.log_start.shape[-1] > 0:
         count = min(int(pick(state.log_count)), state.log_start.shape[-1])

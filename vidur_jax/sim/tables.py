@@ -118,6 +118,9 @@ def stack_tables(slabs: Sequence[dict[str, np.ndarray]], spec: TableSpec) -> Tim
         kv_save=jnp.asarray(np.stack([s["kv_save"] for s in slabs])),
         decode=jnp.asarray(np.stack([s["decode"] for s in slabs])),
         prefill=jnp.asarray(np.stack([s["prefill"] for s in slabs])),
+        cpu_overhead=jnp.asarray(np.stack([
+            s.get("cpu_overhead", np.zeros(spec.max_decode_batch + 1, np.float32)) for s in slabs
+        ])),
         token_step=spec.token_step,
         kv_step=spec.kv_step,
         chunk_step=spec.chunk_step,

@@ -50,6 +50,17 @@ def _lerp_index(x: jax.Array, step: int, size: int) -> tuple[jax.Array, jax.Arra
     return lo, pos - lo
 
 
+def cpu_overhead_ms(tables: TimingTables, params: SimParams, batch_size: jax.Array) -> jax.Array:
+    """Vidur's per-iteration CPU overhead (ms) at ``batch_size`` when switched on.
+
+    Vidur adds it to every pipeline stage's time (``ExecutionTime.total_time``); batch
+    sizes beyond the table use its last entry (Vidur tabulates up to its max batch size).
+    """
+    nb = tables.cpu_overhead.shape[1]
+    ms = tables.cpu_overhead[params.table_index, jnp.clip(batch_size, 0, nb - 1)]
+    return params.cpu_overhead_on * ms
+
+
 def batch_stage_time(
     tables: TimingTables,
     params: SimParams,
@@ -57,6 +68,7 @@ def batch_stage_time(
     num_tokens: jax.Array,
     processed: jax.Array,
     is_prefill: jax.Array,
+    num_seqs: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Execution time of one batch on one pipeline stage.
 
@@ -67,6 +79,9 @@ def batch_stage_time(
         num_tokens: (E,) i32 tokens each entry processes in this iteration.
         processed: (E,) i32 tokens each entry had processed before (its KV length).
         is_prefill: (E,) bool, entry is (a chunk of) a prefill; else one decode token.
+        num_seqs: (E,) i32 output sequences per entry (parallel sampling / beam search):
+            a decode entry is ``num_seqs`` decodes of KV length ``processed`` (they share
+            the prompt, which is prefilled once); None = 1 each (Vidur).
 
     Returns:
         ``(stage_s, last_stage_s, flops, overflow)``: seconds on a non-last stage
@@ -76,7 +91,8 @@ def batch_stage_time(
     """
     p = params.table_index
     token_step, kv_step, chunk_step = tables.token_step, tables.kv_step, tables.chunk_step
-    ntok = jnp.where(active, num_tokens, 0)
+    seqs = jnp.ones_like(num_tokens) if num_seqs is None else num_seqs
+    ntok = jnp.where(active, jnp.where(is_prefill, num_tokens, num_tokens * seqs), 0)
     total = ntok.sum()
     rounded = _ceil_to(total, token_step)
 
@@ -89,8 +105,8 @@ def batch_stage_time(
 
     # decode attention: (decode batch size, mean KV length rounded up to kv_step)
     dec = active & ~is_prefill
-    n_dec = dec.sum()
-    mean_kv = jnp.where(dec, processed, 0).sum() // jnp.maximum(n_dec, 1)
+    n_dec = jnp.where(dec, seqs, 0).sum()
+    mean_kv = jnp.where(dec, processed * seqs, 0).sum() // jnp.maximum(n_dec, 1)
     kv_idx = _ceil_to(mean_kv, kv_step) // kv_step
     nb, nk = tables.decode.shape[1:]
     overflow |= (n_dec > nb - 1) | (kv_idx > nk - 1)
@@ -115,10 +131,10 @@ def batch_stage_time(
         + 2.0 * row[OP_INDEX["all_reduce"]]
         + params.attn_scale * (kv_save + decode_ms + prefill_ms)
     )
-    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms
+    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms + cpu_overhead_ms(tables, params, jnp.where(active, seqs, 0).sum())
     stage_ms = last_ms + row[OP_INDEX["send_recv"]]
 
-    attn_pairs = jnp.where(dec, processed, 0).sum() + jnp.where(
+    attn_pairs = jnp.where(dec, processed * seqs, 0).sum() + jnp.where(
         pre, ntok * (processed + (ntok + 1) // 2), 0
     ).sum()
     flops = params.layers_per_stage * (
@@ -171,5 +187,5 @@ def decode_run_times(
         + 2.0 * row[OP_INDEX["all_reduce"]]
         + params.attn_scale * (kv_save + decode_ms)
     )
-    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms
+    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms + cpu_overhead_ms(tables, params, n)
     return last_ms * 1e-3, overflow

@@ -26,7 +26,7 @@ import flax.struct
 import jax
 
 #: Replica (batch) schedulers, Vidur's names.
-POLICIES = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm")
+POLICIES = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm", "static_batching", "s3")
 #: Global schedulers (request routing to replicas), Vidur's names.
 ROUTERS = ("round_robin", "random", "lor")
 
@@ -76,7 +76,7 @@ class SimStatic:
     max_stages: int = 1
     num_tbt_bins: int = 2048
     window: int = 16
-    fuse_iters: int = 16
+    fuse_iters: int = 32
     trace_capacity: int = 0
 
 
@@ -93,6 +93,7 @@ class TimingTables:
     kv_save: jax.Array  # (P, G) f32 ms per layer, attn_kv_cache_save at g * token_step tokens
     decode: jax.Array  # (P, B + 1, KD) f32 ms per layer, attn_decode at (batch b, kv = k * kv_step)
     prefill: jax.Array  # (P, KP, C) f32 ms per layer, attn_prefill at (kv = k * kv_step, chunk = c * chunk_step)
+    cpu_overhead: jax.Array  # (P, B + 1) f32 ms per iteration at batch size b (Vidur's 5 CPU ops summed; 0 at b=0)
     token_step: int = flax.struct.field(pytree_node=False, default=8)
     kv_step: int = flax.struct.field(pytree_node=False, default=64)
     chunk_step: int = flax.struct.field(pytree_node=False, default=16)
@@ -123,6 +124,7 @@ class SimParams:
     arrived_at: jax.Array  # (R,) f64 s, sorted; +inf on padding rows
     num_prefill: jax.Array  # (R,) i32 tokens (0 on padding)
     num_decode: jax.Array  # (R,) i32 tokens (0 on padding)
+    num_seqs: jax.Array  # (R,) i32 output sequences per request (parallel sampling / beam width; 1 = Vidur)
     num_valid: jax.Array  # () i32 real (non-padding) requests
     random_route: jax.Array  # (R,) i32 replica id per request for router="random"
     # deployment
@@ -141,11 +143,18 @@ class SimParams:
     block_size: jax.Array  # () i32 tokens per block
     watermark_blocks: jax.Array  # () i32
     max_blocks_per_seq: jax.Array  # () i32 max_tokens // block_size (Orca/FT reservation)
+    batch_timeout: jax.Array  # () f64 s static batching: launch a waiting batch this long after its oldest arrival
+    batch_max_tokens: jax.Array  # () i32 static batching: prompt + output tokens that complete a batch
+    pred_bucket: jax.Array  # (R,) i32 S3 predicted output-length bucket per request (0-based)
+    bucket_tokens: jax.Array  # () i32 S3 bucket width, output tokens
+    num_buckets: jax.Array  # () i32 S3 number of buckets
+    max_tokens: jax.Array  # () i32 longest request (prompt + output), tokens
     # timing
     gqa_overhead: jax.Array  # () f32 Vidur's attention batching overhead fraction (0.1 for GQA, else 0)
     op_scale: jax.Array  # (K,) f32 multiplier per token op (sensitivity knobs; 1 = as profiled)
     attn_scale: jax.Array  # () f32 multiplier on attention kernels
     cpu_overhead_ms: jax.Array  # () f32 fixed CPU time added per iteration (0 = Vidur default)
+    cpu_overhead_on: jax.Array  # () f32 1 = add TimingTables.cpu_overhead[batch size] to every stage, 0 = off
     flops_per_token: jax.Array  # () f32 dense FLOPs per token per layer per device (MFU)
     attn_flops_coef: jax.Array  # () f32 attention FLOPs per (query token x kv token) per layer per device
     peak_flops: jax.Array  # () f32 device peak FLOP/s
@@ -161,6 +170,7 @@ class SimState:
     first_token_at: jax.Array  # (R,) f64 s, prefill completion (nan = never)
     completed_at: jax.Array  # (R,) f64 s (nan = never)
     num_restarts: jax.Array  # (R,) i32
+    restart_tokens: jax.Array  # () i64 tokens discarded by preemptions (recomputed on restart)
     # --- routing / waiting queues: queue[r, head:tail] are request ids waiting at replica r
     next_arrival: jax.Array  # () i32 index of the next request to arrive
     queue: jax.Array  # (N, R) i32 request ids, -1 = empty
@@ -189,6 +199,7 @@ class SimState:
     tbt_count: jax.Array  # () i64
     num_batches: jax.Array  # () i64
     batch_size_sum: jax.Array  # () f64 requests
+    batch_size_max: jax.Array  # () i32 largest batch launched, requests
     batch_tokens_sum: jax.Array  # () f64 tokens
     kv_util_sum: jax.Array  # () f64 fraction of blocks allocated, summed over batches
     busy_s: jax.Array  # () f64 s stage-busy time summed over batches (one stage)

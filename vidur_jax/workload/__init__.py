@@ -6,7 +6,7 @@ seeded from the key). Compose them with :func:`synthetic`, replay traces with
 """
 
 from vidur_jax.workload import arrivals, lengths
-from vidur_jax.workload.build import generator, make_workload, pad, synthetic
+from vidur_jax.workload.build import generator, make_workload, pad, synthetic, with_num_seqs
 from vidur_jax.workload.trace import clip_prefill, load_trace
 from vidur_jax.workload.types import Workload
 
@@ -20,4 +20,5 @@ __all__ = [
     "make_workload",
     "pad",
     "synthetic",
+    "with_num_seqs",
 ]

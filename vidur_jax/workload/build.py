@@ -32,6 +32,7 @@ def make_workload(
     num_prefill: np.ndarray,
     num_decode: np.ndarray,
     source: str = "workload",
+    num_seqs: np.ndarray | None = None,
 ) -> Workload:
     """Validate host arrays and pack them into a :class:`Workload` (no padding).
 
@@ -40,6 +41,7 @@ def make_workload(
         num_prefill: int[R] prompt tokens, >= 1.
         num_decode: int[R] output tokens, >= 1.
         source: name used in error messages.
+        num_seqs: int[R] output sequences per request (>= 1), or None for one each.
 
     Returns:
         Workload with f64/i32/i32/bool arrays of length R, ``mask`` all True.
@@ -65,13 +67,59 @@ def make_workload(
             f"has {x[bad[0]] if bad.size else 0})",
         )
         require(np.all(x <= np.iinfo(np.int32).max), f"{source}: {name} exceeds int32")
+    if num_seqs is not None:
+        num_seqs = np.asarray(num_seqs)
+        require(num_seqs.shape == t.shape, f"{source}: num_seqs {num_seqs.shape} must match arrived_at {t.shape}")
+        require(bool(np.all(num_seqs >= 1)), f"{source}: num_seqs must be >= 1")
     _ensure_x64()
     return Workload(
         arrived_at=jnp.asarray(t, dtype=jnp.float64),
         num_prefill=jnp.asarray(p, dtype=jnp.int32),
         num_decode=jnp.asarray(d, dtype=jnp.int32),
         mask=jnp.ones(t.shape, dtype=bool),
+        num_seqs=None if num_seqs is None else jnp.asarray(num_seqs, dtype=jnp.int32),
     )
+
+
+def with_num_seqs(workload: Workload, spec: Mapping[str, Any] | int | None, key: jax.Array) -> Workload:
+    """Draw each request's number of output sequences (parallel sampling / beam width).
+
+    Args:
+        workload: the requests.
+        spec: ``None`` or an int n (every request n), or ``{"kind": "fixed", "n": n}`` or
+            ``{"kind": "choice", "values": [1, 2, 4], "probs": [...]}`` (probs default
+            uniform).
+        key: PRNG key of the draw.
+
+    Returns:
+        The workload with ``num_seqs`` set (1 on padding rows).
+
+    Raises:
+        ConfigError: unknown kind, values < 1 or probabilities that do not sum to 1.
+    """
+    r = workload.num_requests
+    if spec is None:
+        return workload
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        spec = {"kind": "fixed", "n": int(spec)}
+    require(isinstance(spec, Mapping), f"workload.num_seqs must be an int or a mapping with 'kind', got {spec!r}")
+    kind = spec.get("kind")
+    if kind == "fixed":
+        values, probs = np.array([spec.get("n", 1)]), np.array([1.0])
+    elif kind == "choice":
+        values = np.asarray(spec.get("values", []))
+        require(values.size >= 1, "workload.num_seqs.values must be a non-empty list")
+        probs = np.asarray(spec.get("probs", np.full(values.size, 1.0 / values.size)), np.float64)
+        require(probs.shape == values.shape and np.all(probs >= 0) and abs(probs.sum() - 1) < 1e-6,
+                "workload.num_seqs.probs must be one probability per value, summing to 1")
+    else:
+        raise ConfigError(f"workload.num_seqs.kind={kind!r}; allowed: fixed, choice")
+    require(bool(np.all(values >= 1)) and np.issubdtype(values.dtype, np.integer),
+            f"workload.num_seqs values must be integers >= 1, got {values.tolist()}")
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    n = values[rng.choice(values.size, size=r, p=probs)]
+    n = np.where(np.asarray(workload.mask), n, 1)
+    return workload.replace(num_seqs=jnp.asarray(n, dtype=jnp.int32))
 
 
 def pad(workload: Workload, capacity: int) -> Workload:
@@ -105,6 +153,8 @@ def pad(workload: Workload, capacity: int) -> Workload:
             [workload.num_decode, jnp.zeros((k,), dtype=workload.num_decode.dtype)]
         ),
         mask=jnp.concatenate([workload.mask, jnp.zeros((k,), dtype=bool)]),
+        num_seqs=None if workload.num_seqs is None
+        else jnp.concatenate([workload.num_seqs, jnp.ones((k,), dtype=workload.num_seqs.dtype)]),
     )
 
 

@@ -11,13 +11,16 @@ class Workload:
     """Requests of one workload, sorted by arrival time.
 
     Padding rows (``mask == False``) have ``arrived_at = +inf`` and zero tokens, so
-    a workload can be padded to a static request capacity.
+    a workload can be padded to a static request capacity. ``num_seqs`` (n > 1: parallel
+    sampling or beam search, n sequences sharing the prompt) is optional; None means one
+    sequence per request.
     """
 
     arrived_at: jax.Array  # (R,) f64 s, non-decreasing over valid rows
     num_prefill: jax.Array  # (R,) i32 tokens, >= 1 on valid rows
     num_decode: jax.Array  # (R,) i32 tokens, >= 1 on valid rows
     mask: jax.Array  # (R,) bool, True for real requests
+    num_seqs: jax.Array | None = None  # (R,) i32 output sequences per request (parallel sampling / beam width); None = 1 each
 
     @property
     def num_requests(self) -> int:
