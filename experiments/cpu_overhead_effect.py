@@ -22,7 +22,6 @@ import os
 import sys
 
 import jax
-import numpy as np
 import pandas as pd
 
 from vidur_jax import workload
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             wls.append(wl)
             labels.append({"load": load, "qps": qps, "cpu_overhead": on})
     outs = simulate_configs(cfgs, wls)
-    rows = [{**lab, **{m: o.summary[m] for m in METRICS}} for lab, o in zip(labels, outs)]
+    rows = [{**lab, **{m: o.summary[m] for m in METRICS}} for lab, o in zip(labels, outs, strict=False)]
     df = pd.DataFrame(rows)
     _, source = cpu_overhead.op_times(cfgs[0].model, cfgs[0].network_device, 1, 128, data_dir)
     df["cpu_source"] = source

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             wls.append(wl)
             labels.append({"policy": name, "qps": qps})
     outs = simulate_configs(cfgs, wls)
-    df = pd.DataFrame([{**lab, **{m: o.summary[m] for m in METRICS}} for lab, o in zip(labels, outs)])
+    df = pd.DataFrame([{**lab, **{m: o.summary[m] for m in METRICS}} for lab, o in zip(labels, outs, strict=False)])
     atomic_write_csv(df, os.path.join(args.out, "static_batching_vs_continuous.csv"))
     flat = {f"{r.policy}_qps{r.qps:g}_{m}": float(getattr(r, m)) for r in df.itertuples() for m in METRICS}
     tmp = os.path.join(args.out, "static_batching_vs_continuous.json.tmp")

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_sim_toy import check, it, run, three_requests
 
 from vidur_jax.sim import build, cpu_overhead
 from vidur_jax.sim.build import DeploymentConfig
@@ -20,9 +21,6 @@ from vidur_jax.sim.engine import make_simulator
 from vidur_jax.sim.run import simulate_configs
 from vidur_jax.sim.tables import LinearPredictor
 from vidur_jax.workload import make_workload
-
-from test_sim_toy import PRED, check, it, run, three_requests
-
 
 # ----------------------------------------------------------------------- CPU overheads
 

@@ -22,6 +22,8 @@ TASKS: dict[str, str] = {
     "sensitivity": "vidur_jax.sensitivity.task:run_task",
     # ready-made studies (conf/experiment/study_*.yaml), see vidur_jax/studies
     "study": "vidur_jax.studies:run_task",
+    # S3 length-aware scheduling vs max-length reservation (conf/experiment/s3_study.yaml)
+    "s3_study": "vidur_jax.studies.s3_study:run_task",
 }
 
 
