@@ -225,12 +225,13 @@ def _run_group(
     trace_capacity: int = 0,
     chunk_configs: int | None = None,
     progress=None,
+    window: int | None = None,
 ) -> list[ConfigOutput]:
     """Run configs of one (policy, router); re-run only those that overflowed a
     capacity, with that capacity doubled."""
     derived = [build.derive(c) for c in cfgs]
     num_requests = max(w.num_requests for w in workloads)
-    static = build.make_static(cfgs, derived, num_requests, num_slots)
+    static = build.make_static(cfgs, derived, num_requests, num_slots, window=window)
     static = dataclasses.replace(static, trace_capacity=int(trace_capacity))
     slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived)))
     spec = build.table_spec_for(cfgs, static.num_slots)
@@ -273,6 +274,7 @@ def simulate_configs(
     trace_capacity: int = 0,
     chunk_configs: int | None = None,
     progress: bool = False,
+    window: int | None = None,
 ) -> list[ConfigOutput]:
     """Simulate every config on its workload; one compiled call per (policy, router).
 
@@ -290,6 +292,7 @@ def simulate_configs(
             ``ConfigOutput.batch_log`` (for Chrome traces); 0 = off.
         chunk_configs: configs per compiled call (checked against free memory).
         progress: show a progress bar with ETA over configs (stderr).
+        window: admission-window capacity (default 16; grown automatically on overflow).
 
     Returns:
         One :class:`ConfigOutput` per config, in input order.
@@ -307,7 +310,8 @@ def simulate_configs(
     with _progress_bar(len(cfgs), progress) as advance:
         for idx in groups.values():
             res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots,
-                             trace_capacity=trace_capacity, chunk_configs=chunk_configs, progress=advance)
+                             trace_capacity=trace_capacity, chunk_configs=chunk_configs, progress=advance,
+                             window=window)
             for i, r in zip(idx, res):
                 r.summary["predictor_source"] = sources[i]
                 out[i] = r
