@@ -22,7 +22,7 @@ from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.engine import init_state, simulate_batch, simulate_one
+from vidur_jax.sim.engine import init_state, simulate_batch, simulate_many
 from vidur_jax.sim.tables import PredictorLike
 from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimParams, SimState, SimStatic
 from vidur_jax.workload.types import Workload
@@ -174,14 +174,14 @@ def plan_chunk(static: SimStatic, num_configs: int, chunk_configs: int | None, m
 
 @functools.lru_cache(maxsize=32)
 def _sharded_runner(static: SimStatic, num_devices: int):
-    """jit(shard_map(vmap(simulate_one))) over the local devices: each device runs its own
+    """jit(shard_map(simulate_many)) over the local devices: each device runs its own
     while loop on its share of configs (no cross-device sync per step)."""
     from jax.sharding import Mesh, PartitionSpec
 
     mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("configs",))
 
     def local(tables, params):
-        return jax.vmap(simulate_one, in_axes=(None, None, 0))(static, tables, params)
+        return simulate_many(static, tables, params)
 
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("configs")),
                                  out_specs=PartitionSpec("configs"), check_vma=False))
