@@ -30,7 +30,7 @@ CASES = ["v1_sarathi_tp1", "v2_vllm_tp1", "v3_orca_tp2", "v4_vllm_arxiv", "v5_sa
 HYBRID_TOLERANCE = 0.30
 #: The Orca case runs near saturation (batch cap 8): its TTFT p90 is a queueing tail that
 #: amplifies the hybrid's few-percent iteration-time error (see README, fidelity).
-HYBRID_TOLERANCE_CASE = {"v3_orca_tp2": 0.60}
+HYBRID_TOLERANCE_CASE = {"v3_orca_tp2": 0.65}
 
 
 def _run(case_dir: Path, predictor_for):
