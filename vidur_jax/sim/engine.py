@@ -370,28 +370,42 @@ def _decode_run(
     total = params.num_prefill[safe] + params.num_decode[safe]
     remaining = jnp.min(jnp.where(slot_in, total - row.processed, jnp.iinfo(jnp.int32).max))
     iters = jnp.arange(1, j_max + 1)
-    # blocks held after iteration j: vLLM grows a request to ceil(processed / block_size)
+    # Memory bounds the run: the largest j whose block growth still fits (vLLM grows a
+    # request to ceil(processed / block_size)), found by bisection over j (monotone in j),
+    # O(S log J) instead of materializing a (J, S) table of block counts.
+    shared = params.num_prefill[safe] // params.block_size
+
+    def blocks_after(j):  # (S,) blocks each request holds after iteration j
+        return seq_blocks(row.processed + j - 1, seqs, shared, params.block_size)
+
+    def largest_ok(pred) -> jax.Array:
+        lo, hi = jnp.int32(1), jnp.int32(j_max)  # j = 1 was checked by the policy itself
+        for _ in range(max(int(j_max - 1).bit_length(), 1)):
+            mid = (lo + hi + 1) // 2
+            good = pred(mid)
+            lo, hi = jnp.where(good, mid, lo), jnp.where(good, hi, mid - 1)
+        return lo
+
     if static.policy in ("vllm", "sarathi", "lightllm"):
-        shared = params.num_prefill[safe] // params.block_size
-        need_blocks = seq_blocks(row.processed[None, :] + iters[:, None] - 1, seqs[None, :], shared[None, :],
-                                 params.block_size)
-        alloc_j = jnp.where(slot_in[None, :], jnp.maximum(need_blocks - row.blocks[None, :], 0), 0)
-    else:  # Orca / FasterTransformer / S3 reserved their blocks at admission
-        alloc_j = jnp.zeros((j_max,) + row.req.shape, jnp.int32)
-    mem_ok = alloc_j.sum(axis=1) <= row.free_blocks - 1
-    if static.policy == "s3":
+        def grows_ok(j):
+            new = jnp.where(slot_in, jnp.maximum(blocks_after(j) - row.blocks, 0), 0).sum()
+            return new <= row.free_blocks - 1
+
+        mem_k = largest_ok(grows_ok)
+    elif static.policy == "s3":
         # stop before a sequence outgrows its reservation (S3 preempts it there)
-        shared = params.num_prefill[safe] // params.block_size
-        held = seq_blocks(row.processed[None, :] + iters[:, None] - 1, seqs[None, :], shared[None, :],
-                          params.block_size)
-        mem_ok = (~slot_in[None, :] | (held <= row.blocks[None, :])).all(axis=1)
+        mem_k = largest_ok(lambda j: (~slot_in | (blocks_after(j) <= row.blocks)).all())
+    else:  # Orca / FasterTransformer reserved their blocks at admission
+        mem_k = jnp.int32(j_max)
+    mem_ok = iters <= mem_k
+    allocates = static.policy in ("vllm", "sarathi", "lightllm")
     run_ok = (iters <= remaining) & ((starts < t_arr) | closed) & (mem_ok | (iters == 1))
     k = jnp.where(ok, jnp.maximum(jnp.cumprod(run_ok.astype(jnp.int32)).sum(), 1), 1).astype(jnp.int32)
     return _DecodeRun(
         num_iters=k,
         seconds=ends[k - 1] - t,
         iter_s=iter_s.astype(jnp.float64),
-        alloc=alloc_j[k - 1].astype(jnp.int32),
+        alloc=jnp.where(slot_in & allocates, jnp.maximum(blocks_after(k) - row.blocks, 0), 0).astype(jnp.int32),
         last_done=jnp.where(k > 1, ends[jnp.maximum(k - 2, 0)], t),
         first_end=ends[0],
         overflow=overflow,
