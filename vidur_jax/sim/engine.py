@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from vidur_jax.metrics.histogram import tbt_bin_index
 from vidur_jax.sim import timing
 from vidur_jax.sim.policies import POLICY_FNS, Candidates, ReplicaView, seq_blocks
+from vidur_jax.sim import scan
 from vidur_jax.sim.types import (
     ERR_OOM,
     ERR_SLOTS,
@@ -264,7 +265,7 @@ def _compact(row: _Row) -> _Row:
     """
     keep = row.req >= 0
     n_keep = keep.sum()
-    dest = jnp.where(keep, jnp.cumsum(keep) - 1, n_keep + jnp.cumsum(~keep) - 1)
+    dest = jnp.where(keep, scan.cumsum(keep) - 1, n_keep + scan.cumsum(~keep) - 1)
     moved = {f: getattr(row, f).at[dest].set(getattr(row, f)) for f in _SLOT_FIELDS}
     return row._replace(**moved)
 
@@ -274,7 +275,7 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
     w, r_total = static.window, static.num_requests
     restarted = row.restarted & (row.req >= 0)
     # restarted slots, in slot (= arrival) order, compacted to the front
-    dest = jnp.where(restarted, jnp.cumsum(restarted) - 1, w)
+    dest = jnp.where(restarted, scan.cumsum(restarted) - 1, w)
     order = jnp.full(w, 0, jnp.int32).at[dest].set(jnp.arange(row.req.shape[0], dtype=jnp.int32), mode="drop")
     rs_valid = jnp.arange(w) < restarted.sum()
     rs_req = jnp.where(rs_valid, row.req[order], -1)
@@ -363,7 +364,7 @@ def _decode_run(
     n = jnp.where(slot_in, seqs, 0).sum()
     sum_kv = jnp.where(slot_in, row.processed * seqs, 0).sum()
     iter_s, overflow = timing.decode_run_times(tables, params, n, sum_kv, j_max)
-    ends = t + jnp.cumsum(iter_s.astype(jnp.float64))  # (J,) end of iteration j+1
+    ends = t + scan.cumsum(iter_s.astype(jnp.float64))  # (J,) end of iteration j+1
     starts = jnp.concatenate([jnp.reshape(t, (1,)), ends[:-1]])
     i = jnp.minimum(state.next_arrival, r_total - 1)
     t_arr = jnp.where(state.next_arrival < r_total, params.arrived_at[i], jnp.inf)
@@ -400,7 +401,7 @@ def _decode_run(
     mem_ok = iters <= mem_k
     allocates = static.policy in ("vllm", "sarathi", "lightllm")
     run_ok = (iters <= remaining) & ((starts < t_arr) | closed) & (mem_ok | (iters == 1))
-    k = jnp.where(ok, jnp.maximum(jnp.cumprod(run_ok.astype(jnp.int32)).sum(), 1), 1).astype(jnp.int32)
+    k = jnp.where(ok, jnp.maximum(scan.prefix_true(run_ok).sum(), 1), 1).astype(jnp.int32)
     return _DecodeRun(
         num_iters=k,
         seconds=ends[k - 1] - t,
@@ -505,7 +506,7 @@ def _form_batch(
     m_new = jnp.argmin(jnp.isfinite(row.inflight_end)).astype(jnp.int32)  # first empty micro-batch
     from_queue = admit & (cands.src_slot < 0)
     # occupied slots are a prefix: new requests append after it (arrival order kept)
-    queue_rank = jnp.cumsum(from_queue) - 1
+    queue_rank = scan.cumsum(from_queue) - 1
     target = jnp.where(from_queue, (row.req >= 0).sum() + queue_rank, cands.src_slot)
     overflow = (from_queue & (target >= s)).any()
     # the whole window was admitted and more requests were waiting: W was too small

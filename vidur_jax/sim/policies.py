@@ -7,7 +7,7 @@ recomputation), and how long a prefix of the waiting candidates is admitted.
 
 Every rule of Vidur's sequential Python loops ("take requests in order until one does
 not fit, then break") is a *prefix* rule, so it is computed with cumulative sums and
-``cumprod`` of the per-entry "fits" flags; preemption victims, taken by Vidur from the
+prefix-AND of the per-entry "fits" flags (``scan.py``); preemption victims, taken by Vidur from the
 tail of the running list, are found with a reverse cumulative sum. No Python loop over
 slots, no ``lax.switch`` across policies: :data:`POLICY_FNS` is resolved by name before
 ``jit``.
@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from vidur_jax.sim import scan
 from vidur_jax.sim.types import SimParams
 
 _BIG = jnp.iinfo(jnp.int32).max
@@ -96,12 +97,12 @@ class BatchPlan(NamedTuple):
 
 
 def _excl_cumsum(x: jax.Array) -> jax.Array:
-    return jnp.cumsum(x) - x
+    return scan.excl_cumsum(x)
 
 
 def _prefix(ok: jax.Array) -> jax.Array:
     """Longest all-True prefix of ``ok`` (Vidur's "break on first failure")."""
-    return jnp.cumprod(ok.astype(jnp.int32)).astype(bool)
+    return scan.prefix_true(ok)
 
 
 def _ceil_div(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -184,17 +185,17 @@ def _running_with_preemption(
     need = _needs_block(view, params) * check
     held = jnp.where(elig, view.blocks, 0)
     # blocks freed by restarting every eligible request from this one to the tail
-    tail = jnp.cumsum(held[::-1])[::-1]
+    tail = scan.cumsum(held[::-1])[::-1]
     # a decode needs max(its blocks, 1) free (Vidur: can_allocate(1) before every decode)
     need_free = jnp.maximum(need, 1) - view.free_blocks + _excl_cumsum(need)
     # s_req: first list position to restart so that this decode finds a free block
     # tail is non-increasing in slot order: the slots with tail >= need are a prefix
     n_prefix = jnp.searchsorted(-tail, -need_free, side="right", method="scan_unrolled")
-    elig_upto = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(elig.astype(jnp.int32))])
+    elig_upto = jnp.concatenate([jnp.zeros(1, jnp.int32), scan.cumsum(elig.astype(jnp.int32))])
     cut = elig_upto[n_prefix] + (need_free <= 0)
     s_req = jnp.where(check, cut - 1, big)
     limit_ok = _excl_cumsum(check.astype(jnp.int32)) < max_decodes
-    prev_min = jax.lax.cummin(jnp.concatenate([jnp.full(1, big), s_req[:-1]]))
+    prev_min = scan.cummin(jnp.concatenate([jnp.full(1, big), s_req[:-1]]))
     bound_excl = jnp.minimum(n, prev_min)
     reachable = elig & (rank < bound_excl) & limit_ok
     fail = reachable & check & (s_req <= rank)
@@ -213,10 +214,10 @@ def _vllm(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
     w = cands.req.shape[0]
     blocks = _ceil_div(cands.prefill, params.block_size)
     k = jnp.arange(w)
-    running_max = jax.lax.cummax(jnp.where(cands.valid, cands.prefill, 0))
+    running_max = scan.cummax(jnp.where(cands.valid, cands.prefill, 0))
     ok = (
         cands.valid
-        & (view.free_blocks - jnp.cumsum(blocks) >= params.watermark_blocks)
+        & (view.free_blocks - scan.cumsum(blocks) >= params.watermark_blocks)
         & ((k + 1) * running_max <= params.max_tokens_in_batch)
         & (view.allocated.sum() + k < params.batch_cap)
         & (k < params.max_micro_batch)
@@ -262,7 +263,7 @@ def _sarathi(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPl
         cands.valid
         & (view.allocated.sum() - victim.sum() + k < params.batch_cap)
         & (used + k < params.max_micro_batch)
-        & (view.free_blocks + freed - taken_alloc(view, params, taken) - jnp.cumsum(blocks) >= params.watermark_blocks)
+        & (view.free_blocks + freed - taken_alloc(view, params, taken) - scan.cumsum(blocks) >= params.watermark_blocks)
         & (new_tok > 0)
         # Vidur pushes this iteration's victims to the queue front, where they block new
         # requests (re-admitting them needs more memory than they just freed)
@@ -298,7 +299,7 @@ def _orca_admission(view: ReplicaView, cands: Candidates, params: SimParams, num
     ok = (
         cands.valid
         & (num_running + k < params.max_batch_size)
-        & (view.free_blocks - jnp.cumsum(_reserved_blocks(cands, params)) >= 0)
+        & (view.free_blocks - scan.cumsum(_reserved_blocks(cands, params)) >= 0)
     )
     return _prefix(ok)
 
@@ -355,14 +356,14 @@ def _lightllm(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchP
     # include[i, j]: item j (sorted) counts when the first i+1 candidates are admitted
     item_cand = jnp.concatenate([jnp.full(s, w, jnp.int32), jnp.arange(w)])[order]
     include = member_run[order][None, :] | (item_cand[None, :] <= jnp.arange(w)[:, None])
-    cnt = jnp.cumsum(include, axis=1)
-    cum_now = jnp.cumsum(include * now[order][None, :], axis=1)
+    cnt = scan.cumsum(include)
+    cum_now = scan.cumsum(include * now[order][None, :])
     need = jnp.max(jnp.where(include, left[order][None, :] * cnt + cum_now, 0), axis=1)
     capacity = params.num_blocks * params.block_size
     k = jnp.arange(w)
     ok = (
         cands.valid
-        & (jnp.cumsum(cands.prefill) <= params.max_tokens_in_batch)
+        & (scan.cumsum(cands.prefill) <= params.max_tokens_in_batch)
         & (view.allocated.sum() + k < params.batch_cap)
         & (k < params.max_micro_batch)
         & (need < capacity)
@@ -416,8 +417,8 @@ def _static_batching(view: ReplicaView, cands: Candidates, params: SimParams) ->
     ok = (
         cands.valid
         & (k < params.max_batch_size)
-        & (view.free_blocks - jnp.cumsum(_reserved_blocks(cands, params)) >= 0)
-        & ((jnp.cumsum(tokens) <= params.batch_max_tokens) | (k == 0))
+        & (view.free_blocks - scan.cumsum(_reserved_blocks(cands, params)) >= 0)
+        & ((scan.cumsum(tokens) <= params.batch_max_tokens) | (k == 0))
     )
     admit = _prefix(ok)
     full = (
@@ -470,7 +471,7 @@ def _s3(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
     ok = (
         cands.valid
         & (view.allocated.sum() - victim.sum() + k < params.batch_cap)
-        & (view.free_blocks - jnp.cumsum(reserve) >= 0)
+        & (view.free_blocks - scan.cumsum(reserve) >= 0)
         # preempted sequences are re-admitted first (they wait at the queue front)
         & ~victim.any()
     )
