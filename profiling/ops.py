@@ -20,19 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vidur_jax.profiles.loader import COMPUTE_OPS
+
 #: Column order of ``mlp.csv`` (Vidur writes the timers in forward order).
-MLP_OPS: tuple[str, ...] = (
-    "emb",
-    "input_layernorm",
-    "attn_pre_proj",
-    "attn_rope",
-    "attn_post_proj",
-    "post_attention_layernorm",
-    "mlp_up_proj",
-    "mlp_act",
-    "mlp_down_proj",
-    "add",
-)
+MLP_OPS: tuple[str, ...] = ("emb", *COMPUTE_OPS)  # Vidur profiles the embedding too
 NORM_EPS = 1e-5
 ROPE_THETA = 10000.0
 

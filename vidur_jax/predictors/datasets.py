@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from vidur_jax.predictors.train import FitJob
+from vidur_jax.profiles.loader import COMPUTE_OPS
 
 #: Ops whose only feature is ``num_tokens``.
 TOKEN_OPS: tuple[str, ...] = (
@@ -47,18 +48,8 @@ OPS: tuple[str, ...] = (*TOKEN_OPS[:10], "attn_prefill", "attn_decode", "all_red
 OP_FEATURES: dict[str, tuple[str, ...]] = {op: ("num_tokens",) for op in TOKEN_OPS}
 OP_FEATURES["attn_prefill"] = ("kv_cache_size", "prefill_chunk_size")
 OP_FEATURES["attn_decode"] = ("batch_size", "kv_cache_size")
-#: Ops fitted on mlp.csv.
-MLP_CSV_OPS: tuple[str, ...] = (
-    "input_layernorm",
-    "attn_pre_proj",
-    "attn_rope",
-    "attn_post_proj",
-    "post_attention_layernorm",
-    "mlp_up_proj",
-    "mlp_act",
-    "mlp_down_proj",
-    "add",
-)
+#: Ops fitted on mlp.csv (the loader's compute ops, in file order).
+MLP_CSV_OPS: tuple[str, ...] = COMPUTE_OPS
 REFERENCE_HEAD_DIM = 128.0
 
 
