@@ -7,10 +7,39 @@ from the packaged Hydra tree (see ``vidur_jax/conf``); subpackages are imported 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["simulate"]
+
+_CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _use_all_cpu_cores() -> None:
+    """Expose one XLA CPU device per core (unless the user configured it).
+
+    XLA runs one device's while loop on one thread, so a vectorized sweep on a CPU-only
+    machine would leave all but one core idle; with a device per core the driver shards
+    the config axis over them (:func:`vidur_jax.sim.run.simulate_configs`). Takes effect
+    only if set before JAX initializes its backends (importing ``vidur_jax`` first does);
+    ``VIDUR_JAX_CPU_DEVICES=N`` overrides the count, ``=1`` turns it off. Accelerator
+    backends are unaffected.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _CPU_DEVICES_FLAG in flags:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    requested = os.environ.get("VIDUR_JAX_CPU_DEVICES", "")
+    count = int(requested) if requested.isdigit() and int(requested) > 0 else cores
+    if count > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} {_CPU_DEVICES_FLAG}={count}".strip()
+
+
+_use_all_cpu_cores()
 
 
 def simulate(cfg_or_overrides: Any = ()) -> Any:

@@ -193,7 +193,7 @@ def _execute(static: SimStatic, tables, params: list[SimParams], chunk: int, pro
     Returns one ``(host_state, index)`` per config. Chunks are padded to one shape (one
     compile); padding configs repeat the last config and are discarded.
     """
-    n_dev = jax.local_device_count()
+    n_dev = min(jax.local_device_count(), len(params))  # no device runs only padding
     chunk = max(1, min(chunk, len(params)))
     if n_dev > 1:
         chunk = -(-chunk // n_dev) * n_dev
