@@ -42,8 +42,7 @@ from vidur_jax import workload as wl_mod
 from vidur_jax.errors import ConfigError, require
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.engine import simulate_batch
-from vidur_jax.sim.run import ConfigOutput, _config_output, default_predictor_for
+from vidur_jax.sim.run import ConfigOutput, _config_output, default_predictor_for, devices_for, simulate_stacked
 from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES
 from vidur_jax.workload.types import Workload
 
@@ -350,29 +349,34 @@ class ProbeRunner:
         lv = self._level(policy, k)
         w = self.settings.width
         overflow = []
+        n_dev = devices_for(w)
         for start in range(0, len(todo), w):
-            chunk = todo[start : start + w]
-            wls = [self.workloads.for_config(self.cfgs[p.config_index], p.qps) for p in chunk]
+            # lanes sorted by expected length are dealt round-robin to the devices (each
+            # device's loop lasts as long as its slowest lane); None = padding lane
+            dealt = todo[start : start + w] + [None] * max(0, start + w - len(todo))
+            lanes = [dealt[i] for d in range(n_dev) for i in range(d, w, n_dev)]
+            wls = [None if p is None else self.workloads.for_config(self.cfgs[p.config_index], p.qps) for p in lanes]
             params = [
-                build.build_params(
+                None if p is None else build.build_params(
                     self.sim_cfgs[p.config_index],
                     self.derived[p.config_index],
                     wl,
                     lv.table_index[p.config_index],
                     self.num_requests,
                 )
-                for p, wl in zip(chunk, wls, strict=True)
+                for p, wl in zip(lanes, wls, strict=True)
             ]
-            pad = dataclasses.replace(params[0], num_valid=np.int32(0))
-            params += [pad] * (w - len(params))
-            state = jax.block_until_ready(
-                simulate_batch(lv.static, lv.tables, build.stack_params(params))
-            )
+            real = next(x for x in params if x is not None)
+            pad = dataclasses.replace(real, num_valid=np.int32(0))
+            params = [pad if x is None else x for x in params]
+            state = jax.device_get(simulate_stacked(lv.static, lv.tables, build.stack_params(params)))
             errors = np.asarray(state.error)
             steps = np.asarray(state.step)
             self.stats.calls += 1
             self.stats.lanes += w
-            for j, (p, wl) in enumerate(zip(chunk, wls, strict=True)):
+            for j, (p, wl) in enumerate(zip(lanes, wls, strict=True)):
+                if p is None:
+                    continue
                 if errors[j] & _GROW:
                     overflow.append(p)
                     continue

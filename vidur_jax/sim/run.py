@@ -187,6 +187,24 @@ def _sharded_runner(static: SimStatic, num_devices: int):
                                  out_specs=PartitionSpec("configs"), check_vma=False))
 
 
+def devices_for(num_configs: int) -> int:
+    """Local devices :func:`simulate_stacked` shards ``num_configs`` over: the most that
+    divide the count (device ``d`` gets the ``d``-th contiguous block of configs)."""
+    n_dev = max(1, min(jax.local_device_count(), num_configs))
+    while num_configs % n_dev:
+        n_dev -= 1
+    return n_dev
+
+
+def simulate_stacked(static: SimStatic, tables, stacked: SimParams) -> SimState:
+    """``simulate_batch`` of stacked configs, sharded over as many local devices as
+    divide the config count (each device runs its own loop on its share)."""
+    n_dev = devices_for(int(np.shape(stacked.num_valid)[0]))
+    if n_dev > 1:
+        return _sharded_runner(static, n_dev)(tables, stacked)
+    return simulate_batch(static, tables, stacked)
+
+
 def _execute(static: SimStatic, tables, params: list[SimParams], chunk: int, progress) -> list[tuple[SimState, int]]:
     """Run ``params`` in chunks of ``chunk`` configs, sharded over local devices.
 
@@ -204,12 +222,7 @@ def _execute(static: SimStatic, tables, params: list[SimParams], chunk: int, pro
         real = len(part)
         if multi or n_dev > 1:
             part += [part[-1]] * (chunk - real)
-        stacked = build.stack_params(part)
-        if n_dev > 1:
-            state = _sharded_runner(static, n_dev)(tables, stacked)
-        else:
-            state = simulate_batch(static, tables, stacked)
-        state = jax.device_get(state)
+        state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part)))
         out.extend((state, j) for j in range(real))
         if progress is not None:
             progress(real)
