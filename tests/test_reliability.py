@@ -48,12 +48,17 @@ def test_failing_job_keeps_others_and_rerun_skips_finished(tmp_path):
     assert status.status.tolist() == ["skipped", "failed"]
 
 
+_LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
+                     "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+                     "ray": "hydra_plugins.hydra_ray_launcher"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local"]])
+                                      ["hydra/launcher=submitit_local"],
+                                      ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"]])
 def test_launchers_run_every_job(tmp_path, launcher):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher" if "joblib" in launcher[0]
-                        else "hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip(_LAUNCHER_PLUGINS[launcher[0].split("=")[1]])
     sweep = tmp_path / "sweep"
     res = run_cli("-m", *SMALL, "scheduler=vllm,sarathi", *launcher, f"hydra.sweep.dir={sweep}")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -69,6 +74,15 @@ def test_slurm_launcher_configuration_composes():
                   timeout=300)
     assert res.returncode == 0, res.stderr
     assert "SlurmLauncher" in res.stdout and "partition: gpu" in res.stdout
+
+
+def test_ray_cluster_launcher_configuration_composes():
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    # the README's line for an existing Ray cluster (a real cluster runs it with -m)
+    res = run_cli(*SMALL, "hydra/launcher=ray", "+hydra.launcher.ray.init.address=auto",
+                  "+hydra.launcher.ray.remote.num_cpus=2", "--cfg", "hydra", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "RayLauncher" in res.stdout and "address: auto" in res.stdout and "num_cpus: 2" in res.stdout
 
 
 def _requests(n: int, seed: int, qps: float, shift: float = 0.0):
