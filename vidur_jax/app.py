@@ -96,6 +96,8 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "s3_accuracy",
             "s3_error_buckets",
             "s3_num_buckets",
+            "s3_admission",
+            "s3_lookahead",
         }
     ),
     "predictor": frozenset(
@@ -348,6 +350,8 @@ def deployment_from(tree: Mapping[str, Any]):
         s3_accuracy=_float("scheduler.s3_accuracy", sch.get("s3_accuracy", 1.0)),
         s3_error_buckets=_int("scheduler.s3_error_buckets", sch.get("s3_error_buckets", 1)),
         s3_num_buckets=_int("scheduler.s3_num_buckets", sch.get("s3_num_buckets", 10)),
+        s3_admission=str(sch.get("s3_admission", "dff")),
+        s3_lookahead=_int("scheduler.s3_lookahead", sch.get("s3_lookahead", 16)),
         cpu_overhead_ms=_float("predictor.cpu_overhead_ms", pred["cpu_overhead_ms"]),
         cpu_overhead=_bool("predictor.cpu_overhead", pred.get("cpu_overhead", False)),
         cpu_overhead_dir=_data_root(tree),

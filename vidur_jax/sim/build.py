@@ -27,6 +27,8 @@ jax.config.update("jax_enable_x64", True)
 #: Policies that reserve ``max_tokens`` of KV memory per request at admission (their
 #: batch size is bounded by memory / max length).
 RESERVING_POLICIES = ("orca", "faster_transformer", "static_batching")
+#: S3 admission rules: decreasing first fit (S3's bin packing) or arrival-order prefix.
+S3_ADMISSIONS = ("dff", "fcfs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,10 @@ class DeploymentConfig:
     ``s3_*`` are S3's output-length predictor (:mod:`vidur_jax.sim.s3`): ``oracle``,
     ``confusion`` (right with probability ``s3_accuracy``, else off by
     ``s3_error_buckets``) or ``learned``, over ``s3_num_buckets`` buckets of
-    ``max_tokens / s3_num_buckets`` output tokens.
+    ``max_tokens / s3_num_buckets`` output tokens; and its admission rule
+    ``s3_admission``: ``dff`` (S3's decreasing first fit over the first
+    ``s3_lookahead`` waiting requests) or ``fcfs`` (arrival order, stop at the first
+    request that does not fit).
     """
 
     model: str = "meta-llama/Llama-2-7b-hf"
@@ -71,6 +76,8 @@ class DeploymentConfig:
     s3_accuracy: float = 1.0
     s3_error_buckets: int = 1
     s3_num_buckets: int = 10
+    s3_admission: str = "dff"
+    s3_lookahead: int = 16
     num_blocks: int | None = None
     vidur_compat_memory: bool = True
     cpu_overhead_ms: float = 0.0
@@ -108,7 +115,8 @@ class DeploymentConfig:
         catalog.get_node(self.network_device)
         for name in ("tensor_parallel_size", "num_pipeline_stages", "num_replicas",
                      "batch_size_cap", "block_size", "chunk_size", "max_tokens_in_batch",
-                     "max_tokens", "max_waiting_iters", "batch_max_tokens", "s3_num_buckets"):
+                     "max_tokens", "max_waiting_iters", "batch_max_tokens", "s3_num_buckets",
+                     "s3_lookahead"):
             value = getattr(self, name)
             require(
                 isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
@@ -125,6 +133,8 @@ class DeploymentConfig:
         require(0.0 <= self.s3_accuracy <= 1.0, f"s3_accuracy={self.s3_accuracy} must be in [0, 1]")
         require(isinstance(self.s3_error_buckets, (int, np.integer)) and self.s3_error_buckets >= 1,
                 f"s3_error_buckets={self.s3_error_buckets!r} must be an integer >= 1")
+        require(self.s3_admission in S3_ADMISSIONS,
+                f"s3_admission={self.s3_admission!r}; allowed: {', '.join(S3_ADMISSIONS)}")
         require(self.cpu_overhead_ms >= 0, f"cpu_overhead_ms={self.cpu_overhead_ms} must be >= 0")
         catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
         catalog.validate_max_tokens(model, self.max_tokens)
@@ -289,6 +299,8 @@ def build_params(
         pred_bucket=np.concatenate([pred, np.zeros(pad, i32)]),
         bucket_tokens=i32(width),
         num_buckets=i32(cfg.s3_num_buckets),
+        s3_first_fit=np.bool_(cfg.s3_admission == "dff"),
+        s3_lookahead=i32(cfg.s3_lookahead),
         max_tokens=i32(cfg.max_tokens),
         gqa_overhead=f32(derived.gqa_overhead),
         op_scale=op_scale,
@@ -330,6 +342,11 @@ def make_static(
         num_slots = int(min(num_slots, num_requests, initial_slots))
     num_slots = max(8, int(math.ceil(num_slots / 8) * 8))
     window = int(min(window or 16, num_slots))
+    # S3's first fit chooses among s3_lookahead waiting requests: the window holds them
+    # from the start, so its choices never depend on how capacities grew (W > S is fine:
+    # admitting more than S requests sets the slot-overflow bit)
+    lookahead = [c.s3_lookahead for c in cfgs if c.replica_scheduler == "s3" and c.s3_admission == "dff"]
+    window = max([window, *lookahead])
     return SimStatic(
         policy=policies.pop(),
         router=routers.pop(),

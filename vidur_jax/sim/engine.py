@@ -262,6 +262,8 @@ def _compact(row: _Row) -> _Row:
 
     Invariant: a replica's occupied slots are a prefix sorted by request id, so every
     "in arrival order" walk of a policy is a walk in slot order (no sorting per step).
+    (Not sorted under S3's first fit, which admits out of arrival order and does not
+    depend on slot order.)
     """
     keep = row.req >= 0
     n_keep = keep.sum()
@@ -512,7 +514,7 @@ def _form_batch(
     # the whole window was admitted and more requests were waiting: W was too small
     n_waiting = jnp.where((row.restarted & (row.req >= 0)).any(), (row.restarted & (row.req >= 0)).sum(),
                           state.q_tail[r] - state.q_head[r])
-    window_full = admit[w - 1] & (n_waiting > w) & (w < s)
+    window_full = admit.all() & (n_waiting > w) & (w < s)
     target = jnp.where(admit & (target < s), target, s)  # s -> dropped
     group_id = jnp.min(jnp.where(admit, cands.req, jnp.iinfo(jnp.int32).max))
     row = row._replace(
@@ -525,9 +527,16 @@ def _form_batch(
         mb=row.mb.at[target].set(m_new, mode="drop"),
         group=row.group.at[target].set(group_id, mode="drop"),
     )
+    # the admitted leave the queue. S3's first fit may skip queued candidates: those close
+    # up behind the new head, in arrival order (for a prefix admission each skipped
+    # entry is rewritten in place, a no-op)
+    n_from_queue = from_queue.sum().astype(jnp.int32)
+    skipped = cands.valid & (cands.src_slot < 0) & ~from_queue
+    pos = jnp.where(skipped & can, state.q_head[r] + n_from_queue + scan.cumsum(skipped) - 1, r_total)
     state = state.replace(
         scheduled_at=_set_first(state.scheduled_at, cands.req, admit, t),
-        q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(from_queue.sum().astype(jnp.int32), mode="drop"),
+        queue=state.queue.at[r, pos].set(cands.req, mode="drop"),
+        q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(n_from_queue, mode="drop"),
     )
 
     # 3. a run of identical decode-only iterations is fused into this one batch

@@ -1,21 +1,25 @@
-"""Replica batch policies: Vidur's five replica schedulers as array programs.
+"""Replica batch policies: Vidur's five replica schedulers (and two more) as array programs.
 
 A policy looks at one replica — its running set (``S`` slots) and the head of its
 waiting queue (``W`` candidates) — and decides the next batch: which running requests
 take part and with how many tokens, which running requests are preempted (restarted by
-recomputation), and how long a prefix of the waiting candidates is admitted.
+recomputation), and which waiting candidates are admitted: a prefix, except under
+S3's decreasing first fit, which skips candidates that do not fit (the engine keeps them
+queued, in order).
 
 Every rule of Vidur's sequential Python loops ("take requests in order until one does
 not fit, then break") is a *prefix* rule, so it is computed with cumulative sums and
 prefix-AND of the per-entry "fits" flags (``scan.py``); preemption victims, taken by Vidur from the
-tail of the running list, are found with a reverse cumulative sum. No Python loop over
-slots, no ``lax.switch`` across policies: :data:`POLICY_FNS` is resolved by name before
-``jit``.
+tail of the running list, are found with a reverse cumulative sum. S3's first fit is
+the one sequential rule (:func:`first_fit_decreasing`, an unrolled scan over the W
+candidates). No Python loop over slots, no ``lax.switch`` across policies:
+:data:`POLICY_FNS` is resolved by name before ``jit``.
 
 Orderings: the running list is processed in arrival order (request id order, requests
 being sorted by arrival), as vLLM and Sarathi do after sorting; Orca and
 FasterTransformer keep batch-end order in Vidur, which is the same order for one
-pipeline stage.
+pipeline stage. (S3's first fit admits out of arrival order, so its slots are not
+sorted by request id; nothing in S3 depends on slot order.)
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ class BatchPlan(NamedTuple):
     slot_ntok: jax.Array  # (S,) i32 tokens it processes
     slot_alloc: jax.Array  # (S,) i32 blocks newly allocated to it
     slot_victim: jax.Array  # (S,) bool preempted and restarted (frees its blocks)
-    cand_admit: jax.Array  # (W,) bool admitted candidates (a prefix)
+    cand_admit: jax.Array  # (W,) bool admitted candidates (a prefix, except S3's first fit)
     cand_ntok: jax.Array  # (W,) i32 tokens each admitted candidate processes
     cand_blocks: jax.Array  # (W,) i32 blocks allocated to each admitted candidate
     waiting_iters: jax.Array  # () i32 LightLLM counter after this decision
@@ -447,18 +451,65 @@ def s3_reserved_blocks(prompt: jax.Array, bucket: jax.Array, seqs: jax.Array, pa
     return seq_blocks(tokens, seqs, prompt // params.block_size, params.block_size)
 
 
+def first_fit_decreasing(
+    size: jax.Array, ok: jax.Array, free: jax.Array, room: jax.Array, tie: jax.Array
+) -> jax.Array:
+    """Pack items into one bin, largest first, each one that still fits (first fit).
+
+    S3's scheduler as a bin-packing heuristic: walk the items in decreasing ``size``
+    (ties: smaller ``tie`` first), admit an item when its size fits in what is left of
+    ``free`` and fewer than ``room`` items were admitted, otherwise skip it and go on
+    with the smaller ones. The order is found by pairwise comparison and applied as a
+    one-hot (W, W) matrix (no sort: XLA CPU sorts cost ~10 us per vector); the greedy
+    walk itself is sequential, an unrolled scan of W scalar steps.
+
+    Args:
+        size: (W,) i32 blocks each item needs.
+        ok: (W,) bool item may be admitted.
+        free: () i32 free blocks.
+        room: () i32 items that may still be admitted.
+        tie: (W,) i32 tie-breaker, unique among ``ok`` items (request id: arrival order).
+
+    Returns:
+        (W,) bool admitted items.
+    """
+    w = size.shape[0]
+    size = size.astype(jnp.int32)
+    first = (size[:, None] > size[None, :]) | ((size[:, None] == size[None, :]) & (tie[:, None] < tie[None, :]))
+    # rank of each ok item among the ok items in packing order; onehot[item, position]
+    rank = (first & ok[:, None]).sum(axis=0)
+    onehot = ok[:, None] & (rank[:, None] == jnp.arange(w)[None, :])
+    sorted_size = jnp.where(onehot, size[:, None], 0).max(axis=0)
+    present = onehot.any(axis=0)
+
+    def place(carry, item):
+        left, slots = carry
+        s, p = item
+        fits = p & (s <= left) & (slots > 0)
+        return (left - jnp.where(fits, s, 0), slots - fits.astype(jnp.int32)), fits
+
+    init = (jnp.asarray(free, jnp.int32), jnp.asarray(room, jnp.int32))
+    _, taken = jax.lax.scan(place, init, (sorted_size, present), unroll=True)
+    return (onehot & taken[None, :]).any(axis=1)
+
+
 def _s3(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
     """S3: Orca-style iteration-level batching whose admission reserves KV memory for the
     *predicted* output length (prompt + the predicted bucket's upper bound) instead of
     the maximum, so more requests fit in a batch.
 
-    Requests are admitted in arrival order while their reservations fit in free memory
-    and the batch cap. A running sequence whose next token would not fit its
-    reservation was under-predicted: it is preempted (restarted by recomputation, its
-    blocks freed) and re-admitted with priority at the next bucket (the engine counts it
-    in ``num_restarts``; the bucket is the predicted one plus the restarts). The
-    replica acts again at once after a preemption (``wake_at``) so a batch whose every
-    member was preempted does not stall.
+    Admission (``params.s3_first_fit``): S3's decreasing first fit — among the first
+    ``s3_lookahead`` waiting requests, largest reservation first, admit every one that
+    still fits in free memory and the batch cap, skipping those that do not (the engine
+    keeps a skipped request at the queue head, in arrival order); or, with first fit
+    off, an arrival-order prefix while the reservations fit (FCFS). A running sequence
+    whose next token would not fit its reservation was under-predicted: it is preempted
+    (restarted by recomputation, its blocks freed) and re-admitted with priority — the
+    candidates are then the preempted requests only, and nothing is admitted in the
+    iteration that preempts — at the next bucket (the engine counts it in
+    ``num_restarts``; the bucket is the predicted one plus the restarts). The replica
+    acts again at once after a preemption (``wake_at``) so a batch whose every member
+    was preempted does not stall.
     """
     plan = _empty_plan(view, cands)
     elig = view.schedulable
@@ -468,14 +519,12 @@ def _s3(view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
     taken = running & (_rank(running) < params.batch_cap)
     k = jnp.arange(cands.req.shape[0])
     reserve = s3_reserved_blocks(cands.prompt, cands.bucket, cands.seqs, params)
-    ok = (
-        cands.valid
-        & (view.allocated.sum() - victim.sum() + k < params.batch_cap)
-        & (view.free_blocks - scan.cumsum(reserve) >= 0)
-        # preempted sequences are re-admitted first (they wait at the queue front)
-        & ~victim.any()
-    )
-    admit = _prefix(ok)
+    room = params.batch_cap - (view.allocated.sum() - victim.sum())
+    # preempted sequences are re-admitted first (they wait at the queue front)
+    ok = cands.valid & ~victim.any()
+    fcfs = _prefix(ok & (k < room) & (view.free_blocks - scan.cumsum(reserve) >= 0))
+    dff = first_fit_decreasing(reserve, ok & (k < params.s3_lookahead), view.free_blocks, room, cands.req)
+    admit = jnp.where(params.s3_first_fit, dff, fcfs)
     return plan._replace(
         slot_in=taken,
         slot_ntok=jnp.where(taken, jnp.where(decoding, 1, view.prefill - view.processed), 0),

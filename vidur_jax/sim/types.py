@@ -61,7 +61,8 @@ class SimStatic:
         max_stages: pipeline-stage capacity (configs may use fewer).
         num_tbt_bins: number of TBT histogram bins H.
         window: admission window W: queued requests one batch may admit at most
-            (overflow is detected and the host re-runs with a larger window).
+            (overflow is detected and the host re-runs with a larger window); at least
+            S3's ``s3_lookahead`` under first-fit admission.
         fuse_iters: longest run of identical decode-only iterations simulated as one
             step (exact; 1 disables fusion).
         trace_capacity: batches recorded in the batch log (0 = no log); a fused run of
@@ -148,6 +149,8 @@ class SimParams:
     pred_bucket: jax.Array  # (R,) i32 S3 predicted output-length bucket per request (0-based)
     bucket_tokens: jax.Array  # () i32 S3 bucket width, output tokens
     num_buckets: jax.Array  # () i32 S3 number of buckets
+    s3_first_fit: jax.Array  # () bool S3 admission: decreasing first fit (True) or arrival-order prefix
+    s3_lookahead: jax.Array  # () i32 waiting requests S3's first fit considers per iteration (<= SimStatic.window)
     max_tokens: jax.Array  # () i32 longest request (prompt + output), tokens
     # timing
     gqa_overhead: jax.Array  # () f32 Vidur's attention batching overhead fraction (0.1 for GQA, else 0)

@@ -2,8 +2,10 @@
 
 For each model in ``s3_study.models`` (one A100 replica, ``{name, tp}``) and each policy
 variant — ``orca`` (max-length reservation: every request reserves ``max_tokens`` of KV),
-``s3`` with the oracle, with confusion predictors at several accuracies and with the
-learned prompt-length classifier, and ``vllm`` (paging, no reservation) — every arrival
+``s3`` (decreasing first-fit admission) with the oracle, with confusion predictors at
+several accuracies and with the learned prompt-length classifier, ``s3 oracle fcfs``
+(the oracle's reservations admitted in arrival order, to separate the two parts of S3;
+``s3_study.fcfs: false`` drops it), and ``vllm`` (paging, no reservation) — every arrival
 rate of ``s3_study.qps`` (per model) is simulated; all variants of one policy and all
 models and rates run in one vmapped call. The **capacity** of a variant is the highest
 rate whose TTFT p90 and TBT p99 meet ``s3_study.slo`` (or the model entry's ``slo``); its row reports the achieved
@@ -37,6 +39,9 @@ COLUMNS = ["model", "policy", "predictor_accuracy", "throughput_rps", "mean_batc
 def _variants(study: dict[str, Any]) -> list[dict[str, Any]]:
     out = [{"label": "max_length (orca)", "replica_scheduler": "orca"}]
     out.append({"label": "s3 oracle", "replica_scheduler": "s3", "s3_predictor": "oracle"})
+    if study.get("fcfs", True):  # S3's reservations without its first-fit packing
+        out.append({"label": "s3 oracle fcfs", "replica_scheduler": "s3", "s3_predictor": "oracle",
+                    "s3_admission": "fcfs"})
     for p in study.get("accuracies", [0.9, 0.7, 0.5]):
         out.append({"label": f"s3 p={p:g}", "replica_scheduler": "s3", "s3_predictor": "confusion",
                     "s3_accuracy": float(p)})
