@@ -148,8 +148,9 @@ def test_two_sequences_kv_blocks():
     sim = make_simulator(static, tables)
     step = jax.jit(sim.step)
     state = sim.init(p)
-    for _ in range(3):  # two arrivals, the joint prefill
-        state = step(p, state)
+    # round robin routes both arrivals up front (no arrival steps): step 1 launches the
+    # joint prefill at t = 0
+    state = step(p, state)
     assert state.slot_blocks[0, :2].tolist() == [1, 1]
     state = step(p, state)  # first decode iteration (both requests)
     assert state.slot_blocks[0, :2].tolist() == [3, 2]

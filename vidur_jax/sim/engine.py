@@ -35,6 +35,7 @@ from vidur_jax.sim.types import (
     ERR_STEPS,
     ERR_TOKENS,
     ERR_WINDOW,
+    STATIC_ROUTERS,
     SimParams,
     SimState,
     SimStatic,
@@ -63,7 +64,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         num_restarts=jnp.zeros(r, i32),
         restart_tokens=jnp.array(0, jnp.int64),
         next_arrival=jnp.array(0, i32),
-        queue=jnp.full((n, r), -1, i32),
+        **_prerouted_queues(static, params),
         q_head=jnp.zeros(n, i32),
         q_tail=jnp.zeros(n, i32),
         slot_req=jnp.full((n, s), -1, i32),
@@ -78,7 +79,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         free_blocks=jnp.full(n, params.num_blocks, i32),
         inflight_end=jnp.full((n, m), _INF, f64),
         stage_free_at=jnp.zeros((n, m), f64),
-        next_event=jnp.full(n, _INF, f64),
+        next_event=_first_arrivals(static, params),
         waiting_iters=jnp.zeros(n, i32),
         tbt_hist=jnp.zeros(static.num_tbt_bins, i32),
         tbt_sum=jnp.array(0.0, f64),
@@ -104,6 +105,69 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         log_decode_tokens=jnp.zeros(static.trace_capacity, i32),
         log_iters=jnp.zeros(static.trace_capacity, i32),
     )
+
+
+def _prerouted_queues(static: SimStatic, params: SimParams) -> dict[str, jax.Array]:
+    """Per-replica request lists (and their arrival times) for static routers.
+
+    Round robin and random routing depend only on the request index, so every request is
+    routed once here, in arrival order; at a replica event, the requests of its list that
+    have arrived form its waiting queue. For LOR the lists start empty and grow with the
+    arrival events.
+    """
+    n, r = static.max_replicas, static.num_requests
+    empty = {"queue": jnp.full((n, r), -1, jnp.int32), "queue_arrival": jnp.full((n, r), _INF, jnp.float64)}
+    if static.router not in STATIC_ROUTERS:
+        return empty
+    idx = jnp.arange(r, dtype=jnp.int32)
+    valid = jnp.isfinite(params.arrived_at)
+    if static.router == "round_robin":
+        route, pos = idx % params.num_replicas, idx // params.num_replicas
+    else:
+        route = params.random_route
+        onehot = (route[None, :] == jnp.arange(n)[:, None]) & valid[None, :]  # (N, R)
+        pos = (scan.cumsum(onehot) - onehot)[jnp.clip(route, 0, n - 1), idx]
+    route = jnp.where(valid, route, n)  # padding rows -> dropped
+    return {
+        "queue": empty["queue"].at[route, pos].set(idx, mode="drop"),
+        "queue_arrival": empty["queue_arrival"].at[route, pos].set(params.arrived_at, mode="drop"),
+    }
+
+
+def _first_arrivals(static: SimStatic, params: SimParams) -> jax.Array:
+    """(N,) first event of each replica: its first arrival (static routers), else none."""
+    if static.router not in STATIC_ROUTERS:
+        return jnp.full(static.max_replicas, _INF, jnp.float64)
+    return _prerouted_queues(static, params)["queue_arrival"][:, 0]
+
+
+def _arrived_count(static: SimStatic, state: SimState, r: jax.Array, t: jax.Array) -> jax.Array:
+    """() i32: how many requests of replica ``r``'s list have arrived by ``t`` (inclusive).
+
+    Bisection from ``q_tail[r]`` with scalar gathers: ``searchsorted`` on the row would
+    copy the whole (R,) row per config and step under ``vmap``.
+    """
+    lo = state.q_tail[r]  # arrived before; t never decreases for a replica
+    hi = jnp.int32(static.num_requests)
+    for _ in range(max(int(static.num_requests).bit_length(), 1)):
+        mid = (lo + hi) // 2
+        arrived = state.queue_arrival[r, jnp.minimum(mid, static.num_requests - 1)] <= t
+        go_right = (mid < hi) & arrived
+        lo, hi = jnp.where(go_right, mid + 1, lo), jnp.where(go_right, hi, mid)
+    return lo
+
+
+def _next_arrival_at(static: SimStatic, params: SimParams, state: SimState, r: jax.Array) -> jax.Array:
+    """() s: the next arrival that can change replica ``r``'s queue (after its q_tail).
+
+    Static routers: the next request of r's own list. LOR: the next arrival anywhere
+    (routing is decided on arrival).
+    """
+    if static.router in STATIC_ROUTERS:
+        k = jnp.minimum(state.q_tail[r], static.num_requests - 1)
+        return jnp.where(state.q_tail[r] < static.num_requests, state.queue_arrival[r, k], _INF)
+    i = jnp.minimum(state.next_arrival, static.num_requests - 1)
+    return jnp.where(state.next_arrival < static.num_requests, params.arrived_at[i], _INF)
 
 
 def is_done(params: SimParams, state: SimState) -> jax.Array:
@@ -368,8 +432,7 @@ def _decode_run(
     iter_s, overflow = timing.decode_run_times(tables, params, n, sum_kv, j_max)
     ends = t + scan.cumsum(iter_s.astype(jnp.float64))  # (J,) end of iteration j+1
     starts = jnp.concatenate([jnp.reshape(t, (1,)), ends[:-1]])
-    i = jnp.minimum(state.next_arrival, r_total - 1)
-    t_arr = jnp.where(state.next_arrival < r_total, params.arrived_at[i], jnp.inf)
+    t_arr = _next_arrival_at(static, params, state, r)
     total = params.num_prefill[safe] + params.num_decode[safe]
     remaining = jnp.min(jnp.where(slot_in, total - row.processed, jnp.iinfo(jnp.int32).max))
     iters = jnp.arange(1, j_max + 1)
@@ -652,6 +715,10 @@ def _replica_update(
     # Vidur forms batches until all pipeline slots are busy: try again at the same time
     again = launched & (n_inflight < params.num_stages)
     nxt = jnp.where(again, t, jnp.minimum(jnp.min(row.inflight_end), wake_at))
+    if static.router in STATIC_ROUTERS:
+        # an arrival wakes the replica when a pipeline slot is free (Vidur's arrival event)
+        wake_arrival = jnp.where(n_inflight < params.num_stages, _next_arrival_at(static, params, state, r), _INF)
+        nxt = jnp.minimum(nxt, wake_arrival)
     r_w = jnp.where(apply, r, static.max_replicas)
     state = _scatter_row(state, r_w, row)
     return state.replace(next_event=state.next_event.at[r_w].set(nxt, mode="drop"))
@@ -660,15 +727,23 @@ def _replica_update(
 def step(static: SimStatic, tables: TimingTables, params: SimParams, state: SimState) -> SimState:
     """Process the earliest event of one config (a no-op once the config is done)."""
     active = ~is_done(params, state)
-    i = jnp.minimum(state.next_arrival, static.num_requests - 1)
-    t_arr = jnp.where(state.next_arrival < static.num_requests, params.arrived_at[i], _INF)
     r = jnp.argmin(state.next_event).astype(jnp.int32)
     t_rep = state.next_event[r]
-    is_arrival = active & (t_arr <= t_rep) & jnp.isfinite(t_arr)
+    if static.router in STATIC_ROUTERS:
+        # requests routed up front: the replica's arrived requests join its queue now
+        is_arrival = jnp.array(False)
+        t_arr = _INF
+        tail = _arrived_count(static, state, r, t_rep)
+        state = state.replace(q_tail=state.q_tail.at[jnp.where(active, r, static.max_replicas)].max(tail, mode="drop"))
+    else:
+        i = jnp.minimum(state.next_arrival, static.num_requests - 1)
+        t_arr = jnp.where(state.next_arrival < static.num_requests, params.arrived_at[i], _INF)
+        is_arrival = active & (t_arr <= t_rep) & jnp.isfinite(t_arr)
     is_replica = active & ~is_arrival & jnp.isfinite(t_rep)
     stalled = active & ~is_arrival & ~is_replica
 
-    state = _arrival_update(static, params, state, is_arrival)
+    if static.router not in STATIC_ROUTERS:
+        state = _arrival_update(static, params, state, is_arrival)
     state = _replica_update(static, tables, params, state, r, t_rep, is_replica)
     t = jnp.where(is_arrival, t_arr, jnp.where(is_replica, t_rep, state.clock))
     steps = state.step + active

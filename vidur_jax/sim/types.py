@@ -29,6 +29,9 @@ import jax
 POLICIES = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm", "static_batching", "s3")
 #: Global schedulers (request routing to replicas), Vidur's names.
 ROUTERS = ("round_robin", "random", "lor")
+#: Routers whose decision depends only on the request index: requests are routed up front
+#: and an arrival is not a simulator step of its own (the replica's queue simply grows).
+STATIC_ROUTERS = ("round_robin", "random")
 
 # Error bits of ``SimState.error`` (checked on the host after a run).
 ERR_SLOTS = 1  # more admitted requests than running-set slots: grow num_slots
@@ -177,6 +180,7 @@ class SimState:
     # --- routing / waiting queues: queue[r, head:tail] are request ids waiting at replica r
     next_arrival: jax.Array  # () i32 index of the next request to arrive
     queue: jax.Array  # (N, R) i32 request ids, -1 = empty
+    queue_arrival: jax.Array  # (N, R) f64 s arrival of queue[r, k] (inf = none); static routers
     q_head: jax.Array  # (N,) i32
     q_tail: jax.Array  # (N,) i32
     # --- running set per replica (S slots); a restarted request keeps its slot with 0 blocks
