@@ -462,7 +462,8 @@ def load(
         )
     key = io.files_hash(
         _profile_files(profiles_dir, device, model, network_device),
-        f"v{FORMAT_VERSION}|{model}|{device}|{tp}|{network_device}|{train.config_key()}",
+        f"v{FORMAT_VERSION}|{model}|{device}|{tp}|{network_device}|{train.config_key()}"
+        f"|attn_transfer={tr.ATTENTION_TRANSFER_VERSION}",
     )
     base = os.path.join(io.cache_dir(), "predictors", key)
     if os.path.isfile(base + ".npz") or os.path.isfile(base + ".json"):

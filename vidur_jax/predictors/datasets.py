@@ -9,6 +9,7 @@ token ops              ``num_tokens``                              (tokens, 1, 1
 all_reduce/send_recv   ``num_tokens``                              (bytes = 2*E*tokens, 1, 1)
 attn_prefill           ``kv_cache_size, prefill_chunk_size``       (kv, chunk, heads/dev)
 attn_decode            ``batch_size, kv_cache_size``               (batch, kv, heads/dev)
+attn_decode transfer   ``batch_size, kv_cache_size``               (batch x heads/dev, kv, 1)
 shape transfer (GEMM)  ``num_tokens``                              (tokens, K, N) per device
 shape transfer (elem)  ``num_tokens``                              (tokens, width, 1)
 =====================  ==========================================  =====================
@@ -17,9 +18,25 @@ shape transfer (elem)  ``num_tokens``                              (tokens, widt
 prefill (compute-bound), KV heads for decode (FlashAttention reads each KV head once for
 its query group, so decode is bound by KV bytes). The A100 Llama-2-7B table spans
 32/16/8/4 heads per device.
+
+Attention *transfer* jobs (one model over all TPs, heads varying; see
+``attention_transfer_job``) use physical coordinates in which the head count
+generalizes. Decode runs one thread block per (sequence, KV head): its time is a function
+of the block count ``batch x heads`` and ``kv`` alone (the A100 table agrees to ~1% across
+TPs at equal ``batch x heads``), so heads enter only through that product. Prefill is
+*latency + throughput*: ``t = A(kv, chunk) + heads x B(kv, chunk)`` -- a heads-free part
+(one wave of blocks: launch, per-block work ~ kv + chunk) plus per-head work (FLOPs
+``chunk x kv``, ``chunk^2``); affine in heads, so a head count beyond the profiled ones
+extrapolates like the measured saturation (the time ratio of 2h to h heads is ~1.05 for
+small work, ~1.85 for large) rather than proportionally. Its MLP correction sees kv,
+chunk and ``log((1 + chunk)(1 + heads))`` (~ the thread-block count, heads x query
+tiles; ``FitJob.mlp_inputs``) instead of heads on their own: the kernel's efficiency
+depends on the per-block work (kv, chunk) and the occupancy (blocks).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -63,6 +80,18 @@ BASIS_TOKENS = _basis((0, 0, 0), (1, 0, 0))  # launch/weight-streaming floor + p
 BASIS_PREFILL = _basis((0, 0, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1), (0, 2, 1))
 #: decode: overhead, per-sequence launch work b, KV bytes b*kv -- x heads.
 BASIS_DECODE = _basis((0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1))
+#: prefill transfer (kv, chunk, heads): heads-free latency part A(kv, c) (one wave of
+#: blocks: overhead, kv, c, and the FLOP terms c*kv, c^2 of a block-limited wave) plus
+#: heads x the per-head throughput part B(kv, c) = BASIS_PREFILL's heads terms.
+BASIS_PREFILL_TRANSFER = _basis(
+    *BASIS_PREFILL.astype(int).tolist(), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 2, 0)
+)
+#: prefill transfer MLP inputs (``FitJob.mlp_inputs``): log1p of kv, of chunk, and
+#: log1p chunk + log1p heads (~ log thread blocks).
+PREFILL_TRANSFER_MLP_INPUTS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, 1.0))
+#: decode transfer (blocks = batch x heads, kv): overhead, per-block launch, per-wave KV
+#: read (kv), KV bytes blocks*kv.
+BASIS_DECODE_TRANSFER = _basis((0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0))
 #: GEMM (n, K, N): overhead, weight bytes K*N, FLOPs n*K*N, activation bytes n*K, n*N.
 BASIS_GEMM = _basis((0, 0, 0), (0, 1, 1), (1, 1, 1), (1, 1, 0), (1, 0, 1), (1, 0, 0))
 #: elementwise (n, W): overhead, n, bytes n*W.
@@ -130,6 +159,36 @@ def attention_job(rows: pd.DataFrame, kind: str, heads: np.ndarray | float) -> F
         np.array([0.0, 0.0, const_h]),
         basis,
         ATTENTION_EMPHASIS,
+    )
+
+
+def attention_transfer_job(rows: pd.DataFrame, kind: str, heads: np.ndarray) -> FitJob:
+    """Fit job for one attention model over several head counts (for transfer).
+
+    Prefill: internal ``(kv, chunk, heads)`` with :data:`BASIS_PREFILL_TRANSFER` (affine in
+    heads) and an MLP on (kv, chunk, chunk x heads). Decode: internal
+    ``(batch x heads, kv, 1)`` with :data:`BASIS_DECODE_TRANSFER` (heads only through the
+    block count). The job's ``feat_scale``/``feat_const`` are placeholders:
+    ``transfer.specialize_attention`` sets them for a target's heads.
+
+    Args:
+      rows: attention rows of one kind (see ``profiles.load_attention``).
+      kind: "prefill" or "decode".
+      heads: ``(N,)`` effective heads per device (:func:`effective_heads`) of each row.
+    """
+    job = attention_job(rows, kind, np.asarray(heads, np.float64))
+    if kind == "prefill":
+        return dataclasses.replace(
+            job,
+            feat_const=np.zeros(3),
+            basis=BASIS_PREFILL_TRANSFER,
+            mlp_inputs=PREFILL_TRANSFER_MLP_INPUTS,
+        )
+    x = job.x.copy()
+    x[:, 0] *= x[:, 2]  # thread blocks = sequences x heads
+    x[:, 2] = 1.0
+    return dataclasses.replace(
+        job, x=x, feat_const=np.array([0.0, 0.0, 1.0]), basis=BASIS_DECODE_TRANSFER
     )
 
 

@@ -28,11 +28,17 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from vidur_jax.predictors import api, datasets, train
+from vidur_jax.predictors import api, datasets, hybrid, train
 
 # Not ``from vidur_jax.predictors import transfer``: the package exports a ``transfer``
 # function under that name, which shadows the submodule once the package is imported.
-from vidur_jax.predictors.transfer import REFERENCE_DEVICE, REFERENCE_MODEL, attention_transfer_jobs
+from vidur_jax.predictors.transfer import (
+    REFERENCE_DEVICE,
+    REFERENCE_MODEL,
+    attention_transfer_jobs,
+    reference_shape,
+    specialize_attention,
+)
 from vidur_jax.profiles import loader
 
 VIDUR_RF_GRID = {
@@ -159,8 +165,6 @@ def _subset(job: train.FitJob, mask: np.ndarray) -> train.FitJob:
 
 def _predict(params: dict, x: np.ndarray) -> np.ndarray:
     """Predict from internal features (network jobs use bytes directly, scale 1)."""
-    from vidur_jax.predictors import hybrid
-
     feats = np.zeros_like(x, dtype=np.float32)
     active = np.asarray(params["feat_scale"]) != 0
     feats[:, active] = x[:, active] / np.asarray(params["feat_scale"])[active]
@@ -284,15 +288,6 @@ def run_transfer_eval(
                 jobs.append(datasets.shape_job(train_frames, op, row_stride=2))
                 infos.append({"kind": "model", "device": device, "held_out": held, "op": op})
                 tests.append(test)
-    att = loader.load_attention(profiles_dir, REFERENCE_DEVICE, REFERENCE_MODEL)
-    for tp in (1, 2, 4, 8):
-        for op, job in attention_transfer_jobs(att, exclude_tp=tp).items():
-            test = attention_transfer_jobs(att[att["num_tensor_parallel_workers"] == tp])[op]
-            jobs.append(job)
-            infos.append(
-                {"kind": "tp", "device": REFERENCE_DEVICE, "held_out": f"tp{tp}", "op": op}
-            )
-            tests.append(test)
     log(f"fitting {len(jobs)} transfer predictors")
     fitted = train.fit_jobs(jobs)
     rows = []
@@ -302,9 +297,43 @@ def run_transfer_eval(
         p["feat_const"] = np.zeros(3, np.float32)
         pred = _predict(p, test.x)
         rows.append(dict(info, n_rows=len(test.y), mape=mape(pred, test.y)))
+    att = loader.load_attention(profiles_dir, REFERENCE_DEVICE, REFERENCE_MODEL)
+    rows += leave_one_tp_out(att).to_dict("records")
     df = pd.DataFrame(rows)
     _write_csv(df, out_csv)
     return df
+
+
+def leave_one_tp_out(
+    att: pd.DataFrame, tps: tuple[int, ...] = (1, 2, 4, 8), seed: int = 0
+) -> pd.DataFrame:
+    """Leave-one-TP-out MAPE of the attention transfer models.
+
+    For each held-out TP the prefill and decode transfer models are fitted on the other
+    TPs of ``att`` (the reference attention table) and predict the held-out rows from
+    their user features through ``transfer.specialize_attention`` (the production path).
+
+    Returns:
+      Rows ``kind="tp", device, held_out ("tp<k>"), op, n_rows, mape``.
+    """
+    jobs, infos, tests = [], [], []
+    for tp in tps:
+        held = att[att["num_tensor_parallel_workers"] == tp]
+        for op, job in attention_transfer_jobs(att, exclude_tp=tp).items():
+            kind = "prefill" if op == "attn_prefill" else "decode"
+            rows = held[held["is_prefill"] == (kind == "prefill")]
+            jobs.append(job)
+            infos.append(
+                {"kind": "tp", "device": REFERENCE_DEVICE, "held_out": f"tp{tp}", "op": op}
+            )
+            tests.append((tp, datasets.attention_job(rows, kind, 0.0)))  # user features in dims 0-1
+    shape = reference_shape(att)
+    out = []
+    for info, params, (tp, test) in zip(infos, train.fit_jobs(jobs, seed=seed), tests, strict=True):
+        p = specialize_attention(params, info["op"], shape, tp, 1.0)
+        pred = np.asarray(hybrid.apply(p, test.x.astype(np.float32)))
+        out.append(dict(info, n_rows=len(test.y), mape=mape(pred, test.y)))
+    return pd.DataFrame(out)
 
 
 def run_task(cfg: dict, out_dir: str) -> None:
@@ -359,7 +388,7 @@ def run_task(cfg: dict, out_dir: str) -> None:
 
 
 def main() -> None:
-    """``python -m vidur_jax.predictors.evaluate --profiles-dir DIR --out DIR``."""
+    """``python -m vidur_jax.predictors.evaluate --profiles-dir DIR --out DIR [--transfer-only]``."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Evaluate predictors vs Vidur's forest")
@@ -370,7 +399,17 @@ def main() -> None:
     parser.add_argument("--no-forest", action="store_true")
     parser.add_argument("--forest-grid", action="store_true")
     parser.add_argument("--skip-transfer", action="store_true")
+    parser.add_argument(
+        "--transfer-only", action="store_true", help="only predictor_transfer_eval.csv"
+    )
     args = parser.parse_args()
+    if args.transfer_only:
+        t = run_transfer_eval(
+            args.profiles_dir, os.path.join(args.out, "predictor_transfer_eval.csv"), args.devices
+        )
+        print(t.groupby(["kind", "op"])["mape"].median().round(2).to_string())
+        print(t[t["kind"] == "tp"].pivot(index="op", columns="held_out", values="mape").round(2))
+        return
     df = run_eval(
         args.profiles_dir,
         os.path.join(args.out, "predictor_eval.csv"),

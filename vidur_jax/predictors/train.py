@@ -78,6 +78,13 @@ class FitJob:
     emphasis: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     #: Fit residual knots along feature 0 (1-feature ops only, see ``hybrid``).
     knots: bool = False
+    #: MLP inputs as combinations of the log features (None = the 3 features themselves):
+    #: row i of this ``(3, 3)`` matrix M gives input i = standardized ``M[i] @ log1p(x)``
+    #: (a zero row is an unused input). The map is affine in the stored standardized
+    #: features, so after training it is folded into the first layer exactly (the params
+    #: keep the usual layout). E.g. attention transfer's prefill MLP sees kv, chunk and
+    #: log((1 + chunk)(1 + heads)) (~ the thread-block count) instead of heads.
+    mlp_inputs: tuple[tuple[float, float, float], ...] | None = None
 
 
 def active_dims(x: np.ndarray) -> tuple[int, ...]:
@@ -264,11 +271,14 @@ def _bucket(n: int) -> int:
 @dataclass
 class _Prepared:
     base: hybrid.Params  # everything but the MLP and knots
-    z: np.ndarray  # (N, 3) MLP rows (strided to MAX_MLP_ROWS)
+    z: np.ndarray  # (N, 3) MLP inputs (strided to MAX_MLP_ROWS)
     r: np.ndarray  # (N,)
     u0_all: np.ndarray | None = None  # (M,) log1p(x_0) of every row, for knots
-    z_all: np.ndarray | None = None  # (M, 3)
+    z_all: np.ndarray | None = None  # (M, 3) standardized features (not mapped)
     r_all: np.ndarray | None = None  # (M,)
+    #: ``FitJob.mlp_inputs`` as ``inputs = z @ in_a + in_b`` (z: standardized features).
+    in_a: np.ndarray | None = None
+    in_b: np.ndarray | None = None
 
 
 def fit_knots(
@@ -292,6 +302,36 @@ def fit_knots(
     knot_u = np.concatenate([ku, ku[-1] + 1.0 + np.arange(num - k)])
     knot_r = np.concatenate([kr, np.full(num - k, kr[-1])])
     return knot_u.astype(np.float32), knot_r.astype(np.float32)
+
+
+def input_map(
+    u: np.ndarray, mu: np.ndarray, sd: np.ndarray, m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``FitJob.mlp_inputs`` as an affine map of the standardized features.
+
+    Args:
+      u: ``(N, 3)`` log1p features of the training rows; mu, sd: their standardization.
+      m: ``(3, 3)`` input combinations.
+
+    Returns:
+      ``(a (3, 3), b (3,))`` with ``z @ a + b`` = the standardized ``u @ m.T`` for
+      ``z = (u - mu) / sd`` (an input with no spread is centred, not scaled).
+    """
+    v = u @ m.T
+    v_mu, v_sd = v.mean(axis=0), v.std(axis=0)
+    v_sd = np.where(v_sd > 1e-6, v_sd, 1.0)
+    return sd[:, None] * m.T / v_sd[None, :], (mu @ m.T - v_mu) / v_sd
+
+
+def fold_input_map(mlp: hybrid.Params, a: np.ndarray, b: np.ndarray) -> hybrid.Params:
+    """MLP params on standardized features equal to ``mlp`` on inputs ``z @ a + b``."""
+    out = dict(mlp)
+    k = np.asarray(mlp["Dense_0"]["kernel"], np.float64)
+    out["Dense_0"] = {
+        "kernel": (a @ k).astype(np.float32),
+        "bias": (np.asarray(mlp["Dense_0"]["bias"], np.float64) + b @ k).astype(np.float32),
+    }
+    return out
 
 
 def _prepare(job: FitJob) -> _Prepared:
@@ -329,7 +369,12 @@ def _prepare(job: FitJob) -> _Prepared:
         "out_scale": np.array(1.0, np.float32),
     }
     base["knot_u"], base["knot_r"] = hybrid.zero_params()["knot_u"], hybrid.zero_params()["knot_r"]
-    prep = _Prepared(base, ((u_mlp - mu) / sd).astype(np.float32), r.astype(np.float32))
+    z = (u_mlp - mu) / sd
+    in_a = in_b = None
+    if job.mlp_inputs is not None:
+        in_a, in_b = input_map(u, mu, sd, np.asarray(job.mlp_inputs, np.float64))
+        z = z @ in_a + in_b
+    prep = _Prepared(base, z.astype(np.float32), r.astype(np.float32), in_a=in_a, in_b=in_b)
     if job.knots:
         prep.u0_all = u[:, 0]
         prep.z_all = ((u - mu) / sd).astype(np.float32)
@@ -429,7 +474,7 @@ def fit_jobs(
     out = []
     for prep, mlp in zip(preps, mlps, strict=False):
         params = dict(prep.base)
-        params["mlp"] = mlp
+        params["mlp"] = mlp if prep.in_a is None else fold_input_map(mlp, prep.in_a, prep.in_b)
         if prep.u0_all is not None:
             smooth = hybrid.MLP.apply(
                 {"params": mlp}, jnp.asarray(prep.z_all), jnp.ones(hybrid.MAX_WIDTH, jnp.float32)
