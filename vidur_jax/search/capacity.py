@@ -81,7 +81,7 @@ class SearchSettings:
     max_rounds: int = 16
     qps_min: float = 0.01
     qps_max_per_replica: float = 256.0
-    width: int = 16
+    width: int = 32
     mode: str = "auto"
     seed: int = 42
     ttft_p90_max_s: float | None = None

@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "max_rounds": 16,
     "qps_min": 0.01,
     "qps_max_per_replica": 256.0,
-    "width": 16,
+    "width": 32,
     "mode": "auto",
     "slos": [{"name": "default", "ttft_p90_s": 2.0, "tbt_p99_s": 0.2}],
     "capacity_under_slo": False,
