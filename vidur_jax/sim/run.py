@@ -209,7 +209,7 @@ def _execute(static: SimStatic, tables, params: list[SimParams], chunk: int, pro
     """Run ``params`` in chunks of ``chunk`` configs, sharded over local devices.
 
     Returns one ``(host_state, index)`` per config. Chunks are padded to one shape (one
-    compile); padding configs repeat the last config and are discarded.
+    compile) with empty configs (no requests: done at once), discarded.
     """
     n_dev = min(jax.local_device_count(), len(params))  # no device runs only padding
     chunk = max(1, min(chunk, len(params)))
@@ -221,7 +221,7 @@ def _execute(static: SimStatic, tables, params: list[SimParams], chunk: int, pro
         part = list(params[start:start + chunk])
         real = len(part)
         if multi or n_dev > 1:
-            part += [part[-1]] * (chunk - real)
+            part += [dataclasses.replace(part[-1], num_valid=np.int32(0))] * (chunk - real)
         state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part)))
         out.extend((state, j) for j in range(real))
         if progress is not None:
