@@ -15,9 +15,13 @@ the same probes would cost under Vidur, which runs one simulation process per pr
 
 from __future__ import annotations
 
+import os
+
+# one XLA CPU device per core (set before vidur_jax / JAX initialize; see vidur_jax/__init__.py)
+os.environ.setdefault("VIDUR_JAX_CPU_DEVICES", "auto")
+
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time

@@ -16,8 +16,12 @@ measured ~290 simulated requests/s at 2 QPS on the same 2-core machine
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# one XLA CPU device per core (set before vidur_jax / JAX initialize; see vidur_jax/__init__.py)
+os.environ.setdefault("VIDUR_JAX_CPU_DEVICES", "auto")
+
+import argparse
 import resource
 import sys
 import time

@@ -16,9 +16,13 @@ of the configs (and at 1/4, 1/2 and all of the requests) to show cost linear in 
 
 from __future__ import annotations
 
+import os
+
+# one XLA CPU device per core (set before vidur_jax / JAX initialize; see vidur_jax/__init__.py)
+os.environ.setdefault("VIDUR_JAX_CPU_DEVICES", "auto")
+
 import argparse
 import itertools
-import os
 import resource
 import sys
 import time

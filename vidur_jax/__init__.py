@@ -17,24 +17,26 @@ _CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
 def _use_all_cpu_cores() -> None:
-    """Expose one XLA CPU device per core (unless the user configured it).
+    """Expose several XLA CPU devices when asked (``VIDUR_JAX_CPU_DEVICES=auto|N``).
 
     XLA runs one device's while loop on one thread, so a vectorized sweep on a CPU-only
-    machine would leave all but one core idle; with a device per core the driver shards
-    the config axis over them (:func:`vidur_jax.sim.run.simulate_configs`). Takes effect
-    only if set before JAX initializes its backends (importing ``vidur_jax`` first does);
-    ``VIDUR_JAX_CPU_DEVICES=N`` overrides the count, ``=1`` turns it off. Accelerator
-    backends are unaffected.
+    machine leaves all but one core idle; with a device per core the driver shards the
+    config axis over them (:func:`vidur_jax.sim.run.simulate_configs`; 1.4-2x on 2
+    cores). Opt-in (the benchmarks in ``experiments/`` turn it on): in one long test
+    process with many compiles, XLA CPU once crashed compiling the sharded program.
+    Takes effect only if set before JAX initializes its backends (importing
+    ``vidur_jax`` first does) and if ``XLA_FLAGS`` does not already set the count.
+    Accelerator backends are unaffected.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if _CPU_DEVICES_FLAG in flags:
+    requested = os.environ.get("VIDUR_JAX_CPU_DEVICES", "1").strip().lower()
+    if _CPU_DEVICES_FLAG in flags or requested in ("", "1"):
         return
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    requested = os.environ.get("VIDUR_JAX_CPU_DEVICES", "")
-    count = int(requested) if requested.isdigit() and int(requested) > 0 else cores
+    count = cores if requested == "auto" else int(requested) if requested.isdigit() else 1
     if count > 1:
         os.environ["XLA_FLAGS"] = f"{flags} {_CPU_DEVICES_FLAG}={count}".strip()
 
