@@ -49,3 +49,21 @@ def reference_dir() -> Path:
     env = os.environ.get("VIDUR_JAX_REFERENCE")
     path = Path(env) if env else REPO_ROOT.parent / "shared" / "reference" / "cases"
     return _require_dir(path, "Vidur reference cases folder (set VIDUR_JAX_REFERENCE)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled executables after each test module.
+
+    The full suite compiles hundreds of simulator programs in one process; late in the
+    run XLA CPU segfaulted while compiling (tests/test_studies.py), never when the file
+    ran alone. Suspected cause: the process's memory maps (each CPU executable maps code
+    pages; vm.max_map_count is 65,530 here). Freeing them per module bounds that.
+    """
+    yield
+    import jax
+
+    from vidur_jax.sim import run
+
+    run._sharded_runner.cache_clear()
+    jax.clear_caches()
