@@ -57,6 +57,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
     r, s, n, m = static.num_requests, static.num_slots, static.max_replicas, static.max_stages
     f64, i32 = jnp.float64, jnp.int32
     nan_r = jnp.full(r, jnp.nan, f64)
+    queues = _prerouted_queues(static, params)
     return SimState(
         scheduled_at=nan_r,
         first_token_at=nan_r,
@@ -64,7 +65,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         num_restarts=jnp.zeros(r, i32),
         restart_tokens=jnp.array(0, jnp.int64),
         next_arrival=jnp.array(0, i32),
-        **_prerouted_queues(static, params),
+        **queues,
         q_head=jnp.zeros(n, i32),
         q_tail=jnp.zeros(n, i32),
         slot_req=jnp.full((n, s), -1, i32),
@@ -79,7 +80,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         free_blocks=jnp.full(n, params.num_blocks, i32),
         inflight_end=jnp.full((n, m), _INF, f64),
         stage_free_at=jnp.zeros((n, m), f64),
-        next_event=_first_arrivals(static, params),
+        next_event=queues["queue_arrival"][:, 0],  # static routers: each replica's first arrival
         waiting_iters=jnp.zeros(n, i32),
         tbt_hist=jnp.zeros(static.num_tbt_bins, i32),
         tbt_sum=jnp.array(0.0, f64),
@@ -132,13 +133,6 @@ def _prerouted_queues(static: SimStatic, params: SimParams) -> dict[str, jax.Arr
         "queue": empty["queue"].at[route, pos].set(idx, mode="drop"),
         "queue_arrival": empty["queue_arrival"].at[route, pos].set(params.arrived_at, mode="drop"),
     }
-
-
-def _first_arrivals(static: SimStatic, params: SimParams) -> jax.Array:
-    """(N,) first event of each replica: its first arrival (static routers), else none."""
-    if static.router not in STATIC_ROUTERS:
-        return jnp.full(static.max_replicas, _INF, jnp.float64)
-    return _prerouted_queues(static, params)["queue_arrival"][:, 0]
 
 
 def _arrived_count(static: SimStatic, state: SimState, r: jax.Array, t: jax.Array) -> jax.Array:
@@ -598,7 +592,7 @@ def _form_batch(
     pos = jnp.where(skipped & can, state.q_head[r] + n_from_queue + scan.cumsum(skipped) - 1, r_total)
     state = state.replace(
         scheduled_at=_set_first(state.scheduled_at, cands.req, admit, t),
-        queue=state.queue.at[r, pos].set(cands.req, mode="drop"),
+        queue=state.queue.at[r, pos].set(cands.req, mode="drop") if static.policy == "s3" else state.queue,
         q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(n_from_queue, mode="drop"),
     )
 
