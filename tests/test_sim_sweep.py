@@ -13,7 +13,7 @@ import pytest
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.run import plan_chunk, simulate_configs, state_bytes_per_config
+from vidur_jax.sim.run import estimated_steps, plan_chunk, simulate_configs, state_bytes_per_config
 from vidur_jax.sim.tables import LinearPredictor
 from vidur_jax.workload import make_workload
 
@@ -30,12 +30,29 @@ def _configs(n):
             for i, c in zip(range(n), [8, 16, 32] * n)]
 
 
-def test_chunked_equals_one_call():
-    cfgs, wls = _configs(5), [_workload(i) for i in range(5)]
+def test_lane_pool_equals_one_call():
+    """5 configs on a pool of 2 lanes (refilled as configs finish, longest first) give
+    exactly the one-call results, in input order."""
+    cfgs = _configs(5)
+    wls = [_workload(i, n=20 + 10 * i, qps=[10.0, 3.0, 20.0, 5.0, 8.0][i]) for i in range(5)]
     whole = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED)
-    chunked = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED, chunk_configs=2, progress=True)
-    for a, b in zip(whole, chunked):
-        np.testing.assert_array_equal(a.requests["completed_at"], b.requests["completed_at"])
+    pooled = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED, chunk_configs=2, progress=True)
+    for a, b in zip(whole, pooled):
+        assert a.config == b.config
+        for name in a.requests:
+            np.testing.assert_array_equal(a.requests[name], b.requests[name])
+        np.testing.assert_array_equal(a.tbt_hist, b.tbt_hist)
+        assert a.counters == b.counters
+
+
+def test_estimated_steps_orders_configs_by_work():
+    """The pool's longest-first order: smaller chunks and lighter load mean more events."""
+    wl, light = _workload(0, n=50, qps=10.0), _workload(0, n=50, qps=1.0)
+    sarathi = lambda chunk: DeploymentConfig(replica_scheduler="sarathi", chunk_size=chunk)  # noqa: E731
+    assert estimated_steps(sarathi(64), wl) > estimated_steps(sarathi(512), wl)
+    assert estimated_steps(sarathi(512), light) > estimated_steps(sarathi(512), wl)
+    expected = np.ceil(np.asarray(wl.num_prefill) / 64).sum() + np.asarray(wl.num_decode).sum() / (50 * 50 / float(np.max(wl.arrived_at)))
+    assert estimated_steps(sarathi(64), wl) == pytest.approx(expected)
 
 
 def test_memory_plan_refuses_what_cannot_fit():
@@ -57,8 +74,11 @@ def test_sharded_over_four_cpu_devices_matches_one_device(tmp_path):
         from test_sim_sweep import _configs, _workload, PRED
         from vidur_jax.sim.run import simulate_configs
         assert jax.local_device_count() == int(sys.argv[1])
-        outs = simulate_configs(_configs(6), [_workload(i) for i in range(6)], predictor_for=lambda c: PRED)
-        np.save(sys.argv[2], np.stack([o.requests["completed_at"] for o in outs]))
+        wls = [_workload(i) for i in range(6)]
+        outs = simulate_configs(_configs(6), wls, predictor_for=lambda c: PRED)
+        # and on a pool of 4 lanes (one per device) refilled as configs finish
+        pooled = simulate_configs(_configs(6), wls, predictor_for=lambda c: PRED, chunk_configs=4)
+        np.save(sys.argv[2], np.stack([o.requests["completed_at"] for o in outs + pooled]))
     """))
     results = []
     for n in (1, 4):
@@ -67,3 +87,4 @@ def test_sharded_over_four_cpu_devices_matches_one_device(tmp_path):
         subprocess.run([sys.executable, str(script), str(n), str(out)], check=True, env=env, timeout=600)
         results.append(np.load(out))
     np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[1][:6], results[1][6:])

@@ -774,6 +774,56 @@ def simulate_many(static: SimStatic, tables: TimingTables, params: SimParams) ->
     )
 
 
+def simulate_until(
+    static: SimStatic,
+    tables: TimingTables,
+    params: SimParams,
+    state: SimState,
+    stop_at: jax.Array,
+    axis_name: str | None = None,
+) -> SimState:
+    """Advance stacked configs until all are done or at least ``stop_at`` of them are.
+
+    The resumable form of :func:`simulate_many` behind the host's lane pool: the host
+    stops the loop once some lanes have finished, reads them out, puts pending configs in
+    their place (:func:`reset_lanes`) and resumes, so lanes do not idle behind one long
+    config.
+
+    Args:
+        static, tables: as :func:`simulate_many`.
+        params: :class:`SimParams` with a leading lane axis L.
+        state: the lanes' current :class:`SimState` (leading axis L).
+        stop_at: () i32 — return once this many lanes are done (done lanes included).
+        axis_name: inside ``shard_map``, the mapped axis: the done count (and so the
+            stop) is over the lanes of all devices, which therefore stop together.
+
+    Returns:
+        The advanced state (leading axis L).
+    """
+    step_all = jax.vmap(step, in_axes=(None, None, 0, 0))
+    done_all = jax.vmap(is_done)
+
+    def running(st):
+        done = done_all(params, st)
+        counts = jnp.stack([done.sum(dtype=jnp.int32), jnp.int32(done.size)])
+        if axis_name is not None:
+            counts = jax.lax.psum(counts, axis_name)
+        return (counts[0] < counts[1]) & (counts[0] < stop_at)
+
+    return jax.lax.while_loop(running, lambda st: step_all(static, tables, params, st), state)
+
+
+def reset_lanes(static: SimStatic, params: SimParams, state: SimState, fresh: jax.Array) -> SimState:
+    """``state`` with the lanes where ``fresh`` ((L,) bool) set to the initial state of
+    their (new) ``params``; other lanes unchanged."""
+    new = jax.vmap(init_state, in_axes=(None, 0))(static, params)
+
+    def pick(a, b):
+        return jnp.where(fresh.reshape(fresh.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, new, state)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def simulate_batch(static: SimStatic, tables: TimingTables, params: SimParams) -> SimState:
     """Run a stack of configs (leading axis of every ``params`` leaf) in one call.

@@ -22,7 +22,7 @@ from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.engine import init_state, simulate_batch, simulate_many
+from vidur_jax.sim.engine import init_state, reset_lanes, simulate_batch, simulate_many, simulate_until
 from vidur_jax.sim.tables import PredictorLike
 from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimParams, SimState, SimStatic
 from vidur_jax.workload.types import Workload
@@ -205,28 +205,118 @@ def simulate_stacked(static: SimStatic, tables, stacked: SimParams) -> SimState:
     return simulate_batch(static, tables, stacked)
 
 
-def _execute(static: SimStatic, tables, params: list[SimParams], chunk: int, progress) -> list[tuple[SimState, int]]:
-    """Run ``params`` in chunks of ``chunk`` configs, sharded over local devices.
+#: Configs stepped together by default when a group has more configs than this: the
+#: per-step cost of a lane is paid whether its config is running or done, so more lanes
+#: amortize dispatch but a larger pool refills less often.
+DEFAULT_LANES = 512
+#: The host refills a device's lanes once this share of them has finished.
+REFILL_FRACTION = 1 / 8
 
-    Returns one ``(host_state, index)`` per config. Chunks are padded to one shape (one
-    compile) with empty configs (no requests: done at once), discarded.
+
+@functools.lru_cache(maxsize=32)
+def _pool_runner(static: SimStatic, num_devices: int):
+    """``(init, advance, reset)``: jitted initial states of stacked params,
+    :func:`simulate_until` and :func:`reset_lanes`, each device running its own loop on
+    its contiguous block of lanes."""
+    init = jax.vmap(functools.partial(init_state, static))
+    advance = functools.partial(simulate_until, static, axis_name=None if num_devices == 1 else "configs")
+    reset = functools.partial(reset_lanes, static)
+    if num_devices == 1:
+        return jax.jit(init), jax.jit(advance), jax.jit(reset)
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("configs",))
+    shard = functools.partial(jax.shard_map, mesh=mesh, out_specs=P("configs"), check_vma=False)
+    return (jax.jit(shard(init, in_specs=(P("configs"),))),
+            jax.jit(shard(advance, in_specs=(P(), P("configs"), P("configs"), P()))),
+            jax.jit(shard(reset, in_specs=(P("configs"), P("configs"), P("configs")))))
+
+
+def _host_done(state: SimState, num_valid: np.ndarray, max_steps: np.ndarray) -> np.ndarray:
+    """(L,) bool: :func:`engine.is_done` of host-side stacked states."""
+    return ((np.asarray(state.num_completed) >= num_valid) | (np.asarray(state.error) != 0)
+            | (np.asarray(state.step) >= max_steps))
+
+
+def estimated_steps(cfg: DeploymentConfig, wl: Workload) -> float:
+    """Rough event count of a config, to start long configs first in the lane pool.
+
+    Prefill iterations (one per ``chunk_size`` prompt tokens under Sarathi, one per
+    prompt otherwise) plus decode runs, which arrivals and completions cut more often the
+    lighter the load. Only the order matters; on the bench_sweep grid its Spearman rank
+    correlation with the measured steps is 0.94.
+    """
+    mask = np.asarray(wl.mask, bool)
+    prefill = np.asarray(wl.num_prefill)[mask]
+    n = max(int(mask.sum()), 1)
+    chunk = cfg.chunk_size if cfg.replica_scheduler == "sarathi" else max(int(prefill.max(initial=1)), 1)
+    duration = float(np.asarray(wl.arrived_at)[mask].max(initial=0.0))
+    rate = n / duration if duration > 0 else float(n)
+    return float(np.ceil(prefill / chunk).sum() + np.asarray(wl.num_decode)[mask].sum() / (50.0 * rate))
+
+
+def _execute(
+    static: SimStatic, tables, params: list[SimParams], lanes: int, progress, cost: Sequence[float] | None = None
+) -> list[tuple[SimState, int]]:
+    """Run ``params`` on a pool of ``lanes`` configs stepped together, sharded over the
+    local devices; returns one ``(host_state, index)`` per config, in order.
+
+    When every config fits in the pool this is one call. Otherwise the pool is refilled:
+    each call runs until a share (:data:`REFILL_FRACTION`) of the pool's lanes is done
+    (counted over all devices, which stop together), the host reads the finished configs
+    out and starts pending ones in their lanes, so lanes do not idle behind one long
+    config (every iteration costs all lanes, running or done). Configs start in
+    decreasing ``cost`` (longest first, so the pool drains on short ones).
     """
     n_dev = min(jax.local_device_count(), len(params))  # no device runs only padding
-    chunk = max(1, min(chunk, len(params)))
-    if n_dev > 1:
-        chunk = -(-chunk // n_dev) * n_dev
-    multi = len(params) > chunk
-    out: list[tuple[SimState, int]] = []
-    for start in range(0, len(params), chunk):
-        part = list(params[start:start + chunk])
-        real = len(part)
-        if multi or n_dev > 1:
-            part += [dataclasses.replace(part[-1], num_valid=np.int32(0))] * (chunk - real)
+    lanes = max(1, min(lanes, len(params)))
+    lanes = -(-lanes // n_dev) * n_dev
+    idle = dataclasses.replace(params[-1], num_valid=np.int32(0))  # no requests: done at once
+    if lanes >= len(params):
+        part = list(params) + [idle] * (lanes - len(params))
         state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part)))
-        out.extend((state, j) for j in range(real))
         if progress is not None:
-            progress(real)
-    return out
+            progress(len(params))
+        return [(state, j) for j in range(len(params))]
+
+    init, advance, reset = _pool_runner(static, n_dev)
+    refill_block = max(1, int(np.ceil(lanes * REFILL_FRACTION)))
+    order = np.argsort(-np.asarray(cost, float), kind="stable") if cost is not None else np.arange(len(params))
+    pending = [int(i) for i in order[::-1]]  # pop() takes the next config
+    lane_cfg = np.full(lanes, -1)
+    host_params = jax.tree.map(lambda *xs: np.stack(xs), *([idle] * lanes))
+    param_leaves, treedef = jax.tree.flatten(host_params)
+
+    def assign(lane: int, i: int) -> None:
+        lane_cfg[lane] = i
+        for leaf, value in zip(param_leaves, jax.tree.leaves(params[i])):
+            leaf[lane] = value
+
+    for lane in range(lanes):
+        assign(lane, pending.pop())
+    stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
+    state = init(stacked)
+    out: list[tuple[SimState, int] | None] = [None] * len(params)
+    while True:
+        lane_busy = lane_cfg >= 0
+        stop_at = np.int32((~lane_busy).sum() + refill_block if pending else lanes)
+        state = advance(tables, stacked, state, jnp.asarray(stop_at))
+        host = jax.device_get(state)
+        done = lane_busy & _host_done(host, host_params.num_valid, host_params.max_steps)
+        fresh = np.zeros(lanes, bool)
+        for lane in np.flatnonzero(done):
+            out[lane_cfg[lane]] = (jax.tree.map(lambda x: np.array(x[lane:lane + 1]), host), 0)
+            lane_cfg[lane] = -1
+            if pending:
+                assign(lane, pending.pop())
+                fresh[lane] = True
+        if progress is not None and done.any():
+            progress(int(done.sum()))
+        if not (lane_cfg >= 0).any():
+            return out  # type: ignore[return-value]
+        if fresh.any():
+            stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
+            state = reset(stacked, state, jnp.asarray(fresh))
 
 
 def _run_group(
@@ -257,8 +347,11 @@ def _run_group(
             build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests)
             for i, k in zip(pending, index)
         ]
-        chunk = plan_chunk(static, len(params), chunk_configs)
-        runs = _execute(static, tables, params, chunk, progress)
+        lanes = plan_chunk(static, len(params), chunk_configs)
+        if chunk_configs is None:
+            lanes = min(lanes, DEFAULT_LANES)
+        cost = [estimated_steps(cfgs[i], workloads[i]) for i in pending]
+        runs = _execute(static, tables, params, lanes, progress, cost)
         errors = np.array([int(st.error[j]) for st, j in runs])
         grow = errors & (ERR_SLOTS | ERR_WINDOW | ERR_TOKENS)
         _raise_errors(sub, np.where(grow != 0, 0, errors))
