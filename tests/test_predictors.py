@@ -167,6 +167,22 @@ def test_shipped_loads_without_profiles_and_has_identical_trees(shipped):
     )
 
 
+def test_simulator_lookup_gets_the_shipped_trained_predictor(shipped):
+    """The simulator asks with the config's network table; that must not swap the
+    shipped (profiled) predictor for the shape-transfer one (it once did)."""
+    from vidur_jax.sim.build import DeploymentConfig
+    from vidur_jax.sim.run import default_predictor_for
+
+    cfg = DeploymentConfig(model=MODEL, device="a100", tensor_parallel_size=2, network_device="a100_pairwise_nvlink")
+    pred = default_predictor_for(None)(cfg)
+    assert pred.meta["source"] == "trained" and "network_note" not in pred.meta
+    for op in ("attn_pre_proj", "all_reduce", "attn_decode"):
+        kw = {"batch_size": 4, "kv_cache_size": 512} if op == "attn_decode" else {"num_tokens": 8}
+        np.testing.assert_array_equal(pred.predict(op, **kw), shipped.predict(op, **kw))
+    other = predictors.load(MODEL, "a100", 2, network_device="a100_dgx")
+    assert other.meta["source"] == "trained" and "a100_dgx" in other.meta["network_note"]
+
+
 def test_positive_and_monotone_ish(shipped):
     n = np.arange(1, 4097, 7)
     for op in predictors.OPS:

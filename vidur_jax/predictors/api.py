@@ -469,8 +469,8 @@ def load(
         raise ConfigError(f"tp={tp} is not supported; allowed: {list(TP_DEGREES)}")
     if profiles_dir is None:
         base = shipped_base(device, model, tp)
-        if os.path.isfile(base + ".npz") and network_device is None:
-            return load_predictor(base)
+        if os.path.isfile(base + ".npz"):
+            return _with_network_note(load_predictor(base), network_device)
         shape = _catalog_shape(model)
         if shape is None:
             raise ConfigError(
@@ -501,6 +501,21 @@ def load(
     ]
     save_predictor(pred, base)
     return pred
+
+
+def _with_network_note(pred: Predictor, network_device: str | None) -> Predictor:
+    """``pred``, its meta noting a requested network table it was not fitted on.
+
+    Shipped parameters carry one network per TP degree (``meta["network_device"]``);
+    without profiles there is nothing to refit the two network ops on, so the shipped
+    compute ops (the part profiled for this model and GPU) are kept either way.
+    """
+    shipped = pred.meta.get("network_device")
+    if network_device is None or network_device == shipped:
+        return pred
+    note = (f"network ops fitted on {shipped}, not the requested {network_device} "
+            "(pass profiles_dir to fit them on it)")
+    return Predictor(pred.params, {**pred.meta, "network_note": note})
 
 
 def list_shipped(root: str = PARAMS_DIR) -> list[str]:
