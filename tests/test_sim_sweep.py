@@ -45,6 +45,30 @@ def test_lane_pool_equals_one_call():
         assert a.counters == b.counters
 
 
+def test_lane_pool_shrinks_to_the_last_running_configs(monkeypatch):
+    """Once few configs still run, they move to a smaller pool; results unchanged."""
+    from vidur_jax.sim import run
+
+    cfgs = [DeploymentConfig(replica_scheduler="vllm", batch_size_cap=8, seed=i) for i in range(10)]
+    wls = [_workload(i, n=10 if i < 8 else 120, qps=5.0) for i in range(10)]  # two long configs
+    whole = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED)
+    monkeypatch.setattr(run, "MIN_SHRINK_LANES", 1)
+    sizes = []
+    advance_of = run._pool_runner
+
+    def spy(static, n_dev):
+        init, advance, reset = advance_of(static, n_dev)
+        return init, lambda tables, p, st, stop: (sizes.append(int(p.num_valid.shape[0])), advance(tables, p, st, stop))[1], reset
+
+    monkeypatch.setattr(run, "_pool_runner", spy)
+    pooled = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED, chunk_configs=8)
+    assert sizes[0] == 8 and sizes[-1] == 2  # 8 lanes, then the 2 long configs on 2
+    for a, b in zip(whole, pooled):
+        for name in a.requests:
+            np.testing.assert_array_equal(a.requests[name], b.requests[name])
+        assert a.counters == b.counters
+
+
 def test_estimated_steps_orders_configs_by_work():
     """The pool's longest-first order: smaller chunks and lighter load mean more events."""
     wl, light = _workload(0, n=50, qps=10.0), _workload(0, n=50, qps=1.0)

@@ -211,6 +211,11 @@ def simulate_stacked(static: SimStatic, tables, stacked: SimParams) -> SimState:
 DEFAULT_LANES = 512
 #: The host refills a device's lanes once this share of them has finished.
 REFILL_FRACTION = 1 / 8
+#: Once nothing is pending and at most 1/SHRINK_FACTOR of the lanes still run, they move
+#: to a pool SHRINK_FACTOR times smaller: an iteration costs every lane, done or not.
+SHRINK_FACTOR = 4
+#: Smallest pool, in lanes per device, worth moving to (each pool size compiles once).
+MIN_SHRINK_LANES = 32
 
 
 @functools.lru_cache(maxsize=32)
@@ -284,13 +289,18 @@ def _execute(
     order = np.argsort(-np.asarray(cost, float), kind="stable") if cost is not None else np.arange(len(params))
     pending = [int(i) for i in order[::-1]]  # pop() takes the next config
     lane_cfg = np.full(lanes, -1)
-    host_params = jax.tree.map(lambda *xs: np.stack(xs), *([idle] * lanes))
-    param_leaves, treedef = jax.tree.flatten(host_params)
+    idle_leaves = jax.tree.leaves(idle)
+    param_leaves, treedef = jax.tree.flatten(jax.tree.map(lambda *xs: np.stack(xs), *([idle] * lanes)))
 
     def assign(lane: int, i: int) -> None:
         lane_cfg[lane] = i
         for leaf, value in zip(param_leaves, jax.tree.leaves(params[i])):
             leaf[lane] = value
+
+    def smaller_pool() -> int:
+        """Lanes of the next smaller pool (0 when it would be too small)."""
+        small = -(-(lanes // SHRINK_FACTOR) // n_dev) * n_dev
+        return small if small >= MIN_SHRINK_LANES * n_dev and small < lanes else 0
 
     for lane in range(lanes):
         assign(lane, pending.pop())
@@ -299,9 +309,11 @@ def _execute(
     out: list[tuple[SimState, int] | None] = [None] * len(params)
     while True:
         lane_busy = lane_cfg >= 0
-        stop_at = np.int32((~lane_busy).sum() + refill_block if pending else lanes)
-        state = advance(tables, stacked, state, jnp.asarray(stop_at))
+        small = 0 if pending else smaller_pool()
+        stop_at = (~lane_busy).sum() + refill_block if pending else lanes - small
+        state = advance(tables, stacked, state, jnp.asarray(np.int32(stop_at)))
         host = jax.device_get(state)
+        host_params = jax.tree.unflatten(treedef, param_leaves)
         done = lane_busy & _host_done(host, host_params.num_valid, host_params.max_steps)
         fresh = np.zeros(lanes, bool)
         for lane in np.flatnonzero(done):
@@ -312,11 +324,22 @@ def _execute(
                 fresh[lane] = True
         if progress is not None and done.any():
             progress(int(done.sum()))
-        if not (lane_cfg >= 0).any():
+        busy = np.flatnonzero(lane_cfg >= 0)
+        if busy.size == 0:
             return out  # type: ignore[return-value]
         if fresh.any():
             stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
             state = reset(stacked, state, jnp.asarray(fresh))
+        elif small and busy.size <= small:
+            # move the running configs to a smaller pool; padding lanes get no requests
+            rows = np.concatenate([busy, np.full(small - busy.size, busy[0])])
+            pad = np.arange(small) >= busy.size
+            param_leaves = [np.where(pad.reshape((-1,) + (1,) * (leaf.ndim - 1)), idle_value, leaf[rows]).astype(leaf.dtype)
+                            for leaf, idle_value in zip(param_leaves, idle_leaves)]
+            lane_cfg = np.where(pad, -1, lane_cfg[rows])
+            lanes = small
+            stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
+            state = jax.tree.map(lambda x: jnp.array(x[rows]), host)
 
 
 def _run_group(
