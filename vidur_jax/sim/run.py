@@ -266,8 +266,7 @@ def _execute(
     """Run ``params`` on a pool of ``lanes`` configs stepped together, sharded over the
     local devices; returns one ``(host_state, index)`` per config, in order.
 
-    A small set of configs that fits in the pool runs in one call. Otherwise the pool is
-    refilled (and shrunk when few configs are left, see :data:`SHRINK_FACTOR`):
+    When every config fits in the pool this is one call. Otherwise the pool is refilled:
     each call runs until a share (:data:`REFILL_FRACTION`) of the pool's lanes is done
     (counted over all devices, which stop together), the host reads the finished configs
     out and starts pending ones in their lanes, so lanes do not idle behind one long
@@ -278,7 +277,7 @@ def _execute(
     lanes = max(1, min(lanes, len(params)))
     lanes = -(-lanes // n_dev) * n_dev
     idle = dataclasses.replace(params[-1], num_valid=np.int32(0))  # no requests: done at once
-    if lanes >= len(params) and lanes // SHRINK_FACTOR < MIN_SHRINK_LANES * n_dev:
+    if lanes >= len(params):
         part = list(params) + [idle] * (lanes - len(params))
         state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part)))
         if progress is not None:
@@ -303,7 +302,7 @@ def _execute(
         small = -(-(lanes // SHRINK_FACTOR) // n_dev) * n_dev
         return small if small >= MIN_SHRINK_LANES * n_dev and small < lanes else 0
 
-    for lane in range(min(lanes, len(pending))):
+    for lane in range(lanes):
         assign(lane, pending.pop())
     stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
     state = init(stacked)
