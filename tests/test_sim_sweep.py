@@ -57,8 +57,8 @@ def test_lane_pool_shrinks_to_the_last_running_configs(monkeypatch):
     advance_of = run._pool_runner
 
     def spy(static, n_dev):
-        init, advance, reset = advance_of(static, n_dev)
-        return init, lambda tables, p, st, stop: (sizes.append(int(p.num_valid.shape[0])), advance(tables, p, st, stop))[1], reset
+        init, advance, reset, done = advance_of(static, n_dev)
+        return init, lambda tables, p, st, stop: (sizes.append(int(p.num_valid.shape[0])), advance(tables, p, st, stop))[1], reset, done
 
     monkeypatch.setattr(run, "_pool_runner", spy)
     pooled = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED, chunk_configs=8)

@@ -58,7 +58,7 @@ class Predictor:
         Returns:
           ``np.ndarray`` (float64) of the broadcast shape, milliseconds.
         """
-        feats, shape = _host_features(_check_op(op), _check_features(op, features))
+        feats, shape = _stack_features(_check_op(op), _check_features(op, features), xp=np)
         return _apply_bucketed(self.params[op], feats).reshape(shape)
 
 
@@ -75,12 +75,14 @@ def _check_features(op: str, features: dict) -> dict:
     return features
 
 
-def _stack_features(op: str, features: dict) -> tuple[jax.Array, tuple[int, ...]]:
-    arrays = jnp.broadcast_arrays(*[jnp.asarray(features[n], jnp.float32) for n in OP_FEATURES[op]])
+def _stack_features(op: str, features: dict, xp: Any = jnp) -> tuple[Any, tuple[int, ...]]:
+    """``(N, NUM_FEATURES)`` float32 rows of the broadcast ``features`` (zero-padded
+    columns) and their broadcast shape; ``xp`` is ``jnp`` (traceable) or ``np`` (host)."""
+    arrays = xp.broadcast_arrays(*[xp.asarray(features[n], xp.float32) for n in OP_FEATURES[op]])
     shape = arrays[0].shape
     cols = [a.reshape(-1) for a in arrays]
-    cols += [jnp.zeros_like(cols[0])] * (hybrid.NUM_FEATURES - len(cols))
-    return jnp.stack(cols, axis=1), shape
+    cols += [xp.zeros_like(cols[0])] * (hybrid.NUM_FEATURES - len(cols))
+    return xp.stack(cols, axis=1), shape
 
 
 def apply_op(op_params: hybrid.Params, op: str, **features: Any) -> jax.Array:
@@ -92,16 +94,6 @@ def apply_op(op_params: hybrid.Params, op: str, **features: Any) -> jax.Array:
 _apply_jit = jax.jit(hybrid.apply)
 #: Smallest row bucket of host-side predictions (rows are padded up to a power of two).
 _MIN_BUCKET = 256
-
-
-def _host_features(op: str, features: dict) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``(N, NUM_FEATURES)`` float32 rows of broadcast ``features`` and their shape."""
-    arrays = np.broadcast_arrays(*[np.asarray(features[n], np.float32) for n in OP_FEATURES[op]])
-    shape = arrays[0].shape
-    feats = np.zeros((arrays[0].size, hybrid.NUM_FEATURES), np.float32)
-    for j, a in enumerate(arrays):
-        feats[:, j] = a.reshape(-1)
-    return feats, shape
 
 
 def _apply_bucketed(op_params: hybrid.Params, feats: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.engine import init_state, reset_lanes, simulate_batch, simulate_many, simulate_until
+from vidur_jax.sim.engine import init_state, is_done, reset_lanes, simulate_batch, simulate_many, simulate_until
 from vidur_jax.sim.tables import PredictorLike
 from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimParams, SimState, SimStatic
 from vidur_jax.workload.types import Workload
@@ -220,27 +220,22 @@ MIN_SHRINK_LANES = 32
 
 @functools.lru_cache(maxsize=32)
 def _pool_runner(static: SimStatic, num_devices: int):
-    """``(init, advance, reset)``: jitted initial states of stacked params,
-    :func:`simulate_until` and :func:`reset_lanes`, each device running its own loop on
-    its contiguous block of lanes."""
+    """``(init, advance, reset, done)``: jitted initial states of stacked params,
+    :func:`simulate_until`, :func:`reset_lanes` and per-lane :func:`is_done`, each device
+    running its own loop on its contiguous block of lanes."""
     init = jax.vmap(functools.partial(init_state, static))
+    done = jax.jit(jax.vmap(is_done))
     advance = functools.partial(simulate_until, static, axis_name=None if num_devices == 1 else "configs")
     reset = functools.partial(reset_lanes, static)
     if num_devices == 1:
-        return jax.jit(init), jax.jit(advance), jax.jit(reset)
+        return jax.jit(init), jax.jit(advance), jax.jit(reset), done
     from jax.sharding import Mesh, PartitionSpec as P
 
     mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("configs",))
     shard = functools.partial(jax.shard_map, mesh=mesh, out_specs=P("configs"), check_vma=False)
     return (jax.jit(shard(init, in_specs=(P("configs"),))),
             jax.jit(shard(advance, in_specs=(P(), P("configs"), P("configs"), P()))),
-            jax.jit(shard(reset, in_specs=(P("configs"), P("configs"), P("configs")))))
-
-
-def _host_done(state: SimState, num_valid: np.ndarray, max_steps: np.ndarray) -> np.ndarray:
-    """(L,) bool: :func:`engine.is_done` of host-side stacked states."""
-    return ((np.asarray(state.num_completed) >= num_valid) | (np.asarray(state.error) != 0)
-            | (np.asarray(state.step) >= max_steps))
+            jax.jit(shard(reset, in_specs=(P("configs"), P("configs"), P("configs")))), done)
 
 
 def estimated_steps(cfg: DeploymentConfig, wl: Workload) -> float:
@@ -284,7 +279,7 @@ def _execute(
             progress(len(params))
         return [(state, j) for j in range(len(params))]
 
-    init, advance, reset = _pool_runner(static, n_dev)
+    init, advance, reset, lane_done = _pool_runner(static, n_dev)
     refill_block = max(1, int(np.ceil(lanes * REFILL_FRACTION)))
     order = np.argsort(-np.asarray(cost, float), kind="stable") if cost is not None else np.arange(len(params))
     pending = [int(i) for i in order[::-1]]  # pop() takes the next config
@@ -313,8 +308,7 @@ def _execute(
         stop_at = (~lane_busy).sum() + refill_block if pending else lanes - small
         state = advance(tables, stacked, state, jnp.asarray(np.int32(stop_at)))
         host = jax.device_get(state)
-        host_params = jax.tree.unflatten(treedef, param_leaves)
-        done = lane_busy & _host_done(host, host_params.num_valid, host_params.max_steps)
+        done = lane_busy & np.asarray(lane_done(stacked, state))
         fresh = np.zeros(lanes, bool)
         for lane in np.flatnonzero(done):
             out[lane_cfg[lane]] = (jax.tree.map(lambda x: np.array(x[lane:lane + 1]), host), 0)
