@@ -4,7 +4,7 @@ Checked: every request completes exactly once; arrival <= scheduled <= first tok
 completion; tokens are conserved (each decode token but the first is one TBT sample and
 one decode token in the batch log); batches respect the batch cap and token budgets;
 a replica's batches never overlap; KV blocks stay within capacity at every step;
-vmap == Python loop; fused decode runs == unfused; same inputs -> identical outputs;
+vmap == Python loop; fused decode and chunked-prefill runs == unfused; same inputs -> identical outputs;
 the compiled simulation is reused (no recompilation) for new numbers of the same shape.
 """
 
@@ -84,10 +84,12 @@ def test_tokens_conserved_and_limits_respected(policy_run):
             assert log["prefill_tokens"].sum() == int(np.asarray(wl.num_prefill).sum())
         assert (log["size"] >= 1).all()
         assert (log["size"] <= cfg.batch_size_cap).all()
-        per_iter = (log["prefill_tokens"] + log["decode_tokens"] / log["iters"])
+        # a fused run's entry holds the tokens of all its iterations
+        per_iter = (log["prefill_tokens"] + log["decode_tokens"]) / log["iters"]
         if policy == "sarathi":
             # the token budget holds whenever a prefill chunk is in the batch
             has_prefill = log["prefill_tokens"] > 0
+            assert (log["iters"][has_prefill] > 1).any()  # chunked-prefill runs were fused
             assert (per_iter[has_prefill] <= cfg.chunk_size).all()
         if policy in ("vllm", "lightllm"):
             assert (log["prefill_tokens"] <= cfg.max_tokens_in_batch).all()
@@ -116,20 +118,48 @@ def _static_params(policy: str, wl, **static_kw):
     return static, tables, params
 
 
-@pytest.mark.parametrize("policy", ["vllm", "sarathi", "static_batching"])
+def _assert_same_simulation(a, b):
+    """Unfused ``a`` and fused ``b`` final states describe the same simulation."""
+    assert int(b.step[0]) < int(a.step[0])  # fusion does save steps
+    for key in ("scheduled_at", "first_token_at", "completed_at"):
+        np.testing.assert_allclose(getattr(a, key), getattr(b, key), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(a.num_restarts, b.num_restarts)
+    np.testing.assert_array_equal(a.tbt_hist, b.tbt_hist)
+    for key in ("tbt_count", "num_batches", "batch_size_max"):
+        assert int(getattr(a, key)[0]) == int(getattr(b, key)[0]), key
+    for key in ("busy_s", "tbt_sum", "batch_size_sum", "batch_tokens_sum"):
+        assert float(getattr(a, key)[0]) == pytest.approx(float(getattr(b, key)[0]), rel=1e-9), key
+    assert float(a.flops_sum[0]) == pytest.approx(float(b.flops_sum[0]), rel=1e-5)  # f32 per batch
+
+
+@pytest.mark.parametrize("policy", ["vllm", "sarathi", "static_batching", "s3"])
 def test_fused_decode_runs_equal_unfused(policy):
     wl = random_workload(7, n=30, qps=5.0)
     outs = []
     for fuse in (1, 16):
         static, tables, params = _static_params(policy, wl, fuse_iters=fuse)
         outs.append(simulate_batch(static, tables, params))
-    a, b = outs
-    assert int(b.step[0]) < int(a.step[0])  # fusion does save steps
-    for key in ("scheduled_at", "first_token_at", "completed_at"):
-        np.testing.assert_allclose(getattr(a, key), getattr(b, key), rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(a.tbt_hist, b.tbt_hist)
-    assert int(a.tbt_count[0]) == int(b.tbt_count[0])
-    assert float(a.busy_s[0]) == pytest.approx(float(b.busy_s[0]), rel=1e-9)
+    _assert_same_simulation(*outs)
+
+
+@pytest.mark.parametrize("qps", [2.0, 40.0])
+def test_fused_chunked_prefill_runs_equal_unfused(qps):
+    """Sarathi prompts of up to 4 chunks (of 256 tokens): runs of full chunks (and the last one) fuse;
+    at 40 QPS memory runs short and requests are preempted."""
+    rng = np.random.default_rng(5)
+    n = 30
+    wl = make_workload(np.cumsum(rng.exponential(1.0 / qps, n)), rng.integers(300, 1000, n), rng.integers(1, 60, n))
+    outs = []
+    for fuse in (1, 16):
+        static, tables, params = _static_params("sarathi", wl, fuse_iters=fuse, trace_capacity=2000)
+        outs.append(simulate_batch(static, tables, params))
+    _assert_same_simulation(*outs)
+    b = outs[1]
+    count = int(b.log_count[0])
+    fused_prefill = (np.asarray(b.log_prefill_tokens[0][:count]) > 0) & (np.asarray(b.log_iters[0][:count]) > 1)
+    assert fused_prefill.sum() >= 10  # prefill runs were fused, not only decode runs
+    if qps > 10:
+        assert int(b.num_restarts[0].sum()) > 0  # the preemption path was exercised
 
 
 def test_kv_blocks_within_capacity_every_step():

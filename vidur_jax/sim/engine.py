@@ -399,19 +399,24 @@ def _bucket(params: SimParams, state: SimState, req: jax.Array) -> jax.Array:
     return jnp.minimum(params.pred_bucket[req] + state.num_restarts[req], params.num_buckets - 1)
 
 
-class _DecodeRun(NamedTuple):
-    """A run of identical decode-only iterations fused into one step."""
+class _FusedRun(NamedTuple):
+    """A run of iterations of the same batch fused into one step (k = 1: no fusion)."""
 
-    num_iters: jax.Array  # () i32 k >= 1 iterations (1 = no fusion)
+    num_iters: jax.Array  # () i32 k >= 1 iterations
     seconds: jax.Array  # () f64 total duration of the k iterations
     iter_s: jax.Array  # (J,) f64 duration of each possible iteration
-    alloc: jax.Array  # (S,) i32 blocks each request needs over the k iterations
+    members: jax.Array  # (S,) bool slots in the batch (running and just admitted)
+    decodes: jax.Array  # (S,) bool members that decode (one token per iteration)
+    ntok: jax.Array  # (S,) i32 tokens each member processes over the k iterations
+    ntok1: jax.Array  # (S,) i32 tokens each member processes in iteration 1
+    alloc: jax.Array  # (S,) i32 blocks each decode needs over the k iterations
     last_done: jax.Array  # () f64 end of iteration k-1 (the last TBT gap starts there)
     first_end: jax.Array  # () f64 end of iteration 1
-    overflow: jax.Array  # () bool
+    flops: jax.Array  # () f64 FLOPs per device of the k iterations
+    overflow: jax.Array  # () bool an iteration of the k is beyond the tables
 
 
-def _decode_run(
+def _fused_run(
     static: SimStatic,
     tables: TimingTables,
     params: SimParams,
@@ -419,54 +424,87 @@ def _decode_run(
     row: _Row,
     r: jax.Array,
     t: jax.Array,
-    slot_in: jax.Array,
+    plan,
+    adm: _Admission,
     schedulable: jax.Array,
-    eligible: jax.Array,
-) -> _DecodeRun:
-    """How many identical decode-only iterations can run back to back from ``t``.
+) -> _FusedRun:
+    """How many iterations of the batch just formed at ``t`` repeat back to back.
 
-    Exactness: when a batch holds every running request of the replica, all of them
-    decoding, and nothing waits in the queue, Vidur's next batch is the same set until
-    (a) a request completes, (b) a request arrives (anywhere: routing may send it here)
-    or (c) memory runs short. So the first ``k`` iterations, ``k`` bounded by those three
-    events, are one step here: their durations (mean KV grows by one token per
-    iteration) and TBT samples are exactly Vidur's. Pipeline parallelism is not fused.
+    Exactness: Vidur's next batch is the same set of requests as long as nothing it
+    depends on changes. Two kinds of runs are fused:
+
+    * **decode runs** — every running request of the replica is in the batch, all
+      decoding, nothing waits in the queue: the batch repeats until (a) a request
+      completes, (b) a request arrives (anywhere: routing may send it here) or (c) memory
+      runs short;
+    * **chunked-prefill runs** (Sarathi) — the batch holds every running request: the
+      decodes plus exactly one prefill (continuing, or admitted in this iteration), which
+      then takes the same ``chunk_size - decodes`` tokens every iteration until its last,
+      shorter chunk. A full chunk leaves no budget, so arrivals and the queue cannot
+      change it; the last chunk needs an empty queue and no arrival before it starts.
+      (a) and (c) bound the run as above; it ends with the prefill's last chunk.
+
+    The first ``k`` iterations, ``k`` bounded by those events, are one step here: their
+    durations (mean KV grows by one token per iteration, the prefill's KV by a chunk)
+    and TBT samples are exactly Vidur's. Pipeline parallelism is not fused.
     """
     j_max = static.fuse_iters
+    r_total = static.num_requests
+    # admitted this iteration: their slot already joined the new micro-batch
+    admitted = (row.mb == adm.m_new) & (row.req >= 0) & ~adm.slot_in
+    members = adm.slot_in | admitted
+    ntok1 = jnp.where(adm.slot_in, plan.slot_ntok, jnp.where(admitted, row.ntok, 0))
+    decoding = row.processed > row.prefill  # prefill done (Vidur's +1 token)
+    decodes = members & decoding
+    prefills = members & ~decoding
     zeros = jnp.zeros(row.req.shape, jnp.int32)
     if j_max <= 1:
-        return _DecodeRun(jnp.int32(1), jnp.float64(0.0), jnp.zeros(1), zeros, t, t, jnp.array(False))
-    r_total = static.num_requests
-    decoding = row.processed > row.prefill  # prefill done (Vidur's +1 token)
-    queue_empty = (state.q_tail[r] == state.q_head[r]) & ~(row.restarted & (row.req >= 0)).any()
+        return _FusedRun(jnp.int32(1), jnp.float64(0.0), jnp.zeros(1), members, decodes, ntok1, ntok1, zeros, t, t,
+                         jnp.float64(0.0), jnp.array(False))
+    waiting = (state.q_tail[r] != state.q_head[r]) | (row.restarted & (row.req >= 0)).any()
     # a static batch (Alpa-style batching) runs to completion whatever arrives meanwhile
     closed = static.policy == "static_batching"
-    if closed:
-        queue_empty = jnp.array(True)
-    ok = (
-        eligible
+    eligible = (
+        adm.launched
+        & ~adm.victim.any()
+        & ~adm.slot_overflow
         & (params.num_stages == 1)
-        & queue_empty
-        & (slot_in == schedulable).all()
-        & (~slot_in | decoding).all()
-        & slot_in.any()
+        & (adm.slot_in == schedulable).all()
     )
+    n_pre = prefills.sum()
+    decode_mode = (n_pre == 0) & ~adm.admit.any() & (~waiting | closed)
     safe = jnp.clip(row.req, 0, r_total - 1)
     seqs = jnp.where(row.req >= 0, params.num_seqs[safe], 1)
+    iters = jnp.arange(1, j_max + 1)
+    if static.policy == "sarathi":
+        budget = jnp.maximum(params.chunk_size - decodes.sum(), 1)  # prefill tokens per iteration
+        rem0 = jnp.where(prefills, row.prefill - row.processed, 0).sum()
+        pre0 = jnp.where(prefills, row.processed, 0).sum()
+        done_before = (iters - 1) * budget
+        chunks = jnp.clip(rem0 - done_before, 0, budget)
+        prefill_mode = (n_pre == 1) & (adm.admit.sum() <= 1) & (chunks[0] == jnp.where(prefills, ntok1, 0).sum())
+        chunks = jnp.where(prefill_mode, chunks, 0)
+        pre_kv = pre0 + done_before
+    else:
+        prefill_mode = jnp.array(False)
+        chunks = pre_kv = jnp.zeros(j_max, jnp.int32)
+    ok = eligible & (decode_mode | prefill_mode)
     # every sequence decodes one token per iteration (n = decode batch, Vidur's n = requests)
-    n = jnp.where(slot_in, seqs, 0).sum()
-    sum_kv = jnp.where(slot_in, row.processed * seqs, 0).sum()
-    iter_s, overflow = timing.decode_run_times(tables, params, n, sum_kv, j_max)
-    ends = t + scan.cumsum(iter_s.astype(jnp.float64))  # (J,) end of iteration j+1
+    n = jnp.where(decodes, seqs, 0).sum()
+    sum_kv = jnp.where(decodes, row.processed * seqs, 0).sum()
+    iter_s, iter_flops, iter_over = timing.run_times(
+        tables, params, n, sum_kv, chunks, pre_kv, jnp.where(members, seqs, 0).sum())
+    iter_s = iter_s.astype(jnp.float64)
+    ends = t + scan.cumsum(iter_s)  # (J,) end of iteration j+1
     starts = jnp.concatenate([jnp.reshape(t, (1,)), ends[:-1]])
     t_arr = _next_arrival_at(static, params, state, r)
     total = params.num_prefill[safe] + params.num_decode[safe]
-    remaining = jnp.min(jnp.where(slot_in, total - row.processed, jnp.iinfo(jnp.int32).max))
-    iters = jnp.arange(1, j_max + 1)
+    remaining = jnp.min(jnp.where(decodes, total - row.processed, jnp.iinfo(jnp.int32).max))
     # Memory bounds the run: the largest j whose block growth still fits (vLLM grows a
     # request to ceil(processed / block_size)), found by bisection over j (monotone in j),
     # O(S log J) instead of materializing a (J, S) table of block counts.
     shared = params.num_prefill[safe] // params.block_size
+    free = row.free_blocks - jnp.where(adm.admit, plan.cand_blocks, 0).sum()
 
     def blocks_after(j):  # (S,) blocks each request holds after iteration j
         return seq_blocks(row.processed + j - 1, seqs, shared, params.block_size)
@@ -481,45 +519,52 @@ def _decode_run(
 
     if static.policy in ("vllm", "sarathi", "lightllm"):
         def grows_ok(j):
-            new = jnp.where(slot_in, jnp.maximum(blocks_after(j) - row.blocks, 0), 0).sum()
-            return new <= row.free_blocks - 1
+            new = jnp.where(decodes, jnp.maximum(blocks_after(j) - row.blocks, 0), 0).sum()
+            return new <= free - 1
 
         mem_k = largest_ok(grows_ok)
     elif static.policy == "s3":
         # stop before a sequence outgrows its reservation (S3 preempts it there)
-        mem_k = largest_ok(lambda j: (~slot_in | (blocks_after(j) <= row.blocks)).all())
+        mem_k = largest_ok(lambda j: (~decodes | (blocks_after(j) <= row.blocks)).all())
     else:  # Orca / FasterTransformer reserved their blocks at admission
         mem_k = jnp.int32(j_max)
-    mem_ok = iters <= mem_k
     allocates = static.policy in ("vllm", "sarathi", "lightllm")
-    run_ok = (iters <= remaining) & ((starts < t_arr) | closed) & (mem_ok | (iters == 1))
+    no_change = (starts < t_arr) | closed
+    same_batch = jnp.where(prefill_mode, (chunks > 0) & ((chunks == chunks[0]) | (~waiting & no_change)), no_change)
+    run_ok = (iters <= remaining) & same_batch & ((iters <= mem_k) | (iters == 1))
     k = jnp.where(ok, jnp.maximum(scan.prefix_true(run_ok).sum(), 1), 1).astype(jnp.int32)
-    return _DecodeRun(
+    in_run = iters <= k
+    fused = k > 1
+    return _FusedRun(
         num_iters=k,
         seconds=ends[k - 1] - t,
-        iter_s=iter_s.astype(jnp.float64),
-        alloc=jnp.where(slot_in & allocates, jnp.maximum(blocks_after(k) - row.blocks, 0), 0).astype(jnp.int32),
-        last_done=jnp.where(k > 1, ends[jnp.maximum(k - 2, 0)], t),
+        iter_s=iter_s,
+        members=members,
+        decodes=decodes,
+        ntok=jnp.where(fused, jnp.where(decodes, k, jnp.where(prefills, jnp.where(in_run, chunks, 0).sum(), 0)), ntok1),
+        ntok1=ntok1,
+        alloc=jnp.where(decodes & allocates, jnp.maximum(blocks_after(k) - row.blocks, 0), 0).astype(jnp.int32),
+        last_done=jnp.where(fused, ends[jnp.maximum(k - 2, 0)], t),
         first_end=ends[0],
-        overflow=overflow,
+        flops=jnp.where(in_run, iter_flops, 0.0).sum().astype(jnp.float64),
+        overflow=(in_run & iter_over).any(),
     )
 
 
-def _record_fused_tbt(
-    static: SimStatic, state: SimState, row: _Row, slot_in: jax.Array, run: _DecodeRun
-) -> SimState:
+def _record_fused_tbt(static: SimStatic, state: SimState, row: _Row, run: _FusedRun) -> SimState:
     """TBT samples of iterations 1..k-1 of a fused run (the k-th is recorded at its end).
 
-    Iteration 1's gap is per request (from its previous iteration's end); iterations
-    2..k-1 give every request the same gap, the iteration's duration.
+    Only the run's decodes sample TBT. Iteration 1's gap is per request (from its
+    previous iteration's end); iterations 2..k-1 give every decode the same gap, the
+    iteration's duration.
     """
     k = run.num_iters
     h = static.num_tbt_bins
-    fused = slot_in & (k > 1)
+    fused = run.decodes & (k > 1)
     gap1 = jnp.where(fused, run.first_end - row.last_done, 0.0)
     bins1 = jnp.where(fused, tbt_bin_index(gap1, h), h)
     hist = state.tbt_hist.at[bins1].add(1, mode="drop")
-    n = slot_in.sum().astype(jnp.int32)
+    n = run.decodes.sum().astype(jnp.int32)
     j = jnp.arange(run.iter_s.shape[0])
     mid = (j >= 1) & (j < k - 1)
     bins_mid = jnp.where(mid, tbt_bin_index(run.iter_s, h), h)
@@ -637,24 +682,24 @@ def _apply_plan(
 
 
 def _advance_running(
-    static: SimStatic, state: SimState, row: _Row, plan, adm: _Admission, run: _DecodeRun, can: jax.Array
+    static: SimStatic, state: SimState, row: _Row, plan, adm: _Admission, run: _FusedRun, can: jax.Array
 ) -> tuple[SimState, _Row]:
     """Put the running requests of the batch (or of its fused run) in flight.
 
     Their blocks were counted before admission; a fused run's first k-1 TBT samples are
-    recorded now."""
+    recorded now, and its members process their tokens of all k iterations."""
     k = run.num_iters
     fused = k > 1
     slot_in = adm.slot_in
     alloc = jnp.where(slot_in, jnp.where(fused, run.alloc, plan.slot_alloc), 0)
-    state = _record_fused_tbt(static, state, row, slot_in, run)
+    state = _record_fused_tbt(static, state, row, run)
     row = row._replace(
         blocks=row.blocks + alloc,
         mb=jnp.where(slot_in, adm.m_new, row.mb),
-        ntok=jnp.where(slot_in, jnp.where(fused, k, plan.slot_ntok), row.ntok),
+        ntok=jnp.where(fused & run.members, run.ntok, jnp.where(slot_in, plan.slot_ntok, row.ntok)),
         free_blocks=row.free_blocks - alloc.sum() - jnp.where(adm.admit, plan.cand_blocks, 0).sum(),
         waiting_iters=jnp.where(can, plan.waiting_iters + (k - 1), row.waiting_iters),
-        last_done=jnp.where(slot_in & fused, run.last_done, row.last_done),
+        last_done=jnp.where(run.decodes & fused, run.last_done, row.last_done),
     )
     return state, row
 
@@ -683,7 +728,7 @@ def _launch(
     row: _Row,
     plan,
     adm: _Admission,
-    run: _DecodeRun,
+    run: _FusedRun,
     shape: _BatchShape,
     times,
     can: jax.Array,
@@ -730,7 +775,7 @@ def _launch(
         + launched * jnp.where(in_batch, jnp.where(is_prefill, row.ntok, row.ntok * seqs), 0).sum(),
         kv_util_sum=state.kv_util_sum + lf * (params.num_blocks - row.free_blocks) / params.num_blocks,
         busy_s=state.busy_s + launched * last_s,
-        flops_sum=state.flops_sum + lf * flops,
+        flops_sum=state.flops_sum + launched * jnp.where(fused, run.flops, flops),
         error=state.error | err,
     )
     state = _log_batch(static, state, launched, r, t, cur, in_batch, row, k, seqs)
@@ -751,7 +796,7 @@ def _form_batch(
     """Let the policy form the replica's next batch at time ``t`` and launch it.
 
     A pipeline of stages, each one :func:`_region`: the policy's view and candidates,
-    the policy, applying its plan (preemption, admission), the fused decode run, the
+    the policy, applying its plan (preemption, admission), the fused run, the
     running requests, the execution time, the launch.
 
     Returns the updated state and row, whether a batch was launched, and the time the
@@ -772,16 +817,15 @@ def _form_batch(
     _, plan = _region(gate, policy_stage, (), view, cands)
     (state, row), adm = _region(gate, lambda c: _apply_plan(static, *c, cands, plan, can, r, t), (state, row))
 
-    # a run of identical decode-only iterations is fused into this one batch
-    eligible = adm.launched & ~adm.admit.any() & ~adm.victim.any()
-    _, run = _region(gate, lambda c, st, rw: (c, _decode_run(
-        static, tables, params, st, rw, r, t, adm.slot_in, view.schedulable, eligible)), (), state, row)
+    # a run of iterations of the same batch is fused into this one step
+    _, run = _region(gate, lambda c, st, rw: (c, _fused_run(
+        static, tables, params, st, rw, r, t, plan, adm, view.schedulable)), (), state, row)
     (state, row), _ = _region(
         gate, lambda c: (_advance_running(static, *c, plan, adm, run, can), ()), (state, row))
 
     def time_stage(c, rw):
         shape = _batch_shape(static, params, rw, adm)
-        ntok = jnp.where(run.num_iters > 1, 1, rw.ntok)
+        ntok = jnp.where(run.num_iters > 1, run.ntok1, rw.ntok)  # iteration 1's tokens
         times = timing.batch_stage_time(tables, params, shape.in_batch, ntok, rw.processed, shape.is_prefill,
                                         shape.seqs)
         return c, (shape, times)

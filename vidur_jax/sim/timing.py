@@ -61,6 +61,63 @@ def cpu_overhead_ms(tables: TimingTables, params: SimParams, batch_size: jax.Arr
     return params.cpu_overhead_on * ms
 
 
+def _token_part(tables: TimingTables, params: SimParams, total: jax.Array):
+    """Per-layer ms of the token-count-driven operations of a batch of ``total`` tokens.
+
+    Returns ``(dense_ms, kv_save_ms, send_recv_ms, overflow)`` (scalars, or arrays
+    shaped like ``total``): the core operations plus two all-reduces, the KV-cache save
+    (interpolated at the exact count), the stage-to-stage send/recv, and whether the
+    token count is beyond the tables.
+    """
+    p = params.table_index
+    token_step = tables.token_step
+    rounded = _ceil_to(total, token_step)
+    # index every table axis at once: t[p][i] would copy a whole slab per config under vmap
+    g = tables.token_ops.shape[1]
+    overflow = rounded // token_step > g - 1
+    row = tables.token_ops[p, jnp.clip(rounded // token_step, 0, g - 1)] * params.op_scale  # (..., K)
+    lo, frac = _lerp_index(total, token_step, g)
+    kv_save = tables.kv_save[p, lo] * (1.0 - frac) + tables.kv_save[p, lo + 1] * frac
+    dense = row[..., _CORE_OPS].sum(-1) + 2.0 * row[..., OP_INDEX["all_reduce"]]
+    return dense, kv_save, row[..., OP_INDEX["send_recv"]], overflow
+
+
+def _decode_attention_ms(tables: TimingTables, params: SimParams, n_dec: jax.Array, mean_kv: jax.Array):
+    """Per-layer ms of decode attention over ``n_dec`` decodes of mean KV ``mean_kv``
+    (elementwise; 0 without decodes) and its overflow flag."""
+    kv_step = tables.kv_step
+    kv_idx = _ceil_to(mean_kv, kv_step) // kv_step
+    nb, nk = tables.decode.shape[1:]
+    overflow = (n_dec > nb - 1) | (kv_idx > nk - 1)
+    ms = tables.decode[params.table_index, jnp.clip(n_dec, 0, nb - 1), jnp.clip(kv_idx, 0, nk - 1)]
+    return jnp.where(n_dec > 0, ms * (1.0 + params.gqa_overhead * (n_dec > 1)), 0.0), overflow
+
+
+def _prefill_attention_ms(
+    tables: TimingTables, params: SimParams, n_pre: jax.Array, agg_kv: jax.Array, agg_chunk: jax.Array
+):
+    """Per-layer ms of prefill attention of ``n_pre`` chunks on (sum of their KV lengths
+    rounded to ``kv_step``, round(sqrt(sum chunk^2))) (elementwise; 0 without chunks) and
+    its overflow flag."""
+    kv_step, chunk_step = tables.kv_step, tables.chunk_step
+    nkp, nc = tables.prefill.shape[1:]
+    kvp = agg_kv // kv_step
+    overflow = (kvp > nkp - 1) | (agg_chunk > (nc - 1) * chunk_step)
+    kvp = jnp.clip(kvp, 0, nkp - 1)
+    lo, frac = _lerp_index(agg_chunk, chunk_step, nc)
+    p = params.table_index
+    ms = tables.prefill[p, kvp, lo] * (1.0 - frac) + tables.prefill[p, kvp, lo + 1] * frac
+    return jnp.where(n_pre > 0, ms * (1.0 + params.gqa_overhead * (n_pre > 1)), 0.0), overflow
+
+
+def _flops(params: SimParams, total: jax.Array, attn_pairs: jax.Array) -> jax.Array:
+    """FLOPs per device for one stage: ``total`` tokens, ``attn_pairs`` (query, key) pairs."""
+    return params.layers_per_stage * (
+        params.flops_per_token * total.astype(jnp.float32)
+        + params.attn_flops_coef * attn_pairs.astype(jnp.float32)
+    )
+
+
 def batch_stage_time(
     tables: TimingTables,
     params: SimParams,
@@ -89,103 +146,88 @@ def batch_stage_time(
         per device for one stage, and a bool that is True when the batch is larger than
         the tables cover.
     """
-    p = params.table_index
-    token_step, kv_step, chunk_step = tables.token_step, tables.kv_step, tables.chunk_step
+    kv_step = tables.kv_step
     seqs = jnp.ones_like(num_tokens) if num_seqs is None else num_seqs
     ntok = jnp.where(active, jnp.where(is_prefill, num_tokens, num_tokens * seqs), 0)
     total = ntok.sum()
-    rounded = _ceil_to(total, token_step)
-
-    # index every table axis at once: t[p][i] would copy a whole slab per config under vmap
-    g = tables.token_ops.shape[1]
-    overflow = rounded // token_step > g - 1
-    row = tables.token_ops[p, jnp.clip(rounded // token_step, 0, g - 1)] * params.op_scale  # (K,)
-    lo, frac = _lerp_index(total, token_step, g)
-    kv_save = tables.kv_save[p, lo] * (1.0 - frac) + tables.kv_save[p, lo + 1] * frac
+    dense_ms, kv_save, send_recv, overflow = _token_part(tables, params, total)
 
     # decode attention: (decode batch size, mean KV length rounded up to kv_step)
     dec = active & ~is_prefill
     n_dec = jnp.where(dec, seqs, 0).sum()
     mean_kv = jnp.where(dec, processed * seqs, 0).sum() // jnp.maximum(n_dec, 1)
-    kv_idx = _ceil_to(mean_kv, kv_step) // kv_step
-    nb, nk = tables.decode.shape[1:]
-    overflow |= (n_dec > nb - 1) | (kv_idx > nk - 1)
-    decode_ms = tables.decode[p, jnp.clip(n_dec, 0, nb - 1), jnp.clip(kv_idx, 0, nk - 1)]
-    decode_ms = jnp.where(n_dec > 0, decode_ms * (1.0 + params.gqa_overhead * (n_dec > 1)), 0.0)
+    decode_ms, over = _decode_attention_ms(tables, params, n_dec, mean_kv)
+    overflow |= over
 
     # prefill attention: (sum of KV lengths rounded to kv_step, round(sqrt(sum chunk^2)))
     pre = active & is_prefill
-    n_pre = pre.sum()
     agg_kv = jnp.where(pre, _ceil_to(processed, kv_step), 0).sum()
     agg_chunk = jnp.round(jnp.sqrt(jnp.where(pre, ntok.astype(jnp.float32) ** 2, 0.0).sum()))
-    nkp, nc = tables.prefill.shape[1:]
-    kvp = agg_kv // kv_step
-    overflow |= (kvp > nkp - 1) | (agg_chunk > (nc - 1) * chunk_step)
-    kvp = jnp.clip(kvp, 0, nkp - 1)
-    lo, frac = _lerp_index(agg_chunk, chunk_step, nc)
-    prefill_ms = tables.prefill[p, kvp, lo] * (1.0 - frac) + tables.prefill[p, kvp, lo + 1] * frac
-    prefill_ms = jnp.where(n_pre > 0, prefill_ms * (1.0 + params.gqa_overhead * (n_pre > 1)), 0.0)
+    prefill_ms, over = _prefill_attention_ms(tables, params, pre.sum(), agg_kv, agg_chunk)
+    overflow |= over
 
-    block_ms = (
-        row[_CORE_OPS].sum()
-        + 2.0 * row[OP_INDEX["all_reduce"]]
-        + params.attn_scale * (kv_save + decode_ms + prefill_ms)
-    )
+    block_ms = dense_ms + params.attn_scale * (kv_save + decode_ms + prefill_ms)
     last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms + cpu_overhead_ms(tables, params, jnp.where(active, seqs, 0).sum())
-    stage_ms = last_ms + row[OP_INDEX["send_recv"]]
+    stage_ms = last_ms + send_recv
 
     attn_pairs = jnp.where(dec, processed * seqs, 0).sum() + jnp.where(
         pre, ntok * (processed + (ntok + 1) // 2), 0
     ).sum()
-    flops = params.layers_per_stage * (
-        params.flops_per_token * total.astype(jnp.float32)
-        + params.attn_flops_coef * attn_pairs.astype(jnp.float32)
-    )
-    return stage_ms * 1e-3, last_ms * 1e-3, flops, overflow
+    return stage_ms * 1e-3, last_ms * 1e-3, _flops(params, total, attn_pairs), overflow
 
 
-def decode_run_times(
+def run_times(
     tables: TimingTables,
     params: SimParams,
     n_dec: jax.Array,
     sum_kv: jax.Array,
-    num_iters: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Last-stage seconds of ``num_iters`` consecutive decode-only iterations.
+    chunks: jax.Array,
+    pre_kv: jax.Array,
+    batch_seqs: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Last-stage seconds, FLOPs and overflow of J consecutive iterations of one batch.
 
-    The same ``n_dec`` requests decode one token each per iteration, so iteration ``j``
-    (0-based) sees a mean KV length of ``(sum_kv + j * n_dec) // n_dec``; everything else
-    (token count, KV-cache save) is unchanged. Used to fuse runs of identical decode
-    batches into one simulator step.
+    The batch: ``n_dec`` decodes (one token each per iteration, so iteration ``j``,
+    0-based, sees a mean KV length of ``(sum_kv + j * n_dec) // n_dec``) and at most one
+    prefill, which processes ``chunks[j]`` tokens on top of a KV of ``pre_kv[j]`` tokens
+    (0 = no prefill in that iteration). Each iteration is what :func:`batch_stage_time`
+    gives for that batch. Used to fuse runs of iterations of the same batch into one
+    simulator step.
+
+    The prefill chunk takes at most two values besides 0 (Sarathi: full chunks, then a
+    shorter last one), so the token-indexed part is evaluated at those two token
+    counts, as scalars, exactly as :func:`batch_stage_time` evaluates it.
 
     Args:
         tables: timing tables.
         params: the config's knobs.
-        n_dec: () number of decodes in each batch (>= 1 when used).
-        sum_kv: () sum of the decodes' processed tokens before the first iteration.
-        num_iters: static J, iterations to time.
+        n_dec: () i32 decodes in each batch (sequences; 0 = prefill only).
+        sum_kv: () i32 sum of the decodes' KV lengths before the first iteration.
+        chunks: (J,) i32 prefill tokens of each iteration.
+        pre_kv: (J,) i32 KV length of the prefill before each iteration.
+        batch_seqs: () i32 sequences in the batch (the CPU-overhead batch size).
 
     Returns:
-        ``(seconds, overflow)``: (J,) seconds per iteration and a bool overflow flag.
+        ``(seconds, flops, overflow)``: (J,) f32 seconds, (J,) f32 FLOPs per device and
+        (J,) bool table overflow of each iteration.
     """
-    p = params.table_index
-    token_step, kv_step = tables.token_step, tables.kv_step
-    n = jnp.maximum(n_dec, 1)
-    rounded = _ceil_to(n, token_step)
-    g = tables.token_ops.shape[1]
-    row = tables.token_ops[p, jnp.clip(rounded // token_step, 0, g - 1)] * params.op_scale
-    lo, frac = _lerp_index(n, token_step, g)
-    kv_save = tables.kv_save[p, lo] * (1.0 - frac) + tables.kv_save[p, lo + 1] * frac
-    mean_kv = (sum_kv + jnp.arange(num_iters) * n) // n  # (J,)
-    kv_idx = _ceil_to(mean_kv, kv_step) // kv_step
-    nb, nk = tables.decode.shape[1:]
-    overflow = (n > nb - 1) | (kv_idx[-1] > nk - 1) | (rounded // token_step > g - 1)
-    decode_ms = tables.decode[p, jnp.clip(n, 0, nb - 1), jnp.clip(kv_idx, 0, nk - 1)]
-    decode_ms = decode_ms * (1.0 + params.gqa_overhead * (n > 1))
-    block_ms = (
-        row[_CORE_OPS].sum()
-        + 2.0 * row[OP_INDEX["all_reduce"]]
-        + params.attn_scale * (kv_save + decode_ms)
-    )
-    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms + cpu_overhead_ms(tables, params, n)
-    return last_ms * 1e-3, overflow
+    j = jnp.arange(chunks.shape[0])
+    first, last = chunks[0], chunks[jnp.maximum(jnp.sum(chunks > 0) - 1, 0)]
+    parts_first = _token_part(tables, params, n_dec + first)
+    parts_last = _token_part(tables, params, n_dec + last)
+    dense_ms, kv_save, _, overflow = (jnp.where(chunks == first, a, b) for a, b in zip(parts_first, parts_last))
+
+    mean_kv = (sum_kv + j * n_dec) // jnp.maximum(n_dec, 1)
+    decode_ms, over = _decode_attention_ms(tables, params, n_dec, mean_kv)
+    overflow |= over
+
+    has_pre = chunks > 0
+    agg_kv = jnp.where(has_pre, _ceil_to(pre_kv, tables.kv_step), 0)
+    agg_chunk = jnp.round(jnp.sqrt(jnp.where(has_pre, chunks.astype(jnp.float32) ** 2, 0.0)))
+    prefill_ms, over = _prefill_attention_ms(tables, params, has_pre.astype(jnp.int32), agg_kv, agg_chunk)
+    overflow |= over
+
+    block_ms = dense_ms + params.attn_scale * (kv_save + decode_ms + prefill_ms)
+    last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms + cpu_overhead_ms(tables, params, batch_seqs)
+    attn_pairs = sum_kv + j * n_dec + jnp.where(has_pre, chunks * (pre_kv + (chunks + 1) // 2), 0)
+    return last_ms * 1e-3, _flops(params, n_dec + chunks, attn_pairs), overflow

@@ -66,10 +66,11 @@ class SimStatic:
         window: admission window W: queued requests one batch may admit at most
             (overflow is detected and the host re-runs with a larger window); at least
             S3's ``s3_lookahead`` under first-fit admission.
-        fuse_iters: longest run of identical decode-only iterations simulated as one
-            step (exact; 1 disables fusion).
+        fuse_iters: longest run of iterations of the same batch (decode-only, or
+            Sarathi's decodes plus one chunked prefill) simulated as one step (exact;
+            1 disables fusion).
         trace_capacity: batches recorded in the batch log (0 = no log); a fused run of
-            decode iterations is one entry with ``log_iters`` iterations.
+            iterations is one entry with ``log_iters`` iterations.
     """
 
     policy: str
@@ -224,4 +225,4 @@ class SimState:
     log_size: jax.Array  # (B,) i32 requests in the batch
     log_prefill_tokens: jax.Array  # (B,) i32 prefill tokens
     log_decode_tokens: jax.Array  # (B,) i32 decode tokens (all fused iterations)
-    log_iters: jax.Array  # (B,) i32 iterations (> 1 for a fused decode run)
+    log_iters: jax.Array  # (B,) i32 iterations (> 1 for a fused run)
