@@ -7,9 +7,9 @@ Open ``chrome_trace.json`` in https://ui.perfetto.dev or ``chrome://tracing``. L
 - one *track* (thread) per replica (``tid = replica``, named ``replica r``);
 - one *complete event* (``"ph": "X"``) per batch the replica launched, from its start to
   its end (last pipeline stage), in microseconds, with ``args``: ``size`` (requests in
-  the batch), ``prefill_tokens``, ``decode_tokens`` (summed over fused iterations) and
-  ``iterations`` (> 1 when a run of identical decode-only iterations was fused into one
-  simulator step, see :mod:`vidur_jax.sim.engine`).
+  the batch; a fused run's first iteration), ``prefill_tokens``, ``decode_tokens``
+  (summed over fused iterations) and ``iterations`` (> 1 when a run of iterations was
+  fused into one simulator step, see :mod:`vidur_jax.sim.engine`).
 
 With pipeline parallelism a replica has several micro-batches in flight, and complete
 events on one track must nest, so overlapping batches are put on extra tracks of the

@@ -316,7 +316,8 @@ def _end_batch(
     finished = inb & (processed >= total)
 
     # TBT: one sample per decode iteration = gap to the request's previous iteration end
-    is_decode_iter = inb & (processed > row.prefill + 1)
+    # (a fused run's early completions had their samples and nothing left: ntok 0)
+    is_decode_iter = inb & (processed > row.prefill + 1) & (row.ntok > 0)
     gap = t - row.last_done
     bins = tbt_bin_index(gap, static.num_tbt_bins)
     bins_w = jnp.where(is_decode_iter, bins, static.num_tbt_bins)
@@ -324,7 +325,7 @@ def _end_batch(
 
     state = state.replace(
         first_token_at=_set_first(state.first_token_at, row.req, prefill_done, t),
-        completed_at=state.completed_at.at[jnp.where(finished, row.req, r_total)].set(t, mode="drop"),
+        completed_at=_set_first(state.completed_at, row.req, finished, t),  # early completions keep theirs
         num_completed=state.num_completed + finished.sum().astype(jnp.int32),
         tbt_hist=hist,
         tbt_sum=state.tbt_sum + jnp.where(is_decode_iter, gap, 0.0).sum(),
@@ -400,18 +401,25 @@ def _bucket(params: SimParams, state: SimState, req: jax.Array) -> jax.Array:
 
 
 class _FusedRun(NamedTuple):
-    """A run of iterations of the same batch fused into one step (k = 1: no fusion)."""
+    """A run of iterations of the same requests fused into one step (k = 1: no fusion)."""
 
     num_iters: jax.Array  # () i32 k >= 1 iterations
     seconds: jax.Array  # () f64 total duration of the k iterations
     iter_s: jax.Array  # (J,) f64 duration of each possible iteration
+    iter_decodes: jax.Array  # (J,) i32 decoding requests in each iteration
     members: jax.Array  # (S,) bool slots in the batch (running and just admitted)
     decodes: jax.Array  # (S,) bool members that decode (one token per iteration)
-    ntok: jax.Array  # (S,) i32 tokens each member processes over the k iterations
+    early: jax.Array  # (S,) bool decodes that complete before iteration k
+    done_at: jax.Array  # (S,) f64 end of each early decode's last iteration
+    early_tokens: jax.Array  # (S,) i32 tokens each early decode processes (its last ones)
+    ntok: jax.Array  # (S,) i32 tokens left for the end of the step (early decodes: 0)
     ntok1: jax.Array  # (S,) i32 tokens each member processes in iteration 1
-    alloc: jax.Array  # (S,) i32 blocks each decode needs over the k iterations
+    alloc: jax.Array  # (S,) i32 blocks each decode needs over its iterations
     last_done: jax.Array  # () f64 end of iteration k-1 (the last TBT gap starts there)
     first_end: jax.Array  # () f64 end of iteration 1
+    tokens: jax.Array  # () i32 tokens of the k iterations (every sequence counted)
+    prefill_tokens: jax.Array  # () i32 of which prefill
+    size_sum: jax.Array  # () i32 sum over the k iterations of the requests in the batch
     flops: jax.Array  # () f64 FLOPs per device of the k iterations
     overflow: jax.Array  # () bool an iteration of the k is beyond the tables
 
@@ -428,25 +436,27 @@ def _fused_run(
     adm: _Admission,
     schedulable: jax.Array,
 ) -> _FusedRun:
-    """How many iterations of the batch just formed at ``t`` repeat back to back.
+    """How many iterations of the batch just formed at ``t`` follow predictably.
 
-    Exactness: Vidur's next batch is the same set of requests as long as nothing it
-    depends on changes. Two kinds of runs are fused:
+    Exactness: Vidur's next batch is the previous one minus its completed requests as
+    long as nothing else it depends on changes. Two kinds of runs are fused:
 
     * **decode runs** — every running request of the replica is in the batch, all
-      decoding, nothing waits in the queue: the batch repeats until (a) a request
-      completes, (b) a request arrives (anywhere: routing may send it here) or (c) memory
-      runs short;
+      decoding, nothing waits in the queue: the batch repeats, shrinking as requests
+      complete, until (a) a request arrives (anywhere: routing may send it here),
+      (b) memory runs short or (c) every request completed;
     * **chunked-prefill runs** (Sarathi) — the batch holds every running request: the
       decodes plus exactly one prefill (continuing, or admitted in this iteration), which
-      then takes the same ``chunk_size - decodes`` tokens every iteration until its last,
-      shorter chunk. A full chunk leaves no budget, so arrivals and the queue cannot
-      change it; the last chunk needs an empty queue and no arrival before it starts.
-      (a) and (c) bound the run as above; it ends with the prefill's last chunk.
+      then takes what the decodes leave of ``chunk_size`` every iteration until its
+      last, shorter chunk. A full chunk leaves no budget, so arrivals and the queue
+      cannot change it; the last chunk needs an empty queue and no arrival before it
+      starts. (b) bounds the run as above; it ends with the prefill's last chunk.
 
     The first ``k`` iterations, ``k`` bounded by those events, are one step here: their
-    durations (mean KV grows by one token per iteration, the prefill's KV by a chunk)
-    and TBT samples are exactly Vidur's. Pipeline parallelism is not fused.
+    durations (mean KV grows by one token per iteration, the prefill's KV by a chunk),
+    completion times and TBT samples are exactly Vidur's. Memory freed by completions
+    inside the run is not counted before the run ends (a conservative bound).
+    Pipeline parallelism is not fused.
     """
     j_max = static.fuse_iters
     r_total = static.num_requests
@@ -459,8 +469,10 @@ def _fused_run(
     prefills = members & ~decoding
     zeros = jnp.zeros(row.req.shape, jnp.int32)
     if j_max <= 1:
-        return _FusedRun(jnp.int32(1), jnp.float64(0.0), jnp.zeros(1), members, decodes, ntok1, ntok1, zeros, t, t,
-                         jnp.float64(0.0), jnp.array(False))
+        zero = jnp.int32(0)
+        return _FusedRun(jnp.int32(1), jnp.float64(0.0), jnp.zeros(1), jnp.zeros(1, jnp.int32), members, decodes,
+                         jnp.zeros(row.req.shape, bool), jnp.zeros(row.req.shape), zeros, ntok1, ntok1, zeros, t, t,
+                         zero, zero, zero, jnp.float64(0.0), jnp.array(False))
     waiting = (state.q_tail[r] != state.q_head[r]) | (row.restarted & (row.req >= 0)).any()
     # a static batch (Alpa-style batching) runs to completion whatever arrives meanwhile
     closed = static.policy == "static_batching"
@@ -475,39 +487,43 @@ def _fused_run(
     decode_mode = (n_pre == 0) & ~adm.admit.any() & (~waiting | closed)
     safe = jnp.clip(row.req, 0, r_total - 1)
     seqs = jnp.where(row.req >= 0, params.num_seqs[safe], 1)
+    total = params.num_prefill[safe] + params.num_decode[safe]
+    remaining = jnp.where(decodes, total - row.processed, 0)  # (S,) iterations each decode has left
     iters = jnp.arange(1, j_max + 1)
+    # (J, S) who decodes in iteration j (a decode leaves the batch when it completes)
+    active = decodes[None, :] & (iters[:, None] <= remaining[None, :])
+    iter_decodes = active.sum(axis=1).astype(jnp.int32)
+    n = jnp.where(active, seqs, 0).sum(axis=1)  # every sequence decodes one token
+    sum_kv = jnp.where(active, (row.processed[None, :] + iters[:, None] - 1) * seqs, 0).sum(axis=1)
     if static.policy == "sarathi":
-        budget = jnp.maximum(params.chunk_size - decodes.sum(), 1)  # prefill tokens per iteration
+        budget = jnp.maximum(params.chunk_size - iter_decodes, 0)  # (J,) prefill tokens per iteration
         rem0 = jnp.where(prefills, row.prefill - row.processed, 0).sum()
-        pre0 = jnp.where(prefills, row.processed, 0).sum()
-        done_before = (iters - 1) * budget
+        done_before = scan.cumsum(budget) - budget
         chunks = jnp.clip(rem0 - done_before, 0, budget)
         prefill_mode = (n_pre == 1) & (adm.admit.sum() <= 1) & (chunks[0] == jnp.where(prefills, ntok1, 0).sum())
         chunks = jnp.where(prefill_mode, chunks, 0)
-        pre_kv = pre0 + done_before
+        pre_kv = jnp.where(prefills, row.processed, 0).sum() + done_before
+        full = chunks == budget
     else:
         prefill_mode = jnp.array(False)
         chunks = pre_kv = jnp.zeros(j_max, jnp.int32)
+        full = jnp.zeros(j_max, bool)
     ok = eligible & (decode_mode | prefill_mode)
-    # every sequence decodes one token per iteration (n = decode batch, Vidur's n = requests)
-    n = jnp.where(decodes, seqs, 0).sum()
-    sum_kv = jnp.where(decodes, row.processed * seqs, 0).sum()
+    pre_seqs = jnp.where(prefills, seqs, 0).sum()
     iter_s, iter_flops, iter_over = timing.run_times(
-        tables, params, n, sum_kv, chunks, pre_kv, jnp.where(members, seqs, 0).sum())
+        tables, params, n, sum_kv, chunks, pre_kv, n + jnp.where(chunks > 0, pre_seqs, 0))
     iter_s = iter_s.astype(jnp.float64)
     ends = t + scan.cumsum(iter_s)  # (J,) end of iteration j+1
     starts = jnp.concatenate([jnp.reshape(t, (1,)), ends[:-1]])
     t_arr = _next_arrival_at(static, params, state, r)
-    total = params.num_prefill[safe] + params.num_decode[safe]
-    remaining = jnp.min(jnp.where(decodes, total - row.processed, jnp.iinfo(jnp.int32).max))
     # Memory bounds the run: the largest j whose block growth still fits (vLLM grows a
     # request to ceil(processed / block_size)), found by bisection over j (monotone in j),
     # O(S log J) instead of materializing a (J, S) table of block counts.
     shared = params.num_prefill[safe] // params.block_size
     free = row.free_blocks - jnp.where(adm.admit, plan.cand_blocks, 0).sum()
 
-    def blocks_after(j):  # (S,) blocks each request holds after iteration j
-        return seq_blocks(row.processed + j - 1, seqs, shared, params.block_size)
+    def blocks_after(j):  # (S,) blocks each decode holds after iteration j (or its last)
+        return seq_blocks(row.processed + jnp.minimum(j, remaining) - 1, seqs, shared, params.block_size)
 
     def largest_ok(pred) -> jax.Array:
         lo, hi = jnp.int32(1), jnp.int32(j_max)  # j = 1 was checked by the policy itself
@@ -530,22 +546,32 @@ def _fused_run(
         mem_k = jnp.int32(j_max)
     allocates = static.policy in ("vllm", "sarathi", "lightllm")
     no_change = (starts < t_arr) | closed
-    same_batch = jnp.where(prefill_mode, (chunks > 0) & ((chunks == chunks[0]) | (~waiting & no_change)), no_change)
-    run_ok = (iters <= remaining) & same_batch & ((iters <= mem_k) | (iters == 1))
+    same_batch = jnp.where(prefill_mode, (chunks > 0) & (full | (~waiting & no_change)),
+                           (iter_decodes > 0) & no_change)
+    run_ok = same_batch & ((iters <= mem_k) | (iters == 1))
     k = jnp.where(ok, jnp.maximum(scan.prefix_true(run_ok).sum(), 1), 1).astype(jnp.int32)
     in_run = iters <= k
     fused = k > 1
+    early = decodes & fused & (remaining < k)
+    prefill_run = jnp.where(in_run, chunks, 0).sum()
     return _FusedRun(
         num_iters=k,
         seconds=ends[k - 1] - t,
         iter_s=iter_s,
+        iter_decodes=iter_decodes,
         members=members,
         decodes=decodes,
-        ntok=jnp.where(fused, jnp.where(decodes, k, jnp.where(prefills, jnp.where(in_run, chunks, 0).sum(), 0)), ntok1),
+        early=early,
+        done_at=ends[jnp.clip(remaining - 1, 0, j_max - 1)],
+        early_tokens=jnp.where(early, remaining, 0).astype(jnp.int32),
+        ntok=jnp.where(fused, jnp.where(early, 0, jnp.where(decodes, k, jnp.where(prefills, prefill_run, 0))), ntok1),
         ntok1=ntok1,
         alloc=jnp.where(decodes & allocates, jnp.maximum(blocks_after(k) - row.blocks, 0), 0).astype(jnp.int32),
         last_done=jnp.where(fused, ends[jnp.maximum(k - 2, 0)], t),
         first_end=ends[0],
+        tokens=jnp.where(in_run, n + chunks, 0).sum().astype(jnp.int32),
+        prefill_tokens=prefill_run.astype(jnp.int32),
+        size_sum=jnp.where(in_run, iter_decodes + (chunks > 0), 0).sum().astype(jnp.int32),
         flops=jnp.where(in_run, iter_flops, 0.0).sum().astype(jnp.float64),
         overflow=(in_run & iter_over).any(),
     )
@@ -555,8 +581,9 @@ def _record_fused_tbt(static: SimStatic, state: SimState, row: _Row, run: _Fused
     """TBT samples of iterations 1..k-1 of a fused run (the k-th is recorded at its end).
 
     Only the run's decodes sample TBT. Iteration 1's gap is per request (from its
-    previous iteration's end); iterations 2..k-1 give every decode the same gap, the
-    iteration's duration.
+    previous iteration's end); iterations 2..k-1 give every decode still in the batch
+    the same gap, the iteration's duration. A decode that completes before iteration k
+    thus has all its samples recorded here (and none at the end of the step).
     """
     k = run.num_iters
     h = static.num_tbt_bins
@@ -564,16 +591,16 @@ def _record_fused_tbt(static: SimStatic, state: SimState, row: _Row, run: _Fused
     gap1 = jnp.where(fused, run.first_end - row.last_done, 0.0)
     bins1 = jnp.where(fused, tbt_bin_index(gap1, h), h)
     hist = state.tbt_hist.at[bins1].add(1, mode="drop")
-    n = run.decodes.sum().astype(jnp.int32)
     j = jnp.arange(run.iter_s.shape[0])
     mid = (j >= 1) & (j < k - 1)
+    n = jnp.where(mid, run.iter_decodes, 0)  # (J,) samples of iteration j+1
     bins_mid = jnp.where(mid, tbt_bin_index(run.iter_s, h), h)
     hist = hist.at[bins_mid].add(n, mode="drop")
     return state.replace(
         tbt_hist=hist,
-        tbt_sum=state.tbt_sum + gap1.sum() + n * jnp.where(mid, run.iter_s, 0.0).sum(),
+        tbt_sum=state.tbt_sum + gap1.sum() + (n * run.iter_s).sum(),
         tbt_bin_sum=state.tbt_bin_sum.at[bins1].add(gap1, mode="drop").at[bins_mid].add(n * run.iter_s, mode="drop"),
-        tbt_count=state.tbt_count + fused.sum() + n * mid.sum(),
+        tbt_count=state.tbt_count + fused.sum() + n.sum(),
     )
 
 
@@ -686,14 +713,18 @@ def _advance_running(
 ) -> tuple[SimState, _Row]:
     """Put the running requests of the batch (or of its fused run) in flight.
 
-    Their blocks were counted before admission; a fused run's first k-1 TBT samples are
-    recorded now, and its members process their tokens of all k iterations."""
+    Their blocks were counted before admission. For a fused run the first k-1 TBT
+    samples are recorded now, and decodes that complete before its last iteration get
+    their completion time now: they hold their slot with all tokens processed and
+    nothing left to do (``ntok`` 0) until the step ends, where their slot is freed."""
     k = run.num_iters
     fused = k > 1
     slot_in = adm.slot_in
     alloc = jnp.where(slot_in, jnp.where(fused, run.alloc, plan.slot_alloc), 0)
     state = _record_fused_tbt(static, state, row, run)
+    state = state.replace(completed_at=_set_first(state.completed_at, row.req, run.early, run.done_at))
     row = row._replace(
+        processed=row.processed + run.early_tokens,
         blocks=row.blocks + alloc,
         mb=jnp.where(slot_in, adm.m_new, row.mb),
         ntok=jnp.where(fused & run.members, run.ntok, jnp.where(slot_in, plan.slot_ntok, row.ntok)),
@@ -767,18 +798,20 @@ def _launch(
         | jnp.where(plan.oom & can, ERR_OOM, 0)
     )
     lf = launched.astype(jnp.float64) * k
+    # a fused run's totals come from the run (its early completions have no tokens left)
+    prefill_tokens = jnp.where(fused, run.prefill_tokens, jnp.where(in_batch & is_prefill, row.ntok, 0).sum())
+    tokens = jnp.where(fused, run.tokens, jnp.where(in_batch, jnp.where(is_prefill, row.ntok, row.ntok * seqs), 0).sum())
     state = state.replace(
         num_batches=state.num_batches + launched * k,
-        batch_size_sum=state.batch_size_sum + lf * n_in,
+        batch_size_sum=state.batch_size_sum + launched * jnp.where(fused, run.size_sum, n_in),
         batch_size_max=jnp.maximum(state.batch_size_max, jnp.where(launched, n_in, 0).astype(jnp.int32)),
-        batch_tokens_sum=state.batch_tokens_sum
-        + launched * jnp.where(in_batch, jnp.where(is_prefill, row.ntok, row.ntok * seqs), 0).sum(),
+        batch_tokens_sum=state.batch_tokens_sum + launched * tokens,
         kv_util_sum=state.kv_util_sum + lf * (params.num_blocks - row.free_blocks) / params.num_blocks,
         busy_s=state.busy_s + launched * last_s,
         flops_sum=state.flops_sum + launched * jnp.where(fused, run.flops, flops),
         error=state.error | err,
     )
-    state = _log_batch(static, state, launched, r, t, cur, in_batch, row, k, seqs)
+    state = _log_batch(static, state, launched, r, t, cur, n_in, prefill_tokens, tokens - prefill_tokens, k)
     return state, row
 
 
@@ -843,28 +876,26 @@ def _log_batch(
     r: jax.Array,
     t: jax.Array,
     end: jax.Array,
-    in_batch: jax.Array,
-    row: _Row,
+    size: jax.Array,
+    prefill_tokens: jax.Array,
+    decode_tokens: jax.Array,
     k: jax.Array,
-    seqs: jax.Array,
 ) -> SimState:
     """Append the launched batch to the batch log (only when ``trace_capacity > 0``).
 
-    Decode tokens count every sequence (n per request per iteration)."""
+    ``size``: requests in its first iteration; tokens over all ``k`` iterations, decode
+    tokens counting every sequence (n per request per iteration)."""
     if static.trace_capacity <= 0:
         return state
     i = jnp.where(launched, state.log_count, static.trace_capacity)  # out of bounds -> dropped
-    prefill = in_batch & (row.processed < row.prefill)
     return state.replace(
         log_count=state.log_count + launched.astype(jnp.int32),
         log_start=state.log_start.at[i].set(t, mode="drop"),
         log_end=state.log_end.at[i].set(end, mode="drop"),
         log_replica=state.log_replica.at[i].set(r, mode="drop"),
-        log_size=state.log_size.at[i].set(in_batch.sum().astype(jnp.int32), mode="drop"),
-        log_prefill_tokens=state.log_prefill_tokens.at[i].set(
-            jnp.where(prefill, row.ntok, 0).sum().astype(jnp.int32), mode="drop"),
-        log_decode_tokens=state.log_decode_tokens.at[i].set(
-            jnp.where(in_batch & ~prefill, row.ntok * seqs, 0).sum().astype(jnp.int32), mode="drop"),
+        log_size=state.log_size.at[i].set(size.astype(jnp.int32), mode="drop"),
+        log_prefill_tokens=state.log_prefill_tokens.at[i].set(prefill_tokens.astype(jnp.int32), mode="drop"),
+        log_decode_tokens=state.log_decode_tokens.at[i].set(decode_tokens.astype(jnp.int32), mode="drop"),
         log_iters=state.log_iters.at[i].set(k.astype(jnp.int32), mode="drop"),
     )
 

@@ -185,40 +185,31 @@ def run_times(
     pre_kv: jax.Array,
     batch_seqs: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Last-stage seconds, FLOPs and overflow of J consecutive iterations of one batch.
+    """Last-stage seconds, FLOPs and overflow of J consecutive iterations of a batch.
 
-    The batch: ``n_dec`` decodes (one token each per iteration, so iteration ``j``,
-    0-based, sees a mean KV length of ``(sum_kv + j * n_dec) // n_dec``) and at most one
-    prefill, which processes ``chunks[j]`` tokens on top of a KV of ``pre_kv[j]`` tokens
-    (0 = no prefill in that iteration). Each iteration is what :func:`batch_stage_time`
-    gives for that batch. Used to fuse runs of iterations of the same batch into one
-    simulator step.
-
-    The prefill chunk takes at most two values besides 0 (Sarathi: full chunks, then a
-    shorter last one), so the token-indexed part is evaluated at those two token
-    counts, as scalars, exactly as :func:`batch_stage_time` evaluates it.
+    Iteration ``j`` holds ``n_dec[j]`` decodes (one token each) whose KV lengths sum to
+    ``sum_kv[j]`` (mean KV ``sum_kv[j] // n_dec[j]``) and at most one prefill, which
+    processes ``chunks[j]`` tokens on top of a KV of ``pre_kv[j]`` tokens (0 = no
+    prefill). Each iteration is what :func:`batch_stage_time` gives for that batch. Used
+    to fuse runs of iterations of the same requests into one simulator step.
 
     Args:
         tables: timing tables.
         params: the config's knobs.
-        n_dec: () i32 decodes in each batch (sequences; 0 = prefill only).
-        sum_kv: () i32 sum of the decodes' KV lengths before the first iteration.
+        n_dec: (J,) i32 decoding sequences of each iteration.
+        sum_kv: (J,) i32 sum of their KV lengths.
         chunks: (J,) i32 prefill tokens of each iteration.
         pre_kv: (J,) i32 KV length of the prefill before each iteration.
-        batch_seqs: () i32 sequences in the batch (the CPU-overhead batch size).
+        batch_seqs: (J,) i32 sequences in each batch (the CPU-overhead batch size).
 
     Returns:
         ``(seconds, flops, overflow)``: (J,) f32 seconds, (J,) f32 FLOPs per device and
         (J,) bool table overflow of each iteration.
     """
-    j = jnp.arange(chunks.shape[0])
-    first, last = chunks[0], chunks[jnp.maximum(jnp.sum(chunks > 0) - 1, 0)]
-    parts_first = _token_part(tables, params, n_dec + first)
-    parts_last = _token_part(tables, params, n_dec + last)
-    dense_ms, kv_save, _, overflow = (jnp.where(chunks == first, a, b) for a, b in zip(parts_first, parts_last))
+    total = n_dec + chunks
+    dense_ms, kv_save, _, overflow = _token_part(tables, params, total)
 
-    mean_kv = (sum_kv + j * n_dec) // jnp.maximum(n_dec, 1)
-    decode_ms, over = _decode_attention_ms(tables, params, n_dec, mean_kv)
+    decode_ms, over = _decode_attention_ms(tables, params, n_dec, sum_kv // jnp.maximum(n_dec, 1))
     overflow |= over
 
     has_pre = chunks > 0
@@ -229,5 +220,5 @@ def run_times(
 
     block_ms = dense_ms + params.attn_scale * (kv_save + decode_ms + prefill_ms)
     last_ms = block_ms * params.layers_per_stage + params.cpu_overhead_ms + cpu_overhead_ms(tables, params, batch_seqs)
-    attn_pairs = sum_kv + j * n_dec + jnp.where(has_pre, chunks * (pre_kv + (chunks + 1) // 2), 0)
-    return last_ms * 1e-3, _flops(params, n_dec + chunks, attn_pairs), overflow
+    attn_pairs = sum_kv + jnp.where(has_pre, chunks * (pre_kv + (chunks + 1) // 2), 0)
+    return last_ms * 1e-3, _flops(params, total, attn_pairs), overflow
