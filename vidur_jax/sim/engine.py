@@ -470,9 +470,13 @@ def _fused_run(
     zeros = jnp.zeros(row.req.shape, jnp.int32)
     if j_max <= 1:
         zero = jnp.int32(0)
-        return _FusedRun(jnp.int32(1), jnp.float64(0.0), jnp.zeros(1), jnp.zeros(1, jnp.int32), members, decodes,
-                         jnp.zeros(row.req.shape, bool), jnp.zeros(row.req.shape), zeros, ntok1, ntok1, zeros, t, t,
-                         zero, zero, zero, jnp.float64(0.0), jnp.array(False))
+        return _FusedRun(
+            num_iters=jnp.int32(1), seconds=jnp.float64(0.0), iter_s=jnp.zeros(1),
+            iter_decodes=jnp.zeros(1, jnp.int32), members=members, decodes=decodes,
+            early=jnp.zeros(row.req.shape, bool), done_at=jnp.zeros(row.req.shape), early_tokens=zeros,
+            ntok=ntok1, ntok1=ntok1, alloc=zeros, last_done=t, first_end=t,
+            tokens=zero, prefill_tokens=zero, size_sum=zero, flops=jnp.float64(0.0), overflow=jnp.array(False),
+        )
     waiting = (state.q_tail[r] != state.q_head[r]) | (row.restarted & (row.req >= 0)).any()
     # a static batch (Alpa-style batching) runs to completion whatever arrives meanwhile
     closed = static.policy == "static_batching"
