@@ -424,6 +424,34 @@ class _FusedRun(NamedTuple):
     overflow: jax.Array  # () bool an iteration of the k is beyond the tables
 
 
+def _run_decode_sums(
+    decodes: jax.Array, remaining: jax.Array, seqs: jax.Array, processed: jax.Array, j_max: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-iteration decode counts, sequences and KV sums of a run of ``j_max`` iterations.
+
+    A decode with ``remaining`` iterations left is in iterations 1..remaining (it leaves
+    the batch when it completes); in iteration ``j`` each of its ``seqs`` sequences has
+    ``processed + j - 1`` KV tokens. Computed from a histogram of ``min(remaining, J)``
+    and a suffix sum, O(S + J) rather than a (J, S) table.
+
+    Args:
+        decodes: (S,) bool slots that decode.
+        remaining, seqs, processed: (S,) i32 per slot.
+        j_max: J, the longest run.
+
+    Returns:
+        ``(iter_decodes, n, sum_kv)``: (J,) i32 decoding requests, decoding sequences
+        and the sum of their KV lengths in iterations 1..J.
+    """
+    last = jnp.where(decodes, jnp.clip(remaining, 0, j_max), 0)  # bin 0: in no iteration
+    weights = jnp.stack([decodes.astype(jnp.int32), seqs, processed * seqs]) * decodes  # (3, S)
+    hist = jnp.zeros((3, j_max + 1), jnp.int32).at[:, last].add(weights)
+    upto = scan.cumsum(hist)  # (3, J+1)
+    in_iter = upto[:, -1:] - upto[:, :-1]  # (3, J): over the decodes with last >= j
+    iter_decodes, n, kv_at_start = in_iter[0], in_iter[1], in_iter[2]
+    return iter_decodes, n, kv_at_start + (jnp.arange(j_max, dtype=jnp.int32)) * n
+
+
 def _fused_run(
     static: SimStatic,
     tables: TimingTables,
@@ -494,11 +522,7 @@ def _fused_run(
     total = params.num_prefill[safe] + params.num_decode[safe]
     remaining = jnp.where(decodes, total - row.processed, 0)  # (S,) iterations each decode has left
     iters = jnp.arange(1, j_max + 1)
-    # (J, S) who decodes in iteration j (a decode leaves the batch when it completes)
-    active = decodes[None, :] & (iters[:, None] <= remaining[None, :])
-    iter_decodes = active.sum(axis=1).astype(jnp.int32)
-    n = jnp.where(active, seqs, 0).sum(axis=1)  # every sequence decodes one token
-    sum_kv = jnp.where(active, (row.processed[None, :] + iters[:, None] - 1) * seqs, 0).sum(axis=1)
+    iter_decodes, n, sum_kv = _run_decode_sums(decodes, remaining, seqs, row.processed, j_max)
     if static.policy == "sarathi":
         budget = jnp.maximum(params.chunk_size - iter_decodes, 0)  # (J,) prefill tokens per iteration
         rem0 = jnp.where(prefills, row.prefill - row.processed, 0).sum()
