@@ -94,6 +94,58 @@ def test_sarathi_chunked_prefill():
     check(out, [0.0, a, 0.1], [a, b, d], [c, c, d])
 
 
+def test_sarathi_prefill_then_decodes_is_one_fused_run():
+    """A chunked prefill's last chunk and the decodes after it are one step, exactly.
+
+    R0 (16 prompt, 5 output) at 0 s, R1 (24 prompt, 3 output) at 5 ms, chunk 16.
+    0: R0's whole prompt -> a (R1 arrives meanwhile, so the run stops there).
+    a: R0 decode + R1 chunk 15 (16 tok) -> b; R0 decode + R1's last 9 (10 tok) -> c, R1's
+    first token; R0 + R1 decode (2 tok) -> d; again -> e, both done. Nothing arrives after
+    a, so a..e is one fused run of 4 iterations.
+    """
+    wl = make_workload(np.array([0.0, 0.005]), np.array([16, 24]), np.array([5, 3]))
+    (out,) = simulate_configs([DeploymentConfig(replica_scheduler="sarathi", chunk_size=16)], [wl],
+                              predictor_for=lambda c: PRED, trace_capacity=8)
+    a = it(16)
+    b = a + it(16)
+    c = b + it(10)
+    d = c + it(2)
+    e = d + it(2)
+    check(out, [0.0, a], [a, c], [e, e])
+    assert out.counters["tbt_count"] == 6  # R0: a..e in 4 gaps, R1: c..e in 2
+    assert out.counters["tbt_sum_s"] == pytest.approx((e - a) + (e - c))
+    assert out.counters["num_batches"] == 5
+    log = out.batch_log
+    np.testing.assert_allclose(log["start"], [0.0, a], rtol=1e-6)
+    np.testing.assert_allclose(log["end"], [a, e], rtol=1e-6)
+    assert log["iters"].tolist() == [1, 4]
+    assert log["prefill_tokens"].tolist() == [16, 24]
+    assert log["decode_tokens"].tolist() == [0, 6]
+
+
+def test_sarathi_one_output_token_completes_inside_a_run():
+    """A prefill with one output token completes at its last chunk, inside a fused run.
+
+    R0 (8 prompt, 6 output) at 0 s, R1 (20 prompt, 1 output) at 5 ms, chunk 16.
+    0: R0's prompt -> a. a: R0 decode + R1 chunk 15 -> b; R0 decode + R1's last 5 -> c,
+    R1's first and only token: it completes; R0 decodes alone 3 more times -> f.
+    a..f is one run of 5 iterations.
+    """
+    wl = make_workload(np.array([0.0, 0.005]), np.array([8, 20]), np.array([6, 1]))
+    (out,) = simulate_configs([DeploymentConfig(replica_scheduler="sarathi", chunk_size=16)], [wl],
+                              predictor_for=lambda c: PRED, trace_capacity=8)
+    a = it(8)
+    b = a + it(16)
+    c = b + it(6)
+    f = c + 3 * it(1)
+    check(out, [0.0, a], [a, c], [f, c])
+    assert out.counters["tbt_count"] == 5  # R0 only
+    log = out.batch_log
+    np.testing.assert_allclose(log["end"], [a, f], rtol=1e-6)
+    assert log["iters"].tolist() == [1, 5]
+    assert log["decode_tokens"].tolist() == [0, 5]
+
+
 def test_orca_whole_prompts_with_decodes():
     out = run(DeploymentConfig(replica_scheduler="orca"), three_requests())
     a = it(16)

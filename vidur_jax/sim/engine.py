@@ -408,7 +408,10 @@ class _FusedRun(NamedTuple):
     iter_s: jax.Array  # (J,) f64 duration of each possible iteration
     iter_decodes: jax.Array  # (J,) i32 decoding requests in each iteration
     members: jax.Array  # (S,) bool slots in the batch (running and just admitted)
-    decodes: jax.Array  # (S,) bool members that decode (one token per iteration)
+    decodes: jax.Array  # (S,) bool members that decode from iteration 1 (one token per iteration)
+    decoding_at_end: jax.Array  # (S,) bool members that decode in iteration k (their last TBT gap starts at last_done)
+    first_token: jax.Array  # (S,) bool the prefill whose first token comes inside the run (then it decodes)
+    first_token_at: jax.Array  # () f64 end of that prefill's last chunk
     early: jax.Array  # (S,) bool decodes that complete before iteration k
     done_at: jax.Array  # (S,) f64 end of each early decode's last iteration
     early_tokens: jax.Array  # (S,) i32 tokens each early decode processes (its last ones)
@@ -478,7 +481,9 @@ def _fused_run(
       then takes what the decodes leave of ``chunk_size`` every iteration until its
       last, shorter chunk. A full chunk leaves no budget, so arrivals and the queue
       cannot change it; the last chunk needs an empty queue and no arrival before it
-      starts. (b) bounds the run as above; it ends with the prefill's last chunk.
+      starts. After its last chunk (which gives its first token) the request decodes
+      with the others, and the run goes on as a decode run, (a)-(c) as above; (b)
+      bounds the whole run.
 
     The first ``k`` iterations, ``k`` bounded by those events, are one step here: their
     durations (mean KV grows by one token per iteration, the prefill's KV by a chunk),
@@ -498,10 +503,11 @@ def _fused_run(
     zeros = jnp.zeros(row.req.shape, jnp.int32)
     if j_max <= 1:
         zero = jnp.int32(0)
+        no = jnp.zeros(row.req.shape, bool)
         return _FusedRun(
             num_iters=jnp.int32(1), seconds=jnp.float64(0.0), iter_s=jnp.zeros(1),
             iter_decodes=jnp.zeros(1, jnp.int32), members=members, decodes=decodes,
-            early=jnp.zeros(row.req.shape, bool), done_at=jnp.zeros(row.req.shape), early_tokens=zeros,
+            decoding_at_end=no, first_token=no, first_token_at=t, early=no, done_at=jnp.zeros(row.req.shape), early_tokens=zeros,
             ntok=ntok1, ntok1=ntok1, alloc=zeros, last_done=t, first_end=t,
             tokens=zero, prefill_tokens=zero, size_sum=zero, flops=jnp.float64(0.0), overflow=jnp.array(False),
         )
@@ -532,10 +538,30 @@ def _fused_run(
         chunks = jnp.where(prefill_mode, chunks, 0)
         pre_kv = jnp.where(prefills, row.processed, 0).sum() + done_before
         full = chunks == budget
+        # The prefill's last chunk ends iteration j_last (its first token, Vidur's +1);
+        # from iteration j_last + 1 it decodes with the batch, like a decode of KV
+        # prefill + j - j_last in iteration j, for its num_decode - 1 iterations.
+        j_last = (chunks > 0).sum().astype(jnp.int32)
+        completes = prefill_mode & (chunks.sum() == rem0)  # within the J iterations
+        new_decode = prefills & completes  # (S,) at most one slot
+        p_seqs = jnp.where(new_decode, seqs, 0).sum()
+        p_prefill = jnp.where(new_decode, row.prefill, 0).sum()
+        p_iters = jnp.where(new_decode, total - row.prefill - 1, 0).sum()
+        p_in = completes & (iters > j_last) & (iters <= j_last + p_iters)  # (J,)
+        iter_decodes = iter_decodes + p_in
+        n = n + p_in * p_seqs
+        sum_kv = sum_kv + p_in * (p_prefill + iters - j_last) * p_seqs
+        # as a decode of the whole run: in iterations 1..run_remaining from KV run_p0
+        run_decodes = decodes | new_decode
+        run_remaining = jnp.where(new_decode, j_last + p_iters, remaining)
+        run_p0 = jnp.where(new_decode, row.prefill + 1 - j_last, row.processed)
     else:
-        prefill_mode = jnp.array(False)
+        prefill_mode = completes = jnp.array(False)
+        j_last = jnp.int32(j_max)
         chunks = pre_kv = jnp.zeros(j_max, jnp.int32)
         full = jnp.zeros(j_max, bool)
+        new_decode = jnp.zeros(row.req.shape, bool)
+        run_decodes, run_remaining, run_p0 = decodes, remaining, row.processed
     ok = eligible & (decode_mode | prefill_mode)
     pre_seqs = jnp.where(prefills, seqs, 0).sum()
     iter_s, iter_flops, iter_over = timing.run_times(
@@ -551,7 +577,7 @@ def _fused_run(
     free = row.free_blocks - jnp.where(adm.admit, plan.cand_blocks, 0).sum()
 
     def blocks_after(j):  # (S,) blocks each decode holds after iteration j (or its last)
-        return seq_blocks(row.processed + jnp.minimum(j, remaining) - 1, seqs, shared, params.block_size)
+        return seq_blocks(run_p0 + jnp.minimum(j, run_remaining) - 1, seqs, shared, params.block_size)
 
     def largest_ok(pred) -> jax.Array:
         lo, hi = jnp.int32(1), jnp.int32(j_max)  # j = 1 was checked by the policy itself
@@ -563,7 +589,7 @@ def _fused_run(
 
     if static.policy in ("vllm", "sarathi", "lightllm"):
         def grows_ok(j):
-            new = jnp.where(decodes, jnp.maximum(blocks_after(j) - row.blocks, 0), 0).sum()
+            new = jnp.where(run_decodes, jnp.maximum(blocks_after(j) - row.blocks, 0), 0).sum()
             return new <= free - 1
 
         mem_k = largest_ok(grows_ok)
@@ -574,14 +600,19 @@ def _fused_run(
         mem_k = jnp.int32(j_max)
     allocates = static.policy in ("vllm", "sarathi", "lightllm")
     no_change = (starts < t_arr) | closed
-    same_batch = jnp.where(prefill_mode, (chunks > 0) & (full | (~waiting & no_change)),
-                           (iter_decodes > 0) & no_change)
+    decoding = (iter_decodes > 0) & no_change
+    after_prefill = completes & (iters > j_last)  # the prefill decodes: a decode run goes on
+    same_batch = jnp.where(prefill_mode & ~after_prefill, (chunks > 0) & (full | (~waiting & no_change)),
+                           decoding & (~waiting | ~prefill_mode))
     run_ok = same_batch & ((iters <= mem_k) | (iters == 1))
     k = jnp.where(ok, jnp.maximum(scan.prefix_true(run_ok).sum(), 1), 1).astype(jnp.int32)
     in_run = iters <= k
     fused = k > 1
-    early = decodes & fused & (remaining < k)
+    early = run_decodes & fused & (run_remaining < k)
     prefill_run = jnp.where(in_run, chunks, 0).sum()
+    # the prefill that got its first token inside the run and decodes in iteration k
+    first_token = new_decode & fused & (k > j_last)
+    prefill_ntok = prefill_run + jnp.where(first_token, 1 + k - j_last, 0)  # + its +1 and decode tokens
     return _FusedRun(
         num_iters=k,
         seconds=ends[k - 1] - t,
@@ -589,12 +620,15 @@ def _fused_run(
         iter_decodes=iter_decodes,
         members=members,
         decodes=decodes,
+        decoding_at_end=fused & (decodes | first_token),
+        first_token=first_token,
+        first_token_at=ends[jnp.clip(j_last - 1, 0, j_max - 1)],
         early=early,
-        done_at=ends[jnp.clip(remaining - 1, 0, j_max - 1)],
-        early_tokens=jnp.where(early, remaining, 0).astype(jnp.int32),
-        ntok=jnp.where(fused, jnp.where(early, 0, jnp.where(decodes, k, jnp.where(prefills, prefill_run, 0))), ntok1),
+        done_at=ends[jnp.clip(run_remaining - 1, 0, j_max - 1)],
+        early_tokens=jnp.where(early, total - row.processed, 0).astype(jnp.int32),
+        ntok=jnp.where(fused, jnp.where(early, 0, jnp.where(decodes, k, jnp.where(prefills, prefill_ntok, 0))), ntok1),
         ntok1=ntok1,
-        alloc=jnp.where(decodes & allocates, jnp.maximum(blocks_after(k) - row.blocks, 0), 0).astype(jnp.int32),
+        alloc=jnp.where(run_decodes & allocates, jnp.maximum(blocks_after(k) - row.blocks, 0), 0).astype(jnp.int32),
         last_done=jnp.where(fused, ends[jnp.maximum(k - 2, 0)], t),
         first_end=ends[0],
         tokens=jnp.where(in_run, n + chunks, 0).sum().astype(jnp.int32),
@@ -750,7 +784,10 @@ def _advance_running(
     slot_in = adm.slot_in
     alloc = jnp.where(slot_in, jnp.where(fused, run.alloc, plan.slot_alloc), 0)
     state = _record_fused_tbt(static, state, row, run)
-    state = state.replace(completed_at=_set_first(state.completed_at, row.req, run.early, run.done_at))
+    state = state.replace(
+        completed_at=_set_first(state.completed_at, row.req, run.early, run.done_at),
+        first_token_at=_set_first(state.first_token_at, row.req, run.first_token, run.first_token_at),
+    )
     row = row._replace(
         processed=row.processed + run.early_tokens,
         blocks=row.blocks + alloc,
@@ -758,7 +795,7 @@ def _advance_running(
         ntok=jnp.where(fused & run.members, run.ntok, jnp.where(slot_in, plan.slot_ntok, row.ntok)),
         free_blocks=row.free_blocks - alloc.sum() - jnp.where(adm.admit, plan.cand_blocks, 0).sum(),
         waiting_iters=jnp.where(can, plan.waiting_iters + (k - 1), row.waiting_iters),
-        last_done=jnp.where(run.decodes & fused, run.last_done, row.last_done),
+        last_done=jnp.where(run.decoding_at_end, run.last_done, row.last_done),
     )
     return state, row
 
