@@ -67,8 +67,9 @@ class SimStatic:
             (overflow is detected and the host re-runs with a larger window); at least
             S3's ``s3_lookahead`` under first-fit admission.
         fuse_iters: longest run of iterations of the same batch (decode-only, or
-            Sarathi's decodes plus one chunked prefill) simulated as one step (exact;
-            1 disables fusion).
+            Sarathi's decodes plus one chunked prefill, then decodes with it)
+            simulated as one step (exact; 1 disables fusion). Every step pays for
+            this many iterations, so larger is not always faster (README, Performance).
         trace_capacity: batches recorded in the batch log (0 = no log); a fused run of
             iterations is one entry with ``log_iters`` iterations.
     """
