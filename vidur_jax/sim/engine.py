@@ -18,6 +18,7 @@ finished config is a no-op under ``vmap``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 from vidur_jax.metrics.histogram import tbt_bin_index
 from vidur_jax.sim import timing
 from vidur_jax.sim.policies import POLICY_FNS, Candidates, ReplicaView, seq_blocks
-from vidur_jax.sim import scan
+from vidur_jax.sim import indexed, scan
 from vidur_jax.sim.types import (
     ERR_OOM,
     ERR_SLOTS,
@@ -50,6 +51,12 @@ class Simulator(NamedTuple):
 
     init: callable  # (params) -> SimState
     step: callable  # (params, state) -> SimState
+
+
+def _put(static: SimStatic, arr: jax.Array, index, values, op: str = "set") -> jax.Array:
+    """``arr.at[index].<op>(values, mode="drop")``: a scatter, or a scatter-free loop
+    when the config runs unbatched (``static.scatter_free``; see :mod:`indexed`)."""
+    return indexed.update(arr, index, values, op, static.scatter_free)
 
 
 def _region(gate: jax.Array | None, fn, carry, *inputs):
@@ -231,10 +238,10 @@ def _arrival_update(static: SimStatic, params: SimParams, state: SimState, apply
     inflight = jnp.isfinite(state.inflight_end[rep]).sum()
     wake = apply & (inflight < params.num_stages)
     return state.replace(
-        queue=state.queue.at[rep_w, state.q_tail[rep]].set(i, mode="drop"),
-        q_tail=state.q_tail.at[rep_w].add(1, mode="drop"),
+        queue=_put(static, state.queue, (rep_w, state.q_tail[rep]), i),
+        q_tail=_put(static, state.q_tail, rep_w, 1, "add"),
         next_arrival=state.next_arrival + apply.astype(jnp.int32),
-        next_event=state.next_event.at[jnp.where(wake, rep, n)].min(t, mode="drop"),
+        next_event=_put(static, state.next_event, jnp.where(wake, rep, n), t, "min"),
     )
 
 
@@ -282,21 +289,23 @@ _ROW_TO_STATE = {
 }
 
 
-def _scatter_row(state: SimState, r_w: jax.Array, row: _Row) -> SimState:
+def _scatter_row(static: SimStatic, state: SimState, r_w: jax.Array, row: _Row) -> SimState:
     """Write a replica row back; ``r_w`` out of bounds drops the write."""
     updates = {}
     for field, name in _ROW_TO_STATE.items():
         target = getattr(state, name)
-        updates[name] = target.at[r_w].set(getattr(row, field).astype(target.dtype), mode="drop")
+        updates[name] = _put(static, target, r_w, getattr(row, field).astype(target.dtype))
     return state.replace(**updates)
 
 
-def _set_first(arr: jax.Array, idx: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
+def _set_first(
+    static: SimStatic, arr: jax.Array, idx: jax.Array, mask: jax.Array, value: jax.Array
+) -> jax.Array:
     """``arr[idx] = value`` where ``mask`` and ``arr[idx]`` is still nan (first event only)."""
     r = arr.shape[0]
     safe = jnp.clip(idx, 0, r - 1)
     write = mask & jnp.isnan(arr[safe])
-    return arr.at[jnp.where(write, idx, r)].set(value, mode="drop")
+    return _put(static, arr, jnp.where(write, idx, r), value)
 
 
 def _end_batch(
@@ -321,15 +330,15 @@ def _end_batch(
     gap = t - row.last_done
     bins = tbt_bin_index(gap, static.num_tbt_bins)
     bins_w = jnp.where(is_decode_iter, bins, static.num_tbt_bins)
-    hist = state.tbt_hist.at[bins_w].add(1, mode="drop")
+    hist = _put(static, state.tbt_hist, bins_w, 1, "add")
 
     state = state.replace(
-        first_token_at=_set_first(state.first_token_at, row.req, prefill_done, t),
-        completed_at=_set_first(state.completed_at, row.req, finished, t),  # early completions keep theirs
+        first_token_at=_set_first(static, state.first_token_at, row.req, prefill_done, t),
+        completed_at=_set_first(static, state.completed_at, row.req, finished, t),  # early completions keep theirs
         num_completed=state.num_completed + finished.sum().astype(jnp.int32),
         tbt_hist=hist,
         tbt_sum=state.tbt_sum + jnp.where(is_decode_iter, gap, 0.0).sum(),
-        tbt_bin_sum=state.tbt_bin_sum.at[bins_w].add(gap, mode="drop"),
+        tbt_bin_sum=_put(static, state.tbt_bin_sum, bins_w, gap, "add"),
         tbt_count=state.tbt_count + is_decode_iter.sum(),
     )
     row = row._replace(
@@ -341,15 +350,15 @@ def _end_batch(
         ntok=jnp.where(inb, 0, row.ntok),
         last_done=jnp.where(inb, t, row.last_done),
         group=jnp.where(finished, -1, row.group),
-        inflight_end=row.inflight_end.at[jnp.where(ends, m, row.inflight_end.shape[0])].set(_INF, mode="drop"),
+        inflight_end=_put(static, row.inflight_end, jnp.where(ends, m, row.inflight_end.shape[0]), _INF),
     )
-    return state, _compact(row)
+    return state, _compact(static, row)
 
 
 _SLOT_FIELDS = ("req", "prefill", "processed", "blocks", "restarted", "mb", "ntok", "last_done", "group")
 
 
-def _compact(row: _Row) -> _Row:
+def _compact(static: SimStatic, row: _Row) -> _Row:
     """Move occupied slots to the front, keeping their (arrival) order.
 
     Invariant: a replica's occupied slots are a prefix sorted by request id, so every
@@ -360,7 +369,7 @@ def _compact(row: _Row) -> _Row:
     keep = row.req >= 0
     n_keep = keep.sum()
     dest = jnp.where(keep, scan.cumsum(keep) - 1, n_keep + scan.cumsum(~keep) - 1)
-    moved = {f: getattr(row, f).at[dest].set(getattr(row, f)) for f in _SLOT_FIELDS}
+    moved = {f: indexed.permute(getattr(row, f), dest, static.scatter_free) for f in _SLOT_FIELDS}
     return row._replace(**moved)
 
 
@@ -370,7 +379,7 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
     restarted = row.restarted & (row.req >= 0)
     # restarted slots, in slot (= arrival) order, compacted to the front
     dest = jnp.where(restarted, scan.cumsum(restarted) - 1, w)
-    order = jnp.full(w, 0, jnp.int32).at[dest].set(jnp.arange(row.req.shape[0], dtype=jnp.int32), mode="drop")
+    order = _put(static, jnp.full(w, 0, jnp.int32), dest, jnp.arange(row.req.shape[0], dtype=jnp.int32))
     rs_valid = jnp.arange(w) < restarted.sum()
     rs_req = jnp.where(rs_valid, row.req[order], -1)
     pos = state.q_head[r] + jnp.arange(w)
@@ -428,7 +437,8 @@ class _FusedRun(NamedTuple):
 
 
 def _run_decode_sums(
-    decodes: jax.Array, remaining: jax.Array, seqs: jax.Array, processed: jax.Array, j_max: int
+    static: SimStatic, decodes: jax.Array, remaining: jax.Array, seqs: jax.Array, processed: jax.Array,
+    j_max: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-iteration decode counts, sequences and KV sums of a run of ``j_max`` iterations.
 
@@ -448,7 +458,7 @@ def _run_decode_sums(
     """
     last = jnp.where(decodes, jnp.clip(remaining, 0, j_max), 0)  # bin 0: in no iteration
     weights = jnp.stack([decodes.astype(jnp.int32), seqs, processed * seqs]) * decodes  # (3, S)
-    hist = jnp.zeros((3, j_max + 1), jnp.int32).at[:, last].add(weights)
+    hist = _put(static, jnp.zeros((3, j_max + 1), jnp.int32), (slice(None), last), weights, "add")
     upto = scan.cumsum(hist)  # (3, J+1)
     in_iter = upto[:, -1:] - upto[:, :-1]  # (3, J): over the decodes with last >= j
     iter_decodes, n, kv_at_start = in_iter[0], in_iter[1], in_iter[2]
@@ -528,7 +538,7 @@ def _fused_run(
     total = params.num_prefill[safe] + params.num_decode[safe]
     remaining = jnp.where(decodes, total - row.processed, 0)  # (S,) iterations each decode has left
     iters = jnp.arange(1, j_max + 1)
-    iter_decodes, n, sum_kv = _run_decode_sums(decodes, remaining, seqs, row.processed, j_max)
+    iter_decodes, n, sum_kv = _run_decode_sums(static, decodes, remaining, seqs, row.processed, j_max)
     if static.policy == "sarathi":
         budget = jnp.maximum(params.chunk_size - iter_decodes, 0)  # (J,) prefill tokens per iteration
         rem0 = jnp.where(prefills, row.prefill - row.processed, 0).sum()
@@ -652,16 +662,16 @@ def _record_fused_tbt(static: SimStatic, state: SimState, row: _Row, run: _Fused
     fused = run.decodes & (k > 1)
     gap1 = jnp.where(fused, run.first_end - row.last_done, 0.0)
     bins1 = jnp.where(fused, tbt_bin_index(gap1, h), h)
-    hist = state.tbt_hist.at[bins1].add(1, mode="drop")
+    hist = _put(static, state.tbt_hist, bins1, 1, "add")
     j = jnp.arange(run.iter_s.shape[0])
     mid = (j >= 1) & (j < k - 1)
     n = jnp.where(mid, run.iter_decodes, 0)  # (J,) samples of iteration j+1
     bins_mid = jnp.where(mid, tbt_bin_index(run.iter_s, h), h)
-    hist = hist.at[bins_mid].add(n, mode="drop")
+    hist = _put(static, hist, bins_mid, n, "add")
     return state.replace(
         tbt_hist=hist,
         tbt_sum=state.tbt_sum + gap1.sum() + (n * run.iter_s).sum(),
-        tbt_bin_sum=state.tbt_bin_sum.at[bins1].add(gap1, mode="drop").at[bins_mid].add(n * run.iter_s, mode="drop"),
+        tbt_bin_sum=_put(static, _put(static, state.tbt_bin_sum, bins1, gap1, "add"), bins_mid, n * run.iter_s, "add"),
         tbt_count=state.tbt_count + fused.sum() + n.sum(),
     )
 
@@ -721,7 +731,7 @@ def _apply_plan(
     # 1. preemption victims restart by recomputation (Vidur: prefill := processed)
     req_w = jnp.where(victim, row.req, r_total)
     state = state.replace(
-        num_restarts=state.num_restarts.at[req_w].add(1, mode="drop"),
+        num_restarts=_put(static, state.num_restarts, req_w, 1, "add"),
         restart_tokens=state.restart_tokens + jnp.where(victim, row.processed, 0).sum(),
     )
     freed = jnp.where(victim, row.blocks, 0).sum()
@@ -747,14 +757,14 @@ def _apply_plan(
     target = jnp.where(admit & (target < s), target, s)  # s -> dropped
     group_id = jnp.min(jnp.where(admit, cands.req, jnp.iinfo(jnp.int32).max))
     row = row._replace(
-        req=row.req.at[target].set(cands.req, mode="drop"),
-        prefill=row.prefill.at[target].set(cands.prefill, mode="drop"),
-        processed=row.processed.at[target].set(0, mode="drop"),
-        blocks=row.blocks.at[target].set(plan.cand_blocks, mode="drop"),
-        restarted=row.restarted.at[target].set(False, mode="drop"),
-        ntok=row.ntok.at[target].set(plan.cand_ntok, mode="drop"),
-        mb=row.mb.at[target].set(m_new, mode="drop"),
-        group=row.group.at[target].set(group_id, mode="drop"),
+        req=_put(static, row.req, target, cands.req),
+        prefill=_put(static, row.prefill, target, cands.prefill),
+        processed=_put(static, row.processed, target, 0),
+        blocks=_put(static, row.blocks, target, plan.cand_blocks),
+        restarted=_put(static, row.restarted, target, False),
+        ntok=_put(static, row.ntok, target, plan.cand_ntok),
+        mb=_put(static, row.mb, target, m_new),
+        group=_put(static, row.group, target, group_id),
     )
     # the admitted leave the queue. S3's first fit may skip queued candidates: those close
     # up behind the new head, in arrival order (for a prefix admission each skipped
@@ -763,9 +773,9 @@ def _apply_plan(
     skipped = cands.valid & (cands.src_slot < 0) & ~from_queue
     pos = jnp.where(skipped & can, state.q_head[r] + n_from_queue + scan.cumsum(skipped) - 1, r_total)
     state = state.replace(
-        scheduled_at=_set_first(state.scheduled_at, cands.req, admit, t),
-        queue=state.queue.at[r, pos].set(cands.req, mode="drop") if static.policy == "s3" else state.queue,
-        q_head=state.q_head.at[jnp.where(can, r, static.max_replicas)].add(n_from_queue, mode="drop"),
+        scheduled_at=_set_first(static, state.scheduled_at, cands.req, admit, t),
+        queue=_put(static, state.queue, (r, pos), cands.req) if static.policy == "s3" else state.queue,
+        q_head=_put(static, state.q_head, jnp.where(can, r, static.max_replicas), n_from_queue, "add"),
     )
     return (state, row), _Admission(slot_in, victim, admit, launched, m_new, overflow, window_full)
 
@@ -785,8 +795,8 @@ def _advance_running(
     alloc = jnp.where(slot_in, jnp.where(fused, run.alloc, plan.slot_alloc), 0)
     state = _record_fused_tbt(static, state, row, run)
     state = state.replace(
-        completed_at=_set_first(state.completed_at, row.req, run.early, run.done_at),
-        first_token_at=_set_first(state.first_token_at, row.req, run.first_token, run.first_token_at),
+        completed_at=_set_first(static, state.completed_at, row.req, run.early, run.done_at),
+        first_token_at=_set_first(static, state.first_token_at, row.req, run.first_token, run.first_token_at),
     )
     row = row._replace(
         processed=row.processed + run.early_tokens,
@@ -847,11 +857,11 @@ def _launch(
         active = launched & (stage < params.num_stages)
         dur = jnp.where(stage < params.num_stages - 1, stage_s, last_s)
         end = jnp.maximum(cur, stage_free[stage]) + dur
-        stage_free = stage_free.at[stage].set(jnp.where(active, end, stage_free[stage]))
+        stage_free = _put(static, stage_free, stage, jnp.where(active, end, stage_free[stage]))
         cur = jnp.where(active, end, cur)
     row = row._replace(
         stage_free_at=stage_free,
-        inflight_end=row.inflight_end.at[jnp.where(launched, m_new, static.max_stages)].set(cur, mode="drop"),
+        inflight_end=_put(static, row.inflight_end, jnp.where(launched, m_new, static.max_stages), cur),
     )
 
     in_batch, seqs, is_prefill = shape
@@ -955,13 +965,13 @@ def _log_batch(
     i = jnp.where(launched, state.log_count, static.trace_capacity)  # out of bounds -> dropped
     return state.replace(
         log_count=state.log_count + launched.astype(jnp.int32),
-        log_start=state.log_start.at[i].set(t, mode="drop"),
-        log_end=state.log_end.at[i].set(end, mode="drop"),
-        log_replica=state.log_replica.at[i].set(r, mode="drop"),
-        log_size=state.log_size.at[i].set(size.astype(jnp.int32), mode="drop"),
-        log_prefill_tokens=state.log_prefill_tokens.at[i].set(prefill_tokens.astype(jnp.int32), mode="drop"),
-        log_decode_tokens=state.log_decode_tokens.at[i].set(decode_tokens.astype(jnp.int32), mode="drop"),
-        log_iters=state.log_iters.at[i].set(k.astype(jnp.int32), mode="drop"),
+        log_start=_put(static, state.log_start, i, t),
+        log_end=_put(static, state.log_end, i, end),
+        log_replica=_put(static, state.log_replica, i, r),
+        log_size=_put(static, state.log_size, i, size.astype(jnp.int32)),
+        log_prefill_tokens=_put(static, state.log_prefill_tokens, i, prefill_tokens.astype(jnp.int32)),
+        log_decode_tokens=_put(static, state.log_decode_tokens, i, decode_tokens.astype(jnp.int32)),
+        log_iters=_put(static, state.log_iters, i, k.astype(jnp.int32)),
     )
 
 
@@ -988,8 +998,8 @@ def _replica_update(
         wake_arrival = jnp.where(n_inflight < params.num_stages, _next_arrival_at(static, params, state, r), _INF)
         nxt = jnp.minimum(nxt, wake_arrival)
     r_w = jnp.where(apply, r, static.max_replicas)
-    state, _ = _region(gate, lambda st, rw: (_scatter_row(st, r_w, rw), ()), state, row)
-    return state.replace(next_event=state.next_event.at[r_w].set(nxt, mode="drop"))
+    state, _ = _region(gate, lambda st, rw: (_scatter_row(static, st, r_w, rw), ()), state, row)
+    return state.replace(next_event=_put(static, state.next_event, r_w, nxt))
 
 
 def step(
@@ -1009,7 +1019,7 @@ def step(
         is_arrival = jnp.array(False)
         t_arr = _INF
         _, tail = _region(gate, lambda c, st: (c, _arrived_count(static, st, r, t_rep)), (), state)
-        state = state.replace(q_tail=state.q_tail.at[jnp.where(active, r, static.max_replicas)].max(tail, mode="drop"))
+        state = state.replace(q_tail=_put(static, state.q_tail, jnp.where(active, r, static.max_replicas), tail, "max"))
     else:
         i = jnp.minimum(state.next_arrival, static.num_requests - 1)
         t_arr = jnp.where(state.next_arrival < static.num_requests, params.arrived_at[i], _INF)
@@ -1108,6 +1118,23 @@ def reset_lanes(static: SimStatic, params: SimParams, state: SimState, fresh: ja
         return jnp.where(fresh.reshape(fresh.shape + (1,) * (a.ndim - 1)), a, b)
 
     return jax.tree.map(pick, new, state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def simulate_single(static: SimStatic, tables: TimingTables, params: SimParams) -> SimState:
+    """Run one config unbatched and scatter-free (its ``params`` have a leading axis of 1).
+
+    Same results as :func:`simulate_batch` on one config (up to float rounding of the
+    generated code), but the event loop holds no scatter, so XLA:CPU compiles it into
+    one kernel instead of dispatching ~400 small ones per event (see
+    :mod:`vidur_jax.sim.indexed`).
+
+    Returns:
+        The final :class:`SimState`, leading axis 1.
+    """
+    one = jax.tree.map(lambda x: x[0], params)
+    state = simulate_one(dataclasses.replace(static, scatter_free=True), tables, one)
+    return jax.tree.map(lambda x: x[None], state)
 
 
 @functools.partial(jax.jit, static_argnums=0)

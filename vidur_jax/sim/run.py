@@ -22,7 +22,15 @@ from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.engine import init_state, is_done, reset_lanes, simulate_batch, simulate_many, simulate_until
+from vidur_jax.sim.engine import (
+    init_state,
+    is_done,
+    reset_lanes,
+    simulate_batch,
+    simulate_many,
+    simulate_single,
+    simulate_until,
+)
 from vidur_jax.sim.tables import PredictorLike
 from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimParams, SimState, SimStatic
 from vidur_jax.workload.types import Workload
@@ -202,7 +210,10 @@ def devices_for(num_configs: int) -> int:
 def simulate_stacked(static: SimStatic, tables, stacked: SimParams) -> SimState:
     """``simulate_batch`` of stacked configs, sharded over as many local devices as
     divide the config count (each device runs its own loop on its share)."""
-    n_dev = devices_for(int(np.shape(stacked.num_valid)[0]))
+    num_configs = int(np.shape(stacked.num_valid)[0])
+    if num_configs == 1:
+        return simulate_single(static, tables, stacked)
+    n_dev = devices_for(num_configs)
     if n_dev > 1:
         return _sharded_runner(static, n_dev)(tables, stacked)
     return simulate_batch(static, tables, stacked)

@@ -72,6 +72,10 @@ class SimStatic:
             this many iterations, so larger is not always faster (README, Performance).
         trace_capacity: batches recorded in the batch log (0 = no log); a fused run of
             iterations is one entry with ``log_iters`` iterations.
+        scatter_free: the config runs unbatched (one lane): state updates are loops of
+            ``dynamic_update_slice`` rather than scatters, so XLA:CPU compiles the
+            whole event loop into one kernel (:mod:`vidur_jax.sim.indexed`). Same
+            results; never under ``vmap``.
     """
 
     policy: str
@@ -84,6 +88,7 @@ class SimStatic:
     window: int = 16
     fuse_iters: int = 32
     trace_capacity: int = 0
+    scatter_free: bool = False
 
 
 @flax.struct.dataclass
