@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_sim_invariants import POLICIES, PRED, random_workload, small_config
 
-from test_sim_invariants import PRED, POLICIES, random_workload, small_config
 from vidur_jax.sim import build, indexed
 from vidur_jax.sim.engine import simulate_batch, simulate_single
 

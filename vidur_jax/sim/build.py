@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vidur_jax import catalog
@@ -219,6 +218,28 @@ def table_spec_for(cfgs: Sequence[DeploymentConfig], num_slots: int) -> TableSpe
     )
 
 
+#: Tabulated slabs of recent (predictor, spec, TP, PP), newest last; the predictor is
+#: kept in the value so its id stays valid. Tabulating runs the predictors over every
+#: grid point (~8 ms for Llama-2-7B), which repeated calls on one config would redo.
+_SLAB_CACHE: dict[tuple, tuple[PredictorLike, dict[str, np.ndarray]]] = {}
+_SLAB_CACHE_SIZE = 32
+
+
+def _tabulated(predictor: PredictorLike, spec: TableSpec, tp: int, pp: int) -> dict[str, np.ndarray]:
+    """:func:`tabulate_one`, cached per predictor object (a fresh dict of read-only arrays)."""
+    key = (id(predictor), spec, tp, pp)
+    hit = _SLAB_CACHE.pop(key, None)
+    if hit is None or hit[0] is not predictor:
+        slab = tabulate_one(predictor, spec, tp, pp)
+        for table in slab.values():
+            table.setflags(write=False)
+        hit = (predictor, slab)
+    _SLAB_CACHE[key] = hit  # newest last
+    while len(_SLAB_CACHE) > _SLAB_CACHE_SIZE:
+        _SLAB_CACHE.pop(next(iter(_SLAB_CACHE)))
+    return dict(hit[1])
+
+
 def build_tables(
     cfgs: Sequence[DeploymentConfig],
     spec: TableSpec,
@@ -231,7 +252,7 @@ def build_tables(
     for c in cfgs:
         if c.bundle_key not in keys:
             keys[c.bundle_key] = len(slabs)
-            slab = tabulate_one(predictor_for(c), spec, c.tensor_parallel_size, c.num_pipeline_stages)
+            slab = _tabulated(predictor_for(c), spec, c.tensor_parallel_size, c.num_pipeline_stages)
             slab["cpu_overhead"] = cpu_overhead.table(c.model, c.network_device, c.tensor_parallel_size,
                                                       spec.max_decode_batch, c.cpu_overhead_dir)
             slabs.append(slab)
@@ -315,8 +336,8 @@ def build_params(
 
 
 def stack_params(params: Sequence[SimParams]) -> SimParams:
-    """Stack per-config params along a new leading axis (as device arrays)."""
-    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *params)
+    """Stack per-config params along a new leading axis (as device arrays, one transfer)."""
+    return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *params))
 
 
 def make_static(

@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
-from vidur_jax.sim import timing
+from vidur_jax.sim import indexed, scan, timing
 from vidur_jax.sim.policies import POLICY_FNS, Candidates, ReplicaView, seq_blocks
-from vidur_jax.sim import indexed, scan
 from vidur_jax.sim.types import (
     ERR_OOM,
     ERR_SLOTS,

@@ -59,8 +59,8 @@ def _loop_update(arr: jax.Array, index, values: jax.Array, op: str) -> jax.Array
     last one wins (``set``), as a sequential scatter would.
     """
     axes, rows = _normalize(arr, index)
-    block = tuple(n if ix is None else 1 for n, ix in zip(arr.shape, axes))
-    whole = tuple(n for n, ix in zip(arr.shape, axes) if ix is None)
+    block = tuple(n if ix is None else 1 for n, ix in zip(arr.shape, axes, strict=True))
+    whole = tuple(n for n, ix in zip(arr.shape, axes, strict=True) if ix is None)
     k = 1 if rows is None else rows
     vals = jnp.asarray(values, arr.dtype)
     if rows is not None and whole and vals.shape == whole + (k,):
@@ -70,7 +70,7 @@ def _loop_update(arr: jax.Array, index, values: jax.Array, op: str) -> jax.Array
 
     def apply(j, a):
         starts, inside = [], jnp.array(True)
-        for n, ix in zip(arr.shape, axes):
+        for n, ix in zip(arr.shape, axes, strict=True):
             if ix is None:
                 starts.append(jnp.int32(0))
                 continue

@@ -32,7 +32,15 @@ from vidur_jax.sim.engine import (
     simulate_until,
 )
 from vidur_jax.sim.tables import PredictorLike
-from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES, SimParams, SimState, SimStatic
+from vidur_jax.sim.types import (
+    ERR_SLOTS,
+    ERR_TOKENS,
+    ERR_WINDOW,
+    ERROR_NAMES,
+    SimParams,
+    SimState,
+    SimStatic,
+)
 from vidur_jax.workload.types import Workload
 
 #: Knob columns written to ``summary.csv`` for every config.
@@ -243,7 +251,8 @@ def _pool_runner(static: SimStatic, num_devices: int):
     reset = functools.partial(reset_lanes, static)
     if num_devices == 1:
         return jax.jit(init), jax.jit(advance), jax.jit(reset), done
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
 
     mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("configs",))
     shard = functools.partial(jax.shard_map, mesh=mesh, out_specs=P("configs"), check_vma=False)
@@ -461,7 +470,14 @@ def _progress_bar(total: int, enabled: bool):
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("configs"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
