@@ -217,9 +217,12 @@ def devices_for(num_configs: int) -> int:
 
 def simulate_stacked(static: SimStatic, tables, stacked: SimParams) -> SimState:
     """``simulate_batch`` of stacked configs, sharded over as many local devices as
-    divide the config count (each device runs its own loop on its share)."""
+    divide the config count (each device runs its own loop on its share); one config on
+    the CPU runs as :func:`simulate_single` (its event loop is one XLA kernel)."""
     num_configs = int(np.shape(stacked.num_valid)[0])
-    if num_configs == 1:
+    if num_configs == 1 and jax.default_backend() == "cpu":
+        # one kernel for the whole event loop on XLA:CPU; on an accelerator the loop
+        # form of the updates would launch a kernel per row, so it keeps the scatters
         return simulate_single(static, tables, stacked)
     n_dev = devices_for(num_configs)
     if n_dev > 1:
