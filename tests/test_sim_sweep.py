@@ -112,3 +112,24 @@ def test_sharded_over_four_cpu_devices_matches_one_device(tmp_path):
         results.append(np.load(out))
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[1][:6], results[1][6:])
+
+
+def test_tables_are_tabulated_once_per_predictor(monkeypatch):
+    """Repeated calls reuse the tabulated tables of the same predictor object (read-only);
+    another predictor object, even an equal one, is tabulated anew."""
+    calls = []
+    real = build.tabulate_one
+    monkeypatch.setattr(build, "tabulate_one", lambda *a: calls.append(a) or real(*a))
+    cfg = DeploymentConfig(replica_scheduler="sarathi")
+    spec = build.table_spec_for([cfg], 32)
+    pred = LinearPredictor(per_token_ms=0.2 / 32, fixed_ms=5.0 / 32)
+    first, _ = build.build_tables([cfg], spec, lambda c: pred)
+    second, _ = build.build_tables([cfg], spec, lambda c: pred)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first.token_ops, second.token_ops)
+    other = LinearPredictor(per_token_ms=0.2 / 32, fixed_ms=5.0 / 32)
+    build.build_tables([cfg], spec, lambda c: other)
+    assert len(calls) == 2
+    slab = build._tabulated(pred, spec, 1, 1)
+    with pytest.raises(ValueError):
+        slab["token_ops"][0, 0] = 1.0  # shared: read-only

@@ -30,8 +30,8 @@ def three_requests():
     return make_workload(np.array([0.0, 0.005, 0.1]), np.array([16, 8, 24]), np.array([3, 2, 1]))
 
 
-def run(cfg: DeploymentConfig, wl):
-    (out,) = simulate_configs([cfg], [wl], predictor_for=lambda c: PRED)
+def run(cfg: DeploymentConfig, wl, trace_capacity: int = 0):
+    (out,) = simulate_configs([cfg], [wl], predictor_for=lambda c: PRED, trace_capacity=trace_capacity)
     return out
 
 
@@ -65,8 +65,7 @@ def test_vllm_three_requests():
 
 
 def test_batch_log_records_every_batch():
-    (out,) = simulate_configs([DeploymentConfig(replica_scheduler="vllm")], [three_requests()],
-                              predictor_for=lambda c: PRED, trace_capacity=16)
+    out = run(DeploymentConfig(replica_scheduler="vllm"), three_requests(), trace_capacity=16)
     log = out.batch_log
     a = it(16)
     b = a + it(8)
@@ -104,8 +103,7 @@ def test_sarathi_prefill_then_decodes_is_one_fused_run():
     a, so a..e is one fused run of 4 iterations.
     """
     wl = make_workload(np.array([0.0, 0.005]), np.array([16, 24]), np.array([5, 3]))
-    (out,) = simulate_configs([DeploymentConfig(replica_scheduler="sarathi", chunk_size=16)], [wl],
-                              predictor_for=lambda c: PRED, trace_capacity=8)
+    out = run(DeploymentConfig(replica_scheduler="sarathi", chunk_size=16), wl, trace_capacity=8)
     a = it(16)
     b = a + it(16)
     c = b + it(10)
@@ -132,8 +130,7 @@ def test_sarathi_one_output_token_completes_inside_a_run():
     a..f is one run of 5 iterations.
     """
     wl = make_workload(np.array([0.0, 0.005]), np.array([8, 20]), np.array([6, 1]))
-    (out,) = simulate_configs([DeploymentConfig(replica_scheduler="sarathi", chunk_size=16)], [wl],
-                              predictor_for=lambda c: PRED, trace_capacity=8)
+    out = run(DeploymentConfig(replica_scheduler="sarathi", chunk_size=16), wl, trace_capacity=8)
     a = it(8)
     b = a + it(16)
     c = b + it(6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import jax
@@ -218,26 +219,27 @@ def table_spec_for(cfgs: Sequence[DeploymentConfig], num_slots: int) -> TableSpe
     )
 
 
-#: Tabulated slabs of recent (predictor, spec, TP, PP), newest last; the predictor is
-#: kept in the value so its id stays valid. Tabulating runs the predictors over every
-#: grid point (~8 ms for Llama-2-7B), which repeated calls on one config would redo.
-_SLAB_CACHE: dict[tuple, tuple[PredictorLike, dict[str, np.ndarray]]] = {}
-_SLAB_CACHE_SIZE = 32
+#: Tabulated slabs per predictor object (by identity: predictors need not be hashable),
+#: by (spec, TP, PP). Tabulating runs the predictors over every grid point (~8 ms for
+#: Llama-2-7B), which repeated calls on one config would redo.
+_SLABS: dict[int, tuple[weakref.ref, dict[tuple, dict[str, np.ndarray]]]] = {}
 
 
 def _tabulated(predictor: PredictorLike, spec: TableSpec, tp: int, pp: int) -> dict[str, np.ndarray]:
     """:func:`tabulate_one`, cached per predictor object (a fresh dict of read-only arrays)."""
-    key = (id(predictor), spec, tp, pp)
-    hit = _SLAB_CACHE.pop(key, None)
-    if hit is None or hit[0] is not predictor:
+    entry = _SLABS.get(id(predictor))
+    if entry is None or entry[0]() is not predictor:  # new, or a dead object's id reused
+        try:
+            entry = _SLABS[id(predictor)] = (weakref.ref(predictor), {})
+        except TypeError:  # not weak-referenceable: no cache
+            return tabulate_one(predictor, spec, tp, pp)
+    slabs = entry[1]
+    if (spec, tp, pp) not in slabs:
         slab = tabulate_one(predictor, spec, tp, pp)
         for table in slab.values():
             table.setflags(write=False)
-        hit = (predictor, slab)
-    _SLAB_CACHE[key] = hit  # newest last
-    while len(_SLAB_CACHE) > _SLAB_CACHE_SIZE:
-        _SLAB_CACHE.pop(next(iter(_SLAB_CACHE)))
-    return dict(hit[1])
+        slabs[(spec, tp, pp)] = slab
+    return dict(slabs[(spec, tp, pp)])
 
 
 def build_tables(

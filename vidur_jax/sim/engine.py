@@ -516,8 +516,8 @@ def _fused_run(
         return _FusedRun(
             num_iters=jnp.int32(1), seconds=jnp.float64(0.0), iter_s=jnp.zeros(1),
             iter_decodes=jnp.zeros(1, jnp.int32), members=members, decodes=decodes,
-            decoding_at_end=no, first_token=no, first_token_at=t, early=no, done_at=jnp.zeros(row.req.shape), early_tokens=zeros,
-            ntok=ntok1, ntok1=ntok1, alloc=zeros, last_done=t, first_end=t,
+            decoding_at_end=no, first_token=no, first_token_at=t, early=no, done_at=jnp.zeros(row.req.shape),
+            early_tokens=zeros, ntok=ntok1, ntok1=ntok1, alloc=zeros, last_done=t, first_end=t,
             tokens=zero, prefill_tokens=zero, size_sum=zero, flops=jnp.float64(0.0), overflow=jnp.array(False),
         )
     waiting = (state.q_tail[r] != state.q_head[r]) | (row.restarted & (row.req >= 0)).any()
