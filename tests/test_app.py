@@ -249,6 +249,35 @@ def test_plan_shares_identical_workloads():
     assert [lab["qps"] for lab in plan.labels] == [1.0, 2.0, 1.0, 2.0]
 
 
+def test_api_keywords_set_knobs_and_sweeps():
+    base = _tree()
+    t = app.apply_knobs(
+        base,
+        {"qps": [1, 2], "batch_cap": 64, "workload.num_requests": 7, "plots": False, "seed": 3},
+    )
+    assert t["sweep"] == {"qps": [1, 2]}
+    assert t["scheduler"]["batch_size_cap"] == 64
+    assert (t["workload"]["num_requests"], t["plots"], t["seed"]) == (7, False, 3)
+    assert base["scheduler"]["batch_size_cap"] == 128 and base["sweep"] == {}  # not mutated
+    plan = app.plan_from_config(t)
+    assert [lab["qps"] for lab in plan.labels] == [1.0, 2.0]
+    with pytest.raises(ConfigError, match="matches no config key"):
+        app.apply_knobs(base, {"qsp": 2})
+    with pytest.raises(ConfigError, match="matches no config key"):
+        app.apply_knobs(base, {"qsp": [2, 3]})
+
+
+@pytest.mark.parametrize("name", ["trace_replay"])
+def test_qps_empty_where_it_does_not_drive_arrivals(name, data_dir):
+    # trace replay keeps the trace's own arrival times: a qps in the config is ignored,
+    # so the table must not show it
+    cfg = app.compose([f"+experiment={name}", f"data_dir={data_dir}", "workload.num_requests=20",
+                       "workload.qps=100"])
+    plan = app.plan_from_config(cfg)
+    assert all(np.isnan(lab["qps"]) for lab in plan.labels)
+    assert [s["time_scale_factor"] for s in plan.specs] == [1.0, 0.5, 0.25]
+
+
 # -------------------------------------------------------------------- bad input
 
 
@@ -349,6 +378,11 @@ def test_cli_quickstart_writes_run_dir(quickstart_run):
         *cols[len(app.SUMMARY_KNOBS) + len(app.SUMMARY_METRICS) :],
     ]
     assert summary["qps"].tolist() == [1.0, 3.0]
+    assert "throughput_request_output_tps" not in cols  # = throughput_output_tps here
+    # the achieved arrival rate is what the seed drew, not the set QPS
+    assert summary["arrival_rate_rps"].tolist() != [1.0, 3.0]
+    assert (summary["arrival_rate_rps"] > 0).all()
+    assert (summary["sim_duration_s"] >= summary["makespan_s"]).all()
     assert (summary["num_completed"] == 60).all()
     assert summary[DESIGN_METRICS].notna().all().all()
     assert (summary["scheduler"] == "sarathi").all() and (summary["tp"] == 1).all()
@@ -369,11 +403,17 @@ def test_cli_quickstart_writes_run_dir(quickstart_run):
 
 
 @pytest.mark.slow
-def test_api_matches_cli(quickstart_run):
+def test_api_matches_cli(quickstart_run, profiles_dir):
     import vidur_jax
 
     out, args, _ = quickstart_run
-    summary, requests = vidur_jax.simulate(args)
+    # the same run as keywords: an experiment name, knob values, a list = a sweep axis
+    summary, requests = vidur_jax.simulate(
+        "quickstart",
+        qps=[1.0, 3.0],
+        profiles_dir=str(profiles_dir),
+        **{"workload.num_requests": 60},
+    )
     cli_summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == list(cli_summary.columns)
     pd.testing.assert_frame_equal(
@@ -385,7 +425,7 @@ def test_api_matches_cli(quickstart_run):
     cli_req = pd.read_parquet(out / "requests.parquet")
     pd.testing.assert_frame_equal(requests.reset_index(drop=True), cli_req)
 
-    # A composed DictConfig is accepted as well.
+    # Override strings and a composed DictConfig are accepted as well.
     summary2, _ = vidur_jax.simulate(app.compose(args))
     np.testing.assert_allclose(summary2["ttft_p90"], summary["ttft_p90"])
 

@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> None:
         plan = app.plan_from_config(cfg)
         app.enable_compile_cache()
         summary_df, requests_df, outputs = app.run_plan(plan)
-        app.write_outputs(
+        written = app.write_outputs(
             out_dir, summary_df, requests_df, outputs, plots=bool(cfg.get("plots", True))
         )
     except Exception as err:  # noqa: BLE001 - one line per failure, never a traceback wall
@@ -99,7 +99,9 @@ def main(cfg: DictConfig) -> None:
             return
         _fail(message)
         sys.exit(EXIT_USAGE)
-    app.print_summary(summary_df, out_dir, int(cfg.get("print_rows", 20)))
+    app.print_summary(
+        summary_df, out_dir, int(cfg.get("print_rows", 20)), app.written_names(out_dir, written)
+    )
 
 
 def cli() -> None:

@@ -28,50 +28,16 @@ import numpy as np
 import pandas as pd
 
 from vidur_jax.errors import ConfigError, require
+from vidur_jax.metrics import table
 
 #: Folder holding the Hydra config groups (shipped as package data).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-#: Leading ``summary.csv`` columns: the knobs of each config (DESIGN.md section 5).
-SUMMARY_KNOBS = (
-    "config_id",
-    "model",
-    "device",
-    "tp",
-    "pp",
-    "replicas",
-    "scheduler",
-    "batch_cap",
-    "chunk_size",
-    "qps",
-    "seed",
-    "global_scheduler",
-    "network_device",
-    "block_size",
-    "max_tokens_in_batch",
-    "watermark_blocks_fraction",
-    "max_tokens",
-    "workload",
-    "num_gpus",
-    "price_per_hour",
-    "cost_per_hour",
-)
+#: Leading ``summary.csv`` columns (DESIGN.md section 5); other knobs that vary across a
+#: run's configs follow them (:mod:`vidur_jax.metrics.table`).
+SUMMARY_KNOBS = table.STANDARD_KNOBS
 #: Metric columns of ``summary.csv`` in seconds / counts (DESIGN.md section 5), in order.
-SUMMARY_METRICS = (
-    *(
-        f"{m}_{q}"
-        for m in ("ttft", "tbt", "e2e", "norm_e2e", "sched_delay")
-        for q in ("p50", "p90", "p99")
-    ),
-    "throughput_rps",
-    "throughput_tps",
-    "num_completed",
-    "num_restarts",
-    "mfu_mean",
-    "kv_util_mean",
-    "batch_size_mean",
-    "makespan_s",
-)
+SUMMARY_METRICS = table.STANDARD_METRICS
 
 # Keys each config group may hold (a typo is an error, not a silently ignored knob).
 GROUP_KEYS: dict[str, frozenset[str]] = {
@@ -141,12 +107,15 @@ class RunPlan:
         configs: one deployment per sweep point.
         workloads: the workload of each config (identical specs share one object).
         labels: per config, the ``summary.csv`` columns that are not deployment fields
-            (``qps``, ``workload``, ``price_per_hour``).
+            (``qps``: NaN where it does not drive the arrivals, ``workload``,
+            ``num_gpus``, ``price_per_hour``, ``cost_per_hour``).
         profiles_dir: Vidur data root to train predictors from; None = shipped params.
         name: run name.
         chrome_trace: also record every batch and write ``chrome_trace.json``
             (:mod:`vidur_jax.metrics.chrome_trace`).
         chunk_configs: configs per compiled call (None = as many as fit in memory).
+        specs: per config, its checked workload spec (:func:`workload_spec`), whose
+            knobs become ``summary.csv`` columns where they vary; may be empty.
     """
 
     configs: tuple[Any, ...]  # DeploymentConfig
@@ -156,6 +125,7 @@ class RunPlan:
     name: str = "default"
     chrome_trace: bool = False
     chunk_configs: int | None = None
+    specs: tuple[dict[str, Any], ...] = ()
 
 
 # ----------------------------------------------------------------------------- config
@@ -469,7 +439,7 @@ def plan_from_config(cfg: Any) -> RunPlan:
     deployment_from(tree)
     workload_spec(tree, check_files=False)
     points = expand_sweep(tree)
-    configs, workloads, labels = [], [], []
+    configs, workloads, labels, specs = [], [], [], []
     cache: dict[str, Any] = {}
     for t in points:
         dep = deployment_from(t)
@@ -485,9 +455,11 @@ def plan_from_config(cfg: Any) -> RunPlan:
         num_gpus = dep.tensor_parallel_size * dep.num_pipeline_stages * dep.num_replicas
         configs.append(dep)
         workloads.append(cache[key])
+        specs.append(spec)
+        qps = table.workload_knobs(spec)["qps"]
         labels.append(
             {
-                "qps": spec["qps"] if spec["qps"] is not None else float("nan"),
+                "qps": qps if qps is not None else float("nan"),
                 "workload": spec["name"],
                 "num_gpus": num_gpus,
                 "price_per_hour": price,
@@ -518,6 +490,7 @@ def plan_from_config(cfg: Any) -> RunPlan:
         str(tree.get("name", "default")),
         chrome_trace,
         chunk_configs,
+        tuple(specs),
     )
 
 
@@ -543,38 +516,20 @@ def enable_compile_cache() -> None:
 
 
 def summary_table(plan: RunPlan, outputs: Sequence[Any]) -> pd.DataFrame:
-    """``summary.csv``: knobs (:data:`SUMMARY_KNOBS`), metrics (:data:`SUMMARY_METRICS`),
-    then the remaining summary statistics (means, busy fraction, ...)."""
-    rows = []
-    for i, (o, lab) in enumerate(zip(outputs, plan.labels, strict=True)):
-        c = o.config
-        row: dict[str, Any] = {
-            "config_id": i,
-            "model": c.model,
-            "device": c.device,
-            "tp": c.tensor_parallel_size,
-            "pp": c.num_pipeline_stages,
-            "replicas": c.num_replicas,
-            "scheduler": c.replica_scheduler,
-            "batch_cap": c.batch_size_cap,
-            "chunk_size": c.chunk_size,
-            "qps": lab["qps"],
-            "seed": c.seed,
-            "global_scheduler": c.global_scheduler,
-            "network_device": c.network_device,
-            "block_size": c.block_size,
-            "max_tokens_in_batch": c.max_tokens_in_batch,
-            "watermark_blocks_fraction": c.watermark_blocks_fraction,
-            "max_tokens": c.max_tokens,
-            "workload": lab["workload"],
-            "num_gpus": lab["num_gpus"],
-            "price_per_hour": lab["price_per_hour"],
-            "cost_per_hour": lab["cost_per_hour"],
-        }
-        row.update({k: o.summary.get(k, float("nan")) for k in SUMMARY_METRICS})
-        row.update({k: v for k, v in o.summary.items() if k not in row})
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """``summary.csv``: knobs (:data:`SUMMARY_KNOBS`, then every other knob that varies
+    across the configs; a knob that does not apply to a config is empty), metrics
+    (:data:`SUMMARY_METRICS`), then the remaining summary statistics
+    (:func:`vidur_jax.metrics.table.summary_table`)."""
+    specs = plan.specs or ({},) * len(outputs)
+    knobs = []
+    for i, (o, lab, spec) in enumerate(zip(outputs, plan.labels, specs, strict=True)):
+        row: dict[str, Any] = {"config_id": i, **table.deployment_knobs(o.config)}
+        row.update(table.workload_knobs(spec) if spec else {})
+        row.update(lab)
+        if isinstance(row.get("qps"), float) and np.isnan(row["qps"]):
+            row["qps"] = None
+        knobs.append(row)
+    return table.summary_table(knobs, [o.summary for o in outputs])
 
 
 def run_plan(plan: RunPlan) -> tuple[pd.DataFrame, pd.DataFrame, list[Any]]:
@@ -628,43 +583,86 @@ def write_outputs(
     return written
 
 
+def written_names(out_dir: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> list[str]:
+    """``paths`` relative to ``out_dir``, files in sub-folders shown once as ``folder/``."""
+    names: list[str] = []
+    for p in paths:
+        rel = Path(p).relative_to(out_dir)
+        name = f"{rel.parts[0]}/" if len(rel.parts) > 1 else rel.as_posix()
+        if name not in names:
+            names.append(name)
+    return names
+
+
+#: Metric columns of the terminal table: (column, heading).
+PRINT_METRICS = (
+    ("ttft_p90", "ttft p90 s"),
+    ("tbt_p99", "tbt p99 s"),
+    ("e2e_p90", "e2e p90 s"),
+    ("throughput_rps", "req/s"),
+    ("arrival_rate_rps", "arrived req/s"),
+    ("num_completed", "done"),
+    ("sim_duration_s", "sim s"),
+)
+#: Knobs named in the terminal table's title when every config shares them.
+TITLE_KNOBS = ("model", "device", "tp", "pp", "replicas", "scheduler", "workload", "qps")
+
+
+def describe_run(summary_df: pd.DataFrame) -> str:
+    """One line naming what every config of ``summary_df`` shares: model, GPU,
+    parallelism, scheduler, workload and load (e.g. ``Llama-2-7b-hf on a100, TP1 PP1 x1
+    replica, sarathi, synthetic_conv at 2 QPS``)."""
+    k = table.constant_knobs(summary_df, TITLE_KNOBS)
+    parts = []
+    if "model" in k:
+        parts.append(str(k["model"]).split("/")[-1] + (f" on {k['device']}" if "device" in k else ""))
+    shape = " ".join(f"{name.upper()}{k[name]}" for name in ("tp", "pp") if name in k)
+    if "replicas" in k:
+        shape += f" x{k['replicas']} replica{'s' if k['replicas'] != 1 else ''}"
+    if shape:
+        parts.append(shape.strip())
+    if "scheduler" in k:
+        parts.append(str(k["scheduler"]))
+    if "workload" in k:
+        parts.append(str(k["workload"]) + (f" at {k['qps']:g} QPS" if "qps" in k else ""))
+    return ", ".join(parts)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value).split("/")[-1]
+
+
 def print_summary(
-    summary_df: pd.DataFrame, out_dir: str | os.PathLike | None, max_rows: int = 20
+    summary_df: pd.DataFrame,
+    out_dir: str | os.PathLike | None,
+    max_rows: int = 20,
+    written: Sequence[str] = ("summary.csv", "requests.parquet"),
 ) -> None:
-    """One-screen table of the main metrics (rich), plus where the files went."""
+    """One-screen table (rich): a title with what the configs share, the knobs that
+    vary between them, the main metrics; then where the files went (``written``)."""
     from rich.console import Console
     from rich.table import Table
 
-    cols = [
-        ("config_id", "id"),
-        ("scheduler", "sched"),
-        ("tp", "tp"),
-        ("pp", "pp"),
-        ("replicas", "repl"),
-        ("batch_cap", "cap"),
-        ("chunk_size", "chunk"),
-        ("qps", "qps"),
-        ("ttft_p90", "ttft p90 s"),
-        ("tbt_p99", "tbt p99 s"),
-        ("e2e_p90", "e2e p90 s"),
-        ("throughput_rps", "req/s"),
-        ("num_completed", "done"),
-    ]
-    table = Table(title=f"{len(summary_df)} configuration(s)", title_justify="left")
+    knobs = table.varying_knobs(summary_df) or ["scheduler"]
+    cols = [("config_id", "id"), *((k, k) for k in knobs), *PRINT_METRICS]
+    cols = [(key, head) for key, head in cols if key in summary_df.columns]
+    title = f"{len(summary_df)} configuration(s): {describe_run(summary_df)}"
+    out = Table(title=title, title_justify="left")
     for _, head in cols:
-        table.add_column(head, justify="right")
+        out.add_column(head, justify="right")
     for _, row in summary_df.head(max_rows).iterrows():
-        cells = []
-        for key, _ in cols:
-            v = row[key]
-            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
-        table.add_row(*cells)
+        out.add_row(*(_cell(row[key]) for key, _ in cols))
     console = Console(width=max(120, Console().width))
-    console.print(table)
+    console.print(out)
     if len(summary_df) > max_rows:
         console.print(f"... {len(summary_df) - max_rows} more rows in summary.csv")
     if out_dir is not None:
-        console.print(f"wrote {Path(out_dir) / 'summary.csv'}, requests.parquet, plots/")
+        first, *rest = written
+        console.print(f"wrote {Path(out_dir) / first}" + "".join(f", {w}" for w in rest))
 
 
 # ----------------------------------------------------------------------- Python API
@@ -713,14 +711,50 @@ def describe_hydra_error(err: BaseException) -> str:
     return one_line(err)
 
 
-def simulate(cfg_or_overrides: Any = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def apply_knobs(tree: dict[str, Any], knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of ``tree`` with keyword knobs applied (the Python API's ``**knobs``).
+
+    A list or tuple value becomes a sweep axis (``qps=[1, 2]`` is ``+sweep.qps=[1,2]``);
+    any other value sets the knob: a dotted path (``"workload.num_requests"``), a sweep
+    alias (``batch_cap``, ``tp``...) or a key unique across groups (``qps``), or a
+    top-level key (``profiles_dir``, ``plots``).
+
+    Raises:
+        ConfigError: a knob that is not in the config (or is ambiguous).
+    """
+    out = copy.deepcopy(dict(tree))
+    sweep = dict(out.get("sweep") or {})
+    for key, value in knobs.items():
+        if isinstance(value, (list, tuple)):
+            _sweep_path(out, key)  # fail early on an unknown knob
+            sweep[key] = list(value)
+            continue
+        if key in out and not isinstance(out[key], Mapping):
+            out[key] = value
+            continue
+        node = out
+        *parents, last = _sweep_path(out, key)
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    if sweep:
+        out["sweep"] = sweep
+    return out
+
+
+def simulate(cfg_or_overrides: Any = (), /, **knobs: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate a config and return its tables (no files written).
 
     Args:
-        cfg_or_overrides: a list of Hydra override strings, e.g.
-            ``["+experiment=quickstart", "scheduler=vllm", "workload.num_requests=100"]``
-            (composed with the packaged ``conf/``), or an already composed
-            ``DictConfig`` / plain dict with the same layout.
+        cfg_or_overrides: an experiment name (``"quickstart"``), a list of Hydra override
+            strings, e.g. ``["+experiment=quickstart", "scheduler=vllm",
+            "workload.num_requests=100"]`` (composed with the packaged ``conf/``), or an
+            already composed ``DictConfig`` / plain dict with the same layout.
+        **knobs: config choices as keywords: a config group's option
+            (``scheduler="vllm"``, ``model="llama3_8b"``), a knob's value
+            (``qps=2.0``, ``**{"workload.num_requests": 100}``) or, as a list, a sweep
+            axis simulated in the same vmapped call (``qps=[1, 2]``); see
+            :func:`apply_knobs`.
 
     Returns:
         ``(summary_df, requests_df)``: the ``summary.csv`` and ``requests.parquet``
@@ -728,16 +762,29 @@ def simulate(cfg_or_overrides: Any = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Raises:
         ConfigError: bad input, as one line.
+
+    Example:
+        ``simulate("quickstart", scheduler="vllm", qps=[1, 2])``
     """
-    require(
-        not isinstance(cfg_or_overrides, str),
-        "overrides must be a list of strings such as ['+experiment=quickstart']",
-    )
+    if isinstance(cfg_or_overrides, str):
+        require(
+            "=" not in cfg_or_overrides,
+            "overrides must be a list of strings such as ['+experiment=quickstart']",
+        )
+        cfg_or_overrides = [f"+experiment={cfg_or_overrides}"]
+    options = {k: v for k, v in knobs.items() if k in GROUP_KEYS and isinstance(v, str)}
+    values = {k: v for k, v in knobs.items() if k not in options}
     if isinstance(cfg_or_overrides, (list, tuple)):
-        cfg = compose(cfg_or_overrides)
+        cfg = compose([*cfg_or_overrides, *(f"{k}={v}" for k, v in options.items())])
     else:
+        require(
+            not options,
+            f"choose config options ({', '.join(options)}) with override strings, "
+            "not together with a composed config",
+        )
         cfg = cfg_or_overrides
-    plan = plan_from_config(cfg)
+    tree = apply_knobs(to_container(cfg), values) if values else cfg
+    plan = plan_from_config(tree)
     enable_compile_cache()
     summary_df, requests_df, _ = run_plan(plan)
     return summary_df, requests_df
