@@ -312,6 +312,20 @@ def test_bad_input_one_line(overrides, needle, tmp_path):
     assert not (tmp_path / "run" / "summary.csv").exists()
 
 
+def test_jax_free_checks_know_the_simulator_names():
+    """The pre-JAX checks (vidur_jax.plan.deployment) list the names the simulator accepts."""
+    from vidur_jax.plan import deployment
+    from vidur_jax.sim import build, s3, types
+
+    assert deployment.REPLICA_SCHEDULERS == types.POLICIES
+    assert deployment.GLOBAL_SCHEDULERS == types.ROUTERS
+    assert deployment.S3_PREDICTORS == tuple(s3.PREDICTORS)
+    assert deployment.S3_ADMISSIONS == tuple(build.S3_ADMISSIONS)
+    yaml_schedulers = {app.compose([f"scheduler={o}"]).scheduler.replica_scheduler
+                       for o in (p.stem for p in (app.CONF_DIR / "scheduler").glob("*.yaml"))}
+    assert yaml_schedulers == set(deployment.REPLICA_SCHEDULERS)
+
+
 def test_unknown_experiment_lists_available(tmp_path):
     res = run_cli("+experiment=nope", f"hydra.run.dir={tmp_path}")
     for name in EXPERIMENTS:

@@ -11,8 +11,6 @@ import pandas as pd
 import pytest
 
 from vidur_jax.errors import ConfigError
-from vidur_jax.metrics import table
-from vidur_jax.metrics.summary import arrival_rate
 from vidur_jax.metrics import (
     REQUEST_COLUMNS,
     TBT_NUM_BINS,
@@ -25,9 +23,11 @@ from vidur_jax.metrics import (
     plot_cdfs,
     requests_frame,
     summarize,
+    table,
     tbt_bin_edges,
     tbt_bin_index,
 )
+from vidur_jax.metrics.summary import arrival_rate
 
 NAN = float("nan")
 

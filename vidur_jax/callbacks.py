@@ -13,10 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from vidur_jax.metrics import atomic_write_csv
-
 try:  # Hydra is a dependency of the app, not of the library
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover
@@ -31,12 +27,16 @@ def _overrides(job_dir: Path) -> str:
     return " ".join(lines)
 
 
-def collect_sweep(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect_sweep(sweep_dir: str | Path) -> tuple[Any, Any]:
     """Concatenate the jobs' summaries under ``sweep_dir`` and write the sweep files.
 
     Returns:
         ``(sweep_summary, sweep_status)`` data frames.
     """
+    import pandas as pd  # lazily: the callback is built when any run starts
+
+    from vidur_jax.metrics import atomic_write_csv
+
     root = Path(sweep_dir)
     frames, status = [], []
     jobs = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
