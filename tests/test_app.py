@@ -184,6 +184,28 @@ def test_profiles_dir_setting(monkeypatch, tmp_path):
     )
 
 
+def test_help_lists_tasks_groups_keys_and_examples():
+    from vidur_jax import tasks
+
+    res = run_cli("--help")
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    assert text.startswith("vidur_jax: simulate LLM inference serving")
+    tasks_part = text.split("== Tasks")[1].split("== Config groups")[0]
+    for task in ("simulate", *tasks.TASKS):
+        assert f"\n  {task} " in tasks_part, task
+    groups_part = text.split("== Config groups")[1].split("== Top-level keys")[0]
+    for group in ("model", "hardware", "cluster", "scheduler", "workload", "predictor", "experiment"):
+        options = sorted(p.stem for p in (app.CONF_DIR / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in groups_part, group
+    keys_part = text.split("== Top-level keys")[1].split("Examples:")[0]
+    top_level = [k for k, v in app.compose([]).items() if k not in app.GROUP_KEYS]
+    for key in top_level:
+        assert f"\n  {key} " in keys_part, key
+    examples = text.split("Examples:")[1]
+    assert examples.count("python -m vidur_jax ") == 2
+
+
 # ---------------------------------------------------------------- sweep expansion
 
 
