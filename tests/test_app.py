@@ -436,6 +436,9 @@ def test_cli_quickstart_writes_run_dir(quickstart_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp")), "atomic writes left temp files"
     assert "sarathi" in res.stdout and "summary.csv" in res.stdout
+    assert "plots/, report.html" in res.stdout
+    page = (out / "report.html").read_text()
+    assert "Llama-2-7b-hf on a100, TP1 PP1 x1 replica, sarathi, synthetic_conv" in page
 
 
 @pytest.mark.slow
@@ -483,6 +486,14 @@ def test_multirun_one_dir_per_job(tmp_path, profiles_dir):
     assert scheds == [["vllm"], ["sarathi"]]
     for p in jobs:
         assert (p / "requests.parquet").is_file() and (p / "plots" / "ttft_cdf.png").is_file()
+        assert (p / "report.html").is_file()
+    # the sweep dir compares the jobs: plots across schedulers and a report
+    sweep = pd.read_csv(tmp_path / "sweep_summary.csv")
+    assert sweep["scheduler"].tolist() == ["vllm", "sarathi"]
+    for name in ("ttft_cdf.png", "e2e_cdf.png", "metrics.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "report.html").read_text()
+    assert "Summary: " in page and '"vllm"' in page and '"sarathi"' in page
 
 
 # ------------------------------------------------------------- installed wheel

@@ -81,6 +81,9 @@ def main(cfg: DictConfig) -> None:
 
             app.enable_compile_cache()
             tasks.resolve(task)(app.to_container(cfg), out_dir)
+            from vidur_jax.metrics.report import write_report
+
+            print(f"wrote {write_report(out_dir)}")
             return
         from vidur_jax.plan.from_config import check_config
 

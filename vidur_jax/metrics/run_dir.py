@@ -39,9 +39,16 @@ def write_outputs(
     outputs: Sequence[Any],
     plots: bool = True,
 ) -> list[Path]:
-    """Write ``summary.csv``, ``requests.parquet`` and ``plots/*.png`` atomically, and
-    ``chrome_trace.json`` when the outputs carry batch logs (``chrome_trace=true``)."""
+    """Write ``summary.csv``, ``requests.parquet``, ``plots/*.png`` (CDFs labelled by the
+    knobs that vary, titled with what the configs share), ``chrome_trace.json`` when the
+    outputs carry batch logs (``chrome_trace=true``) and ``report.html``, atomically.
+
+    Returns:
+        The paths written.
+    """
     from vidur_jax import metrics
+    from vidur_jax.metrics.report import write_report
+    from vidur_jax.metrics.terminal import describe_run
 
     out = Path(out_dir)
     written = [
@@ -54,7 +61,11 @@ def write_outputs(
         written.append(write_chrome_trace(outputs, out / "chrome_trace.json"))
     if plots:
         hist = {i: o.tbt_hist for i, o in enumerate(outputs)}
-        written += metrics.plot_cdfs(requests_df, hist, out / "plots")
+        labels = table.config_labels(summary_df)
+        written += metrics.plot_cdfs(
+            requests_df, hist, out / "plots", labels=labels, title=describe_run(summary_df)
+        )
+    written.append(write_report(out))
     return written
 
 

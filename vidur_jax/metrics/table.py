@@ -142,7 +142,7 @@ def workload_knobs(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _varies(values: Sequence[Any]) -> bool:
@@ -221,12 +221,41 @@ def constant_knobs(summary_df: pd.DataFrame, names: Sequence[str]) -> dict[str, 
     return out
 
 
-def varying_knobs(summary_df: pd.DataFrame) -> list[str]:
-    """The knob columns of ``summary_df`` whose value differs between its rows."""
-    metric_start = (
-        summary_df.columns.get_loc(STANDARD_METRICS[0])
-        if STANDARD_METRICS[0] in summary_df.columns
-        else len(summary_df.columns)
-    )
-    knobs = [c for c in summary_df.columns[:metric_start] if c != "config_id"]
+def varying_knobs(summary_df: pd.DataFrame, strict: bool = False) -> list[str]:
+    """The knob columns of ``summary_df`` whose value differs between its rows.
+
+    Args:
+        summary_df: a ``summary.csv`` frame.
+        strict: count only differences between set values, not set vs empty (a knob
+            that applies to some schedulers only is then left to the scheduler column).
+    """
+    knobs = [c for c in knob_part(summary_df.columns) if c != "config_id"]
+    if strict:
+        return [c for c in knobs if len({repr(v) for v in summary_df[c] if not _blank(v)}) > 1]
     return [c for c in knobs if _varies(summary_df[c].tolist())]
+
+
+def knob_part(columns: Sequence[str]) -> list[str]:
+    """The knob columns of a summary frame's ``columns``: those before the first metric."""
+    cols = list(columns)
+    end = cols.index(STANDARD_METRICS[0]) if STANDARD_METRICS[0] in cols else len(cols)
+    return cols[:end]
+
+
+def config_labels(summary_df: pd.DataFrame, ignore: Sequence[str] = ()) -> dict[int, str]:
+    """Legend label per row of ``summary_df`` (keyed by ``config_id``, else the row
+    position) from the knobs whose set values differ between rows (``scheduler=vllm,
+    qps=2``; :func:`varying_knobs` with ``strict``); the scheduler alone when none does."""
+    knobs = [k for k in varying_knobs(summary_df, strict=True) if k not in ignore] or ["scheduler"]
+    ids = summary_df["config_id"] if "config_id" in summary_df else range(len(summary_df))
+    out = {}
+    for cid, (_, row) in zip(ids, summary_df.iterrows(), strict=True):
+        parts = []
+        for k in knobs:
+            v = row.get(k)
+            if _blank(v):
+                continue
+            v = f"{v:g}" if isinstance(v, (float, np.floating)) else str(v).split("/")[-1]
+            parts.append(v if k == "scheduler" and len(knobs) == 1 else f"{k}={v}")
+        out[int(cid)] = ", ".join(parts) or f"config {cid}"
+    return out
