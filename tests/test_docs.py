@@ -26,7 +26,10 @@ def test_docs_site_builds_strict(tmp_path):
         pytest.skip(msg)
     res = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert res.returncode == 0, res.stderr[-3000:]

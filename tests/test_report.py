@@ -44,10 +44,22 @@ def toy_requests(shift: float) -> dict[str, np.ndarray]:
 
 def toy_run(tmp_path: Path, plots: bool = True):
     knobs = [
-        {"config_id": i, "model": "meta-llama/Llama-2-7b-hf", "device": "a100", "tp": 1, "pp": 1,
-         "replicas": 1, "scheduler": sched, "chunk_size": 512, "qps": qps, "workload": "toy",
-         "batch_timeout_s": 0.1}
-        for i, (sched, qps) in enumerate([("sarathi", 1.0), ("sarathi", 3.0), ("static_batching", 3.0)])
+        {
+            "config_id": i,
+            "model": "meta-llama/Llama-2-7b-hf",
+            "device": "a100",
+            "tp": 1,
+            "pp": 1,
+            "replicas": 1,
+            "scheduler": sched,
+            "chunk_size": 512,
+            "qps": qps,
+            "workload": "toy",
+            "batch_timeout_s": 0.1,
+        }
+        for i, (sched, qps) in enumerate(
+            [("sarathi", 1.0), ("sarathi", 3.0), ("static_batching", 3.0)]
+        )
     ]
     reqs = [toy_requests(0.1 * i) for i in range(3)]
     from vidur_jax.metrics import summarize
@@ -84,12 +96,23 @@ def test_labels_and_title_from_the_knobs_that_vary(tmp_path):
 def test_write_outputs_files_and_names(tmp_path):
     _, written = toy_run(tmp_path / "a", plots=True)
     assert written_names(tmp_path / "a", written) == [
-        "summary.csv", "requests.parquet", "plots/", "report.html"
+        "summary.csv",
+        "requests.parquet",
+        "plots/",
+        "report.html",
     ]
-    assert sorted(p.name for p in (tmp_path / "a" / "plots").iterdir()) == ["e2e_cdf.png", "tbt_cdf.png", "ttft_cdf.png"]
+    assert sorted(p.name for p in (tmp_path / "a" / "plots").iterdir()) == [
+        "e2e_cdf.png",
+        "tbt_cdf.png",
+        "ttft_cdf.png",
+    ]
     _, written = toy_run(tmp_path / "b", plots=False)
     # plots=false: no plots/ folder, and the terminal's "wrote" line does not name it
-    assert written_names(tmp_path / "b", written) == ["summary.csv", "requests.parquet", "report.html"]
+    assert written_names(tmp_path / "b", written) == [
+        "summary.csv",
+        "requests.parquet",
+        "report.html",
+    ]
     assert not (tmp_path / "b" / "plots").exists()
 
 
@@ -109,11 +132,15 @@ def test_report_is_self_contained(tmp_path):
     assert data["summary"]["total"] == 3
     cols = data["summary"]["columns"]
     assert [r[cols.index("scheduler")] for r in data["summary"]["rows"]] == [
-        "sarathi", "sarathi", "static_batching"
+        "sarathi",
+        "sarathi",
+        "static_batching",
     ]
     # CDFs: 3 completed requests per config, TTFT = [1, 1, 1] + 0.1 i
     ttft = data["cdfs"]["TTFT"]
-    assert [s["name"] for s in ttft] == list(table.config_labels(pd.read_csv(tmp_path / "summary.csv")).values())
+    assert [s["name"] for s in ttft] == list(
+        table.config_labels(pd.read_csv(tmp_path / "summary.csv")).values()
+    )
     assert ttft[1]["points"] == [[1.1, 1 / 3], [1.1, 2 / 3], [1.1, 1.0]]
     # the TTFT / e2e PNGs are drawn as interactive charts instead; TBT stays a figure
     assert [im["name"] for im in data["images"]] == ["plots/tbt_cdf.png"]
@@ -131,13 +158,18 @@ def toy_search(run_dir: Path) -> None:
         ("tp1 x8", 1, 17.6, 17.0, 0.6, True),
         ("tp2 x4", 2, 17.6, 10.0, 0.7, True),  # dominated: slower and less QPS per $
     ]
-    df = pd.DataFrame(rows, columns=["name", "tp", "cost_per_hour", "capacity_qps", "ttft_p90", "meets_slo_default"])
+    df = pd.DataFrame(
+        rows,
+        columns=["name", "tp", "cost_per_hour", "capacity_qps", "ttft_p90", "meets_slo_default"],
+    )
     df["qps_per_dollar"] = df["capacity_qps"] / df["cost_per_hour"]
     df["future_column"] = "x"
     df.to_csv(run_dir / "search.csv", index=False)
     best = df.iloc[3].to_dict()
     (run_dir / "best_config.json").write_text(
-        json.dumps({"best": {"default": {"slo": {"ttft_p90_s": 2.0}, "best": best, "num_meeting": 3}}})
+        json.dumps(
+            {"best": {"default": {"slo": {"ttft_p90_s": 2.0}, "best": best, "num_meeting": 3}}}
+        )
     )
 
 
@@ -150,7 +182,10 @@ def test_report_search_answer_and_pareto(tmp_path):
     # front: lower latency and higher QPS/$ than every other: tp4 (0.2), tp2 (0.3, 0.68),
     # tp1 x4 (0.5, 0.91), tp1 x8 (0.6, 0.966)
     assert [p["tip"].split(",")[0] for p in sc["points"] if p["front"]] == [
-        "name=tp1 x4", "name=tp2 x2", "name=tp4 x1", "name=tp1 x8"
+        "name=tp1 x4",
+        "name=tp2 x2",
+        "name=tp4 x1",
+        "name=tp1 x8",
     ]
     assert [p["meets"] for p in sc["points"]] == [True, True, False, True, True]
     assert not sc["points"][4]["front"]
@@ -169,7 +204,9 @@ def chromium() -> str:
     if not found and shutil.which("apt-get"):
         subprocess.run(
             "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
-            shell=True, capture_output=True, timeout=900,
+            shell=True,
+            capture_output=True,
+            timeout=900,
         )
         found = shutil.which("chromium")
     if not found:
@@ -184,16 +221,34 @@ def open_in_chromium(chromium: str, page: Path, shot: Path) -> tuple[str, str]:
     """(DOM after the scripts ran, Chromium's log) of ``page``; saves a screenshot."""
     # record uncaught errors and console.error calls on the page itself
     probe = page.with_name("probe_" + page.name)
-    spy = ("<script>window.__e=[];addEventListener('error',e=>__e.push(String(e.message)));"
-           "const _ce=console.error;console.error=(...a)=>{__e.push(a.join(' '));_ce(...a)};"
-           "addEventListener('load',()=>document.body.setAttribute('data-errors',JSON.stringify(__e)));"
-           "</script>")
+    spy = (
+        "<script>window.__e=[];addEventListener('error',e=>__e.push(String(e.message)));"
+        "const _ce=console.error;console.error=(...a)=>{__e.push(a.join(' '));_ce(...a)};"
+        "addEventListener('load',()=>document.body.setAttribute('data-errors',JSON.stringify(__e)));"
+        "</script>"
+    )
     probe.write_text(page.read_text().replace("<head>", "<head>" + spy, 1))
-    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--enable-logging=stderr", "--v=0", "--window-size=1400,2200",
-              "--no-first-run", "--disable-extensions"]
-    dom = subprocess.run([*common, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    common = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1400,2200",
+        "--no-first-run",
+        "--disable-extensions",
+    ]
+    dom = subprocess.run(
+        [*common, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    subprocess.run(
+        [*common, f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return dom.stdout, dom.stderr
 
 

@@ -39,8 +39,21 @@ CDF_POINTS = 200
 MAX_ROWS = 2000
 #: search.csv columns named in a point's hover text, when present.
 SEARCH_HOVER = (
-    "name", "model", "device", "tp", "pp", "replicas", "scheduler", "chunk_size", "batch_cap",
-    "num_gpus", "cost_per_hour", "capacity_qps", "qps_per_dollar", "ttft_p90", "tbt_p99",
+    "name",
+    "model",
+    "device",
+    "tp",
+    "pp",
+    "replicas",
+    "scheduler",
+    "chunk_size",
+    "batch_cap",
+    "num_gpus",
+    "cost_per_hour",
+    "capacity_qps",
+    "qps_per_dollar",
+    "ttft_p90",
+    "tbt_p99",
 )
 
 
@@ -53,7 +66,9 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 
 def _records(df: pd.DataFrame) -> dict[str, Any]:
     df = df.head(MAX_ROWS)
-    rows = [[to_jsonable(v) if v is not pd.NA else None for v in r] for r in df.itertuples(index=False)]
+    rows = [
+        [to_jsonable(v) if v is not pd.NA else None for v in r] for r in df.itertuples(index=False)
+    ]
     return {"columns": [str(c) for c in df.columns], "rows": rows, "total": None}
 
 
@@ -109,11 +124,14 @@ def _search_part(run_dir: Path) -> dict[str, Any] | None:
                 if not (np.isfinite(float(xv)) and np.isfinite(float(yv))):
                     continue
                 tip = ", ".join(
-                    f"{c}={_fmt(row[c])}" for c in SEARCH_HOVER if c in search and not _blank(row[c])
+                    f"{c}={_fmt(row[c])}"
+                    for c in SEARCH_HOVER
+                    if c in search and not _blank(row[c])
                 )
                 ok = bool(row[meets[0]]) if meets and not _blank(row[meets[0]]) else None
-                points.append({"x": float(xv), "y": float(yv), "tip": tip,
-                               "front": i in front, "meets": ok})
+                points.append(
+                    {"x": float(xv), "y": float(yv), "tip": tip, "front": i in front, "meets": ok}
+                )
             part["scatter"] = {"x": x, "y": y, "points": points}
     return part
 
@@ -131,8 +149,10 @@ def _fmt(v: Any) -> str:
 def _images(run_dir: Path) -> list[dict[str, str]]:
     pngs = sorted(run_dir.glob("*.png")) + sorted((run_dir / "plots").glob("*.png"))
     return [
-        {"name": p.relative_to(run_dir).as_posix(),
-         "data": base64.b64encode(p.read_bytes()).decode("ascii")}
+        {
+            "name": p.relative_to(run_dir).as_posix(),
+            "data": base64.b64encode(p.read_bytes()).decode("ascii"),
+        }
         for p in pngs
     ]
 
@@ -170,9 +190,7 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> Path:
     if title:
         data["title"] = title
     payload = json.dumps(to_jsonable(data), allow_nan=False).replace("</", "<\\/")
-    page = _PAGE.replace("__TITLE__", html.escape(str(data["title"]))).replace(
-        "__DATA__", payload
-    )
+    page = _PAGE.replace("__TITLE__", html.escape(str(data["title"]))).replace("__DATA__", payload)
     path = Path(run_dir) / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

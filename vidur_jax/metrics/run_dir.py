@@ -78,5 +78,3 @@ def written_names(out_dir: str | os.PathLike, paths: Sequence[str | os.PathLike]
         if name not in names:
             names.append(name)
     return names
-
-

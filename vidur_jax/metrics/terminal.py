@@ -35,7 +35,9 @@ def describe_run(summary_df: pd.DataFrame) -> str:
     k = table.constant_knobs(summary_df, TITLE_KNOBS)
     parts = []
     if "model" in k:
-        parts.append(str(k["model"]).split("/")[-1] + (f" on {k['device']}" if "device" in k else ""))
+        parts.append(
+            str(k["model"]).split("/")[-1] + (f" on {k['device']}" if "device" in k else "")
+        )
     shape = " ".join(f"{name.upper()}{k[name]}" for name in ("tp", "pp") if name in k)
     if "replicas" in k:
         shape += f" x{k['replicas']} replica{'s' if k['replicas'] != 1 else ''}"
@@ -70,13 +72,15 @@ def print_summary(
     knobs = table.varying_knobs(summary_df) or ["scheduler"]
     cols = [("config_id", "id"), *((k, k) for k in knobs), *PRINT_METRICS]
     cols = [(key, head) for key, head in cols if key in summary_df.columns]
-    title = f"{len(summary_df)} configuration(s): {describe_run(summary_df)}"
-    out = Table(title=title, title_justify="left")
+    n = len(summary_df)
+    title = f"{n} configuration{'s' if n != 1 else ''}: {describe_run(summary_df)}"
+    out = Table()
     for _, head in cols:
         out.add_column(head, justify="right")
     for _, row in summary_df.head(max_rows).iterrows():
         out.add_row(*(_cell(row[key]) for key, _ in cols))
     console = Console(width=max(120, Console().width))
+    console.print(title, highlight=False)  # above the table: a table title wraps to its width
     console.print(out)
     if len(summary_df) > max_rows:
         console.print(f"... {len(summary_df) - max_rows} more rows in summary.csv")

@@ -18,7 +18,15 @@ from vidur_jax.errors import require
 from vidur_jax.plan.tree import data_root, group, read_bool, read_float, read_int
 
 #: Replica schedulers (``vidur_jax.sim.types.POLICIES``).
-REPLICA_SCHEDULERS = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm", "static_batching", "s3")
+REPLICA_SCHEDULERS = (
+    "vllm",
+    "sarathi",
+    "orca",
+    "faster_transformer",
+    "lightllm",
+    "static_batching",
+    "s3",
+)
 #: Global schedulers (``vidur_jax.sim.types.ROUTERS``).
 GLOBAL_SCHEDULERS = ("round_robin", "random", "lor")
 #: S3 output-length predictors (``vidur_jax.sim.s3.PREDICTORS``).
@@ -26,9 +34,19 @@ S3_PREDICTORS = ("oracle", "confusion", "learned")
 #: S3 admission rules (``vidur_jax.sim.build.S3_ADMISSIONS``).
 S3_ADMISSIONS = ("dff", "fcfs")
 _POSITIVE_INTS = (
-    "tensor_parallel_size", "num_pipeline_stages", "num_replicas", "batch_size_cap",
-    "block_size", "chunk_size", "max_tokens_in_batch", "max_tokens", "max_waiting_iters",
-    "batch_max_tokens", "s3_num_buckets", "s3_lookahead", "s3_error_buckets",
+    "tensor_parallel_size",
+    "num_pipeline_stages",
+    "num_replicas",
+    "batch_size_cap",
+    "block_size",
+    "chunk_size",
+    "max_tokens_in_batch",
+    "max_tokens",
+    "max_waiting_iters",
+    "batch_max_tokens",
+    "s3_num_buckets",
+    "s3_lookahead",
+    "s3_error_buckets",
 )
 
 
@@ -102,14 +120,20 @@ def check_deployment(f: Mapping[str, Any]) -> None:
     catalog.get_node(f["network_device"])
     for name in _POSITIVE_INTS:
         require(f[name] >= 1, f"{name}={f[name]!r} must be an integer >= 1")
-    require(0.0 <= f["watermark_blocks_fraction"] < 1.0,
-            f"watermark_blocks_fraction={f['watermark_blocks_fraction']} must be in [0, 1)")
-    require(0.0 <= f["memory_margin_fraction"] < 1.0,
-            f"scheduler.memory_margin_fraction={f['memory_margin_fraction']} must be in [0, 1)")
+    require(
+        0.0 <= f["watermark_blocks_fraction"] < 1.0,
+        f"watermark_blocks_fraction={f['watermark_blocks_fraction']} must be in [0, 1)",
+    )
+    require(
+        0.0 <= f["memory_margin_fraction"] < 1.0,
+        f"scheduler.memory_margin_fraction={f['memory_margin_fraction']} must be in [0, 1)",
+    )
     for name in ("attn_scale", "compute_scale", "network_scale"):
         require(f[name] > 0, f"{name}={f[name]} must be > 0")
-    require(f["batch_timeout_s"] >= 0 and math.isfinite(f["batch_timeout_s"]),
-            f"batch_timeout_s={f['batch_timeout_s']} must be a finite number >= 0")
+    require(
+        f["batch_timeout_s"] >= 0 and math.isfinite(f["batch_timeout_s"]),
+        f"batch_timeout_s={f['batch_timeout_s']} must be a finite number >= 0",
+    )
     _one_of("s3_predictor", f["s3_predictor"], S3_PREDICTORS)
     require(0.0 <= f["s3_accuracy"] <= 1.0, f"s3_accuracy={f['s3_accuracy']} must be in [0, 1]")
     _one_of("s3_admission", f["s3_admission"], S3_ADMISSIONS)

@@ -63,7 +63,9 @@ def _labels(tree: Mapping[str, Any], fields: Mapping[str, Any], spec: Mapping[st
         price = catalog.get_device(fields["device"]).price_per_hour
     price = read_float("hardware.price_per_hour", price)
     require(price >= 0, f"hardware.price_per_hour={price} must be >= 0")
-    num_gpus = fields["tensor_parallel_size"] * fields["num_pipeline_stages"] * fields["num_replicas"]
+    num_gpus = (
+        fields["tensor_parallel_size"] * fields["num_pipeline_stages"] * fields["num_replicas"]
+    )
     arrival = spec.get("arrival") or {}
     rate_driven = spec["kind"] == "synthetic" and arrival.get("kind") in RATE_ARRIVALS
     return {
@@ -84,9 +86,7 @@ def _run_settings(tree: Mapping[str, Any]) -> tuple[str | None, bool, int | None
         profiles_dir = os.path.abspath(os.path.expanduser(profiles_dir))
         require(os.path.isdir(profiles_dir), f"profiles_dir does not exist: {profiles_dir}")
     chrome_trace = tree.get("chrome_trace", False)
-    require(
-        isinstance(chrome_trace, bool), f"chrome_trace={chrome_trace!r} must be true or false"
-    )
+    require(isinstance(chrome_trace, bool), f"chrome_trace={chrome_trace!r} must be true or false")
     chunk_configs = tree.get("chunk_configs")
     require(
         chunk_configs is None or (isinstance(chunk_configs, int) and chunk_configs >= 1),
