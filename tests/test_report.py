@@ -131,6 +131,16 @@ def test_report_is_self_contained(tmp_path):
     data = _page_data(tmp_path / "report.html")
     assert data["summary"]["total"] == 3
     cols = data["summary"]["columns"]
+    # as on the terminal: id, the knobs that vary, the main metrics, then the rest
+    assert cols[:7] == [
+        "config_id",
+        "scheduler",
+        "chunk_size",
+        "qps",
+        "batch_timeout_s",
+        "ttft_p90",
+        "tbt_p99",
+    ]
     assert [r[cols.index("scheduler")] for r in data["summary"]["rows"]] == [
         "sarathi",
         "sarathi",

@@ -32,6 +32,7 @@ import pandas as pd
 
 from vidur_jax.metrics import table
 from vidur_jax.metrics.io import atomic_path, to_jsonable
+from vidur_jax.metrics.terminal import PRINT_METRICS, describe_run
 
 #: Points kept per CDF line (evenly spaced in rank), so a page stays small.
 CDF_POINTS = 200
@@ -70,6 +71,14 @@ def _records(df: pd.DataFrame) -> dict[str, Any]:
         [to_jsonable(v) if v is not pd.NA else None for v in r] for r in df.itertuples(index=False)
     ]
     return {"columns": [str(c) for c in df.columns], "rows": rows, "total": None}
+
+
+def _key_columns_first(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with its id, the knobs that vary and the printed metrics first (as on
+    the terminal), then every other column in file order."""
+    front = ["job", "config_id", *table.varying_knobs(summary), *(m for m, _ in PRINT_METRICS)]
+    front = [c for c in dict.fromkeys(front) if c in summary.columns]
+    return summary[[*front, *(c for c in summary.columns if c not in front)]]
 
 
 def _cdf_series(requests: pd.DataFrame, labels: dict[int, str]) -> dict[str, list[dict[str, Any]]]:
@@ -165,10 +174,8 @@ def report_data(run_dir: str | os.PathLike) -> dict[str, Any]:
         summary = _read_csv(root / "sweep_summary.csv")
     data: dict[str, Any] = {"title": root.name, "subtitle": "", "summary": None, "cdfs": None}
     if summary is not None and len(summary):
-        from vidur_jax.metrics.terminal import describe_run
-
         data["subtitle"] = describe_run(summary)
-        data["summary"] = _records(summary)
+        data["summary"] = _records(_key_columns_first(summary))
         data["summary"]["total"] = len(summary)
         labels = table.config_labels(summary, ignore=("job", "overrides"))
         req_path = root / "requests.parquet"
