@@ -116,7 +116,10 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir():
             sweep, _ = collect_sweep(sweep_dir)
-            compare_jobs(sweep_dir, sweep, plots=bool(config.get("plots", True)))
+            try:  # the jobs' results are written; a figure that fails must not hide them
+                compare_jobs(sweep_dir, sweep, plots=bool(config.get("plots", True)))
+            except Exception as err:  # noqa: BLE001 - one line, the sweep files stay
+                sys.stderr.write(f"warning: sweep comparison plots/report failed: {err}\n")
 
 
 if __name__ == "__main__":
