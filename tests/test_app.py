@@ -144,6 +144,7 @@ def test_every_option_of_every_group_composes():
 def test_experiment_composes(name):
     cfg = app.compose([f"+experiment={name}"])
     assert cfg.name == name
+    app.check_base(cfg)  # what the CLI checks before JAX loads, tasks included
     tree = app.to_container(cfg)
     for point in app.expand_sweep(tree):
         app.deployment_from(point)

@@ -101,12 +101,13 @@ print(code, "jax" in sys.modules, "pandas" in sys.modules, ru.ru_utime + ru.ru_s
     ("+sweep.scheduler.chunk_size=[512,0]", "chunk_size=0"),
     ("workload=chat", "file not found"),
     ("task=nope", "unknown task 'nope'"),
+    ("task=sensitivity cluster.pp=3", "pp=3"),
 ])
 def test_bad_config_refused_before_jax_is_imported(tmp_path, override, needle):
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR",)}
     env["VIDUR_JAX_DATA"] = str(tmp_path / "no_data")
     res = subprocess.run(
-        [sys.executable, "-c", _PROBE, *BASE, override, f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, "-c", _PROBE, *BASE, *override.split(), f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     lines = res.stderr.strip().splitlines()

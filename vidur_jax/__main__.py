@@ -77,6 +77,9 @@ def main(cfg: DictConfig) -> None:
             from vidur_jax import tasks
 
             tasks.check(task)
+            from vidur_jax.plan.from_config import check_base
+
+            check_base(cfg)  # JAX-free, as for simulate
             from vidur_jax import app
 
             app.enable_compile_cache()

@@ -31,7 +31,7 @@ from vidur_jax.metrics.table import STANDARD_KNOBS as SUMMARY_KNOBS
 from vidur_jax.metrics.table import STANDARD_METRICS as SUMMARY_METRICS
 from vidur_jax.metrics.terminal import describe_run, print_summary
 from vidur_jax.plan.deployment import check_deployment, deployment_fields, deployment_from
-from vidur_jax.plan.from_config import RunPlan, check_config, plan_from_config
+from vidur_jax.plan.from_config import RunPlan, check_base, check_config, plan_from_config
 from vidur_jax.plan.sweep import SWEEP_ALIASES, apply_knobs, expand_sweep
 from vidur_jax.plan.tree import (
     CONF_DIR,
@@ -54,6 +54,7 @@ __all__ = [
     "RunPlan",
     "apply_knobs",
     "build_workload",
+    "check_base",
     "check_config",
     "check_deployment",
     "compose",

@@ -127,6 +127,18 @@ def check_config(cfg: Any, fits: bool = True) -> list[CheckedPoint]:
     return points
 
 
+def check_base(cfg: Any) -> None:
+    """Check a task's config (search, sensitivity, studies...): its base deployment and
+    workload, JAX-free; the task checks its own block (grid, SLOs, loads) itself.
+
+    Raises:
+        ConfigError: the first bad value (one line).
+    """
+    tree = to_container(cfg)
+    check_deployment(deployment_fields(tree))
+    workload_spec(tree, check_files=False)
+
+
 def plan_from_config(cfg: Any) -> RunPlan:
     """Convert a composed config (DictConfig or dict) into a :class:`RunPlan`.
 
