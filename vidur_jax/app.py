@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from vidur_jax.errors import ConfigError, require
+from vidur_jax.sim import conf_defaults
 
 #: Folder holding the Hydra config groups (shipped as package data).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -321,6 +322,7 @@ def deployment_from(tree: Mapping[str, Any]):
     sch, pred, wl = _group(tree, "scheduler"), _group(tree, "predictor"), _group(tree, "workload")
     require("name" in model, "model.name is missing")
     num_blocks = sch.get("num_blocks")
+    base = DeploymentConfig()  # knobs a group leaves out: the defaults, read from conf/
     cfg = DeploymentConfig(
         model=model["name"],
         device=hw["device"],
@@ -343,22 +345,30 @@ def deployment_from(tree: Mapping[str, Any]):
         ),
         max_tokens=_int("workload.max_tokens", wl["max_tokens"]),
         num_blocks=None if num_blocks is None else _int("scheduler.num_blocks", num_blocks),
-        vidur_compat_memory=bool(sch.get("vidur_compat_memory", True)),
-        batch_timeout_s=_float("scheduler.batch_timeout_s", sch.get("batch_timeout_s", 0.1)),
-        batch_max_tokens=_int("scheduler.batch_max_tokens", sch.get("batch_max_tokens", 65536)),
-        s3_predictor=str(sch.get("s3_predictor", "oracle")),
-        s3_accuracy=_float("scheduler.s3_accuracy", sch.get("s3_accuracy", 1.0)),
-        s3_error_buckets=_int("scheduler.s3_error_buckets", sch.get("s3_error_buckets", 1)),
-        s3_num_buckets=_int("scheduler.s3_num_buckets", sch.get("s3_num_buckets", 10)),
-        s3_admission=str(sch.get("s3_admission", "dff")),
-        s3_lookahead=_int("scheduler.s3_lookahead", sch.get("s3_lookahead", 16)),
+        vidur_compat_memory=bool(sch.get("vidur_compat_memory", base.vidur_compat_memory)),
+        batch_timeout_s=_float(
+            "scheduler.batch_timeout_s", sch.get("batch_timeout_s", base.batch_timeout_s)
+        ),
+        batch_max_tokens=_int(
+            "scheduler.batch_max_tokens", sch.get("batch_max_tokens", base.batch_max_tokens)
+        ),
+        s3_predictor=str(sch.get("s3_predictor", base.s3_predictor)),
+        s3_accuracy=_float("scheduler.s3_accuracy", sch.get("s3_accuracy", base.s3_accuracy)),
+        s3_error_buckets=_int(
+            "scheduler.s3_error_buckets", sch.get("s3_error_buckets", base.s3_error_buckets)
+        ),
+        s3_num_buckets=_int(
+            "scheduler.s3_num_buckets", sch.get("s3_num_buckets", base.s3_num_buckets)
+        ),
+        s3_admission=str(sch.get("s3_admission", base.s3_admission)),
+        s3_lookahead=_int("scheduler.s3_lookahead", sch.get("s3_lookahead", base.s3_lookahead)),
         cpu_overhead_ms=_float("predictor.cpu_overhead_ms", pred["cpu_overhead_ms"]),
-        cpu_overhead=_bool("predictor.cpu_overhead", pred.get("cpu_overhead", False)),
+        cpu_overhead=_bool("predictor.cpu_overhead", pred.get("cpu_overhead", base.cpu_overhead)),
         cpu_overhead_dir=_data_root(tree),
         attn_scale=_float("predictor.attn_scale", pred["attn_scale"]),
         compute_scale=_float("predictor.compute_scale", pred["compute_scale"]),
         network_scale=_float("predictor.network_scale", pred["network_scale"]),
-        seed=_int("seed", tree.get("seed", 42)),
+        seed=_int("seed", tree.get("seed", base.seed)),
     )
     require(
         0.0 <= cfg.memory_margin_fraction < 1.0,
@@ -389,7 +399,7 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
         "name": str(wl.get("name", kind)),
         "num_requests": _int("workload.num_requests", wl.get("num_requests")),
         "max_tokens": _int("workload.max_tokens", wl.get("max_tokens")),
-        "seed": _int("seed", tree.get("seed", 42)),
+        "seed": _int("seed", tree.get("seed", conf_defaults.value("", "seed"))),
         # parallel sampling / beam width per request: int or {kind: fixed|choice, ...}
         "num_seqs": wl.get("num_seqs"),
     }
