@@ -18,6 +18,7 @@ import numpy as np
 from vidur_jax import catalog
 from vidur_jax.errors import ConfigError, require
 from vidur_jax.sim import cpu_overhead, policies, s3
+from vidur_jax.sim.conf_defaults import value as _conf
 from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
 from vidur_jax.sim.types import ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
 from vidur_jax.workload.types import Workload
@@ -32,7 +33,9 @@ S3_ADMISSIONS = ("dff", "fcfs")
 class DeploymentConfig:
     """One deployment to simulate (Vidur's knobs, Vidur's defaults).
 
-    Attributes mirror Vidur's config names; see ``conf/`` for their documentation.
+    Attributes mirror Vidur's config names; ``conf/`` documents them and holds their
+    defaults, which are read from there (:mod:`vidur_jax.sim.conf_defaults`: the groups
+    ``conf/config.yaml`` selects by default, a scheduler's own knobs from its file).
     ``vidur_compat_memory`` keeps Vidur's memory planner, which counts every model
     layer's KV cache on each pipeline stage (an overcount); set it False for the
     correct per-stage accounting. ``cpu_overhead`` adds Vidur's per-batch-size CPU
@@ -51,39 +54,39 @@ class DeploymentConfig:
     request that does not fit).
     """
 
-    model: str = "meta-llama/Llama-2-7b-hf"
-    device: str = "a100"
-    network_device: str = "a100_pairwise_nvlink"
-    tensor_parallel_size: int = 1
-    num_pipeline_stages: int = 1
-    num_replicas: int = 1
-    global_scheduler: str = "round_robin"
-    replica_scheduler: str = "sarathi"
-    batch_size_cap: int = 128
-    block_size: int = 16
-    watermark_blocks_fraction: float = 0.01
-    chunk_size: int = 512
-    max_tokens_in_batch: int = 4096
-    max_waiting_iters: int = 10
-    memory_margin_fraction: float = 0.1
-    max_tokens: int = 4096
-    batch_timeout_s: float = 0.1
-    batch_max_tokens: int = 65536
-    s3_predictor: str = "oracle"
-    s3_accuracy: float = 1.0
-    s3_error_buckets: int = 1
-    s3_num_buckets: int = 10
-    s3_admission: str = "dff"
-    s3_lookahead: int = 16
-    num_blocks: int | None = None
-    vidur_compat_memory: bool = True
-    cpu_overhead_ms: float = 0.0
-    cpu_overhead: bool = False
+    model: str = _conf("model", "name")
+    device: str = _conf("hardware", "device")
+    network_device: str = _conf("hardware", "network_device")
+    tensor_parallel_size: int = _conf("cluster", "tp")
+    num_pipeline_stages: int = _conf("cluster", "pp")
+    num_replicas: int = _conf("cluster", "num_replicas")
+    global_scheduler: str = _conf("cluster", "global_scheduler")
+    replica_scheduler: str = _conf("scheduler", "replica_scheduler")
+    batch_size_cap: int = _conf("scheduler", "batch_size_cap")
+    block_size: int = _conf("scheduler", "block_size")
+    watermark_blocks_fraction: float = _conf("scheduler", "watermark_blocks_fraction")
+    chunk_size: int = _conf("scheduler", "chunk_size")
+    max_tokens_in_batch: int = _conf("scheduler", "max_tokens_in_batch")
+    max_waiting_iters: int = _conf("scheduler", "max_waiting_iters")
+    memory_margin_fraction: float = _conf("scheduler", "memory_margin_fraction")
+    max_tokens: int = _conf("workload", "max_tokens")
+    batch_timeout_s: float = _conf("scheduler", "batch_timeout_s", "static_batching")
+    batch_max_tokens: int = _conf("scheduler", "batch_max_tokens", "static_batching")
+    s3_predictor: str = _conf("scheduler", "s3_predictor", "s3")
+    s3_accuracy: float = _conf("scheduler", "s3_accuracy", "s3")
+    s3_error_buckets: int = _conf("scheduler", "s3_error_buckets", "s3")
+    s3_num_buckets: int = _conf("scheduler", "s3_num_buckets", "s3")
+    s3_admission: str = _conf("scheduler", "s3_admission", "s3")
+    s3_lookahead: int = _conf("scheduler", "s3_lookahead", "s3")
+    num_blocks: int | None = _conf("scheduler", "num_blocks")
+    vidur_compat_memory: bool = _conf("scheduler", "vidur_compat_memory")
+    cpu_overhead_ms: float = _conf("predictor", "cpu_overhead_ms")
+    cpu_overhead: bool = _conf("predictor", "cpu_overhead")
     cpu_overhead_dir: str | None = None
-    attn_scale: float = 1.0
-    compute_scale: float = 1.0
-    network_scale: float = 1.0
-    seed: int = 42
+    attn_scale: float = _conf("predictor", "attn_scale")
+    compute_scale: float = _conf("predictor", "compute_scale")
+    network_scale: float = _conf("predictor", "network_scale")
+    seed: int = _conf("", "seed")
 
     @property
     def bundle_key(self) -> tuple:
