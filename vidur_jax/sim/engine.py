@@ -399,11 +399,11 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
         arrived_at=jnp.where(valid, params.arrived_at[safe], _INF),
         seqs=jnp.where(valid, params.num_seqs[safe], 1),
         prompt=jnp.where(valid, params.num_prefill[safe], 0),
-        bucket=_bucket(params, state, safe),
+        bucket=_s3_reserve_bucket(params, state, safe),
     )
 
 
-def _bucket(params: SimParams, state: SimState, req: jax.Array) -> jax.Array:
+def _s3_reserve_bucket(params: SimParams, state: SimState, req: jax.Array) -> jax.Array:
     """S3 bucket to reserve for: the predicted one, one higher per preemption so far."""
     return jnp.minimum(params.pred_bucket[req] + state.num_restarts[req], params.num_buckets - 1)
 
@@ -704,7 +704,7 @@ def _replica_view(static: SimStatic, params: SimParams, state: SimState, row: _R
         seqs=jnp.where(row.req >= 0, params.num_seqs[safe_req], 1),
         shared=params.num_prefill[safe_req] // params.block_size,
         prompt=params.num_prefill[safe_req],
-        bucket=_bucket(params, state, safe_req),
+        bucket=_s3_reserve_bucket(params, state, safe_req),
     )
 
 
