@@ -16,6 +16,7 @@ from typing import Any
 from vidur_jax import catalog
 from vidur_jax.errors import require
 from vidur_jax.plan.tree import data_root, group, read_bool, read_float, read_int
+from vidur_jax.sim.conf_defaults import value as _conf  # JAX-free: plain YAML
 
 #: Replica schedulers (``vidur_jax.sim.types.POLICIES``).
 REPLICA_SCHEDULERS = (
@@ -82,22 +83,43 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         ),
         max_tokens=read_int("workload.max_tokens", wl["max_tokens"]),
         num_blocks=None if num_blocks is None else read_int("scheduler.num_blocks", num_blocks),
-        vidur_compat_memory=bool(sch.get("vidur_compat_memory", True)),
-        batch_timeout_s=read_float("scheduler.batch_timeout_s", sch.get("batch_timeout_s", 0.1)),
-        batch_max_tokens=read_int("scheduler.batch_max_tokens", sch.get("batch_max_tokens", 65536)),
-        s3_predictor=str(sch.get("s3_predictor", "oracle")),
-        s3_accuracy=read_float("scheduler.s3_accuracy", sch.get("s3_accuracy", 1.0)),
-        s3_error_buckets=read_int("scheduler.s3_error_buckets", sch.get("s3_error_buckets", 1)),
-        s3_num_buckets=read_int("scheduler.s3_num_buckets", sch.get("s3_num_buckets", 10)),
-        s3_admission=str(sch.get("s3_admission", "dff")),
-        s3_lookahead=read_int("scheduler.s3_lookahead", sch.get("s3_lookahead", 16)),
+        vidur_compat_memory=bool(
+            sch.get("vidur_compat_memory", _conf("scheduler", "vidur_compat_memory"))
+        ),
+        batch_timeout_s=read_float(
+            "scheduler.batch_timeout_s",
+            sch.get("batch_timeout_s", _conf("scheduler", "batch_timeout_s", "static_batching")),
+        ),
+        batch_max_tokens=read_int(
+            "scheduler.batch_max_tokens",
+            sch.get("batch_max_tokens", _conf("scheduler", "batch_max_tokens", "static_batching")),
+        ),
+        s3_predictor=str(sch.get("s3_predictor", _conf("scheduler", "s3_predictor", "s3"))),
+        s3_accuracy=read_float(
+            "scheduler.s3_accuracy", sch.get("s3_accuracy", _conf("scheduler", "s3_accuracy", "s3"))
+        ),
+        s3_error_buckets=read_int(
+            "scheduler.s3_error_buckets",
+            sch.get("s3_error_buckets", _conf("scheduler", "s3_error_buckets", "s3")),
+        ),
+        s3_num_buckets=read_int(
+            "scheduler.s3_num_buckets",
+            sch.get("s3_num_buckets", _conf("scheduler", "s3_num_buckets", "s3")),
+        ),
+        s3_admission=str(sch.get("s3_admission", _conf("scheduler", "s3_admission", "s3"))),
+        s3_lookahead=read_int(
+            "scheduler.s3_lookahead",
+            sch.get("s3_lookahead", _conf("scheduler", "s3_lookahead", "s3")),
+        ),
         cpu_overhead_ms=read_float("predictor.cpu_overhead_ms", pred["cpu_overhead_ms"]),
-        cpu_overhead=read_bool("predictor.cpu_overhead", pred.get("cpu_overhead", False)),
+        cpu_overhead=read_bool(
+            "predictor.cpu_overhead", pred.get("cpu_overhead", _conf("predictor", "cpu_overhead"))
+        ),
         cpu_overhead_dir=data_root(tree),
         attn_scale=read_float("predictor.attn_scale", pred["attn_scale"]),
         compute_scale=read_float("predictor.compute_scale", pred["compute_scale"]),
         network_scale=read_float("predictor.network_scale", pred["network_scale"]),
-        seed=read_int("seed", tree.get("seed", 42)),
+        seed=read_int("seed", tree.get("seed", _conf("", "seed"))),
     )
 
 

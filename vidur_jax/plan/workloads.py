@@ -9,6 +9,7 @@ from typing import Any
 
 from vidur_jax.errors import require
 from vidur_jax.plan.tree import group, read_float, read_int
+from vidur_jax.sim.conf_defaults import value as _conf  # JAX-free: plain YAML
 
 WORKLOAD_KINDS = ("synthetic", "replay")
 RATE_ARRIVALS = ("poisson", "gamma")
@@ -35,7 +36,7 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
         "name": str(wl.get("name", kind)),
         "num_requests": read_int("workload.num_requests", wl.get("num_requests")),
         "max_tokens": read_int("workload.max_tokens", wl.get("max_tokens")),
-        "seed": read_int("seed", tree.get("seed", 42)),
+        "seed": read_int("seed", tree.get("seed", _conf("", "seed"))),
         # parallel sampling / beam width per request: int or {kind: fixed|choice, ...}
         "num_seqs": wl.get("num_seqs"),
     }
