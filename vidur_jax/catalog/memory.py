@@ -25,6 +25,33 @@ def _is_pos_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
+def validate_simulable(model: ModelSpec | str) -> None:
+    """Refuse a model whose serving cost the simulator cannot compute yet.
+
+    Mixture-of-experts layers, multi-head latent attention and a head size apart from
+    ``embedding_dim / num_q_heads`` are read from ``config.json`` (and counted by
+    :func:`vidur_jax.catalog.hf_config.parameter_count`) but not yet timed or planned in
+    memory; simulating them as dense models would be a silently wrong answer.
+
+    Raises:
+        ConfigError: naming the model and the part that is not modelled.
+    """
+    m = get_model(model)
+    part = (
+        "mixture-of-experts layers" if m.moe is not None
+        else "multi-head latent attention" if m.mla is not None
+        else f"head_dim={m.explicit_head_dim} (not embedding_dim/num_q_heads)"
+        if m.explicit_head_dim is not None
+        else None
+    )
+    require(
+        part is None,
+        f"{m.name} uses {part}, which vidur_jax reads from config.json but does not "
+        "simulate yet (dense models with head_dim = hidden_size / num_attention_heads are "
+        "simulated)",
+    )
+
+
 def validate_parallelism(model: ModelSpec | str, tp: int, pp: int) -> None:
     """Check that a (TP, PP) split is possible for ``model``.
 
@@ -39,6 +66,7 @@ def validate_parallelism(model: ModelSpec | str, tp: int, pp: int) -> None:
             supports TP=1 (phi-2 in Vidur).
     """
     m = get_model(model)
+    validate_simulable(m)
     require(_is_pos_int(tp), f"tensor parallel degree tp={tp!r} must be an integer >= 1")
     require(_is_pos_int(pp), f"pipeline parallel degree pp={pp!r} must be an integer >= 1")
     require(
