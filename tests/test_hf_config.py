@@ -168,3 +168,23 @@ def test_missing_or_broken_file(tmp_path):
 def test_unsimulated_parts_are_refused_not_simulated_as_dense(alias):
     with pytest.raises(ConfigError, match="does not simulate yet"):
         catalog.validate_parallelism(alias, 1, 1)
+
+
+def test_fp8_halves_kv_bytes_and_blocks_follow_by_hand():
+    # Llama-2-7B on an 80 GiB A100, tp=1, max_tokens=4096, margin 0.1, 16-token blocks.
+    # Free for weights + KV: 80 GiB x 0.9 = 77,309,411,328 B. Weights: 6,476,005,376
+    # elements (202,375,168 per layer x 32). KV per token: 2 (K,V) x 128 x 32 heads x
+    # 32 layers = 262,144 elements; x 4096 tokens per request.
+    # fp16/fp16: floor((77,309,411,328 - 12,952,010,752) / 2,147,483,648) = 29 requests
+    #   -> 29 x 256 blocks = 7,424.
+    # fp16 weights / fp8 KV: floor(64,357,400,576 / 1,073,741,824) = 59 -> 15,104.
+    # fp8/fp8: floor((77,309,411,328 - 6,476,005,376) / 1,073,741,824) = 65 -> 16,640.
+    m = "llama2-7b"
+    assert catalog.kv_bytes_per_token(m, 1, kv_dtype="fp8") * 2 == catalog.kv_bytes_per_token(m, 1)
+    blocks = {
+        (w, kv): catalog.num_kv_blocks(m, "a100", 1, 1, 4096, weight_dtype=w, kv_dtype=kv)
+        for w, kv in (("fp16", "fp16"), ("fp16", "fp8"), ("fp8", "fp8"))
+    }
+    assert blocks == {("fp16", "fp16"): 7424, ("fp16", "fp8"): 15104, ("fp8", "fp8"): 16640}
+    with pytest.raises(ConfigError, match="unknown dtype 'int3'"):
+        catalog.num_kv_blocks(m, "a100", 1, 1, 4096, kv_dtype="int3")
