@@ -116,6 +116,34 @@ def _touch(
     )
 
 
+def touch_many(
+    cache: PrefixCache, hashes: jax.Array, counts: jax.Array, delta: int, now, probes: int,
+    scatter_free: bool = False,
+) -> PrefixCache:
+    """Many requests acquire (``delta=1``) or release (``delta=-1``) their leading blocks.
+
+    Args:
+        cache: the table.
+        hashes: (S, K) i64 block hashes of S requests.
+        counts: (S,) i32 leading blocks of each request to touch (0 = none); every
+            touched block must be in the table (held or just found).
+        delta: +1 acquire, -1 release.
+        now: () f64 s.
+        probes: P.
+        scatter_free: unbatched single-config path.
+    """
+    if cache.capacity == 0 or hashes.shape[-1] == 0:
+        return cache
+    s, k = hashes.shape
+    entries = find(cache, hashes.reshape(-1), probes)
+    use = (jnp.arange(k)[None, :] < counts[:, None]).reshape(-1) & (entries >= 0)
+    idx = jnp.where(use, entries, cache.capacity)  # out of range: dropped
+    return cache.replace(
+        refs=update(cache.refs, idx, delta, "add", scatter_free),
+        last_used=update(cache.last_used, idx, now, "max", scatter_free),
+    )
+
+
 def acquire(
     cache: PrefixCache, hashes: jax.Array, count, now, probes: int, scatter_free: bool = False
 ) -> PrefixCache:

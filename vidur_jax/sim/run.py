@@ -20,7 +20,7 @@ import pandas as pd
 
 from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
-from vidur_jax.sim import build
+from vidur_jax.sim import build, prefix_engine
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import (
     init_state,
@@ -108,6 +108,7 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     summary["num_batches"] = nb
     summary["recomputed_tokens"] = counters["restart_tokens"]  # KV discarded by preemptions
     summary["batch_size_max"] = float(pick(state.batch_size_max))
+    summary.update(prefix_engine.summary(cfg.prefix_caching, state, i))
     log = None
     if state.log_start.shape[-1] > 0:
         count = min(int(pick(state.log_count)), state.log_start.shape[-1])
@@ -371,7 +372,8 @@ def _run_group(
     derived = [build.derive(c) for c in cfgs]
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots, window=window)
-    static = dataclasses.replace(static, trace_capacity=int(trace_capacity))
+    static = dataclasses.replace(static, trace_capacity=int(trace_capacity),
+                                 **build.prefix_static(cfgs, derived, workloads))
     slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived)))
     spec = build.table_spec_for(cfgs, static.num_slots)
     results: list[ConfigOutput | None] = [None] * len(cfgs)
@@ -380,7 +382,7 @@ def _run_group(
         sub = [cfgs[i] for i in pending]
         tables, index = build.build_tables(sub, spec, predictor_for)
         params = [
-            build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests)
+            build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests, static.prefix_blocks)
             for i, k in zip(pending, index)
         ]
         lanes = plan_chunk(static, len(params), chunk_configs)
