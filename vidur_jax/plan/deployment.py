@@ -86,6 +86,9 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         vidur_compat_memory=bool(
             sch.get("vidur_compat_memory", _conf("scheduler", "vidur_compat_memory"))
         ),
+        prefix_caching=read_bool(
+            "scheduler.prefix_caching", sch.get("prefix_caching", _conf("scheduler", "prefix_caching"))
+        ),
         batch_timeout_s=read_float(
             "scheduler.batch_timeout_s",
             sch.get("batch_timeout_s", _conf("scheduler", "batch_timeout_s", "static_batching")),
@@ -127,6 +130,11 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     require(value in allowed, f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
+#: replica schedulers that model prefix caching (``Policy.prefix_caching``; a test keeps
+#: this JAX-free copy equal to the policies' flags)
+PREFIX_CACHING_SCHEDULERS = ("vllm", "sarathi")
+
+
 def check_deployment(f: Mapping[str, Any]) -> None:
     """Refuse a bad deployment (fields of :func:`deployment_fields`) with one line.
 
@@ -166,6 +174,11 @@ def check_deployment(f: Mapping[str, Any]) -> None:
     require(
         f["replica_scheduler"] != "lightllm" or pp == 1,
         "replica_scheduler=lightllm does not support pipeline parallelism (num_pipeline_stages must be 1)",
+    )
+    require(
+        not f.get("prefix_caching") or f["replica_scheduler"] in PREFIX_CACHING_SCHEDULERS,
+        f"replica_scheduler={f['replica_scheduler']} does not support prefix_caching yet "
+        f"(supported: {', '.join(PREFIX_CACHING_SCHEDULERS)})",
     )
 
 

@@ -33,6 +33,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "memory_margin_fraction",
             "num_blocks",
             "vidur_compat_memory",
+            "prefix_caching",
             "batch_timeout_s",
             "batch_max_tokens",
             "s3_predictor",
@@ -60,6 +61,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "decode_scale_factor",
             "time_scale_factor",
             "num_seqs",
+            "system_prompt",
         }
     ),
 }
