@@ -358,6 +358,9 @@ def _end_batch(
         tbt_bin_sum=_put(static, state.tbt_bin_sum, bins_w, gap, "add"),
         tbt_count=state.tbt_count + is_decode_iter.sum(),
     )
+    if prefix_engine.on(static):  # prompts computed by now are published
+        row = prefix_engine.publish(static, params, row, row.req, (row.req >= 0) & ~row.restarted
+                                    & (processed >= row.prefill), t)
     row = row._replace(
         req=jnp.where(finished, -1, row.req),
         processed=jnp.where(finished, 0, processed),
@@ -369,8 +372,7 @@ def _end_batch(
         group=jnp.where(finished, -1, row.group),
         inflight_end=_put(static, row.inflight_end, jnp.where(ends, m, row.inflight_end.shape[0]), _INF),
     )
-    if prefix_engine.on(static):  # publish computed prompts, then completions release theirs
-        row = prefix_engine.publish(static, params, row, safe_req, prefill_done, t)
+    if prefix_engine.on(static):  # completions release their cached blocks
         row = prefix_engine.release(static, params, row, safe_req, finished, t)
     return state, _compact(static, row)
 

@@ -138,13 +138,17 @@ def admit(
     return state, row
 
 
-def publish(static: SimStatic, params: SimParams, row: _Row, req: jax.Array, done: jax.Array, t) -> _Row:
-    """Slots ``done`` (prefill just completed; ``req`` their ids) publish their full
-    prompt blocks into the table, slot by slot (:func:`prefix_cache.insert`)."""
+def publish(static: SimStatic, params: SimParams, row: _Row, req: jax.Array, computed: jax.Array, t) -> _Row:
+    """Slots whose prompt is ``computed`` (prefill complete, possibly inside a fused run;
+    ``req`` their ids) publish the full prompt blocks they do not hold through the table
+    yet, slot by slot (:func:`prefix_cache.insert`). A block that found no table entry
+    (its probe window full of referenced blocks) is tried again at the next event."""
     s = row.req.shape[0]
     hashes = _hashes(static, params, req)
     stop = jnp.minimum(params.num_prefill[jnp.clip(req, 0, static.num_requests - 1)] // params.block_size,
                        static.prefix_blocks)
+    stop = jnp.minimum(stop, (hashes >= 0).sum(axis=1))  # hashes end at the first partial block
+    done = computed & (row.held < stop)
     # visit only the done slots: their indices compacted to the front
     order = jnp.argsort(~done, stable=True)
 
