@@ -208,3 +208,21 @@ def test_plan_scheduler_list_matches_policies():
     from vidur_jax.sim import policies
 
     assert set(PREFIX_CACHING_SCHEDULERS) == {n for n in policies.POLICIES if policies.get(n).prefix_caching}
+
+
+def test_prefix_affinity_routes_to_the_replica_caching_the_prompt():
+    # 2 replicas. R0 (prompt A) and R1 (prompt B) arrive together at 0: R0 -> replica 0,
+    # R1 -> replica 1 (LOR: R0 waits at replica 0), each computes 40 tokens. R2 (B) at
+    # 300 ms and R3 (A) at 400 ms find both replicas idle: LOR sends both to replica 0
+    # (R2 misses B there: 40 tokens; R3 hits A: 8), prefix affinity sends R2 to replica 1
+    # where B is cached (8 tokens) and R3 to replica 0 (8 tokens).
+    wl = toy([0.0, 0.0, 0.3, 0.4], [7, 8, 8, 7], [2, 2, 2, 2])
+    aff, lor = run([DeploymentConfig(replica_scheduler="vllm", prefix_caching=True, num_replicas=2,
+                                     global_scheduler=g) for g in ("prefix_affinity", "lor")], [wl, wl])
+    done = lambda a, p: a + it(p) + it(1)  # noqa: E731
+    check(aff, [0.0, 0.0, 0.3, 0.4], [it(40), it(40), 0.3 + it(8), 0.4 + it(8)],
+          [done(0, 40), done(0, 40), done(0.3, 8), done(0.4, 8)])
+    check(lor, [0.0, 0.0, 0.3, 0.4], [it(40), it(40), 0.3 + it(40), 0.4 + it(8)],
+          [done(0, 40), done(0, 40), done(0.3, 40), done(0.4, 8)])
+    assert aff.summary["prefix_hit_rate_requests"] == pytest.approx(0.5)
+    assert lor.summary["prefix_hit_rate_requests"] == pytest.approx(0.25)

@@ -29,7 +29,7 @@ REPLICA_SCHEDULERS = (
     "s3",
 )
 #: Global schedulers (``vidur_jax.sim.types.ROUTERS``).
-GLOBAL_SCHEDULERS = ("round_robin", "random", "lor")
+GLOBAL_SCHEDULERS = ("round_robin", "random", "lor", "prefix_affinity")
 #: S3 output-length predictors (``vidur_jax.sim.s3.PREDICTORS``).
 S3_PREDICTORS = ("oracle", "confusion", "learned")
 #: S3 admission rules (``vidur_jax.sim.build.S3_ADMISSIONS``).
@@ -69,6 +69,9 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         num_pipeline_stages=read_int("cluster.pp", cl["pp"]),
         num_replicas=read_int("cluster.num_replicas", cl["num_replicas"]),
         global_scheduler=cl["global_scheduler"],
+        affinity_imbalance=read_int(
+            "cluster.affinity_imbalance", cl.get("affinity_imbalance", _conf("cluster", "affinity_imbalance"))
+        ),
         replica_scheduler=sch["replica_scheduler"],
         batch_size_cap=read_int("scheduler.batch_size_cap", sch["batch_size_cap"]),
         block_size=read_int("scheduler.block_size", sch["block_size"]),
@@ -145,6 +148,8 @@ def check_deployment(f: Mapping[str, Any]) -> None:
     """
     _one_of("replica_scheduler", f["replica_scheduler"], REPLICA_SCHEDULERS)
     _one_of("global_scheduler", f["global_scheduler"], GLOBAL_SCHEDULERS)
+    require(f.get("affinity_imbalance", 0) >= 0,
+            f"cluster.affinity_imbalance={f.get('affinity_imbalance')!r} must be an integer >= 0")
     model = catalog.get_model(f["model"])
     catalog.get_device(f["device"])
     catalog.get_node(f["network_device"])

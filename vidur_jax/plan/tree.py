@@ -20,7 +20,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
-    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler"}),
+    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance"}),
     "scheduler": frozenset(
         {
             "replica_scheduler",

@@ -61,6 +61,7 @@ class DeploymentConfig:
     num_pipeline_stages: int = _conf("cluster", "pp")
     num_replicas: int = _conf("cluster", "num_replicas")
     global_scheduler: str = _conf("cluster", "global_scheduler")
+    affinity_imbalance: int = _conf("cluster", "affinity_imbalance")
     replica_scheduler: str = _conf("scheduler", "replica_scheduler")
     batch_size_cap: int = _conf("scheduler", "batch_size_cap")
     block_size: int = _conf("scheduler", "block_size")
@@ -123,6 +124,8 @@ class DeploymentConfig:
                 isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
                 f"{name}={value!r} must be an integer >= 1",
             )
+        require(isinstance(self.affinity_imbalance, (int, np.integer)) and self.affinity_imbalance >= 0,
+                f"affinity_imbalance={self.affinity_imbalance!r} must be an integer >= 0")
         require(0.0 <= self.watermark_blocks_fraction < 1.0,
                 f"watermark_blocks_fraction={self.watermark_blocks_fraction} must be in [0, 1)")
         for name in ("attn_scale", "compute_scale", "network_scale"):
@@ -327,6 +330,7 @@ def build_params(
         num_seqs=np.concatenate([seqs, np.ones(pad, i32)]),
         num_valid=i32(mask.sum()),
         random_route=route,
+        affinity_imbalance=i32(cfg.affinity_imbalance),
         prefix_hashes=_prefix_hashes(cfg, workload, num_requests, prefix_blocks),
         num_replicas=i32(cfg.num_replicas),
         num_stages=i32(cfg.num_pipeline_stages),

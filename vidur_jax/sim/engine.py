@@ -232,6 +232,8 @@ def _route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) 
         pending = state.q_tail - state.q_head + state.slot_restarted.sum(axis=1)
         pending = jnp.where(jnp.arange(static.max_replicas) < n_rep, pending, jnp.iinfo(jnp.int32).max)
         return jnp.argmin(pending).astype(jnp.int32)
+    if static.router == "prefix_affinity":
+        return prefix_engine.route(static, params, state, i)
     raise ValueError(f"unknown router {static.router!r}")
 
 

@@ -172,6 +172,30 @@ def settle(static: SimStatic, state: SimState, row: _Row) -> tuple[SimState, _Ro
     return state.replace(error=state.error | jnp.where(row.free_blocks < 0, ERR_PREFIX, 0)), row
 
 
+def route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) -> jax.Array:
+    """() i32 replica for arriving request ``i`` under the ``prefix_affinity`` router.
+
+    The replica whose cache holds the longest leading prefix of the request's blocks,
+    among those with at most ``affinity_imbalance`` more outstanding requests (waiting,
+    restarted included, as LOR counts them) than the least loaded one; ties and
+    no-hit requests go to the least outstanding replica (LOR). With caching off it is LOR.
+    """
+    n = static.max_replicas
+    pending = state.q_tail - state.q_head + state.slot_restarted.sum(axis=1)
+    pending = jnp.where(jnp.arange(n) < params.num_replicas, pending, jnp.iinfo(jnp.int32).max)
+    lor = jnp.argmin(pending).astype(jnp.int32)
+    if not on(static):
+        return lor
+    hashes = params.prefix_hashes[jnp.minimum(i, static.num_requests - 1)]  # (K,)
+    pos = pc._windows(hashes, static.prefix_capacity, static.prefix_probes)  # (K, P)
+    found = ((state.pc_hash[:, pos] == hashes[None, :, None]) & (hashes >= 0)[None, :, None]).any(axis=2)
+    hits = jnp.cumprod(found, axis=1).sum(axis=1)  # (N,) leading cached blocks per replica
+    near = pending <= pending[lor] + params.affinity_imbalance
+    score = jnp.where(near, hits, -1)
+    best = jnp.argmax(score).astype(jnp.int32)
+    return jnp.where(score[best] > hits[lor], best, lor)
+
+
 #: summary.csv columns (nan for a config without prefix caching)
 COLUMNS = ("prefix_hit_rate_tokens", "prefix_hit_rate_requests", "prefill_tokens_saved")
 

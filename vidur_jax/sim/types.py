@@ -26,7 +26,7 @@ import flax.struct
 import jax
 
 #: Global schedulers (request routing to replicas), Vidur's names.
-ROUTERS = ("round_robin", "random", "lor")
+ROUTERS = ("round_robin", "random", "lor", "prefix_affinity")
 #: Routers whose decision depends only on the request index: requests are routed up front
 #: and an arrival is not a simulator step of its own (the replica's queue simply grows).
 STATIC_ROUTERS = ("round_robin", "random")
@@ -146,6 +146,7 @@ class SimParams:
     num_seqs: jax.Array  # (R,) i32 output sequences per request (parallel sampling / beam width; 1 = Vidur)
     num_valid: jax.Array  # () i32 real (non-padding) requests
     random_route: jax.Array  # (R,) i32 replica id per request for router="random"
+    affinity_imbalance: jax.Array  # () i32 prefix_affinity router: outstanding requests above the least loaded replica it tolerates
     prefix_hashes: jax.Array  # (R, K) i64 hash of each full prompt KV block (-1 = none; K = 0: caching off)
     # deployment
     num_replicas: jax.Array  # () i32, <= SimStatic.max_replicas
