@@ -31,12 +31,13 @@ def it(tokens: int) -> float:
     return (10.0 + 0.1 * t8) * 1e-3
 
 
-def toy(arrivals, system_ids, num_decode):
-    """Requests of 32 system-prompt tokens (content ``system_ids``) + 8 own tokens."""
+def toy(arrivals, system_ids, num_decode, own=None):
+    """Requests of 32 system-prompt tokens (content ``system_ids``) + ``own`` (8) own tokens."""
     n = len(arrivals)
-    wl = make_workload(np.array(arrivals), np.full(n, 40), np.array(num_decode))
+    own = np.full(n, 8) if own is None else np.array(own)
+    wl = make_workload(np.array(arrivals), 32 + own, np.array(num_decode))
     seg = wp.Segments(np.stack([np.array(system_ids), 100 + np.arange(n)], axis=1),
-                      np.tile([32, 8], (n, 1)))
+                      np.stack([np.full(n, 32), own], axis=1))
     return wl.replace(prefix_hashes=wp.block_hashes(seg, 16, 2))
 
 
@@ -82,19 +83,18 @@ def test_second_request_with_same_system_prompt_prefills_only_its_own_tokens(pol
 
 
 def test_eviction_lru_when_memory_is_short():
-    # 3 KV blocks. R0 (prompt A) completes: A's 2 blocks stay cached, 1 block free.
-    # R1 (prompt B, 3 blocks) at 100 ms: free 1 + evictable 2 = 3 -> admitted, both A
-    # blocks evicted. R2 (prompt A) at 200 ms finds nothing (B is cached now): full
-    # prefill. With 8 blocks nothing is evicted and R2 hits A.
-    wl = toy([0.0, 0.1, 0.2], [7, 8, 7], [2, 2, 2])
+    # 5 KV blocks. R0 (prompt A + 8 tokens: 3 blocks) completes: A's 2 blocks stay
+    # cached, 3 free. R1 (prompt B + 40 tokens = 72: 5 blocks, 1 output token) at 100 ms:
+    # free 3 + evictable 2 = 5 -> admitted, both A blocks evicted; it completes at its
+    # prefill. R2 (prompt A) at 200 ms finds nothing (B is cached now): full prefill.
+    # With 8 blocks nothing is evicted and R2 hits A (8 tokens to prefill).
+    wl = toy([0.0, 0.1, 0.2], [7, 8, 7], [2, 1, 2], own=[8, 40, 8])
     small, big = run([DeploymentConfig(replica_scheduler="vllm", prefix_caching=True, num_blocks=n)
-                      for n in (3, 8)], [wl, wl])
-    done = lambda a, p: a + it(p) + it(1)  # noqa: E731
-    check(small, [0.0, 0.1, 0.2], [it(40), 0.1 + it(40), 0.2 + it(40)],
-          [done(0, 40), done(0.1, 40), done(0.2, 40)])
+                      for n in (5, 8)], [wl, wl])
+    r1 = 0.1 + it(72)
+    check(small, [0.0, 0.1, 0.2], [it(40), r1, 0.2 + it(40)], [it(40) + it(1), r1, 0.2 + it(40) + it(1)])
     assert small.summary["prefill_tokens_saved"] == 0
-    check(big, [0.0, 0.1, 0.2], [it(40), 0.1 + it(40), 0.2 + it(8)],
-          [done(0, 40), done(0.1, 40), done(0.2, 8)])
+    check(big, [0.0, 0.1, 0.2], [it(40), r1, 0.2 + it(8)], [it(40) + it(1), r1, 0.2 + it(8) + it(1)])
     assert big.summary["prefill_tokens_saved"] == 32
 
 
