@@ -36,8 +36,10 @@ def toy(arrivals, system_ids, num_decode, own=None):
     n = len(arrivals)
     own = np.full(n, 8) if own is None else np.array(own)
     wl = make_workload(np.array(arrivals), 32 + own, np.array(num_decode))
-    seg = wp.Segments(np.stack([np.array(system_ids), 100 + np.arange(n)], axis=1),
-                      np.stack([np.full(n, 32), own], axis=1))
+    seg = wp.Segments(
+        np.stack([np.array(system_ids), 100 + np.arange(n)], axis=1),
+        np.stack([np.full(n, 32), own], axis=1),
+    )
     return wl.replace(prefix_hashes=wp.block_hashes(seg, 16, 2))
 
 
@@ -67,8 +69,10 @@ def check(out, scheduled, first, completed):
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
 def test_second_request_with_same_system_prompt_prefills_only_its_own_tokens(policy):
     wl = toy([0.0, 0.1], [7, 7], [2, 2])
-    on, off = run([DeploymentConfig(replica_scheduler=policy, prefix_caching=c) for c in (True, False)],
-                  [wl, wl])
+    on, off = run(
+        [DeploymentConfig(replica_scheduler=policy, prefix_caching=c) for c in (True, False)],
+        [wl, wl],
+    )
     # R0: prefill 40 tokens, then 1 decode. Its 2 system-prompt blocks are published at
     # its first token and stay cached (unreferenced) after it completes.
     # R1 at 100 ms: 2 blocks hit -> prefills 8 tokens (not 40), then 1 decode.
@@ -78,8 +82,10 @@ def test_second_request_with_same_system_prompt_prefills_only_its_own_tokens(pol
     assert s["prefix_hit_rate_tokens"] == pytest.approx(32 / 80)
     assert s["prefix_hit_rate_requests"] == pytest.approx(0.5)
     assert s["prefill_tokens_saved"] == 32
-    assert all(np.isnan(off.summary[k]) for k in
-               ("prefix_hit_rate_tokens", "prefix_hit_rate_requests", "prefill_tokens_saved"))
+    assert all(
+        np.isnan(off.summary[k])
+        for k in ("prefix_hit_rate_tokens", "prefix_hit_rate_requests", "prefill_tokens_saved")
+    )
 
 
 def test_eviction_lru_when_memory_is_short():
@@ -89,12 +95,24 @@ def test_eviction_lru_when_memory_is_short():
     # prefill. R2 (prompt A) at 200 ms finds nothing (B is cached now): full prefill.
     # With 8 blocks nothing is evicted and R2 hits A (8 tokens to prefill).
     wl = toy([0.0, 0.1, 0.2], [7, 8, 7], [2, 1, 2], own=[8, 40, 8])
-    small, big = run([DeploymentConfig(replica_scheduler="vllm", prefix_caching=True, num_blocks=n)
-                      for n in (5, 8)], [wl, wl])
+    small, big = run(
+        [
+            DeploymentConfig(replica_scheduler="vllm", prefix_caching=True, num_blocks=n)
+            for n in (5, 8)
+        ],
+        [wl, wl],
+    )
     r1 = 0.1 + it(72)
-    check(small, [0.0, 0.1, 0.2], [it(40), r1, 0.2 + it(40)], [it(40) + it(1), r1, 0.2 + it(40) + it(1)])
+    check(
+        small,
+        [0.0, 0.1, 0.2],
+        [it(40), r1, 0.2 + it(40)],
+        [it(40) + it(1), r1, 0.2 + it(40) + it(1)],
+    )
     assert small.summary["prefill_tokens_saved"] == 0
-    check(big, [0.0, 0.1, 0.2], [it(40), r1, 0.2 + it(8)], [it(40) + it(1), r1, 0.2 + it(8) + it(1)])
+    check(
+        big, [0.0, 0.1, 0.2], [it(40), r1, 0.2 + it(8)], [it(40) + it(1), r1, 0.2 + it(8) + it(1)]
+    )
     assert big.summary["prefill_tokens_saved"] == 32
 
 
@@ -111,7 +129,9 @@ def test_preempted_request_finds_its_cached_prefix_on_restart():
     # c: R1 re-admitted: A hits (2 blocks) -> prefills 49 - 32 = 17 tokens -> c + it(17),
     #    then 2 decodes (50 -> 52 tokens).
     wl = toy([0.0, 0.005], [7, 7], [12, 12])
-    (out,) = run([DeploymentConfig(replica_scheduler="vllm", prefix_caching=True, num_blocks=5)], [wl])
+    (out,) = run(
+        [DeploymentConfig(replica_scheduler="vllm", prefix_caching=True, num_blocks=5)], [wl]
+    )
     a = it(40)
     b = a + it(8)
     c = b + 11 * it(1)
@@ -125,11 +145,29 @@ def _chat(n=160, qps=8.0, seed=0, fraction=0.8, tokens=256):
     import jax
 
     key = jax.random.PRNGKey(seed)
-    wl = synthetic(key, n, {"kind": "poisson", "qps": qps},
-                   {"kind": "zipf", "theta": 0.6, "scramble": False, "min_tokens": 32, "max_tokens": 1024,
-                    "prefill_to_decode_ratio": 4.0}, 2048)
-    return with_system_prompts(wl, jax.random.fold_in(key, 1), num_prompts=3, tokens=tokens,
-                               fraction=fraction, block_size=16, max_tokens=2048)
+    wl = synthetic(
+        key,
+        n,
+        {"kind": "poisson", "qps": qps},
+        {
+            "kind": "zipf",
+            "theta": 0.6,
+            "scramble": False,
+            "min_tokens": 32,
+            "max_tokens": 1024,
+            "prefill_to_decode_ratio": 4.0,
+        },
+        2048,
+    )
+    return with_system_prompts(
+        wl,
+        jax.random.fold_in(key, 1),
+        num_prompts=3,
+        tokens=tokens,
+        fraction=fraction,
+        block_size=16,
+        max_tokens=2048,
+    )
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
@@ -161,10 +199,18 @@ def test_caching_on_without_shared_prefixes_equals_off(policy):
     even when cached blocks fill memory and must be evicted."""
     wl = _chat(fraction=0.0)
     assert (np.asarray(wl.prefix_hashes) < 0).all()  # no system prompt: nothing to hash
-    wl = wl.replace(prefix_hashes=np.where(np.asarray(wl.mask)[:, None], np.arange(160)[:, None] * 10
-                                           + np.arange(4)[None, :], -1))
-    on, off = run([DeploymentConfig(replica_scheduler=policy, prefix_caching=c, num_blocks=160)
-                   for c in (True, False)], [wl, wl])
+    wl = wl.replace(
+        prefix_hashes=np.where(
+            np.asarray(wl.mask)[:, None], np.arange(160)[:, None] * 10 + np.arange(4)[None, :], -1
+        )
+    )
+    on, off = run(
+        [
+            DeploymentConfig(replica_scheduler=policy, prefix_caching=c, num_blocks=160)
+            for c in (True, False)
+        ],
+        [wl, wl],
+    )
     for k in ("scheduled_at", "first_token_at", "completed_at", "num_restarts"):
         np.testing.assert_array_equal(on.requests[k], off.requests[k])
     assert on.summary["prefill_tokens_saved"] == 0
@@ -172,7 +218,10 @@ def test_caching_on_without_shared_prefixes_equals_off(policy):
 
 def test_batched_equals_single_config_path():
     wl = _chat()
-    cfgs = [DeploymentConfig(replica_scheduler="sarathi", prefix_caching=True, num_blocks=n) for n in (160, 400)]
+    cfgs = [
+        DeploymentConfig(replica_scheduler="sarathi", prefix_caching=True, num_blocks=n)
+        for n in (160, 400)
+    ]
     both = run(cfgs, [wl, wl])
     for cfg, b in zip(cfgs, both, strict=True):
         (one,) = run([cfg], [wl])
@@ -197,15 +246,19 @@ def test_unsupported_policy_and_missing_prefixes_are_refused():
     with pytest.raises(ConfigError, match="does not support prefix_caching"):
         run([DeploymentConfig(replica_scheduler="orca", prefix_caching=True)], [wl])
     with pytest.raises(ConfigError, match="needs a workload with shared prefixes"):
-        run([DeploymentConfig(replica_scheduler="vllm", prefix_caching=True)],
-            [make_workload(np.array([0.0]), np.array([40]), np.array([2]))])
+        run(
+            [DeploymentConfig(replica_scheduler="vllm", prefix_caching=True)],
+            [make_workload(np.array([0.0]), np.array([40]), np.array([2]))],
+        )
 
 
 def test_plan_scheduler_list_matches_policies():
     from vidur_jax.plan.deployment import PREFIX_CACHING_SCHEDULERS
     from vidur_jax.sim import policies
 
-    assert set(PREFIX_CACHING_SCHEDULERS) == {n for n in policies.POLICIES if policies.get(n).prefix_caching}
+    assert set(PREFIX_CACHING_SCHEDULERS) == {
+        n for n in policies.POLICIES if policies.get(n).prefix_caching
+    }
 
 
 def test_prefix_affinity_routes_to_the_replica_caching_the_prompt():
@@ -215,13 +268,28 @@ def test_prefix_affinity_routes_to_the_replica_caching_the_prompt():
     # (R2 misses B there: 40 tokens; R3 hits A: 8), prefix affinity sends R2 to replica 1
     # where B is cached (8 tokens) and R3 to replica 0 (8 tokens).
     wl = toy([0.0, 0.0, 0.3, 0.4], [7, 8, 8, 7], [2, 2, 2, 2])
-    aff, lor = run([DeploymentConfig(replica_scheduler="vllm", prefix_caching=True, num_replicas=2,
-                                     global_scheduler=g) for g in ("prefix_affinity", "lor")], [wl, wl])
+    aff, lor = run(
+        [
+            DeploymentConfig(
+                replica_scheduler="vllm", prefix_caching=True, num_replicas=2, global_scheduler=g
+            )
+            for g in ("prefix_affinity", "lor")
+        ],
+        [wl, wl],
+    )
     done = lambda a, p: a + it(p) + it(1)  # noqa: E731
-    check(aff, [0.0, 0.0, 0.3, 0.4], [it(40), it(40), 0.3 + it(8), 0.4 + it(8)],
-          [done(0, 40), done(0, 40), done(0.3, 8), done(0.4, 8)])
-    check(lor, [0.0, 0.0, 0.3, 0.4], [it(40), it(40), 0.3 + it(40), 0.4 + it(8)],
-          [done(0, 40), done(0, 40), done(0.3, 40), done(0.4, 8)])
+    check(
+        aff,
+        [0.0, 0.0, 0.3, 0.4],
+        [it(40), it(40), 0.3 + it(8), 0.4 + it(8)],
+        [done(0, 40), done(0, 40), done(0.3, 8), done(0.4, 8)],
+    )
+    check(
+        lor,
+        [0.0, 0.0, 0.3, 0.4],
+        [it(40), it(40), 0.3 + it(40), 0.4 + it(8)],
+        [done(0, 40), done(0, 40), done(0.3, 40), done(0.4, 8)],
+    )
     assert aff.summary["prefix_hit_rate_requests"] == pytest.approx(0.5)
     assert lor.summary["prefix_hit_rate_requests"] == pytest.approx(0.25)
 
@@ -236,8 +304,12 @@ def test_single_config_loop_stays_scatter_free_with_caching(policy):
     from vidur_jax.sim.engine import simulate_single
 
     wl = toy([0.0, 0.1], [7, 7], [2, 2])
-    cfg = DeploymentConfig(replica_scheduler=policy, prefix_caching=True, num_replicas=2,
-                           global_scheduler="prefix_affinity")
+    cfg = DeploymentConfig(
+        replica_scheduler=policy,
+        prefix_caching=True,
+        num_replicas=2,
+        global_scheduler="prefix_affinity",
+    )
     d = build.derive(cfg)
     static = build.make_static([cfg], [d], wl.num_requests, num_slots=8)
     static = dataclasses.replace(static, **build.prefix_static([cfg], [d], [wl]))

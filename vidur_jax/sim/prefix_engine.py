@@ -75,7 +75,9 @@ def candidate_hits(
     """
     cache = cache_of(row)
     w, k = req.shape[0], static.prefix_blocks
-    entries = pc.find(cache, _hashes(static, params, req).reshape(-1), static.prefix_probes).reshape(w, k)
+    entries = pc.find(
+        cache, _hashes(static, params, req).reshape(-1), static.prefix_probes
+    ).reshape(w, k)
     lead = jnp.cumprod(entries >= 0, axis=1).sum(axis=1)
     n = jnp.minimum(lead, jnp.maximum(prefill - 1, 0) // params.block_size)
     n = jnp.where(req >= 0, n, 0).astype(jnp.int32)
@@ -89,11 +91,19 @@ def view_fields(static: SimStatic, params: SimParams, row: _Row) -> dict:
     blocks no other running request uses)."""
     cache = cache_of(row)
     s, k = row.req.shape[0], static.prefix_blocks
-    entries = pc.find(cache, _hashes(static, params, row.req).reshape(-1), static.prefix_probes).reshape(s, k)
-    only_mine = (jnp.arange(k)[None, :] < row.held[:, None]) & (entries >= 0) & (
-        cache.refs[jnp.maximum(entries, 0)] == 1)
+    entries = pc.find(
+        cache, _hashes(static, params, row.req).reshape(-1), static.prefix_probes
+    ).reshape(s, k)
+    only_mine = (
+        (jnp.arange(k)[None, :] < row.held[:, None])
+        & (entries >= 0)
+        & (cache.refs[jnp.maximum(entries, 0)] == 1)
+    )
     reclaim = jnp.where(row.req >= 0, row.blocks - row.held + only_mine.sum(axis=1), 0)
-    return {"free_blocks": row.free_blocks + pc.num_evictable(cache), "reclaim": reclaim.astype(jnp.int32)}
+    return {
+        "free_blocks": row.free_blocks + pc.num_evictable(cache),
+        "reclaim": reclaim.astype(jnp.int32),
+    }
 
 
 def evictable(static: SimStatic, row: _Row) -> jax.Array:
@@ -101,20 +111,35 @@ def evictable(static: SimStatic, row: _Row) -> jax.Array:
     return pc.num_evictable(cache_of(row)) if on(static) else jnp.int32(0)
 
 
-def release(static: SimStatic, params: SimParams, row: _Row, req: jax.Array, mask: jax.Array, t) -> _Row:
+def release(
+    static: SimStatic, params: SimParams, row: _Row, req: jax.Array, mask: jax.Array, t
+) -> _Row:
     """Slots ``mask`` (completed or preempted; ``req`` their ids before the event)
     release the blocks they hold through the table: content stays cached. The engine
     returned all their ``blocks`` to ``free_blocks``; the held ones are taken back."""
     held = jnp.where(mask, row.held, 0)
-    cache = pc.touch_many(cache_of(row), _hashes(static, params, req), held, -1, t, static.prefix_probes,
-                          static.scatter_free)
+    cache = pc.touch_many(
+        cache_of(row),
+        _hashes(static, params, req),
+        held,
+        -1,
+        t,
+        static.prefix_probes,
+        static.scatter_free,
+    )
     row = _with_cache(row, cache)
     return row._replace(free_blocks=row.free_blocks - held.sum(), held=jnp.where(mask, 0, row.held))
 
 
 def admit(
-    static: SimStatic, params: SimParams, state: SimState, row: _Row, cands, admit: jax.Array,
-    target: jax.Array, t,
+    static: SimStatic,
+    params: SimParams,
+    state: SimState,
+    row: _Row,
+    cands,
+    admit: jax.Array,
+    target: jax.Array,
+    t,
 ) -> tuple[SimState, _Row]:
     """Admitted candidates acquire their hits and hold them (slot ``target``).
 
@@ -122,8 +147,15 @@ def admit(
     hits are no new memory, so they are added back here. Counts the hit statistics.
     """
     hits = jnp.where(admit, cands.cached // params.block_size, 0).astype(jnp.int32)
-    cache = pc.touch_many(cache_of(row), _hashes(static, params, cands.req), hits, 1, t, static.prefix_probes,
-                          static.scatter_free)
+    cache = pc.touch_many(
+        cache_of(row),
+        _hashes(static, params, cands.req),
+        hits,
+        1,
+        t,
+        static.prefix_probes,
+        static.scatter_free,
+    )
     row = _with_cache(row, cache)._replace(
         held=update(row.held, target, hits, "set", static.scatter_free),
         free_blocks=row.free_blocks + hits.sum(),
@@ -138,15 +170,19 @@ def admit(
     return state, row
 
 
-def publish(static: SimStatic, params: SimParams, row: _Row, req: jax.Array, computed: jax.Array, t) -> _Row:
+def publish(
+    static: SimStatic, params: SimParams, row: _Row, req: jax.Array, computed: jax.Array, t
+) -> _Row:
     """Slots whose prompt is ``computed`` (prefill complete, possibly inside a fused run;
     ``req`` their ids) publish the full prompt blocks they do not hold through the table
     yet, slot by slot (:func:`prefix_cache.insert`). A block that found no table entry
     (its probe window full of referenced blocks) is tried again at the next event."""
     s = row.req.shape[0]
     hashes = _hashes(static, params, req)
-    stop = jnp.minimum(params.num_prefill[jnp.clip(req, 0, static.num_requests - 1)] // params.block_size,
-                       static.prefix_blocks)
+    stop = jnp.minimum(
+        params.num_prefill[jnp.clip(req, 0, static.num_requests - 1)] // params.block_size,
+        static.prefix_blocks,
+    )
     stop = jnp.minimum(stop, (hashes >= 0).sum(axis=1))  # hashes end at the first partial block
     done = computed & (row.held < stop)
     # visit only the done slots: their indices compacted to the front
@@ -156,8 +192,15 @@ def publish(static: SimStatic, params: SimParams, row: _Row, req: jax.Array, com
         cache, held, freed = carry
         i = order[j]
         start = held[i]
-        cache, h, f = pc.insert(cache, hashes[i], start, jnp.maximum(stop[i], start), t, static.prefix_probes,
-                                static.scatter_free)
+        cache, h, f = pc.insert(
+            cache,
+            hashes[i],
+            start,
+            jnp.maximum(stop[i], start),
+            t,
+            static.prefix_probes,
+            static.scatter_free,
+        )
         return cache, jnp.where(jnp.arange(s) == i, h, held), freed + f
 
     cache, held, freed = lax.fori_loop(0, done.sum(), one, (cache_of(row), row.held, jnp.int32(0)))
@@ -188,7 +231,9 @@ def route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) -
         return lor
     hashes = params.prefix_hashes[jnp.minimum(i, static.num_requests - 1)]  # (K,)
     pos = pc._windows(hashes, static.prefix_capacity, static.prefix_probes)  # (K, P)
-    found = ((state.pc_hash[:, pos] == hashes[None, :, None]) & (hashes >= 0)[None, :, None]).any(axis=2)
+    found = ((state.pc_hash[:, pos] == hashes[None, :, None]) & (hashes >= 0)[None, :, None]).any(
+        axis=2
+    )
     hits = jnp.cumprod(found, axis=1).sum(axis=1)  # (N,) leading cached blocks per replica
     near = pending <= pending[lor] + params.affinity_imbalance
     score = jnp.where(near, hits, -1)
