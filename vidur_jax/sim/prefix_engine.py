@@ -44,9 +44,14 @@ def on(static: SimStatic) -> bool:
     return static.prefix_capacity > 0 and static.prefix_blocks > 0
 
 
-def cache_of(row: _Row) -> pc.PrefixCache:
-    """The replica's table, from its gathered row."""
-    return pc.PrefixCache(block_hash=row.pc_hash, refs=row.pc_refs, last_used=row.pc_last)
+def cache_of(row: _Row, params: SimParams | None) -> pc.PrefixCache:
+    """The replica's table, from its gathered row: ``num_blocks`` entries used of the
+    static capacity (the largest of the configs simulated together; ``params`` None:
+    for the functions that do not hash)."""
+    size = None if params is None else params.num_blocks
+    return pc.PrefixCache(
+        block_hash=row.pc_hash, refs=row.pc_refs, last_used=row.pc_last, size=size
+    )
 
 
 def _with_cache(row: _Row, cache: pc.PrefixCache) -> _Row:
@@ -73,7 +78,7 @@ def candidate_hits(
         leaving at least one token to compute) and (W,) i32 of those blocks already
         referenced by a running request (they cost no memory).
     """
-    cache = cache_of(row)
+    cache = cache_of(row, params)
     w, k = req.shape[0], static.prefix_blocks
     entries = pc.find(
         cache, _hashes(static, params, req).reshape(-1), static.prefix_probes
@@ -89,7 +94,7 @@ def view_fields(static: SimStatic, params: SimParams, row: _Row) -> dict:
     """Policy view under caching: free memory counts evictable blocks, and ``reclaim``
     is what preempting each slot would give back (its private blocks plus the held
     blocks no other running request uses)."""
-    cache = cache_of(row)
+    cache = cache_of(row, params)
     s, k = row.req.shape[0], static.prefix_blocks
     entries = pc.find(
         cache, _hashes(static, params, row.req).reshape(-1), static.prefix_probes
@@ -108,7 +113,7 @@ def view_fields(static: SimStatic, params: SimParams, row: _Row) -> dict:
 
 def evictable(static: SimStatic, row: _Row) -> jax.Array:
     """() i32 evictable cached blocks of the replica (0 when off)."""
-    return pc.num_evictable(cache_of(row)) if on(static) else jnp.int32(0)
+    return pc.num_evictable(cache_of(row, None)) if on(static) else jnp.int32(0)
 
 
 def release(
@@ -119,7 +124,7 @@ def release(
     returned all their ``blocks`` to ``free_blocks``; the held ones are taken back."""
     held = jnp.where(mask, row.held, 0)
     cache = pc.touch_many(
-        cache_of(row),
+        cache_of(row, params),
         _hashes(static, params, req),
         held,
         -1,
@@ -148,7 +153,7 @@ def admit(
     """
     hits = jnp.where(admit, cands.cached // params.block_size, 0).astype(jnp.int32)
     cache = pc.touch_many(
-        cache_of(row),
+        cache_of(row, params),
         _hashes(static, params, cands.req),
         hits,
         1,
@@ -203,14 +208,16 @@ def publish(
         )
         return cache, jnp.where(jnp.arange(s) == i, h, held), freed + f
 
-    cache, held, freed = lax.fori_loop(0, done.sum(), one, (cache_of(row), row.held, jnp.int32(0)))
+    cache, held, freed = lax.fori_loop(
+        0, done.sum(), one, (cache_of(row, params), row.held, jnp.int32(0))
+    )
     row = _with_cache(row, cache)
     return row._replace(held=held, free_blocks=row.free_blocks + freed)
 
 
 def settle(static: SimStatic, state: SimState, row: _Row) -> tuple[SimState, _Row]:
     """Evict LRU cached blocks until ``free_blocks >= 0``; ``ERR_PREFIX`` if it cannot."""
-    cache, freed = pc.evict_lru(cache_of(row), jnp.maximum(-row.free_blocks, 0))
+    cache, freed = pc.evict_lru(cache_of(row, None), jnp.maximum(-row.free_blocks, 0))
     row = _with_cache(row, cache)._replace(free_blocks=row.free_blocks + freed)
     return state.replace(error=state.error | jnp.where(row.free_blocks < 0, ERR_PREFIX, 0)), row
 
@@ -230,7 +237,9 @@ def route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) -
     if not on(static):
         return lor
     hashes = params.prefix_hashes[jnp.minimum(i, static.num_requests - 1)]  # (K,)
-    pos = pc._windows(hashes, static.prefix_capacity, static.prefix_probes)  # (K, P)
+    pos = pc._windows(
+        hashes, jnp.maximum(params.num_blocks, 1).astype(jnp.int64), static.prefix_probes
+    )
     found = ((state.pc_hash[:, pos] == hashes[None, :, None]) & (hashes >= 0)[None, :, None]).any(
         axis=2
     )
