@@ -195,19 +195,23 @@ def test_invariants_under_memory_pressure(policy):
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
 def test_caching_on_without_shared_prefixes_equals_off(policy):
-    """Caching on with unique prompts (no hit possible) reproduces caching off bit for bit,
-    even when cached blocks fill memory and must be evicted."""
+    """Caching on with unique prompts (no hit possible without preemption) reproduces
+    caching off bit for bit, although the cached blocks fill memory and are evicted.
+    (Under preemption a restarted request does hit its own cached prompt.)"""
     wl = _chat(fraction=0.0)
     # no system prompt: every request's blocks hold its own (unique) tokens
     h = np.asarray(wl.prefix_hashes)
     assert len({x for x in h.ravel() if x >= 0}) == (h >= 0).sum() > 0
+    blocks = 1000
+    assert (np.asarray(wl.num_prefill) // 16).sum() > blocks  # published blocks overflow memory
     on, off = run(
         [
-            DeploymentConfig(replica_scheduler=policy, prefix_caching=c, num_blocks=160)
+            DeploymentConfig(replica_scheduler=policy, prefix_caching=c, num_blocks=blocks)
             for c in (True, False)
         ],
         [wl, wl],
     )
+    assert off.summary["recomputed_tokens"] == 0
     for k in ("scheduled_at", "first_token_at", "completed_at", "num_restarts"):
         np.testing.assert_array_equal(on.requests[k], off.requests[k])
     assert on.summary["prefill_tokens_saved"] == 0
