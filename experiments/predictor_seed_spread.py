@@ -21,7 +21,6 @@ The seed-0 predictors are the shipped ones (``seed=0`` is the build's default).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -56,7 +55,9 @@ def _grid(op: str) -> dict[str, np.ndarray]:
 def _spread(values: np.ndarray) -> np.ndarray:
     """``(max - min) / mean`` over axis 0 (0 where every value is 0)."""
     mean = values.mean(axis=0)
-    return np.where(mean > 0, (values.max(axis=0) - values.min(axis=0)) / np.where(mean > 0, mean, 1), 0)
+    return np.where(
+        mean > 0, (values.max(axis=0) - values.min(axis=0)) / np.where(mean > 0, mean, 1), 0
+    )
 
 
 def op_spread(preds: list[dict], tps: tuple[int, ...]) -> pd.DataFrame:
@@ -85,20 +86,22 @@ def op_spread(preds: list[dict], tps: tuple[int, ...]) -> pd.DataFrame:
 def metric_spread(preds: list[dict], cases_dir: str) -> pd.DataFrame:
     """Per (case, metric) simulated value for every seed and the spread across seeds.
 
-    Each case runs once per seed in one vmapped call: the configs differ only in their
-    ``seed`` field (unused by the round-robin cases), which selects the predictors.
+    Each seed runs in its own call: configs that differ only in their predictor share
+    one timing table in a vmapped call (tables are keyed by model, device and TP).
     """
     rows = []
     for name in sorted(os.listdir(cases_dir)):
         if not os.path.isfile(os.path.join(cases_dir, name, "case.json")):
             continue
         case, cfg, wl, _ = load_case(os.path.join(cases_dir, name))
-        cfgs = [dataclasses.replace(cfg, seed=1000 + i) for i in range(len(preds))]
-
-        def predictor_for(c, preds=preds):
-            return preds[c.seed - 1000][(c.device, c.model, c.tensor_parallel_size)]
-
-        outs = simulate_configs(cfgs, [wl] * len(cfgs), predictor_for=predictor_for)
+        outs = [
+            simulate_configs(
+                [cfg],
+                [wl],
+                predictor_for=lambda c, p=p: p[(c.device, c.model, c.tensor_parallel_size)],
+            )[0]
+            for p in preds
+        ]
         for m in CORE:
             vals = np.array([o.summary[m] for o in outs])
             row = {"case": case, "metric": m}
@@ -112,15 +115,21 @@ def metric_spread(preds: list[dict], cases_dir: str) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profiles-dir", default=os.environ.get("VIDUR_JAX_PROFILES", "../shared/data"))
-    ap.add_argument("--cases", default=os.path.join(HERE, "..", "..", "shared", "reference", "cases"))
+    ap.add_argument(
+        "--profiles-dir", default=os.environ.get("VIDUR_JAX_PROFILES", "../shared/data")
+    )
+    ap.add_argument(
+        "--cases", default=os.path.join(HERE, "..", "..", "shared", "reference", "cases")
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--skip-cases", action="store_true", help="only the per-op spread")
     args = ap.parse_args(argv)
     tps = (1, 2)
     t0 = time.time()
-    preds = [train_predictors(args.profiles_dir, [("a100", MODEL)], tps, seed=s) for s in args.seeds]
+    preds = [
+        train_predictors(args.profiles_dir, [("a100", MODEL)], tps, seed=s) for s in args.seeds
+    ]
     print(f"trained {len(preds)} seeds in {time.time() - t0:.0f} s", flush=True)
     ops = op_spread(preds, tps)
     atomic_write_csv(ops, os.path.join(args.out, "predictor_seed_spread.csv"))
