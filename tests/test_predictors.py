@@ -147,6 +147,18 @@ def test_knots_interpolate_exactly():
     np.testing.assert_allclose(np.interp(u[-1] + 3.0, ku, kr), 0.0)  # held past the last point
 
 
+def test_knots_merge_the_closest_values_first():
+    # log1p of 1, 2, 3, 10, 11, 12, 100 into 4 knots: 11+12 (gap 0.080) merge, then
+    # 10 with them (0.12 to their centre), then 2+3 (0.29, vs 0.41 for 1-2); 100 and 1
+    # (sparse) keep their own knots.
+    u = np.log1p(np.array([1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 100.0]))
+    np.testing.assert_array_equal(train.merge_closest(u, np.ones(7, int), 4), [0, 1, 1, 2, 2, 2, 3])
+    r = np.array([0.0, 0.1, 0.3, 0.0, 0.0, 0.0, -0.5])
+    ku, kr = train.fit_knots(u, r, num=4)
+    np.testing.assert_allclose(ku, [u[0], u[1:3].mean(), u[3:6].mean(), u[6]], rtol=1e-6)
+    np.testing.assert_allclose(kr, [0.0, 0.204992, 0.0, -0.5], atol=1e-6)
+
+
 @pytest.fixture(scope="session")
 def shipped():
     if not predictors.list_shipped():
@@ -197,6 +209,13 @@ def test_positive_and_monotone_ish(shipped):
             assert np.all(y == 0)
             continue
         assert np.all(y > 0), op
+        if op == "all_reduce":
+            # Below 256 tokens (2 MB) the profile is noise (7 to 71 us between sizes 8 KB
+            # apart) and the knots follow its rows, as Vidur's forest does: only the range
+            # of the profiled times there (7-71 us) is asserted.
+            small = n < 256
+            assert np.all((y[small] >= 0.007) & (y[small] <= 0.071)), y[small]
+            y = y[~small]
         # Never drops by more than 25% (+ the 1 us profile resolution) below the running
         # max: the profiles themselves are not monotone (cuBLAS kernel switches, e.g.
         # attn_pre_proj at TP2 drops 18% from 1200 to 1216 tokens) and the knots follow them.
