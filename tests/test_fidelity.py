@@ -24,7 +24,14 @@ import fidelity_vs_vidur as fid  # noqa: E402
 pytest.importorskip("sklearn")
 
 CORE = [f"{m}_{q}" for m in ("ttft", "tbt", "e2e") for q in ("p50", "p90")]
-CASES = ["v1_sarathi_tp1", "v2_vllm_tp1", "v3_orca_tp2", "v4_vllm_arxiv", "v5_sarathi_pp2", "v6_sarathi_2rep"]
+CASES = [
+    "v1_sarathi_tp1",
+    "v2_vllm_tp1",
+    "v3_orca_tp2",
+    "v4_vllm_arxiv",
+    "v5_sarathi_pp2",
+    "v6_sarathi_2rep",
+]
 
 #: |rel_err| of the shipped hybrid predictors against Vidur, measured per case and metric
 #: (``experiments/fidelity_vs_vidur.py``, written to experiments/results/fidelity_hybrid.csv;
