@@ -23,8 +23,9 @@ into a temporary run dir, outputs and plots included.
 Each (case, mode) runs twice with a fresh ``VIDUR_JAX_CACHE``: first with the cache
 empty (``empty``), then again with it filled by the first (``warm``). Inside the child
 process the main functions are wrapped with timers; each phase's time is *exclusive*
-(nested phases are subtracted), and ``other`` is the process wall minus the phases
-(interpreter start-up, Hydra, argument parsing, ...). Phases:
+(nested phases are subtracted); ``unaccounted_in_process`` is the rest of the time
+inside the process (Hydra, argument parsing, glue) and ``startup_and_exit`` the process
+wall seen from outside minus the time inside (interpreter start-up, teardown). Phases:
 
 ``import`` (vidur_jax, jax, the simulator), ``plan`` (CLI: config -> plan),
 ``workload`` (trace read / generation), ``predictor`` (predictor load),
@@ -179,7 +180,9 @@ def flatten(prefix: str, res: dict) -> dict:
     phases = res["phases"]
     out = {f"{prefix}_{ph}_s": float(phases.get(ph, 0.0)) for ph in PHASES}
     wall = res["process_wall_s"]
-    out[f"{prefix}_other_s"] = wall - sum(phases.get(ph, 0.0) for ph in PHASES)
+    inside = phases.get("in_process", wall)
+    out[f"{prefix}_unaccounted_in_process_s"] = inside - sum(phases.get(ph, 0.0) for ph in PHASES)
+    out[f"{prefix}_startup_and_exit_s"] = wall - inside
     out[f"{prefix}_process_wall_s"] = wall
     src = sorted(set(res["sources"]))
     out[f"{prefix}_executable_source"] = ",".join(src) if src else "none"

@@ -292,6 +292,7 @@ FIRST_CHUNK_STEPS = 8192
 #: Wall time aimed at per chunk: progress updates and Ctrl-C are this responsive, while
 #: the ~0.1 ms a re-entry costs stays negligible.
 CHUNK_TARGET_S = 0.25
+MIN_CHUNK_STEPS = 256
 MAX_CHUNK_STEPS = 1 << 26
 
 
@@ -360,7 +361,7 @@ def simulate_single_chunked(
         if done:
             return jax.tree.map(lambda x: x[None], state)
         wall = max(time.perf_counter() - t0, 1e-4)
-        budget = np.int64(min(max(int(budget * CHUNK_TARGET_S / wall), 256), MAX_CHUNK_STEPS))
+        budget = np.int64(min(max(int(budget * CHUNK_TARGET_S / wall), MIN_CHUNK_STEPS), MAX_CHUNK_STEPS))
 
 
 #: Configs stepped together by default when a group has more configs than this: the
