@@ -165,3 +165,24 @@ def test_ctrl_c_stops_a_long_single_run_with_one_line(tmp_path):
     assert err.strip().splitlines() == ["error: interrupted (Ctrl-C); files written before the interruption are kept"]
     # measured 2.3 s on the shared 2-core machine at load ~9 (0.25 s chunks + teardown)
     assert latency < 6.0
+
+
+def test_shipped_predictor_not_loaded_when_its_tables_are_stored(store, monkeypatch):
+    """A repeat process builds its timing tables from the store without loading (or
+    importing the training stack of) the shipped predictor; the tables are identical."""
+    from vidur_jax import predictors
+
+    cfg = build.DeploymentConfig()
+    spec = build.table_spec_for([cfg], 32)
+    loads = []
+    real = predictors.load
+    monkeypatch.setattr(predictors, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    lookup = run.default_predictor_for(None)
+    first, _ = build.build_tables([cfg], spec, lookup)
+    meta = lookup(cfg).meta
+    assert len(loads) == 1
+    lookup = run.default_predictor_for(None)  # a new lookup, as in a new process
+    second, _ = build.build_tables([cfg], spec, lookup)
+    assert lookup(cfg).meta == meta
+    assert len(loads) == 1
+    _assert_same_state(first, second)

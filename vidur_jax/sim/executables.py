@@ -52,15 +52,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax")))
 
 
+#: Package files whose content keys the store: code and shipped data (predictor params).
+_FINGERPRINTED = ("*.py", "*.npz", "*.json", "*.yaml", "*.csv")
+
+
 @functools.lru_cache(maxsize=1)
 def source_fingerprint() -> str:
-    """sha256 over the ``vidur_jax`` package's Python sources (path + content).
+    """sha256 over the ``vidur_jax`` package's code and shipped data (path + content).
 
-    Any code change gives new keys, so a stale executable is never run. ~5 ms.
+    Any change to the code or to shipped parameters gives new keys, so a stale
+    executable or prediction is never used. ~10 ms (~2.5 MB).
     """
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    paths = sorted({p for pattern in _FINGERPRINTED for p in root.rglob(pattern) if "__pycache__" not in p.parts})
+    for path in paths:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -221,6 +227,23 @@ def disk_array(kind: str, key: str, compute: Callable[[], Any]) -> np.ndarray:
         except OSError:
             pass
     return value
+
+
+def disk_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (JSON-able), stored as JSON under ``kind``/``key``."""
+    path = cache_root() / kind / f"{key}.json"
+    if enabled():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    value = compute()
+    if enabled():
+        try:
+            _atomic_write_bytes(path, json.dumps(value, sort_keys=True, default=str).encode())
+        except (OSError, TypeError):
+            pass
+    return json.loads(json.dumps(value, default=str))
 
 
 def read_hint(key: str) -> dict[str, int] | None:

@@ -83,51 +83,87 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
 
     @functools.cache
     def _stored(model: str, device: str, tp: int, network: str) -> PredictorLike:
-        return StoredPredictions(_load(model, device, tp, network))
+        load = functools.partial(_load, model, device, tp, network)
+        if profiles_dir is None:
+            # shipped parameters: their identity is the package's files, known unloaded
+            return StoredPredictions(load, identity=executables.hint_key(("shipped", model, device, tp, network)))
+        return StoredPredictions(load)
 
     return lambda c: _stored(c.model, c.device, c.tensor_parallel_size, c.network_device)
 
 
 class StoredPredictions:
-    """A predictor whose ``predict`` answers are kept on disk (:mod:`executables`' store).
+    """A predictor whose ``predict`` answers and ``meta`` are kept on disk
+    (:mod:`executables`' store), loaded only when something is not there.
 
     Tabulating a predictor into timing tables evaluates it on fixed grids; in a new
     process each evaluation first compiles its jitted forward pass (~1 s in all for
-    Llama-2-7B). The answers are stored under a hash of the predictor's parameters and
-    metadata, the operation and the query arrays, so a repeat process reads them back
-    (same float bits). Predictors without ``params`` are passed through. Every other
-    attribute is the wrapped predictor's.
+    Llama-2-7B), and loading the predictor package imports its training stack (optax,
+    scipy). The answers are stored under the predictor's identity, the operation and the
+    query arrays, so a repeat process reads them back (same float bits) and never loads
+    the predictor. The identity is ``identity`` when given (shipped parameters: a hash
+    of the names and of the package's files, :func:`executables.source_fingerprint`),
+    else a hash of the loaded predictor's parameters and metadata. Predictors without
+    ``params`` are passed through. Every other attribute is the wrapped predictor's; a
+    predictor whose ``meta`` carries a ``warning`` (the roofline fallback) is loaded
+    every time, so its warning is seen.
+
+    Args:
+        inner: a predictor, or a function of no arguments that loads it.
+        identity: the predictor's identity, if known without loading it.
     """
 
-    def __init__(self, inner: PredictorLike):
-        self._inner = inner
-        self._fingerprint: str | None = None
+    def __init__(self, inner, identity: str | None = None):
+        if callable(inner) and not hasattr(inner, "predict"):
+            self._loader, self._inner = inner, None
+        else:
+            self._loader, self._inner = None, inner
+        self._fingerprint = identity
+
+    def _get(self) -> PredictorLike:
+        if self._inner is None:
+            self._inner = self._loader()
+        return self._inner
 
     def __getattr__(self, name: str):
-        return getattr(self._inner, name)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
 
     def _identity(self) -> str | None:
         if self._fingerprint is None:
-            params = getattr(self._inner, "params", None)
+            inner = self._get()
+            params = getattr(inner, "params", None)
             if params is None:
                 return None
             import json
 
             leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
-            meta = json.dumps(getattr(self._inner, "meta", {}), sort_keys=True, default=str)
+            meta = json.dumps(getattr(inner, "meta", {}), sort_keys=True, default=str)
             self._fingerprint = executables.array_fingerprint(*leaves) + executables.hint_key(
-                (type(self._inner).__qualname__, str(jax.tree.structure(params)), meta))
+                (type(inner).__qualname__, str(jax.tree.structure(params)), meta))
         return self._fingerprint
+
+    @property
+    def meta(self) -> dict:
+        """The predictor's metadata (stored as JSON under its identity)."""
+        identity = self._identity() if executables.enabled() else None
+        if identity is None:
+            return getattr(self._get(), "meta", {})
+        meta = executables.disk_json("predictor_meta", identity, lambda: getattr(self._get(), "meta", {}))
+        if "warning" in meta:
+            self._get()  # the fallback's warning is emitted when it loads
+        return meta
 
     def predict(self, op: str, **features) -> np.ndarray:
         """``inner.predict(op, **features)``, from the store when it was computed before."""
         identity = self._identity() if executables.enabled() else None
         if identity is None:
-            return self._inner.predict(op, **features)
+            return self._get().predict(op, **features)
         names = sorted(features)
         key = executables.hint_key((identity, op, tuple(names),
                                     executables.array_fingerprint(*(features[k] for k in names))))
-        return executables.disk_array("predictions", key, lambda: self._inner.predict(op, **features))
+        return executables.disk_array("predictions", key, lambda: self._get().predict(op, **features))
 
 
 def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int) -> ConfigOutput:
