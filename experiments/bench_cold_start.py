@@ -199,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     res: dict = {"load_average_start": os.getloadavg()[0]}
+    # the floor of any JAX process on this machine now (interpreter + import jax + exit):
+    # compare it with the same figure on a quiet machine to read the walls below
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
+                   check=True)
+    res["floor_import_jax_process_wall_s"] = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="bench_cold_start_"))
     try:
         for name in args.cases:

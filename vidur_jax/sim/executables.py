@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 #: Bump to invalidate every stored executable (layout of the stored payload changed).
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 def enabled() -> bool:
@@ -125,8 +125,12 @@ def _load(path: Path) -> Callable | None:
     from jax.experimental import serialize_executable
 
     try:
-        payload, in_tree, out_tree = pickle.loads(path.read_bytes())
-        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        payload, in_tree, out_tree, device_ids = pickle.loads(path.read_bytes())
+        by_id = {d.id: d for d in jax.local_devices()}
+        # the devices it was compiled for (by default deserialization assumes all local
+        # devices, and a one-device program then expects one shard per device)
+        devices = [by_id[i] for i in device_ids]
+        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, execution_devices=devices)
     except Exception:  # noqa: BLE001 - unreadable / from another build: recompile and replace
         return None
 
@@ -161,7 +165,8 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
         from jax.experimental import serialize_executable
 
         try:
-            _atomic_write_bytes(path, pickle.dumps(serialize_executable.serialize(exe)))
+            device_ids = sorted({d.id for s in jax.tree.leaves(exe.input_shardings) for d in s.device_set})
+            _atomic_write_bytes(path, pickle.dumps((*serialize_executable.serialize(exe), device_ids)))
         except (OSError, pickle.PicklingError, TypeError, ValueError):
             pass  # a read-only or full cache dir costs the next process a compile, nothing else
     _LOADED[key] = exe
