@@ -129,20 +129,40 @@ TOTAL["in_process"] = time.perf_counter() - T0
 print("@@PHASES@@" + json.dumps({"phases": TOTAL, "sources": SOURCES, "num_completed": completed}))
 """
 
-PHASES = ("import", "plan", "workload", "predictor", "tables", "executable", "simulate", "host",
-          "write", "plot", "print")
+PHASES = (
+    "import",
+    "plan",
+    "workload",
+    "predictor",
+    "tables",
+    "executable",
+    "simulate",
+    "host",
+    "write",
+    "plot",
+    "print",
+)
 
 
 def build_case(name: str, work: Path) -> tuple[Path, Path, int]:
     """``(case.json, requests.csv, num_requests)`` of a case, written under ``work``."""
     if name == "v1_sarathi_tp1":
         d = SHARED / "reference" / "cases" / name
-        return d / "case.json", d / "requests.csv", json.loads((d / "case.json").read_text())["num_requests"]
+        return (
+            d / "case.json",
+            d / "requests.csv",
+            json.loads((d / "case.json").read_text())["num_requests"],
+        )
     sys.path.insert(0, str(SHARED / "tools" / "vidur_reference"))
     from make_cases import build  # the lists speed_side_by_side.py times Vidur on
 
     qps = {"qps2": 2.0, "qps5": 5.0}[name]
-    cfg, req = build(str(SHARED / "data"), f"speed_qps{qps:g}_n2000", dict(lengths="conv", qps=qps, n=2000), seed=2024)
+    cfg, req = build(
+        str(SHARED / "data"),
+        f"speed_qps{qps:g}_n2000",
+        dict(lengths="conv", qps=qps, n=2000),
+        seed=2024,
+    )
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     req.to_csv(d / "requests.csv", index=False)
@@ -154,8 +174,12 @@ def cli_args(name: str, requests_csv: Path | None, n: int) -> list[str]:
     """Hydra overrides replaying a case's request list (or the quickstart)."""
     if name == "quickstart":
         return ["+experiment=quickstart"]
-    return ["workload=chat_replay", f"workload.path={requests_csv}", f"workload.num_requests={n}",
-            f"name={name}"]
+    return [
+        "workload=chat_replay",
+        f"workload.path={requests_csv}",
+        f"workload.num_requests={n}",
+        f"name={name}",
+    ]
 
 
 def run_child(mode: str, case_json: str, requests_csv: str, cache: Path, work: Path) -> dict:
@@ -164,13 +188,18 @@ def run_child(mode: str, case_json: str, requests_csv: str, cache: Path, work: P
     env.pop("VIDUR_JAX_COMPILE_CACHE", None)
     out_dir = tempfile.mkdtemp(dir=work, prefix="run_")
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", CHILD, mode, case_json, requests_csv, out_dir],
-                       capture_output=True, text=True, env=env, cwd=work)
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, case_json, requests_csv, out_dir],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+    )
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"error: child failed ({mode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     line = [x for x in p.stdout.splitlines() if x.startswith("@@PHASES@@")][-1]
-    res = json.loads(line[len("@@PHASES@@"):])
+    res = json.loads(line[len("@@PHASES@@") :])
     res["process_wall_s"] = wall
     return res
 
@@ -202,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     # the floor of any JAX process on this machine now (interpreter + import jax + exit):
     # compare it with the same figure on a quiet machine to read the walls below
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
+        check=True,
+    )
     res["floor_import_jax_process_wall_s"] = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="bench_cold_start_"))
     try:
@@ -218,18 +249,29 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 cache = work / f"cache_{name}_{mode}"
                 shutil.rmtree(cache, ignore_errors=True)
-                child_case = str(case_json) if mode == "api" else json.dumps(cli_args(name, requests_csv, n))
+                child_case = (
+                    str(case_json) if mode == "api" else json.dumps(cli_args(name, requests_csv, n))
+                )
                 for cache_state in ("empty", "warm"):
                     reps = 1 if cache_state == "empty" else max(1, args.repeats)
-                    runs = [run_child(mode, child_case, str(requests_csv), cache, work) for _ in range(reps)]
+                    runs = [
+                        run_child(mode, child_case, str(requests_csv), cache, work)
+                        for _ in range(reps)
+                    ]
                     r = sorted(runs, key=lambda x: x["process_wall_s"])[len(runs) // 2]
                     prefix = f"{name}_{mode}_{cache_state}"
                     res.update(flatten(prefix, r))
-                    print(f"{prefix:34s} wall {r['process_wall_s']:6.2f} s  "
-                          + " ".join(f"{k}={v:.2f}" for k, v in r["phases"].items() if k != "in_process"),
-                          flush=True)
+                    print(
+                        f"{prefix:34s} wall {r['process_wall_s']:6.2f} s  "
+                        + " ".join(
+                            f"{k}={v:.2f}" for k, v in r["phases"].items() if k != "in_process"
+                        ),
+                        flush=True,
+                    )
                     if name in VIDUR_PROCESS_S:
-                        res[f"{prefix}_vs_vidur_process_ratio"] = r["process_wall_s"] / VIDUR_PROCESS_S[name]
+                        res[f"{prefix}_vs_vidur_process_ratio"] = (
+                            r["process_wall_s"] / VIDUR_PROCESS_S[name]
+                        )
                     if cache_state == "warm" and name in TARGET_WARM_S:
                         res[f"{prefix}_target_s"] = TARGET_WARM_S[name]
     finally:

@@ -37,14 +37,20 @@ def _case(policy: str = "sarathi", seed: int = 3, n: int = 60, slots: int = 16):
     wl = random_workload(seed, n=n)
     d = build.derive(cfg)
     static = build.make_static([cfg], [d], wl.num_requests, num_slots=slots)
-    tables, index = build.build_tables([cfg], build.table_spec_for([cfg], static.num_slots), lambda c: PRED)
+    tables, index = build.build_tables(
+        [cfg], build.table_spec_for([cfg], static.num_slots), lambda c: PRED
+    )
     params = build.stack_params([build.build_params(cfg, d, wl, index[0], wl.num_requests)])
     return static, tables, params
 
 
 def _assert_same_state(a, b):
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
+        np.testing.assert_array_equal(
+            np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path)
+        )
 
 
 @pytest.mark.parametrize("policy", ["sarathi", "vllm"])
@@ -57,7 +63,9 @@ def test_chunked_single_run_is_bit_identical(policy, first_chunk, store, monkeyp
     monkeypatch.setattr(run, "CHUNK_TARGET_S", 0.0)
     monkeypatch.setattr(run, "MIN_CHUNK_STEPS", first_chunk)
     seen = []
-    got = run.simulate_single_chunked(static, tables, params, lambda *a: seen.append(a), first_chunk=first_chunk)
+    got = run.simulate_single_chunked(
+        static, tables, params, lambda *a: seen.append(a), first_chunk=first_chunk
+    )
     _assert_same_state(got, want)
     steps = int(want.step[0])
     assert len(seen) == max(1, -(-steps // first_chunk))
@@ -89,8 +97,12 @@ def test_store_round_trip_and_corrupt_file(store):
 def test_store_keys_follow_static_shape_and_switch_off(store, monkeypatch):
     static, tables, params = _case()
     bigger = dataclasses.replace(static, num_slots=static.num_slots + 8)
-    assert executables.key_for("f", static, (tables, params)) != executables.key_for("f", bigger, (tables, params))
-    assert executables.key_for("f", static, (tables, params)) == executables.key_for("f", static, (tables, params))
+    assert executables.key_for("f", static, (tables, params)) != executables.key_for(
+        "f", bigger, (tables, params)
+    )
+    assert executables.key_for("f", static, (tables, params)) == executables.key_for(
+        "f", static, (tables, params)
+    )
     monkeypatch.setenv("VIDUR_JAX_COMPILE_CACHE", "0")
     run.simulate_single_chunked(static, tables, params)
     assert not (store / "executables").exists()
@@ -127,7 +139,9 @@ def test_stored_predictions_are_exact(store):
     want = np.asarray(inner.predict("mlp_up_proj", num_tokens=q))
     np.testing.assert_array_equal(stored.predict("mlp_up_proj", num_tokens=q), want)
     assert len(list((store / "predictions").glob("*.npy"))) == 1
-    np.testing.assert_array_equal(run.StoredPredictions(inner).predict("mlp_up_proj", num_tokens=q), want)
+    np.testing.assert_array_equal(
+        run.StoredPredictions(inner).predict("mlp_up_proj", num_tokens=q), want
+    )
     assert stored.meta == inner.meta
 
 
@@ -146,13 +160,28 @@ def test_ctrl_c_stops_a_long_single_run_with_one_line(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, VIDUR_JAX_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(repo))
     env.pop("VIDUR_JAX_COMPILE_CACHE", None)
-    cmd = [sys.executable, "-m", "vidur_jax", "+experiment=quickstart", "workload.num_requests=300000",
-           "plots=false", f"hydra.run.dir={tmp_path / 'run'}"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    cmd = [
+        sys.executable,
+        "-m",
+        "vidur_jax",
+        "+experiment=quickstart",
+        "workload.num_requests=300000",
+        "plots=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 600
     # both single-config executables stored = compiled; the event loop is running
-    while len(glob.glob(str(tmp_path / "cache" / "executables" / "*.bin"))) < 2 and p.poll() is None:
+    while (
+        len(glob.glob(str(tmp_path / "cache" / "executables" / "*.bin"))) < 2 and p.poll() is None
+    ):
         assert time.time() < deadline
         time.sleep(0.2)
     time.sleep(1.0)
@@ -162,7 +191,9 @@ def test_ctrl_c_stops_a_long_single_run_with_one_line(tmp_path):
     _, err = p.communicate(timeout=60)
     latency = time.time() - sent
     assert p.returncode == 130
-    assert err.strip().splitlines() == ["error: interrupted (Ctrl-C); files written before the interruption are kept"]
+    assert err.strip().splitlines() == [
+        "error: interrupted (Ctrl-C); files written before the interruption are kept"
+    ]
     # measured 2.3 s on the shared 2-core machine at load ~9 (0.25 s chunks + teardown)
     assert latency < 6.0
 

@@ -49,7 +49,11 @@ def enabled() -> bool:
 
 def cache_root() -> Path:
     """``$VIDUR_JAX_CACHE`` (default ``~/.cache/vidur_jax``)."""
-    return Path(os.environ.get("VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax")))
+    return Path(
+        os.environ.get(
+            "VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax")
+        )
+    )
 
 
 #: Package files whose content keys the store: code and shipped data (predictor params).
@@ -65,7 +69,14 @@ def source_fingerprint() -> str:
     """
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    paths = sorted({p for pattern in _FINGERPRINTED for p in root.rglob(pattern) if "__pycache__" not in p.parts})
+    paths = sorted(
+        {
+            p
+            for pattern in _FINGERPRINTED
+            for p in root.rglob(pattern)
+            if "__pycache__" not in p.parts
+        }
+    )
     for path in paths:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
@@ -98,7 +109,13 @@ def _leaf_signature(x: Any) -> tuple:
 def key_for(name: str, static: Any, args: tuple) -> str:
     """Store key of ``name(static, *args)`` (hex sha256); no tracing involved."""
     leaves, treedef = jax.tree.flatten(args)
-    sig = (name, repr(static), str(treedef), tuple(_leaf_signature(x) for x in leaves), _environment())
+    sig = (
+        name,
+        repr(static),
+        str(treedef),
+        tuple(_leaf_signature(x) for x in leaves),
+        _environment(),
+    )
     return hashlib.sha256(repr(sig).encode()).hexdigest()
 
 
@@ -130,7 +147,9 @@ def _load(path: Path) -> Callable | None:
         # the devices it was compiled for (by default deserialization assumes all local
         # devices, and a one-device program then expects one shard per device)
         devices = [by_id[i] for i in device_ids]
-        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, execution_devices=devices)
+        return serialize_executable.deserialize_and_load(
+            payload, in_tree, out_tree, execution_devices=devices
+        )
     except Exception:  # noqa: BLE001 - unreadable / from another build: recompile and replace
         return None
 
@@ -165,8 +184,12 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
         from jax.experimental import serialize_executable
 
         try:
-            device_ids = sorted({d.id for s in jax.tree.leaves(exe.input_shardings) for d in s.device_set})
-            _atomic_write_bytes(path, pickle.dumps((*serialize_executable.serialize(exe), device_ids)))
+            device_ids = sorted(
+                {d.id for s in jax.tree.leaves(exe.input_shardings) for d in s.device_set}
+            )
+            _atomic_write_bytes(
+                path, pickle.dumps((*serialize_executable.serialize(exe), device_ids))
+            )
         except (OSError, pickle.PicklingError, TypeError, ValueError):
             pass  # a read-only or full cache dir costs the next process a compile, nothing else
     _LOADED[key] = exe
@@ -267,6 +290,8 @@ def write_hint(key: str, capacities: dict[str, int]) -> None:
     if not enabled():
         return
     try:
-        _atomic_write_bytes(_hint_path(key), json.dumps({k: int(v) for k, v in capacities.items()}).encode())
+        _atomic_write_bytes(
+            _hint_path(key), json.dumps({k: int(v) for k, v in capacities.items()}).encode()
+        )
     except OSError:
         pass

@@ -69,7 +69,7 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
     """Predictor lookup by (model, device, TP, network), cached."""
     from vidur_jax import predictors
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def _load(model: str, device: str, tp: int, network: str) -> PredictorLike:
         try:
             return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
@@ -209,7 +209,7 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
 
 
 def _raise_errors(cfgs: Sequence[DeploymentConfig], errors: np.ndarray) -> None:
-    for cfg, err in zip(cfgs, errors):
+    for cfg, err in zip(cfgs, errors, strict=True):
         if err:
             names = [msg for bit, msg in ERROR_NAMES.items() if err & bit]
             raise ConfigError(
@@ -486,7 +486,7 @@ def _execute(
 
     def assign(lane: int, i: int) -> None:
         lane_cfg[lane] = i
-        for leaf, value in zip(param_leaves, jax.tree.leaves(params[i])):
+        for leaf, value in zip(param_leaves, jax.tree.leaves(params[i]), strict=True):
             leaf[lane] = value
 
     def smaller_pool() -> int:
@@ -508,7 +508,7 @@ def _execute(
         done = lane_busy & np.asarray(lane_done(stacked, state))
         fresh = np.zeros(lanes, bool)
         for lane in np.flatnonzero(done):
-            out[lane_cfg[lane]] = (jax.tree.map(lambda x: np.array(x[lane:lane + 1]), host), 0)
+            out[lane_cfg[lane]] = (jax.tree.map(lambda x, lane=lane: np.array(x[lane:lane + 1]), host), 0)
             lane_cfg[lane] = -1
             if pending:
                 assign(lane, pending.pop())
@@ -526,11 +526,11 @@ def _execute(
             rows = np.concatenate([busy, np.full(small - busy.size, busy[0])])
             pad = np.arange(small) >= busy.size
             param_leaves = [np.where(pad.reshape((-1,) + (1,) * (leaf.ndim - 1)), idle_value, leaf[rows]).astype(leaf.dtype)
-                            for leaf, idle_value in zip(param_leaves, idle_leaves)]
+                            for leaf, idle_value in zip(param_leaves, idle_leaves, strict=True)]
             lane_cfg = np.where(pad, -1, lane_cfg[rows])
             lanes = small
             stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
-            state = jax.tree.map(lambda x: jnp.array(x[rows]), host)
+            state = jax.tree.map(lambda x, rows=rows: jnp.array(x[rows]), host)
 
 
 def _run_group(
@@ -554,7 +554,7 @@ def _run_group(
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots, window=window)
     static = dataclasses.replace(static, trace_capacity=int(trace_capacity))
-    slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived)))
+    slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived, strict=True)))
     spec = build.table_spec_for(cfgs, static.num_slots)
     hint_key = _capacity_hint_key(cfgs, workloads, static) if len(cfgs) == 1 else None
     hint = executables.read_hint(hint_key) if hint_key else None
@@ -573,7 +573,7 @@ def _run_group(
         tables, index = build.build_tables(sub, spec, predictor_for)
         params = [
             build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests)
-            for i, k in zip(pending, index)
+            for i, k in zip(pending, index, strict=True)
         ]
         lanes = plan_chunk(static, len(params), chunk_configs)
         if chunk_configs is None:
@@ -583,7 +583,7 @@ def _run_group(
         errors = np.array([int(st.error[j]) for st, j in runs])
         grow = errors & (ERR_SLOTS | ERR_WINDOW | ERR_TOKENS)
         _raise_errors(sub, np.where(grow != 0, 0, errors))
-        for (st, j), i, g in zip(runs, pending, grow):
+        for (st, j), i, g in zip(runs, pending, grow, strict=True):
             if not g:
                 results[i] = _config_output(cfgs[i], workloads[i], st, j)
         if not grow.any():
@@ -592,7 +592,7 @@ def _run_group(
                                                   "token_grows": token_grows})
             return results  # type: ignore[return-value]
         grown = True
-        pending = [i for i, g in zip(pending, grow) if g]
+        pending = [i for i, g in zip(pending, grow, strict=True) if g]
         if (grow & ERR_SLOTS).any():
             static = dataclasses.replace(static, num_slots=grown_slots(static.num_slots, slot_cap, num_requests,
                                                                        single=len(cfgs) == 1))
@@ -671,7 +671,7 @@ def simulate_configs(
             res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots,
                              trace_capacity=trace_capacity, chunk_configs=chunk_configs, progress=bar,
                              window=window)
-            for i, r in zip(idx, res):
+            for i, r in zip(idx, res, strict=True):
                 r.summary["predictor_source"] = sources[i]
                 out[i] = r
     return out  # type: ignore[return-value]
