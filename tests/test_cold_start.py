@@ -217,3 +217,18 @@ def test_shipped_predictor_not_loaded_when_its_tables_are_stored(store, monkeypa
     assert lookup(cfg).meta == meta
     assert len(loads) == 1
     _assert_same_state(first, second)
+
+
+def test_chunked_loop_is_still_one_kernel(store):
+    """The step budget in the predicate keeps the loop scatter-free: XLA:CPU still emits
+    it as one kernel (the reason the single-config path is fast)."""
+    import os
+
+    static, tables, params = _case()
+    state = run._single_init(static, params)
+    jaxpr = jax.make_jaxpr(lambda t, p, s: run._single_advance(static, t, p, s, np.int64(5)))(tables, params, state)
+    text = str(jaxpr)
+    assert "while" in text and "scatter" not in text
+    if "xla_cpu_small_while_loop_byte_threshold" in os.environ.get("XLA_FLAGS", ""):
+        hlo = run._single_advance.lower(static, tables, params, state, np.int64(5)).compile().as_text()
+        assert "xla_cpu_small_call" in hlo
