@@ -81,7 +81,7 @@ def timed(phase, fn):
 mode, case_json, requests_csv, out_dir = sys.argv[1:5]
 t = time.perf_counter()
 import vidur_jax
-from vidur_jax import app, metrics, predictors
+from vidur_jax import app, metrics
 from vidur_jax.sim import build, executables, run
 import vidur_jax.workload as workload_mod
 TOTAL["import"] = time.perf_counter() - t
@@ -92,7 +92,8 @@ def compiled(name, *a, **k):
     SOURCES.append(executables.LAST_SOURCE.get(name, "?"))
     return exe
 executables.compiled = timed("executable", compiled)
-predictors.load = timed("predictor", predictors.load)
+# the one place a predictor is loaded (not at all when the store has its tables)
+run.StoredPredictions._get = timed("predictor", run.StoredPredictions._get)
 build.build_tables = timed("tables", build.build_tables)
 run.simulate_single_chunked = timed("simulate", run.simulate_single_chunked)
 run.simulate_stacked = timed("simulate", run.simulate_stacked)
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", nargs="+", default=["qps2", "qps5", "v1_sarathi_tp1", "quickstart"])
     ap.add_argument("--modes", nargs="+", default=["api", "cli"])
     ap.add_argument("--repeats", type=int, default=1, help="warm processes per case (median)")
+    ap.add_argument("--merge", action="store_true", help="update --out's figures instead of replacing the file")
     args = ap.parse_args(argv)
 
     res: dict = {"load_average_start": os.getloadavg()[0]}
@@ -281,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     res["load_average_end"] = os.getloadavg()[0]
     from vidur_jax.metrics import atomic_write_json
 
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            res = {**json.load(f), **res}
     atomic_write_json(res, args.out)
     return 0
 

@@ -66,11 +66,13 @@ class ConfigOutput:
 
 
 def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfig], PredictorLike]:
-    """Predictor lookup by (model, device, TP, network), cached."""
-    from vidur_jax import predictors
+    """Predictor lookup by (model, device, TP, network), cached; a predictor is loaded
+    (and the predictor package imported) only when the store lacks its answers."""
 
     @functools.cache
     def _load(model: str, device: str, tp: int, network: str) -> PredictorLike:
+        from vidur_jax import predictors
+
         try:
             return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
         except ConfigError:
