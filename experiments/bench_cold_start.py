@@ -32,7 +32,8 @@ wall seen from outside minus the time inside (interpreter start-up, teardown). P
 ``tables`` (tabulating the predictors), ``executable`` (the simulator's executables:
 deserialized from the store, or traced, lowered and compiled), ``simulate`` (the event
 loop, all chunks and capacity re-runs), ``host`` (summaries, frames), ``write``
-(summary.csv, requests.parquet), ``plot`` (plots/), ``print`` (terminal table).
+(summary.csv, requests.parquet), ``plot`` (plots/), ``report`` (report.html),
+``print`` (terminal table).
 
 Writes one flat JSON object: ``{case}_{mode}_{cache}_{phase}_s``, ``..._process_wall_s``,
 ``..._executable_source`` (disk / compiled), plus the Vidur reference walls and ratios.
@@ -119,6 +120,9 @@ if mode == "api":
 else:
     sys.argv = ["vidur_jax"] + json.loads(case_json) + [f"hydra.run.dir={out_dir}"]
     import runpy
+
+    import vidur_jax.metrics.report as report_mod
+    report_mod.write_report = timed("report", report_mod.write_report)
     try:
         runpy.run_module("vidur_jax", run_name="__main__")
     except SystemExit as e:
