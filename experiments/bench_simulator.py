@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build.DeploymentConfig(replica_scheduler="sarathi", chunk_size=512, batch_size_cap=128)
     single = workloads(1, args.requests, args.data_dir)
     args.profiles_dir = args.profiles_dir or None
-    loads = {}
+    loads = {"load_average_start": os.getloadavg()[0]}
     for qps in (2.0, 5.0):
         loads.update(single_load(qps, args))
     c1, r1, steps1 = timed_run([cfg], single, args.profiles_dir, repeats=5)  # 0.3 s: noisy alone

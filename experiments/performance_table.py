@@ -143,15 +143,19 @@ def rows() -> list[tuple[str, str, str, str]]:
 
 
 def render() -> str:
-    lines = ["| what | vidur_jax | Vidur / target | from |", "|---|---|---|---|"]
+    lines = ["| what | vidur_jax | Vidur (quiet machine) / target | from |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | `{d}.json` |" for a, b, c, d in rows()]
-    cs = _load("bench_cold_start.json")
+    cs, sim = _load("bench_cold_start.json"), _load("bench_simulator.json")
     if cs:
         lines.append("")
         lines.append(
             f"Load average while the cold-start figures were taken: {cs.get('load_average_start', 0):.1f} "
-            f"at the start, {cs.get('load_average_end', 0):.1f} at the end (2 cores)."
+            f"at the start, {cs.get('load_average_end', 0):.1f} at the end, on 2 cores shared by several "
+            "sessions; a bare `import jax` process took the floor row's time then. Vidur's figures are "
+            "from a quiet machine: compare vidur_jax rows with the floor row, not with Vidur's column."
         )
+    if sim.get("load_average_start") is not None:
+        lines.append(f"bench_simulator ran at load average {sim['load_average_start']:.1f}.")
     return "\n".join(lines)
 
 
