@@ -131,12 +131,12 @@ def rows() -> list[tuple[str, str, str, str]]:
     )
     out.append(
         (
-            "GPU",
+            "GPU, 65,536 configs (requests/s; docs/gpu.md)",
             "not measured"
             if not gpu or gpu.get("dry_run", True)
             else _fmt(gpu.get("bench_sweep_65536_requests_per_s")),
             "",
-            "gpu_check (docs/gpu.md)",
+            "gpu_check",
         )
     )
     return out
