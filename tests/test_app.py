@@ -338,9 +338,9 @@ def test_bad_input_one_line(overrides, needle, tmp_path):
 def test_jax_free_checks_know_the_simulator_names():
     """The pre-JAX checks (vidur_jax.plan.deployment) list the names the simulator accepts."""
     from vidur_jax.plan import deployment
-    from vidur_jax.sim import build, s3, types
+    from vidur_jax.sim import build, policies, s3, types
 
-    assert deployment.REPLICA_SCHEDULERS == types.POLICIES
+    assert set(deployment.REPLICA_SCHEDULERS) == set(policies.POLICIES)
     assert deployment.GLOBAL_SCHEDULERS == types.ROUTERS
     assert deployment.S3_PREDICTORS == tuple(s3.PREDICTORS)
     assert deployment.S3_ADMISSIONS == tuple(build.S3_ADMISSIONS)

@@ -120,10 +120,19 @@ def main(cfg: DictConfig) -> None:
     )
 
 
+EXIT_INTERRUPTED = 130
+
+
 def cli() -> None:
-    """Console entry point (``vidur-jax``)."""
+    """Console entry point (``vidur-jax``). Ctrl-C: one line, exit status 130."""
     _install_reporter()
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # the single-config loop returns to Python every ~0.25 s (sim.run), so this comes
+        # within about a second; files already written stay (writes are atomic)
+        _fail("interrupted (Ctrl-C); files written before the interruption are kept")
+        sys.exit(EXIT_INTERRUPTED)
     if _failed_jobs:
         sys.exit(EXIT_USAGE)
 

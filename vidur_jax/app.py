@@ -115,7 +115,7 @@ def run_plan(plan: RunPlan) -> tuple[pd.DataFrame, pd.DataFrame, list[Any]]:
             list(plan.workloads),
             profiles_dir=plan.profiles_dir,
             chunk_configs=plan.chunk_configs,
-            progress=len(plan.configs) > 1 and sys.stderr.isatty(),
+            progress=sys.stderr.isatty(),
         )
     return summary_table(plan, outputs), requests_frame(outputs), outputs
 

@@ -15,18 +15,16 @@ from typing import Any
 
 from vidur_jax import catalog
 from vidur_jax.errors import require
-from vidur_jax.plan.tree import data_root, group, read_bool, read_float, read_int
+from vidur_jax.plan.tree import CONF_DIR, data_root, group, read_bool, read_float, read_int
 from vidur_jax.sim.conf_defaults import value as _conf  # JAX-free: plain YAML
 
-#: Replica schedulers (``vidur_jax.sim.types.POLICIES``).
-REPLICA_SCHEDULERS = (
-    "vllm",
-    "sarathi",
-    "orca",
-    "faster_transformer",
-    "lightllm",
-    "static_batching",
-    "s3",
+#: Replica schedulers: one ``conf/scheduler/<name>.yaml`` each (its ``replica_scheduler``),
+#: the same names as the policy modules of :mod:`vidur_jax.sim.policies` (tested).
+REPLICA_SCHEDULERS = tuple(
+    sorted(
+        _conf("scheduler", "replica_scheduler", path.stem)
+        for path in (CONF_DIR / "scheduler").glob("*.yaml")
+    )
 )
 #: Global schedulers (``vidur_jax.sim.types.ROUTERS``).
 GLOBAL_SCHEDULERS = ("round_robin", "random", "lor", "prefix_affinity")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import sys
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -20,7 +22,7 @@ import pandas as pd
 
 from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
-from vidur_jax.sim import build, prefix_engine
+from vidur_jax.sim import build, executables, prefix_engine
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import (
     init_state,
@@ -28,8 +30,8 @@ from vidur_jax.sim.engine import (
     reset_lanes,
     simulate_batch,
     simulate_many,
-    simulate_single,
     simulate_until,
+    step,
 )
 from vidur_jax.sim.tables import PredictorLike
 from vidur_jax.sim.types import (
@@ -57,11 +59,13 @@ class ConfigOutput:
 
 
 def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfig], PredictorLike]:
-    """Predictor lookup by (model, device, TP, network), cached."""
-    from vidur_jax import predictors
+    """Predictor lookup by (model, device, TP, network), cached; a predictor is loaded
+    (and the predictor package imported) only when the store lacks its answers."""
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def _load(model: str, device: str, tp: int, network: str) -> PredictorLike:
+        from vidur_jax import predictors
+
         try:
             return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
         except ConfigError:
@@ -72,7 +76,89 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
 
             return roofline.load_roofline(model, device, tp)
 
-    return lambda c: _load(c.model, c.device, c.tensor_parallel_size, c.network_device)
+    @functools.cache
+    def _stored(model: str, device: str, tp: int, network: str) -> PredictorLike:
+        load = functools.partial(_load, model, device, tp, network)
+        if profiles_dir is None:
+            # shipped parameters: their identity is the package's files, known unloaded
+            return StoredPredictions(load, identity=executables.hint_key(("shipped", model, device, tp, network)))
+        return StoredPredictions(load)
+
+    return lambda c: _stored(c.model, c.device, c.tensor_parallel_size, c.network_device)
+
+
+class StoredPredictions:
+    """A predictor whose ``predict`` answers and ``meta`` are kept on disk
+    (:mod:`executables`' store), loaded only when something is not there.
+
+    Tabulating a predictor into timing tables evaluates it on fixed grids; in a new
+    process each evaluation first compiles its jitted forward pass (~1 s in all for
+    Llama-2-7B), and loading the predictor package imports its training stack (optax,
+    scipy). The answers are stored under the predictor's identity, the operation and the
+    query arrays, so a repeat process reads them back (same float bits) and never loads
+    the predictor. The identity is ``identity`` when given (shipped parameters: a hash
+    of the names and of the package's files, :func:`executables.source_fingerprint`),
+    else a hash of the loaded predictor's parameters and metadata. Predictors without
+    ``params`` are passed through. Every other attribute is the wrapped predictor's; a
+    predictor whose ``meta`` carries a ``warning`` (the roofline fallback) is loaded
+    every time, so its warning is seen.
+
+    Args:
+        inner: a predictor, or a function of no arguments that loads it.
+        identity: the predictor's identity, if known without loading it.
+    """
+
+    def __init__(self, inner, identity: str | None = None):
+        if callable(inner) and not hasattr(inner, "predict"):
+            self._loader, self._inner = inner, None
+        else:
+            self._loader, self._inner = None, inner
+        self._fingerprint = identity
+
+    def _get(self) -> PredictorLike:
+        if self._inner is None:
+            self._inner = self._loader()
+        return self._inner
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+    def _identity(self) -> str | None:
+        if self._fingerprint is None:
+            inner = self._get()
+            params = getattr(inner, "params", None)
+            if params is None:
+                return None
+            import json
+
+            leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
+            meta = json.dumps(getattr(inner, "meta", {}), sort_keys=True, default=str)
+            self._fingerprint = executables.array_fingerprint(*leaves) + executables.hint_key(
+                (type(inner).__qualname__, str(jax.tree.structure(params)), meta))
+        return self._fingerprint
+
+    @property
+    def meta(self) -> dict:
+        """The predictor's metadata (stored as JSON under its identity)."""
+        identity = self._identity() if executables.enabled() else None
+        if identity is None:
+            return getattr(self._get(), "meta", {})
+        meta = executables.disk_json("predictor_meta", identity, lambda: getattr(self._get(), "meta", {}))
+        if "warning" in meta:
+            self._get()  # the fallback's warning is emitted when it loads
+        return meta
+
+    def predict(self, op: str, **features) -> np.ndarray:
+        """``inner.predict(op, **features)``, from the store when it was computed before."""
+        identity = self._identity() if executables.enabled() else None
+        if identity is None:
+            return self._get().predict(op, **features)
+        names = sorted(features)
+        key = executables.hint_key((identity, op, tuple(names),
+                                    executables.array_fingerprint(*(features[k] for k in names))))
+        return executables.disk_array("predictions", key, lambda: self._get().predict(op, **features))
 
 
 def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int) -> ConfigOutput:
@@ -119,7 +205,7 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
 
 
 def _raise_errors(cfgs: Sequence[DeploymentConfig], errors: np.ndarray) -> None:
-    for cfg, err in zip(cfgs, errors):
+    for cfg, err in zip(cfgs, errors, strict=True):
         if err:
             names = [msg for bit, msg in ERROR_NAMES.items() if err & bit]
             raise ConfigError(
@@ -132,9 +218,14 @@ def _raise_errors(cfgs: Sequence[DeploymentConfig], errors: np.ndarray) -> None:
 def state_bytes_per_config(static: SimStatic) -> int:
     """Bytes of one config's simulation state (x3 for loop buffers and temporaries).
 
-    Cached per shape: tracing ``init_state`` costs ~30 ms, a tenth of a small run."""
-    shapes = jax.eval_shape(lambda: init_state(static, _dummy_params(static)))
-    return 3 * sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    Cached per shape, in memory and on disk (:func:`executables.disk_memo`): tracing
+    ``init_state`` costs ~30 ms, a tenth of a small run."""
+
+    def compute() -> int:
+        shapes = jax.eval_shape(lambda: init_state(static, _dummy_params(static)))
+        return 3 * sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+
+    return executables.disk_memo("state_bytes", (repr(static),), compute)
 
 
 def _dummy_params(static: SimStatic):
@@ -209,19 +300,100 @@ def devices_for(num_configs: int) -> int:
     return n_dev
 
 
-def simulate_stacked(static: SimStatic, tables, stacked: SimParams) -> SimState:
+def simulate_stacked(static: SimStatic, tables, stacked: SimParams, progress: Callable | None = None) -> SimState:
     """``simulate_batch`` of stacked configs, sharded over as many local devices as
     divide the config count (each device runs its own loop on its share); one config on
-    the CPU runs as :func:`simulate_single` (its event loop is one XLA kernel)."""
+    the CPU runs as :func:`simulate_single_chunked` (its event loop is one XLA kernel,
+    re-entered from the host every ~0.25 s to report ``progress``)."""
     num_configs = int(np.shape(stacked.num_valid)[0])
     if num_configs == 1 and jax.default_backend() == "cpu":
         # one kernel for the whole event loop on XLA:CPU; on an accelerator the loop
         # form of the updates would launch a kernel per row, so it keeps the scatters
-        return simulate_single(static, tables, stacked)
+        return simulate_single_chunked(static, tables, stacked, progress)
     n_dev = devices_for(num_configs)
     if n_dev > 1:
         return _sharded_runner(static, n_dev)(tables, stacked)
-    return simulate_batch(static, tables, stacked)
+    return executables.compiled("simulate_batch", simulate_batch, static, tables, stacked)(tables, stacked)
+
+
+# ------------------------------------------------------------------ one config, chunked
+
+#: Steps of the first chunk of a single-config run (~15 us each on the 2-core machine:
+#: a 2,000-request run at 2 QPS, ~3,800 steps, is one chunk).
+FIRST_CHUNK_STEPS = 8192
+#: Wall time aimed at per chunk: progress updates and Ctrl-C are this responsive, while
+#: the ~0.1 ms a re-entry costs stays negligible.
+CHUNK_TARGET_S = 0.25
+MIN_CHUNK_STEPS = 256
+MAX_CHUNK_STEPS = 1 << 26
+
+
+def _first(tree):
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _single_init(static: SimStatic, params: SimParams) -> SimState:
+    """Initial state of one config (``params`` with a leading axis of 1), unbatched."""
+    return init_state(dataclasses.replace(static, scatter_free=True), _first(params))
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
+def _single_advance(static: SimStatic, tables, params: SimParams, state: SimState, budget: jax.Array) -> SimState:
+    """Step one unbatched, scatter-free config until it is done or ``budget`` more steps ran.
+
+    The same ``while_loop`` body as :func:`engine.simulate_one` (so XLA:CPU still emits
+    the loop as one kernel); only the predicate also stops at ``state.step + budget``, so
+    chained calls give exactly the unchunked run's state. ``budget`` is a () int64 array:
+    any budget runs the same executable.
+    """
+    one = _first(params)
+    static1 = dataclasses.replace(static, scatter_free=True)
+    stop = state.step + budget
+    return jax.lax.while_loop(
+        lambda st: ~is_done(one, st) & (st.step < stop),
+        lambda st: step(static1, tables, one, st),
+        state,
+    )
+
+
+def _host_done(params: SimParams, state: SimState) -> tuple[bool, int, float]:
+    """``(done, completed, clock_s)`` of a single-config state, read on the host."""
+    completed, err, steps, clock = jax.device_get((state.num_completed, state.error, state.step, state.clock))
+    done = (int(completed) >= int(np.asarray(params.num_valid).reshape(-1)[0]) or int(err) != 0
+            or int(steps) >= int(np.asarray(params.max_steps).reshape(-1)[0]))
+    return done, int(completed), float(clock)
+
+
+def simulate_single_chunked(
+    static: SimStatic, tables, params: SimParams, progress: Callable | None = None, first_chunk: int = FIRST_CHUNK_STEPS
+) -> SimState:
+    """Run one config (``params`` with a leading axis of 1) in host-visible chunks.
+
+    Each chunk is one call of the same compiled loop (:func:`_single_advance`) with a step
+    budget sized so a chunk takes ~:data:`CHUNK_TARGET_S`; between chunks the host calls
+    ``progress(completed_requests, total_requests, simulated_s)`` and Python handles
+    Ctrl-C. The result equals :func:`engine.simulate_single` bit for bit (tested).
+    Executables come from the on-disk store (:mod:`executables`).
+
+    Returns:
+        The final :class:`SimState`, leading axis 1.
+    """
+    init = executables.compiled("single_init", _single_init, static, params)
+    state = init(params)
+    budget = np.int64(max(1, first_chunk))
+    advance = executables.compiled("single_advance", _single_advance, static, tables, params, state, budget)
+    total = int(np.asarray(params.num_valid).reshape(-1)[0])
+    while True:
+        t0 = time.perf_counter()
+        state = advance(tables, params, state, budget)
+        done, completed, clock = _host_done(params, state)
+        if progress is not None:
+            progress(completed, total, clock)
+        if done:
+            return jax.tree.map(lambda x: x[None], state)
+        wall = max(time.perf_counter() - t0, 1e-4)
+        budget = np.int64(min(max(int(budget * CHUNK_TARGET_S / wall), MIN_CHUNK_STEPS), MAX_CHUNK_STEPS))
 
 
 #: Configs stepped together by default when a group has more configs than this: the
@@ -294,9 +466,10 @@ def _execute(
     idle = dataclasses.replace(params[-1], num_valid=np.int32(0))  # no requests: done at once
     if lanes >= len(params):
         part = list(params) + [idle] * (lanes - len(params))
-        state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part)))
+        requests = None if progress is None else progress.requests
+        state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part), requests))
         if progress is not None:
-            progress(len(params))
+            progress.configs(len(params))
         return [(state, j) for j in range(len(params))]
 
     init, advance, reset, lane_done = _pool_runner(static, n_dev)
@@ -309,7 +482,7 @@ def _execute(
 
     def assign(lane: int, i: int) -> None:
         lane_cfg[lane] = i
-        for leaf, value in zip(param_leaves, jax.tree.leaves(params[i])):
+        for leaf, value in zip(param_leaves, jax.tree.leaves(params[i]), strict=True):
             leaf[lane] = value
 
     def smaller_pool() -> int:
@@ -331,13 +504,13 @@ def _execute(
         done = lane_busy & np.asarray(lane_done(stacked, state))
         fresh = np.zeros(lanes, bool)
         for lane in np.flatnonzero(done):
-            out[lane_cfg[lane]] = (jax.tree.map(lambda x: np.array(x[lane:lane + 1]), host), 0)
+            out[lane_cfg[lane]] = (jax.tree.map(lambda x, lane=lane: np.array(x[lane:lane + 1]), host), 0)
             lane_cfg[lane] = -1
             if pending:
                 assign(lane, pending.pop())
                 fresh[lane] = True
         if progress is not None and done.any():
-            progress(int(done.sum()))
+            progress.configs(int(done.sum()))
         busy = np.flatnonzero(lane_cfg >= 0)
         if busy.size == 0:
             return out  # type: ignore[return-value]
@@ -349,11 +522,11 @@ def _execute(
             rows = np.concatenate([busy, np.full(small - busy.size, busy[0])])
             pad = np.arange(small) >= busy.size
             param_leaves = [np.where(pad.reshape((-1,) + (1,) * (leaf.ndim - 1)), idle_value, leaf[rows]).astype(leaf.dtype)
-                            for leaf, idle_value in zip(param_leaves, idle_leaves)]
+                            for leaf, idle_value in zip(param_leaves, idle_leaves, strict=True)]
             lane_cfg = np.where(pad, -1, lane_cfg[rows])
             lanes = small
             stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
-            state = jax.tree.map(lambda x: jnp.array(x[rows]), host)
+            state = jax.tree.map(lambda x, rows=rows: jnp.array(x[rows]), host)
 
 
 def _run_group(
@@ -368,14 +541,28 @@ def _run_group(
     window: int | None = None,
 ) -> list[ConfigOutput]:
     """Run configs of one (policy, router); re-run only those that overflowed a
-    capacity, with that capacity doubled."""
+    capacity, with that capacity doubled.
+
+    A single config starts at the capacities it needed last time on the same workload
+    (:func:`executables.read_hint`), so a repeat run neither overflows nor recompiles;
+    the result is that of the run that grew them (same shapes, same program)."""
     derived = [build.derive(c) for c in cfgs]
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots, window=window)
     static = dataclasses.replace(static, trace_capacity=int(trace_capacity),
                                  **build.prefix_static(cfgs, derived, workloads))
-    slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived)))
+    slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived, strict=True)))
     spec = build.table_spec_for(cfgs, static.num_slots)
+    hint_key = _capacity_hint_key(cfgs, workloads, static) if len(cfgs) == 1 else None
+    hint = executables.read_hint(hint_key) if hint_key else None
+    token_grows = 0
+    if hint:
+        static = dataclasses.replace(static, num_slots=max(static.num_slots, hint.get("num_slots", 0)),
+                                     window=max(static.window, hint.get("window", 0)))
+        spec = build.table_spec_for(cfgs, static.num_slots)
+        for _ in range(hint.get("token_grows", 0)):
+            spec, token_grows = spec.grown(), token_grows + 1
+    grown = False
     results: list[ConfigOutput | None] = [None] * len(cfgs)
     pending = list(range(len(cfgs)))
     for _ in range(max_grow):
@@ -383,7 +570,7 @@ def _run_group(
         tables, index = build.build_tables(sub, spec, predictor_for)
         params = [
             build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests, static.prefix_blocks)
-            for i, k in zip(pending, index)
+            for i, k in zip(pending, index, strict=True)
         ]
         lanes = plan_chunk(static, len(params), chunk_configs)
         if chunk_configs is None:
@@ -393,20 +580,46 @@ def _run_group(
         errors = np.array([int(st.error[j]) for st, j in runs])
         grow = errors & (ERR_SLOTS | ERR_WINDOW | ERR_TOKENS)
         _raise_errors(sub, np.where(grow != 0, 0, errors))
-        for (st, j), i, g in zip(runs, pending, grow):
+        for (st, j), i, g in zip(runs, pending, grow, strict=True):
             if not g:
                 results[i] = _config_output(cfgs[i], workloads[i], st, j)
         if not grow.any():
+            if grown and hint_key:
+                executables.write_hint(hint_key, {"num_slots": static.num_slots, "window": static.window,
+                                                  "token_grows": token_grows})
             return results  # type: ignore[return-value]
-        pending = [i for i, g in zip(pending, grow) if g]
+        grown = True
+        pending = [i for i, g in zip(pending, grow, strict=True) if g]
         if (grow & ERR_SLOTS).any():
-            static = dataclasses.replace(static, num_slots=min(2 * static.num_slots, slot_cap, num_requests))
+            static = dataclasses.replace(static, num_slots=grown_slots(static.num_slots, slot_cap, num_requests,
+                                                                       single=len(cfgs) == 1))
             spec = build.table_spec_for(cfgs, static.num_slots)
         if (grow & ERR_WINDOW).any():
             static = dataclasses.replace(static, window=min(2 * static.window, static.num_slots))
         if (grow & ERR_TOKENS).any():
-            spec = spec.grown()
+            spec, token_grows = spec.grown(), token_grows + 1
     raise ConfigError("capacity kept overflowing after growing it; please report this config")
+
+
+#: Slot growth on overflow: a single config grows by half (its step costs O(slots) and its
+#: capacity hint remembers the result), a vectorized group doubles (fewer re-runs).
+SINGLE_SLOT_GROWTH = 1.5
+
+
+def grown_slots(slots: int, cap: int, num_requests: int, single: bool) -> int:
+    """The slot capacity after an overflow at ``slots``: x1.5 (one config) or x2, a
+    multiple of 8, at most ``cap`` (the policy's bound) and ``num_requests``."""
+    target = int(np.ceil(slots * (SINGLE_SLOT_GROWTH if single else 2.0) / 8.0)) * 8
+    return int(max(min(target, cap, num_requests), 1))
+
+
+def _capacity_hint_key(cfgs: Sequence[DeploymentConfig], workloads: Sequence[Workload], static: SimStatic) -> str:
+    """Identity of a group's run for its capacity hint: configs, workloads, start shape."""
+    wl = [executables.array_fingerprint(w.arrived_at, w.num_prefill, w.num_decode, w.mask,
+                                        np.zeros(0) if w.num_seqs is None else w.num_seqs,
+                                        np.zeros(0) if w.prefix_hashes is None else w.prefix_hashes)
+          for w in workloads]
+    return executables.hint_key((tuple(repr(c) for c in cfgs), tuple(wl), repr(static)))
 
 
 def simulate_configs(
@@ -435,7 +648,8 @@ def simulate_configs(
         trace_capacity: record up to this many batches per config in
             ``ConfigOutput.batch_log`` (for Chrome traces); 0 = off.
         chunk_configs: configs per compiled call (checked against free memory).
-        progress: show a progress bar with ETA over configs (stderr).
+        progress: show a progress bar with ETA on stderr: configs done, or for one
+            config its requests completed and simulated time.
         window: admission-window capacity (default 16; grown automatically on overflow).
 
     Returns:
@@ -451,22 +665,42 @@ def simulate_configs(
         groups.setdefault((c.replica_scheduler, c.global_scheduler), []).append(i)
     out: list[ConfigOutput | None] = [None] * len(cfgs)
     sources = [str(getattr(predictor_for(c), "meta", {}).get("source", "custom")) for c in cfgs]
-    with _progress_bar(len(cfgs), progress) as advance:
+    with _progress_bar(len(cfgs), progress) as bar:
         for idx in groups.values():
             res = _run_group([cfgs[i] for i in idx], [workloads[i] for i in idx], predictor_for, num_slots,
-                             trace_capacity=trace_capacity, chunk_configs=chunk_configs, progress=advance,
+                             trace_capacity=trace_capacity, chunk_configs=chunk_configs, progress=bar,
                              window=window)
-            for i, r in zip(idx, res):
+            for i, r in zip(idx, res, strict=True):
                 r.summary["predictor_source"] = sources[i]
                 out[i] = r
     return out  # type: ignore[return-value]
 
 
+class _Progress:
+    """Progress on stderr (rich, transient): configs done of many, or for one config its
+    requests completed, simulated time and ETA. ``enabled=False``: every call is a no-op."""
+
+    def __init__(self, bar, total_configs: int):
+        self._bar = bar
+        self._task = None if bar is None else bar.add_task("configs", total=total_configs, sim="")
+        self._single = total_configs == 1
+
+    def configs(self, n: int) -> None:
+        """``n`` more configs finished."""
+        if self._bar is not None and not self._single:
+            self._bar.advance(self._task, n)
+
+    def requests(self, completed: int, total: int, clock_s: float) -> None:
+        """One config's progress: ``completed`` of ``total`` requests at ``clock_s``."""
+        if self._bar is not None and self._single:
+            self._bar.update(self._task, completed=completed, total=total, sim=f"sim {clock_s:,.0f} s")
+
+
 @contextlib.contextmanager
 def _progress_bar(total: int, enabled: bool):
-    """Yields ``advance(n)`` for a rich progress bar with ETA (or a no-op when disabled)."""
+    """Yields a :class:`_Progress` (a rich progress bar with ETA when ``enabled``)."""
     if not enabled:
-        yield None
+        yield _Progress(None, total)
         return
     from rich.progress import (
         BarColumn,
@@ -477,11 +711,17 @@ def _progress_bar(total: int, enabled: bool):
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("configs"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("configs", total=total)
-        yield lambda n: bar.advance(task, n)
+    what = "requests" if total == 1 else "configs"
+    columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn(what),
+               TextColumn("{task.fields[sim]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, transient=True, console=_stderr_console()) as bar:
+        yield _Progress(bar, total)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
 
 
 def requests_frame(outputs: Sequence[ConfigOutput]) -> pd.DataFrame:
