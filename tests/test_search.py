@@ -91,6 +91,11 @@ def test_next_qps_brackets_to_granularity():
     # round 0: K points on [E/2, 2E] around the estimate
     qs, st = cap.next_qps([], s, num_replicas=2, estimate=6.0)
     assert st == "" and np.allclose(qs, [3.0, 3.0 * 4 ** (1 / 3), 3.0 * 4 ** (2 / 3), 12.0])
+    # K = 1 (many open configs fill the pool): one probe at the estimate, then bisection
+    assert cap.next_qps([], s, 2, estimate=6.0, branching=1) == ([6.0], "")
+    assert cap.next_qps([_p(6.0, True)], s, 2, branching=1) == ([12.0], "")
+    qs, _ = cap.next_qps([_p(6.0, True), _p(12.0, False)], s, 2, branching=1)
+    assert np.allclose(qs, [6.0 * 2**0.5])
     # everything passed: double upwards (at most the highest rate), then capped there
     qs, _ = cap.next_qps([_p(3.0, True), _p(12.0, True)], s, 1)
     assert qs == [24.0, 48.0, 96.0, 192.0]

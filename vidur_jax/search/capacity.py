@@ -11,7 +11,8 @@ replica scheduler), and each config's bracket ``[lo, hi]`` (highest passing / lo
 failing QPS) shrinks K-ary until ``hi / lo <= 1 + granularity`` (Vidur: 2.5%):
 
 * round 0 puts K probes geometrically on ``[E/2, 2E]`` around an analytic estimate
-  ``E`` (:func:`estimate_capacity`: token throughput of a saturated batch);
+  ``E`` (:func:`estimate_capacity`: token throughput of a saturated batch), one at ``E``
+  when K = 1 (K shrinks to 1 when the open configs alone fill the pool);
 * a config with no failing probe doubles upwards (``capped`` at ``qps_max_per_replica``),
   one with no passing probe halves downwards (``below_min`` at ``qps_min``);
 * later rounds put up to K probes geometrically inside ``(lo, hi)``.
@@ -81,7 +82,8 @@ class SearchSettings:
         ttft_p90_max_s: TTFT P90 bound of the ``slo`` criterion, seconds.
         tbt_p99_max_s: TBT P99 bound of the ``slo`` criterion, seconds.
         granularity: stop when ``hi / lo - 1 <= granularity`` (Vidur: 2.5%).
-        branching: K, probes per config per round.
+        branching: K, most probes per config per round (fewer when the open configs
+            alone fill the pool: K = lanes // open configs, at least 1).
         max_rounds: round limit (a config still open is reported ``unresolved``).
         qps_min: lowest cluster QPS probed; failing there = capacity 0 (``below_min``).
         qps_max_per_replica: highest rate probed per replica; passing there = ``capped``.
@@ -102,7 +104,7 @@ class SearchSettings:
     ttft_p90_max_s: float = 2.0
     tbt_p99_max_s: float = 0.2
     granularity: float = 0.025
-    branching: int = 2
+    branching: int = 4
     max_rounds: int = 24
     qps_min: float = 0.01
     qps_max_per_replica: float = 256.0
@@ -717,7 +719,11 @@ def _geometric(lo: float, hi: float, m: int) -> list[float]:
 
 
 def next_qps(
-    probes: Sequence[Probe], s: SearchSettings, num_replicas: int, estimate: float = math.nan
+    probes: Sequence[Probe],
+    s: SearchSettings,
+    num_replicas: int,
+    estimate: float = math.nan,
+    branching: int | None = None,
 ) -> tuple[list[float], str]:
     """The next round's QPS values for one config, or ``([], status)`` when it is done.
 
@@ -726,9 +732,10 @@ def next_qps(
         s: settings.
         num_replicas: replicas of the config (scales the highest rate probed).
         estimate: analytic capacity estimate, cluster QPS (round 0 centres on it).
+        branching: probes this round (default ``s.branching``).
     """
     qmax = s.qps_max_per_replica * num_replicas
-    k = s.branching
+    k = branching or s.branching
     if any(p.error and "stalled" in p.error for p in probes):
         return [], "error: " + next(p.error for p in probes if p.error)
     if not probes:
@@ -781,7 +788,16 @@ def search_capacity(
     est = list(estimates) if estimates is not None else estimate_capacity(runner)
     probes: list[list[Probe]] = [[] for _ in range(n)]
     status = [""] * n
-    pending = [Probe(i, q) for i in range(n) for q in next_qps([], s, num_replicas[i], est[i])[0]]
+
+    def branching(num_open: int) -> int:
+        # K probes per open config, as many as fill the pool's lanes (>= 1, <= K max):
+        # fewer probes per config in all when many configs are open, fewer rounds when few
+        return max(1, min(s.branching, runner.width // max(1, num_open)))
+
+    k0 = branching(n)
+    pending = [
+        Probe(i, q) for i in range(n) for q in next_qps([], s, num_replicas[i], est[i], k0)[0]
+    ]
     rounds = 0
     while pending and rounds < s.max_rounds:
         # a lane runs as long as its probe: start the longest (lowest-QPS) probes first
@@ -791,10 +807,11 @@ def search_capacity(
         for p in pending:
             probes[p.config_index].append(p)
         pending = []
+        k = branching(sum(1 for x in status if not x))
         for i in range(n):
             if status[i]:
                 continue
-            qs, st = next_qps(probes[i], s, num_replicas[i], est[i])
+            qs, st = next_qps(probes[i], s, num_replicas[i], est[i], k)
             if st:
                 status[i] = st
             pending += [Probe(i, q) for q in qs]

@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "sched_delay_quantile": 0.99,
     "sched_delay_max_s": 5.0,
     "granularity": 0.025,
-    "branching": 2,
+    "branching": 4,
     "max_rounds": 24,
     "qps_min": 0.01,
     "qps_max_per_replica": 256.0,
