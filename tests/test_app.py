@@ -144,6 +144,7 @@ def test_every_option_of_every_group_composes():
 def test_experiment_composes(name):
     cfg = app.compose([f"+experiment={name}"])
     assert cfg.name == name
+    app.check_base(cfg)  # what the CLI checks before JAX loads, tasks included
     tree = app.to_container(cfg)
     for point in app.expand_sweep(tree):
         app.deployment_from(point)
@@ -182,6 +183,28 @@ def test_profiles_dir_setting(monkeypatch, tmp_path):
     assert app.compose(["workload=chat"]).workload.lengths.path == (
         "/data/root/processed_traces/splitwise_conv.csv"
     )
+
+
+def test_help_lists_tasks_groups_keys_and_examples():
+    from vidur_jax import tasks
+
+    res = run_cli("--help")
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    assert text.startswith("vidur_jax: simulate LLM inference serving")
+    tasks_part = text.split("== Tasks")[1].split("== Config groups")[0]
+    for task in ("simulate", *tasks.TASKS):
+        assert f"\n  {task} " in tasks_part, task
+    groups_part = text.split("== Config groups")[1].split("== Top-level keys")[0]
+    for group in ("model", "hardware", "cluster", "scheduler", "workload", "predictor", "experiment"):
+        options = sorted(p.stem for p in (app.CONF_DIR / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in groups_part, group
+    keys_part = text.split("== Top-level keys")[1].split("Examples:")[0]
+    top_level = [k for k, v in app.compose([]).items() if k not in app.GROUP_KEYS]
+    for key in top_level:
+        assert f"\n  {key} " in keys_part, key
+    examples = text.split("Examples:")[1]
+    assert examples.count("python -m vidur_jax ") == 2
 
 
 # ---------------------------------------------------------------- sweep expansion
@@ -249,6 +272,35 @@ def test_plan_shares_identical_workloads():
     assert [lab["qps"] for lab in plan.labels] == [1.0, 2.0, 1.0, 2.0]
 
 
+def test_api_keywords_set_knobs_and_sweeps():
+    base = _tree()
+    t = app.apply_knobs(
+        base,
+        {"qps": [1, 2], "batch_cap": 64, "workload.num_requests": 7, "plots": False, "seed": 3},
+    )
+    assert t["sweep"] == {"qps": [1, 2]}
+    assert t["scheduler"]["batch_size_cap"] == 64
+    assert (t["workload"]["num_requests"], t["plots"], t["seed"]) == (7, False, 3)
+    assert base["scheduler"]["batch_size_cap"] == 128 and base["sweep"] == {}  # not mutated
+    plan = app.plan_from_config(t)
+    assert [lab["qps"] for lab in plan.labels] == [1.0, 2.0]
+    with pytest.raises(ConfigError, match="matches no config key"):
+        app.apply_knobs(base, {"qsp": 2})
+    with pytest.raises(ConfigError, match="matches no config key"):
+        app.apply_knobs(base, {"qsp": [2, 3]})
+
+
+@pytest.mark.parametrize("name", ["trace_replay"])
+def test_qps_empty_where_it_does_not_drive_arrivals(name, data_dir):
+    # trace replay keeps the trace's own arrival times: a qps in the config is ignored,
+    # so the table must not show it
+    cfg = app.compose([f"+experiment={name}", f"data_dir={data_dir}", "workload.num_requests=20",
+                       "workload.qps=100"])
+    plan = app.plan_from_config(cfg)
+    assert all(np.isnan(lab["qps"]) for lab in plan.labels)
+    assert [s["time_scale_factor"] for s in plan.specs] == [1.0, 0.5, 0.25]
+
+
 # -------------------------------------------------------------------- bad input
 
 
@@ -281,6 +333,20 @@ def test_bad_input_one_line(overrides, needle, tmp_path):
     assert needle in lines[0]
     assert "Traceback" not in res.stderr + res.stdout
     assert not (tmp_path / "run" / "summary.csv").exists()
+
+
+def test_jax_free_checks_know_the_simulator_names():
+    """The pre-JAX checks (vidur_jax.plan.deployment) list the names the simulator accepts."""
+    from vidur_jax.plan import deployment
+    from vidur_jax.sim import build, policies, s3, types
+
+    assert set(deployment.REPLICA_SCHEDULERS) == set(policies.POLICIES)
+    assert deployment.GLOBAL_SCHEDULERS == types.ROUTERS
+    assert deployment.S3_PREDICTORS == tuple(s3.PREDICTORS)
+    assert deployment.S3_ADMISSIONS == tuple(build.S3_ADMISSIONS)
+    yaml_schedulers = {app.compose([f"scheduler={o}"]).scheduler.replica_scheduler
+                       for o in (p.stem for p in (app.CONF_DIR / "scheduler").glob("*.yaml"))}
+    assert yaml_schedulers == set(deployment.REPLICA_SCHEDULERS)
 
 
 def test_unknown_experiment_lists_available(tmp_path):
@@ -349,6 +415,11 @@ def test_cli_quickstart_writes_run_dir(quickstart_run):
         *cols[len(app.SUMMARY_KNOBS) + len(app.SUMMARY_METRICS) :],
     ]
     assert summary["qps"].tolist() == [1.0, 3.0]
+    assert "throughput_request_output_tps" not in cols  # = throughput_output_tps here
+    # the achieved arrival rate is what the seed drew, not the set QPS
+    assert summary["arrival_rate_rps"].tolist() != [1.0, 3.0]
+    assert (summary["arrival_rate_rps"] > 0).all()
+    assert (summary["sim_duration_s"] >= summary["makespan_s"]).all()
     assert (summary["num_completed"] == 60).all()
     assert summary[DESIGN_METRICS].notna().all().all()
     assert (summary["scheduler"] == "sarathi").all() and (summary["tp"] == 1).all()
@@ -366,14 +437,23 @@ def test_cli_quickstart_writes_run_dir(quickstart_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp")), "atomic writes left temp files"
     assert "sarathi" in res.stdout and "summary.csv" in res.stdout
+    assert "plots/, report.html" in res.stdout
+    page = (out / "report.html").read_text()
+    assert "Llama-2-7b-hf on a100, TP1 PP1 x1 replica, sarathi, synthetic_conv" in page
 
 
 @pytest.mark.slow
-def test_api_matches_cli(quickstart_run):
+def test_api_matches_cli(quickstart_run, profiles_dir):
     import vidur_jax
 
     out, args, _ = quickstart_run
-    summary, requests = vidur_jax.simulate(args)
+    # the same run as keywords: an experiment name, knob values, a list = a sweep axis
+    summary, requests = vidur_jax.simulate(
+        "quickstart",
+        qps=[1.0, 3.0],
+        profiles_dir=str(profiles_dir),
+        **{"workload.num_requests": 60},
+    )
     cli_summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == list(cli_summary.columns)
     pd.testing.assert_frame_equal(
@@ -385,7 +465,7 @@ def test_api_matches_cli(quickstart_run):
     cli_req = pd.read_parquet(out / "requests.parquet")
     pd.testing.assert_frame_equal(requests.reset_index(drop=True), cli_req)
 
-    # A composed DictConfig is accepted as well.
+    # Override strings and a composed DictConfig are accepted as well.
     summary2, _ = vidur_jax.simulate(app.compose(args))
     np.testing.assert_allclose(summary2["ttft_p90"], summary["ttft_p90"])
 
@@ -407,6 +487,14 @@ def test_multirun_one_dir_per_job(tmp_path, profiles_dir):
     assert scheds == [["vllm"], ["sarathi"]]
     for p in jobs:
         assert (p / "requests.parquet").is_file() and (p / "plots" / "ttft_cdf.png").is_file()
+        assert (p / "report.html").is_file()
+    # the sweep dir compares the jobs: plots across schedulers and a report
+    sweep = pd.read_csv(tmp_path / "sweep_summary.csv")
+    assert sweep["scheduler"].tolist() == ["vllm", "sarathi"]
+    for name in ("ttft_cdf.png", "e2e_cdf.png", "metrics.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "report.html").read_text()
+    assert "Summary: " in page and '"vllm"' in page and '"sarathi"' in page
 
 
 # ------------------------------------------------------------- installed wheel

@@ -107,7 +107,7 @@ def test_unknown_model_lists_allowed():
 
 
 def test_devices():
-    assert list_devices() == ["a40", "a100", "h100", "h200"]
+    assert list_devices() == ["a40", "a100", "h100", "h200", "b200", "l40s", "mi300x"]
     a100, h100, a40, h200 = (get_device(n) for n in ("a100", "h100", "a40", "h200"))
     # memory as in Vidur's device_sku_config.py (h200: datasheet)
     assert (a40.memory_gb, a100.memory_gb, h100.memory_gb, h200.memory_gb) == (45, 80, 80, 141)
@@ -120,6 +120,25 @@ def test_devices():
     assert (h100.price_per_hour, a100.price_per_hour, a40.price_per_hour) == (4.25, 2.21, 1.28)
     assert h200.price_per_hour > h100.price_per_hour
     assert get_device("A100") is DEVICES["a100"]
+
+
+def test_new_gpus_from_spec_sheets():
+    b200, l40s, mi300x, h100 = (get_device(n) for n in ("b200", "l40s", "mi300x", "h100"))
+    # datasheet memory (GB), dense BF16 / FP8 TFLOP/s, HBM GB/s, link GB/s per direction
+    assert (b200.memory_gb, b200.fp16_tflops, b200.fp8_tflops, b200.hbm_gbps) == (
+        180, 2250.0, 4500.0, 8000.0)
+    assert (l40s.memory_gb, l40s.fp16_tflops, l40s.fp8_tflops, l40s.hbm_gbps) == (
+        48, 362.05, 733.0, 864.0)
+    assert (mi300x.memory_gb, mi300x.fp16_tflops, mi300x.fp8_tflops, mi300x.hbm_gbps) == (
+        192, 1307.4, 2614.9, 5300.0)
+    assert (h100.link_gbps, b200.link_gbps, l40s.link_gbps) == (450.0, 900.0, 32.0)
+    # FP8 tensor cores run at twice the BF16 rate on every GPU that has them
+    for d in (h100, get_device("h200"), b200, mi300x):
+        assert d.fp8_tflops == pytest.approx(2 * d.fp16_tflops, rel=0.01)
+    assert get_device("a100").fp8_tflops is None
+    # prices that are not quotes say so
+    assert all(d.price_is_estimate for d in (b200, l40s, mi300x, get_device("h200")))
+    assert not h100.price_is_estimate
 
 
 def test_nodes():

@@ -6,8 +6,8 @@ Two runs per case:
   isolates the simulation semantics: scheduling, memory, pipeline, metrics. Held to 5%
   on p50/p90 of TTFT, TBT and e2e (measured: <= 3%);
 * with vidur_jax's **shipped hybrid predictors**, whose remaining error against Vidur's
-  forests is predictor error (see the README's fidelity section); held to the tolerance
-  reached.
+  forests is predictor error (docs/fidelity.md); held to the error measured per case and
+  metric plus a 2-point margin.
 """
 
 from __future__ import annotations
@@ -24,13 +24,33 @@ import fidelity_vs_vidur as fid  # noqa: E402
 pytest.importorskip("sklearn")
 
 CORE = [f"{m}_{q}" for m in ("ttft", "tbt", "e2e") for q in ("p50", "p90")]
-CASES = ["v1_sarathi_tp1", "v2_vllm_tp1", "v3_orca_tp2", "v4_vllm_arxiv", "v5_sarathi_pp2", "v6_sarathi_2rep"]
+CASES = [
+    "v1_sarathi_tp1",
+    "v2_vllm_tp1",
+    "v3_orca_tp2",
+    "v4_vllm_arxiv",
+    "v5_sarathi_pp2",
+    "v6_sarathi_2rep",
+]
 
-#: |rel_err| bounds for the shipped hybrid predictors (p50/p90 of TTFT, TBT, e2e).
-HYBRID_TOLERANCE = 0.20
-#: The Orca case runs near saturation (batch cap 8): its TTFT p90 is a queueing tail that
-#: amplifies the hybrid's few-percent iteration-time error (see README, fidelity).
-HYBRID_TOLERANCE_CASE = {"v3_orca_tp2": 0.60}
+#: |rel_err| of the shipped hybrid predictors against Vidur, measured per case and metric
+#: (``experiments/fidelity_vs_vidur.py``, written to experiments/results/fidelity_hybrid.csv;
+#: rounded up to 0.1%), in the order of CORE. The simulation is deterministic given the
+#: shipped params, so the margin only covers platform float differences; a predictor
+#: change that moves any metric by more than MARGIN fails. The gaps are explained op by op
+#: in docs/fidelity.md: what remains (TBT p90 and e2e of the TP1 cases, up to 17%) is
+#: decode attention between the rows of the sparse attention profile, where Vidur's
+#: forest is piecewise constant and the hybrid smooth.
+HYBRID_MEASURED = {
+    "v1_sarathi_tp1": (0.032, 0.024, 0.001, 0.167, 0.002, 0.033),
+    "v2_vllm_tp1": (0.015, 0.001, 0.002, 0.135, 0.054, 0.049),
+    "v3_orca_tp2": (0.002, 0.005, 0.002, 0.009, 0.002, 0.009),
+    "v4_vllm_arxiv": (0.021, 0.007, 0.017, 0.034, 0.002, 0.006),
+    "v5_sarathi_pp2": (0.003, 0.010, 0.017, 0.084, 0.041, 0.053),
+    "v6_sarathi_2rep": (0.027, 0.006, 0.027, 0.109, 0.062, 0.048),
+}
+#: Absolute margin on rel_err (2 percentage points).
+MARGIN = 0.02
 
 
 def _run(case_dir: Path, predictor_for):
@@ -63,6 +83,5 @@ def test_simulation_semantics_match_vidur(case, reference_dir, forest_for):
 def test_shipped_predictors_close_to_vidur(case, reference_dir):
     out, ref, rows = _run(reference_dir / case, None)
     assert out.summary["num_completed"] == ref["num_completed"]
-    for metric in CORE:
-        bound = HYBRID_TOLERANCE_CASE.get(case, HYBRID_TOLERANCE)
-        assert abs(rows[metric]["rel_err"]) <= bound, (metric, rows[metric])
+    for metric, measured in zip(CORE, HYBRID_MEASURED[case], strict=True):
+        assert abs(rows[metric]["rel_err"]) <= measured + MARGIN, (metric, rows[metric])

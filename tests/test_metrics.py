@@ -23,9 +23,11 @@ from vidur_jax.metrics import (
     plot_cdfs,
     requests_frame,
     summarize,
+    table,
     tbt_bin_edges,
     tbt_bin_index,
 )
+from vidur_jax.metrics.summary import arrival_rate
 
 NAN = float("nan")
 
@@ -84,6 +86,12 @@ def test_summarize_hand_worked():
     assert s["throughput_rps"] == 0.5
     assert s["throughput_tps"] == pytest.approx(74 / 6)
     assert s["throughput_output_tps"] == pytest.approx(14 / 6)
+    # one sequence per request: the per-request output rate and sequence count would
+    # repeat throughput_output_tps and num_completed, so they are left out
+    assert "throughput_request_output_tps" not in s and "num_sequences" not in s
+    # 4 requests arrive at 0, 1, 2, 3: (4 - 1) / (3 - 0); the last event is completion 6
+    assert s["arrival_rate_rps"] == 1.0
+    assert s["sim_duration_s"] == 6.0
     assert (s["num_requests"], s["num_completed"], s["num_restarts"]) == (4, 3, 1)
     assert s["batch_size_mean"] == 3.0
     assert s["kv_util_mean"] == 0.4
@@ -108,6 +116,21 @@ def test_summarize_contract_columns():
     ):
         assert k in s
     assert math.isnan(s["tbt_p50"]) and math.isnan(s["tbt_mean"])  # no TBT samples
+
+
+def test_arrival_rate():
+    assert arrival_rate(np.array([0.5, 1.0, 3.0, np.inf])) == 0.8  # 2 gaps over 2.5 s
+    assert math.isnan(arrival_rate(np.array([2.0])))
+    assert math.isnan(arrival_rate(np.zeros(5)))  # offline: everything at t = 0
+
+
+def test_summarize_parallel_sampling_columns():
+    req = toy_requests()
+    req["num_seqs"] = np.array([2, 1, 1, 1, 1])
+    s = summarize(req, TOY_HIST, edges=TOY_EDGES)
+    assert s["num_sequences"] == 4  # completed requests 0, 1, 2 with 2 + 1 + 1 sequences
+    assert s["throughput_output_tps"] == pytest.approx((2 * 2 + 4 + 8) / 6)
+    assert s["throughput_request_output_tps"] == pytest.approx(14 / 6)
 
 
 def test_summarize_mask_and_histogram_mean():
@@ -245,3 +268,78 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json({"x": object()}, target)
     assert target.read_text() == "old\n"
+
+
+# ------------------------------------------------------------------ summary table
+
+
+def _knobs(cid: int, scheduler: str, **extra):
+    base = {"config_id": cid, "model": "m", "scheduler": scheduler, "chunk_size": 512,
+            "max_tokens_in_batch": 4096, "watermark_blocks_fraction": 0.01, "qps": 2.0,
+            "max_waiting_iters": 10, "batch_timeout_s": 0.1, "batch_max_tokens": 65536,
+            "s3_predictor": "oracle", "s3_accuracy": 1.0, "s3_lookahead": 16,
+            "s3_admission": "dff", "num_requests": 100}
+    return {**base, **extra}
+
+
+def test_summary_table_knob_columns_and_blanks():
+    knobs = [
+        _knobs(0, "vllm"),
+        _knobs(1, "sarathi"),
+        _knobs(2, "static_batching", batch_timeout_s=0.5),
+        _knobs(3, "static_batching", batch_timeout_s=0.05),
+    ]
+    df = table.summary_table(knobs, [{"ttft_p50": float(i), "extra_stat": 1} for i in range(4)])
+    extra_knobs = ["batch_timeout_s", "batch_max_tokens"]  # static batching's; nobody varies the rest
+    assert list(df.columns) == [
+        *table.STANDARD_KNOBS, *extra_knobs, *table.STANDARD_METRICS, "extra_stat"
+    ]
+    # a knob that does not apply is empty: chunk for all but Sarathi, the token budget
+    # for all but vLLM (and LightLLM), the watermark for static batching
+    assert df["chunk_size"].tolist() == [pd.NA, 512, pd.NA, pd.NA]
+    assert str(df["chunk_size"].dtype) == "Int64"
+    assert df["max_tokens_in_batch"].tolist() == [4096, pd.NA, pd.NA, pd.NA]
+    assert df["watermark_blocks_fraction"].isna().tolist() == [False, False, True, True]
+    assert df["batch_timeout_s"].tolist()[2:] == [0.5, 0.05]
+    assert df["batch_timeout_s"].isna().tolist()[:2] == [True, True]
+    assert df["ttft_p50"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert df["device"].isna().all()  # a standard knob nobody set: still a column
+    # the CSV shows the empty cells as empty, integers without ".0"
+    lines = df[["config_id", "chunk_size", "max_tokens_in_batch"]].to_csv(index=False).splitlines()
+    assert lines == ["config_id,chunk_size,max_tokens_in_batch", "0,,4096", "1,512,", "2,,", "3,,"]
+
+
+def test_summary_table_any_varying_knob_is_a_column():
+    knobs = [
+        _knobs(0, "s3", s3_predictor="confusion", s3_accuracy=0.8, num_requests=100),
+        _knobs(1, "s3", s3_predictor="confusion", s3_accuracy=0.9, num_requests=200),
+        _knobs(2, "s3", s3_predictor="oracle", s3_accuracy=0.9, num_requests=200),
+    ]
+    df = table.summary_table(knobs, [{}] * 3)
+    knob_cols = list(df.columns[len(table.STANDARD_KNOBS) : df.columns.get_loc("ttft_p50")])
+    assert knob_cols == ["s3_predictor", "s3_accuracy", "s3_lookahead", "s3_admission", "num_requests"]
+    # accuracy applies only to the confusion predictor
+    assert df["s3_accuracy"].tolist()[:2] == [0.8, 0.9] and math.isnan(df["s3_accuracy"][2])
+    assert df["num_requests"].tolist() == [100, 200, 200]
+    assert table.varying_knobs(df) == ["s3_predictor", "s3_accuracy", "num_requests"]
+    assert table.constant_knobs(df, ["model", "scheduler", "qps", "device"]) == {
+        "model": "m", "scheduler": "s3", "qps": 2.0
+    }
+
+
+def test_workload_knobs_qps_only_where_it_drives_arrivals():
+    poisson = {"kind": "synthetic", "name": "w", "qps": 2.0, "num_requests": 10, "max_tokens": 4096,
+               "seed": 1, "num_seqs": None, "arrival": {"kind": "poisson", "qps": 2.0},
+               "lengths": {"kind": "fixed", "prefill": 8, "decode": 4}}
+    assert table.workload_knobs(poisson) == {
+        "workload": "w", "workload_kind": "synthetic", "qps": 2.0, "num_requests": 10,
+        "arrival.kind": "poisson", "lengths.kind": "fixed", "lengths.prefill": 8,
+        "lengths.decode": 4,
+    }
+    offline = {**poisson, "arrival": {"kind": "static"}}
+    assert table.workload_knobs(offline)["qps"] is None
+    replay = {"kind": "replay", "name": "r", "qps": 100.0, "num_requests": 10, "max_tokens": 4096,
+              "seed": 1, "num_seqs": None, "path": "/t.csv", "prefill_scale_factor": 1.0,
+              "decode_scale_factor": 1.0, "time_scale_factor": 0.5}
+    k = table.workload_knobs(replay)
+    assert k["qps"] is None and k["time_scale_factor"] == 0.5 and k["path"] == "/t.csv"

@@ -134,33 +134,57 @@ def test_tbt_percentile_wide_step(case, speeds):
     assert speeds.derivative["tbt_mean"]["qps"] == 0.0
 
 
+def _in_band(d: float, refs: list[float], lo: float, hi: float) -> bool:
+    """``d`` has the sign of every reference and ``|d|`` lies in
+    ``[lo * min|ref|, hi * max|ref|]`` (so ``lo > 0.5`` and ``hi < 2`` make a wrong sign
+    and a 2x error in either direction fail)."""
+    signs = {np.sign(r) for r in refs}
+    mags = [abs(r) for r in refs]
+    return signs == {np.sign(d)} and lo * min(mags) <= abs(d) <= hi * max(mags)
+
+
 def test_schedule_change_bias_and_smoothed_slope(case, forward):
     # The jvp holds the batches fixed; a real load change re-forms them. Here that bias
     # dominates (measured: jvp of ttft_mean 0.21 s/qps, wide differences ~0.005), so the
     # schedule-aware smoothed slope is what matches finite differences over 5-20% steps.
+    # Measured (smoothed over 10% of the load, 4 nodes / central FDs over 5, 10, 20%):
+    # e2e_mean 0.0173 / 0.0244, 0.0209, 0.0203; tbt_mean 0.000515 / 0.000481-0.000558.
+    # Band [0.7 min, 1.3 max]: both halving and doubling the slope leave it.
     fds = [core.finite_difference(case, "qps", rel_step=r) for r in (0.05, 0.1, 0.2)]
     d, _, _ = core.smoothed_derivatives(case, "qps", case.base_knobs(), width=0.1 * QPS)
-    for m, slack in (("e2e_mean", 0.5), ("tbt_mean", 0.5), ("ttft_mean", 1.5)):
-        lo, hi = min(f[m] for f in fds), max(f[m] for f in fds)
-        assert lo * (1 - slack) <= d[m] <= hi * (1 + slack), (m, d[m], lo, hi)
+    for m in ("e2e_mean", "tbt_mean"):
+        assert _in_band(d[m], [f[m] for f in fds], 0.7, 1.3), (m, d[m], [f[m] for f in fds])
+    # ttft_mean of 30 light-load requests is not determined to 2x by any of these: the
+    # FDs themselves span 3x (0.0031-0.0095) and the smoothed slope moves 0.0014-0.0064
+    # with its width and node count. Asserted: positive, and far below the jvp (its bias).
+    assert d["ttft_mean"] > 0 and all(f["ttft_mean"] > 0 for f in fds)
     assert forward.derivative["ttft_mean"]["qps"] > 5 * max(f["ttft_mean"] for f in fds)
 
 
-@pytest.mark.parametrize("knob", ["chunk_size", "batch_cap"])
-def test_integer_knob_relaxation_vs_wide_differences(case, knob):
+def test_integer_knob_relaxation_vs_wide_differences(case):
     point = case.base_knobs()
-    d, smooth, s = core.smoothed_derivatives(case, knob, point, num_nodes=4)
-    # the smoothed metric stays close to the metric itself (bias of the relaxation)
     v = core.evaluate(case)
+    # chunk size: slope over +-s and +-2s (wide central differences of the unsmoothed
+    # simulator). Measured: ttft_mean -3.42e-4 vs -3.07e-4, -2.64e-4; e2e_mean -3.65e-4
+    # vs -3.01e-4, -2.46e-4. Band [0.75 min, 1.3 max] of the FDs' magnitudes.
+    d, smooth, s = core.smoothed_derivatives(case, "chunk_size", point, num_nodes=4)
     for m in ("ttft_mean", "e2e_mean"):
-        assert smooth[m] == pytest.approx(v[m], rel=0.15)
-    # slope over +-s and +-2s (wide central differences of the unsmoothed simulator)
-    fd1 = core.finite_difference(case, knob, step=s)
-    fd2 = core.finite_difference(case, knob, step=2 * s)
+        assert smooth[m] == pytest.approx(v[m], rel=0.15)  # bias of the relaxation
+    fd1 = core.finite_difference(case, "chunk_size", step=s)
+    fd2 = core.finite_difference(case, "chunk_size", step=2 * s)
+    for m in ("ttft_mean", "e2e_mean"):
+        assert _in_band(d[m], [fd1[m], fd2[m]], 0.75, 1.3), (m, d[m], fd1[m], fd2[m])
+    # Throughput does not depend on the chunk size at this load (every request is served;
+    # the FDs disagree in sign, -4e-5 and 6e-5): elasticity measured 0.0014, asserted
+    # below 0.01 (a slope as large as the TTFT one, elasticity ~0.2, fails).
+    assert abs(d["throughput_rps"]) * point["chunk_size"] / v["throughput_rps"] < 0.01
+    # batch cap 16 never binds here (the largest batch is smaller): the relaxation and the
+    # differences are exactly flat, and a spurious slope of any size fails.
+    d, smooth, s = core.smoothed_derivatives(case, "batch_cap", point, num_nodes=4)
+    fd = core.finite_difference(case, "batch_cap", step=s)
     for m in ("ttft_mean", "e2e_mean", "throughput_rps"):
-        lo, hi = sorted([fd1[m], fd2[m]])
-        scale = max(abs(lo), abs(hi), 1e-3 * abs(v[m]) / s)
-        assert lo - 0.5 * scale <= d[m] <= hi + 0.5 * scale, (knob, m, d[m], fd1[m], fd2[m])
+        assert abs(d[m]) < 1e-12 * abs(v[m]) + 1e-12 and fd[m] == 0.0, (m, d[m], fd[m])
+        assert smooth[m] == pytest.approx(v[m], rel=1e-12)
 
 
 def test_sensitivity_frame_and_elasticity(case, forward):

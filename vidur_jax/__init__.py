@@ -67,16 +67,19 @@ _use_all_cpu_cores()
 _compile_small_loops_whole()
 
 
-def simulate(cfg_or_overrides: Any = ()) -> Any:
+def simulate(cfg_or_overrides: Any = (), /, **knobs: Any) -> Any:
     """Simulate a configuration; see :func:`vidur_jax.app.simulate`.
 
     Args:
-        cfg_or_overrides: Hydra override strings (e.g. ``["+experiment=quickstart",
-            "scheduler=vllm"]``) or a composed ``DictConfig``.
+        cfg_or_overrides: an experiment name (``"quickstart"``), Hydra override strings
+            (e.g. ``["+experiment=quickstart", "scheduler=vllm"]``) or a composed
+            ``DictConfig``.
+        **knobs: group options and knob values, lists as sweep axes
+            (``simulate("quickstart", scheduler="vllm", qps=[1, 2])``).
 
     Returns:
         ``(summary_df, requests_df)`` pandas DataFrames.
     """
     from vidur_jax.app import simulate as _simulate
 
-    return _simulate(cfg_or_overrides)
+    return _simulate(cfg_or_overrides, **knobs)

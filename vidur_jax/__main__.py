@@ -5,7 +5,9 @@ every configuration of the sweep in one vmapped call, and writes ``summary.csv``
 ``requests.parquet`` and ``plots/`` into Hydra's run dir (``hydra.run.dir=DIR``).
 
 Bad input prints one line ``error: ...`` on stderr and exits with status 2; set
-``HYDRA_FULL_ERROR=1`` for the traceback. In a multirun (``-m``) a failing job reports its
+``HYDRA_FULL_ERROR=1`` for the traceback. The config is checked by JAX-free code
+(:func:`vidur_jax.plan.from_config.check_config`) before JAX, pandas or the simulator are
+imported, so a bad config is refused in well under a second. In a multirun (``-m``) a failing job reports its
 line and the others still run; the exit status is 2 if any job failed.
 """
 
@@ -19,8 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vidur_jax import app
 from vidur_jax.errors import ConfigError
+from vidur_jax.plan import tree as config_tree
 
 EXIT_USAGE = 2
 _failed_jobs: list[str] = []
@@ -45,7 +47,7 @@ def _report(func):
         if isinstance(err, ConfigError):
             _fail(str(err))
         else:
-            _fail(app.describe_hydra_error(err))
+            _fail(config_tree.describe_hydra_error(err))
         sys.exit(EXIT_USAGE)
 
 
@@ -74,13 +76,27 @@ def main(cfg: DictConfig) -> None:
         if task != "simulate":
             from vidur_jax import tasks
 
+            tasks.check(task)
+            from vidur_jax.plan.from_config import check_base
+
+            check_base(cfg)  # JAX-free, as for simulate
+            from vidur_jax import app
+
             app.enable_compile_cache()
             tasks.resolve(task)(app.to_container(cfg), out_dir)
+            from vidur_jax.metrics.report import write_report
+
+            print(f"wrote {write_report(out_dir)}")
             return
+        from vidur_jax.plan.from_config import check_config
+
+        check_config(cfg)  # JAX-free: a bad config never waits for JAX to load
+        from vidur_jax import app
+
         plan = app.plan_from_config(cfg)
         app.enable_compile_cache()
         summary_df, requests_df, outputs = app.run_plan(plan)
-        app.write_outputs(
+        written = app.write_outputs(
             out_dir, summary_df, requests_df, outputs, plots=bool(cfg.get("plots", True))
         )
     except Exception as err:  # noqa: BLE001 - one line per failure, never a traceback wall
@@ -90,7 +106,7 @@ def main(cfg: DictConfig) -> None:
             message = str(err)
         else:  # a bug, not bad input: say so and how to see the traceback
             message = (
-                f"internal error: {type(err).__name__}: {app.one_line(err)} "
+                f"internal error: {type(err).__name__}: {config_tree.one_line(err)} "
                 "(set HYDRA_FULL_ERROR=1 for the traceback)"
             )
         if hc.mode == RunMode.MULTIRUN:
@@ -99,7 +115,9 @@ def main(cfg: DictConfig) -> None:
             return
         _fail(message)
         sys.exit(EXIT_USAGE)
-    app.print_summary(summary_df, out_dir, int(cfg.get("print_rows", 20)))
+    app.print_summary(
+        summary_df, out_dir, int(cfg.get("print_rows", 20)), app.written_names(out_dir, written)
+    )
 
 
 def cli() -> None:

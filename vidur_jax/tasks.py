@@ -27,14 +27,23 @@ TASKS: dict[str, str] = {
 }
 
 
+def check(name: str) -> None:
+    """Refuse an unknown task name (lists the allowed ones) without importing any task.
+
+    Raises:
+        ConfigError: unknown task name.
+    """
+    if name != "simulate" and name not in TASKS:
+        allowed = ", ".join(["simulate", *sorted(TASKS)])
+        raise ConfigError(f"unknown task {name!r}; allowed: {allowed}")
+
+
 def resolve(name: str) -> Callable[[dict[str, Any], str], None]:
     """The task function registered as ``name``.
 
     Raises:
         ConfigError: unknown task name (lists the allowed ones).
     """
-    if name not in TASKS:
-        allowed = ", ".join(["simulate", *sorted(TASKS)])
-        raise ConfigError(f"unknown task {name!r}; allowed: {allowed}")
+    check(name)
     module, func = TASKS[name].split(":")
     return getattr(importlib.import_module(module), func)

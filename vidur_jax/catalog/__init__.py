@@ -14,6 +14,12 @@ from vidur_jax.catalog.hardware import (
     list_devices,
     list_nodes,
 )
+from vidur_jax.catalog.hf_config import (
+    ParameterCount,
+    load_hf_config,
+    parameter_count,
+    spec_from_hf_config,
+)
 from vidur_jax.catalog.memory import (
     allowed_tp,
     kv_bytes_per_token,
@@ -25,8 +31,18 @@ from vidur_jax.catalog.memory import (
     params_per_layer,
     validate_max_tokens,
     validate_parallelism,
+    validate_simulable,
 )
-from vidur_jax.catalog.models import ALIASES, MODELS, ModelSpec, get_model, list_models
+from vidur_jax.catalog.models import (
+    ALIASES,
+    MODELS,
+    MLASpec,
+    ModelSpec,
+    MoESpec,
+    get_model,
+    list_models,
+    shipped_hf_configs,
+)
 
 __all__ = [
     "ALIASES",
@@ -34,11 +50,19 @@ __all__ = [
     "MODELS",
     "NODES",
     "DeviceSpec",
+    "MLASpec",
     "ModelSpec",
+    "MoESpec",
+    "ParameterCount",
     "NodeSpec",
     "allowed_tp",
     "get_device",
     "get_model",
+    "load_hf_config",
+    "parameter_count",
+    "shipped_hf_configs",
+    "spec_from_hf_config",
+    "validate_simulable",
     "get_node",
     "kv_bytes_per_token",
     "list_devices",

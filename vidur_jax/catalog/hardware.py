@@ -14,6 +14,17 @@ Sources:
       H100 4.25, A100 2.21, A40 1.28. CoreWeave listed no H200 then; 5.10 is our
       **estimate** (1.2 x the H100 price, roughly the H200:H100 ratio of 2024 cloud list
       prices). Override prices in the config for real decisions.
+    * ``fp8_tflops`` (dense FP8 tensor TFLOP/s, None where the GPU has no FP8 tensor
+      cores) and ``link_gbps`` (GPU-to-GPU bandwidth per direction, GB/s): datasheets.
+      H100/H200 SXM 1978.9 FP8, NVLink4 900 GB/s bidirectional -> 450; A100 SXM NVLink3
+      600 -> 300; A40 NVLink bridge 112.5 -> 56.25; B200 (HGX) 2250 BF16 / 4500 FP8
+      dense, 180 GB HBM3e at 8000 GB/s, NVLink5 1800 -> 900; L40S 362.05 BF16 / 733
+      FP8 dense, 48 GB GDDR6 at 864 GB/s, no NVLink (PCIe Gen4 x16, 32 GB/s per
+      direction); AMD MI300X 1307.4 BF16 / 2614.9 FP8 dense, 192 GB HBM3 at 5300 GB/s,
+      Infinity Fabric 896 GB/s aggregate over 7 peers -> 448.
+    * Prices of B200, L40S and MI300X are **estimates** of 2025 on-demand cloud list
+      prices (B200 1.5 x H100; L40S 0.45 x H100; MI300X 0.6 x H100): set
+      ``hardware.price_per_hour`` from a real quote before acting on a cost answer.
     * Nodes: Vidur's ``vidur/config/node_sku_config.py``. ``network_device`` names the
       ``profiling/network/<network_device>/`` folder with that node's collective timings.
 """
@@ -36,6 +47,9 @@ class DeviceSpec:
         hbm_gbps: peak memory bandwidth, GB/s (datasheet).
         price_per_hour: default cost, $ per GPU-hour.
         vidur_fp16_tflops: the FP16 TFLOP/s figure Vidur uses (for MFU parity), or None.
+        fp8_tflops: peak dense FP8 tensor TFLOP/s, or None without FP8 tensor cores.
+        link_gbps: GPU-to-GPU interconnect bandwidth per direction, GB/s.
+        price_is_estimate: True when ``price_per_hour`` is our estimate, not a quote.
     """
 
     name: str
@@ -44,6 +58,9 @@ class DeviceSpec:
     hbm_gbps: float
     price_per_hour: float
     vidur_fp16_tflops: float | None = None
+    fp8_tflops: float | None = None
+    link_gbps: float = 0.0
+    price_is_estimate: bool = False
 
     @property
     def memory_bytes(self) -> int:
@@ -76,10 +93,58 @@ class NodeSpec:
 DEVICES: dict[str, DeviceSpec] = {
     d.name: d
     for d in (
-        DeviceSpec("a40", 45, 149.7, 696.0, 1.28, vidur_fp16_tflops=150),
-        DeviceSpec("a100", 80, 312.0, 2039.0, 2.21, vidur_fp16_tflops=312),
-        DeviceSpec("h100", 80, 989.4, 3350.0, 4.25, vidur_fp16_tflops=1000),
-        DeviceSpec("h200", 141, 989.4, 4800.0, 5.10, vidur_fp16_tflops=None),
+        DeviceSpec("a40", 45, 149.7, 696.0, 1.28, vidur_fp16_tflops=150, link_gbps=56.25),
+        DeviceSpec("a100", 80, 312.0, 2039.0, 2.21, vidur_fp16_tflops=312, link_gbps=300.0),
+        DeviceSpec(
+            "h100",
+            80,
+            989.4,
+            3350.0,
+            4.25,
+            vidur_fp16_tflops=1000,
+            fp8_tflops=1978.9,
+            link_gbps=450.0,
+        ),
+        DeviceSpec(
+            "h200",
+            141,
+            989.4,
+            4800.0,
+            5.10,
+            fp8_tflops=1978.9,
+            link_gbps=450.0,
+            price_is_estimate=True,
+        ),
+        DeviceSpec(
+            "b200",
+            180,
+            2250.0,
+            8000.0,
+            6.38,
+            fp8_tflops=4500.0,
+            link_gbps=900.0,
+            price_is_estimate=True,
+        ),
+        DeviceSpec(
+            "l40s",
+            48,
+            362.05,
+            864.0,
+            1.91,
+            fp8_tflops=733.0,
+            link_gbps=32.0,
+            price_is_estimate=True,
+        ),
+        DeviceSpec(
+            "mi300x",
+            192,
+            1307.4,
+            5300.0,
+            2.55,
+            fp8_tflops=2614.9,
+            link_gbps=448.0,
+            price_is_estimate=True,
+        ),
     )
 }
 
@@ -94,7 +159,14 @@ NODES: dict[str, NodeSpec] = {
     )
 }
 
-_DEVICE_ALIASES = {"a100-80gb": "a100", "a100_80gb": "a100", "h100-sxm": "h100", "h200-sxm": "h200"}
+_DEVICE_ALIASES = {
+    "a100-80gb": "a100",
+    "a100_80gb": "a100",
+    "h100-sxm": "h100",
+    "h200-sxm": "h200",
+    "b200-sxm": "b200",
+    "mi300": "mi300x",
+}
 
 
 def list_devices() -> list[str]:

@@ -20,9 +20,52 @@ from vidur_jax.errors import ConfigError, require
 
 BYTES_PER_ELEMENT = 2  # fp16 weights and KV cache, as in Vidur
 
+# Bytes per element of the storage formats a deployment may choose for weights and KV.
+DTYPE_BYTES: dict[str, int] = {"fp16": 2, "bf16": 2, "fp8": 1}
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a storage format name (``fp16``, ``bf16``, ``fp8``).
+
+    Raises:
+        ConfigError: for an unknown name, listing the allowed ones.
+    """
+    key = str(dtype).strip().lower()
+    require(key in DTYPE_BYTES, f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[key]
+
 
 def _is_pos_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def validate_simulable(model: ModelSpec | str) -> None:
+    """Refuse a model whose serving cost the simulator cannot compute yet.
+
+    Mixture-of-experts layers, multi-head latent attention and a head size apart from
+    ``embedding_dim / num_q_heads`` are read from ``config.json`` (and counted by
+    :func:`vidur_jax.catalog.hf_config.parameter_count`) but not yet timed or planned in
+    memory; simulating them as dense models would be a silently wrong answer.
+
+    Raises:
+        ConfigError: naming the model and the part that is not modelled.
+    """
+    m = get_model(model)
+    part = (
+        "mixture-of-experts layers"
+        if m.moe is not None
+        else "multi-head latent attention"
+        if m.mla is not None
+        else f"head_dim={m.explicit_head_dim} (not embedding_dim/num_q_heads)"
+        if m.explicit_head_dim is not None
+        else None
+    )
+    require(
+        part is None,
+        f"{m.name} uses {part}, which vidur_jax reads from config.json but does not "
+        "simulate yet (dense models with head_dim = hidden_size / num_attention_heads are "
+        "simulated)",
+    )
 
 
 def validate_parallelism(model: ModelSpec | str, tp: int, pp: int) -> None:
@@ -39,6 +82,7 @@ def validate_parallelism(model: ModelSpec | str, tp: int, pp: int) -> None:
             supports TP=1 (phi-2 in Vidur).
     """
     m = get_model(model)
+    validate_simulable(m)
     require(_is_pos_int(tp), f"tensor parallel degree tp={tp!r} must be an integer >= 1")
     require(_is_pos_int(pp), f"pipeline parallel degree pp={pp!r} must be an integer >= 1")
     require(
@@ -86,13 +130,20 @@ def params_per_device(model: ModelSpec | str, tp: int, pp: int) -> int:
     return params_per_layer(m, tp) * m.layers_per_stage(pp)
 
 
-def param_bytes_per_device(model: ModelSpec | str, tp: int, pp: int) -> int:
-    """Weight memory per GPU in bytes (fp16)."""
-    return BYTES_PER_ELEMENT * params_per_device(model, tp, pp)
+def param_bytes_per_device(
+    model: ModelSpec | str, tp: int, pp: int, *, weight_dtype: str = "fp16"
+) -> int:
+    """Weight memory per GPU in bytes (``weight_dtype``: fp16 as in Vidur, or fp8)."""
+    return dtype_bytes(weight_dtype) * params_per_device(model, tp, pp)
 
 
 def kv_bytes_per_token(
-    model: ModelSpec | str, tp: int, pp: int = 1, *, vidur_compat: bool = True
+    model: ModelSpec | str,
+    tp: int,
+    pp: int = 1,
+    *,
+    vidur_compat: bool = True,
+    kv_dtype: str = "fp16",
 ) -> int:
     """KV-cache bytes one token occupies on one GPU, over the layers it stores.
 
@@ -101,11 +152,12 @@ def kv_bytes_per_token(
         tp: tensor-parallel degree.
         pp: pipeline-parallel degree.
         vidur_compat: True counts all layers (Vidur), False only the layers per stage.
+        kv_dtype: KV-cache storage format (fp16 as in Vidur, or fp8: half the bytes).
     """
     m = get_model(model)
     validate_parallelism(m, tp, pp)
     layers = m.num_layers if vidur_compat else m.layers_per_stage(pp)
-    return BYTES_PER_ELEMENT * 2 * m.head_dim * m.kv_heads_per_worker(tp) * layers
+    return dtype_bytes(kv_dtype) * 2 * m.head_dim * m.kv_heads_per_worker(tp) * layers
 
 
 def _check_memory_args(max_tokens: int, memory_margin_fraction: float) -> None:
@@ -124,6 +176,9 @@ def max_batch_size(
     max_tokens: int,
     memory_margin_fraction: float = 0.1,
     vidur_compat: bool = True,
+    *,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
 ) -> int:
     """Requests whose full ``max_tokens`` KV cache fits next to the weights (per stage).
 
@@ -135,6 +190,8 @@ def max_batch_size(
         max_tokens: tokens reserved per request (Vidur's ``max_tokens``).
         memory_margin_fraction: fraction of GPU memory kept free (Vidur default 0.1).
         vidur_compat: see :func:`kv_bytes_per_token`.
+        weight_dtype: weight storage format (see :func:`dtype_bytes`).
+        kv_dtype: KV-cache storage format.
 
     Returns:
         ``floor((mem * (1 - margin) - weight_bytes) / (kv_bytes_per_token * max_tokens))``.
@@ -145,8 +202,10 @@ def max_batch_size(
     m, d = get_model(model), get_device(device)
     _check_memory_args(max_tokens, memory_margin_fraction)
     available = d.memory_gb * 1024**3 * (1.0 - float(memory_margin_fraction))
-    weights = param_bytes_per_device(m, tp, pp)
-    per_request = kv_bytes_per_token(m, tp, pp, vidur_compat=vidur_compat) * max_tokens
+    weights = param_bytes_per_device(m, tp, pp, weight_dtype=weight_dtype)
+    per_request = (
+        kv_bytes_per_token(m, tp, pp, vidur_compat=vidur_compat, kv_dtype=kv_dtype) * max_tokens
+    )
     n = int((available - weights) // per_request)
     if n < 1:
         raise ConfigError(
@@ -167,10 +226,21 @@ def max_request_slots(
     max_tokens: int,
     memory_margin_fraction: float = 0.1,
     vidur_compat: bool = True,
+    *,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
 ) -> int:
     """Concurrent requests per replica: :func:`max_batch_size` x pp (one batch per stage)."""
     return pp * max_batch_size(
-        model, device, tp, pp, max_tokens, memory_margin_fraction, vidur_compat
+        model,
+        device,
+        tp,
+        pp,
+        max_tokens,
+        memory_margin_fraction,
+        vidur_compat,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
     )
 
 
@@ -183,6 +253,9 @@ def num_kv_blocks(
     block_size: int = 16,
     memory_margin_fraction: float = 0.1,
     vidur_compat: bool = True,
+    *,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
 ) -> int:
     """KV-cache blocks per replica, as Vidur sizes them when ``num_blocks`` is unset.
 
@@ -199,7 +272,15 @@ def num_kv_blocks(
         f"max_tokens={max_tokens} must be >= block_size={block_size}",
     )
     slots = max_request_slots(
-        model, device, tp, pp, max_tokens, memory_margin_fraction, vidur_compat
+        model,
+        device,
+        tp,
+        pp,
+        max_tokens,
+        memory_margin_fraction,
+        vidur_compat,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
     )
     return (max_tokens // block_size) * slots
 

@@ -7,10 +7,71 @@ Llama-2 family inherits ``vocab_size = 32768`` there); ``max_model_len`` is Vidu
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import os
 from dataclasses import dataclass
 
 from vidur_jax.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Mixture-of-experts layout of a model's feed-forward layers.
+
+    Attributes:
+        num_experts: routed experts per MoE layer.
+        experts_per_token: experts each token is routed to (top-k).
+        expert_hidden_dim: FFN inner size of one routed expert (elements).
+        num_shared_experts: always-active experts per MoE layer (DeepSeek: n of
+            ``expert_hidden_dim`` each; Qwen2-MoE: one of ``shared_expert_hidden_dim``).
+        shared_expert_hidden_dim: FFN inner size of the shared expert block (elements);
+            ``num_shared_experts * expert_hidden_dim`` for DeepSeek.
+        first_dense_layers: leading layers with a dense MLP of ``mlp_hidden_dim``
+            instead of experts (DeepSeek's ``first_k_dense_replace``).
+        shared_expert_gate: True when a sigmoid gate scales the shared expert (Qwen2-MoE).
+        router_bias: True when the router has a bias (gpt-oss) or a correction bias
+            (DeepSeek-V3's ``e_score_correction_bias``).
+        expert_bias: True when expert projections carry biases (gpt-oss).
+    """
+
+    num_experts: int
+    experts_per_token: int
+    expert_hidden_dim: int
+    num_shared_experts: int = 0
+    shared_expert_hidden_dim: int = 0
+    first_dense_layers: int = 0
+    shared_expert_gate: bool = False
+    router_bias: bool = False
+    expert_bias: bool = False
+
+
+@dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank Q and a compressed KV.
+
+    The KV cache stores, per token and layer, one latent vector of ``kv_lora_rank``
+    plus one shared RoPE key of ``qk_rope_head_dim`` elements (not per head).
+
+    Attributes:
+        q_lora_rank: rank of the query down-projection, 0 when queries are full rank.
+        kv_lora_rank: width of the compressed KV latent (elements).
+        qk_nope_head_dim: per-head query/key size without RoPE.
+        qk_rope_head_dim: per-head query/key size with RoPE (the key part is shared).
+        v_head_dim: per-head value size.
+    """
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    @property
+    def kv_cache_elements_per_layer(self) -> int:
+        """KV-cache elements one token stores in one layer."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
 
 
 @dataclass(frozen=True)
@@ -29,6 +90,14 @@ class ModelSpec:
         post_attn_norm: True when a norm follows attention (Llama); False for phi-2.
         max_model_len: maximum context length in tokens.
         no_tensor_parallel: True when Vidur only supports (and profiles) TP=1.
+        explicit_head_dim: head size when a config states it apart from
+            ``embedding_dim // num_q_heads`` (Qwen3, gpt-oss); None derives it.
+        moe: mixture-of-experts layout, or None for a dense model.
+        mla: multi-head latent attention layout (DeepSeek-V2/V3), or None.
+        tie_word_embeddings: True when the LM head reuses the input embedding.
+        attention_bias: True when the Q/K/V projections carry biases (Qwen2, gpt-oss).
+        family: Hugging Face ``model_type`` the spec was read from ("llama" for the
+            Vidur catalog entries).
     """
 
     name: str
@@ -42,11 +111,24 @@ class ModelSpec:
     post_attn_norm: bool
     max_model_len: int
     no_tensor_parallel: bool = False
+    explicit_head_dim: int | None = None
+    moe: MoESpec | None = None
+    mla: MLASpec | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    family: str = "llama"
 
     @property
     def head_dim(self) -> int:
         """Attention head size (elements)."""
+        if self.explicit_head_dim is not None:
+            return self.explicit_head_dim
         return self.embedding_dim // self.num_q_heads
+
+    @property
+    def is_moe(self) -> bool:
+        """True for a mixture-of-experts model."""
+        return self.moe is not None
 
     @property
     def q_per_kv(self) -> int:
@@ -130,8 +212,44 @@ ALIASES: dict[str, str] = {
 }
 
 
+HF_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "hf_configs")
+
+
+@functools.cache
+def shipped_hf_configs() -> dict[str, str]:
+    """Shipped Hugging Face configs: lower-case alias or HF name -> ``config.json`` path.
+
+    The files in ``catalog/hf_configs/`` are written from each model's published
+    ``config.json`` (architecture fields only); the alias is the file name without
+    ``.json`` (e.g. ``"qwen3-8b"``).
+    """
+    out: dict[str, str] = {}
+    if not os.path.isdir(HF_CONFIG_DIR):
+        return out
+    for fname in sorted(os.listdir(HF_CONFIG_DIR)):
+        if not fname.endswith(".json"):
+            continue
+        path = os.path.join(HF_CONFIG_DIR, fname)
+        with open(path, encoding="utf-8") as fh:
+            hf_name = json.load(fh).get("_name_or_path", "")
+        out[fname[: -len(".json")].lower()] = path
+        if hf_name:
+            out[hf_name.lower()] = path
+    return out
+
+
+@functools.cache
+def _spec_from_file(path: str) -> ModelSpec:
+    from vidur_jax.catalog.hf_config import load_hf_config
+
+    return load_hf_config(path)
+
+
 def list_models() -> list[str]:
-    """Canonical names of all known models, in catalog order."""
+    """Canonical names of the Vidur catalog models, in catalog order.
+
+    The shipped Hugging Face configs (:func:`shipped_hf_configs`) resolve by name too.
+    """
     return list(MODELS)
 
 
@@ -139,7 +257,9 @@ def get_model(name: str) -> ModelSpec:
     """Look up a model by canonical name or alias (case-insensitive).
 
     Args:
-        name: e.g. ``"meta-llama/Llama-2-7b-hf"`` or ``"llama2-7b"``.
+        name: e.g. ``"meta-llama/Llama-2-7b-hf"`` or ``"llama2-7b"``, a shipped
+            Hugging Face config's name or alias (``"Qwen/Qwen3-8B"``, ``"qwen3-8b"``),
+            or the path of a ``config.json`` (or of a folder holding one).
 
     Returns:
         The frozen :class:`ModelSpec`.
@@ -158,5 +278,10 @@ def get_model(name: str) -> ModelSpec:
             return MODELS[canonical]
     if lowered in ALIASES:
         return MODELS[ALIASES[lowered]]
-    allowed = ", ".join(list(MODELS) + sorted(ALIASES))
+    shipped = shipped_hf_configs()
+    if lowered in shipped:
+        return _spec_from_file(shipped[lowered])
+    if key.endswith(".json") or os.path.isdir(key):
+        return _spec_from_file(os.path.abspath(key))
+    allowed = ", ".join(list(MODELS) + sorted(ALIASES) + sorted(shipped))
     raise ConfigError(f"unknown model {name!r}; allowed: {allowed}")

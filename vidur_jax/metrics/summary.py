@@ -102,11 +102,18 @@ def summarize(
         ``throughput_rps`` (completed / makespan), ``throughput_tps`` (prefill + decode
         tokens of completed requests / makespan, decode tokens of every sequence: n x
         decode with ``num_seqs``), ``throughput_output_tps`` (decode tokens of every
-        sequence / makespan), ``throughput_request_output_tps`` (decode tokens counted
-        once per request), ``num_sequences``, ``num_requests``, ``num_completed``, ``num_restarts``,
-        ``makespan_s`` (last completion - first arrival), ``mfu_mean``,
-        ``kv_util_mean``, ``batch_size_mean`` and, with ``busy_time_s``,
-        ``busy_fraction``. Undefined values are NaN.
+        sequence / makespan), ``num_requests``, ``num_completed``,
+        ``num_restarts``, ``makespan_s`` (last completion - first arrival),
+        ``arrival_rate_rps`` (the workload's achieved arrival rate: (requests - 1) /
+        (last arrival - first arrival), NaN with fewer than 2 requests or one arrival
+        instant), ``sim_duration_s`` (simulated time from 0 to the last arrival or
+        completion), ``mfu_mean``, ``kv_util_mean``, ``batch_size_mean`` and, with
+        ``busy_time_s``, ``busy_fraction``. With parallel sampling (some request with
+        more than one sequence) also ``throughput_request_output_tps`` (decode tokens
+        counted once per request / makespan) and ``num_sequences`` (sequences of completed
+        requests); with one sequence per request they would equal
+        ``throughput_output_tps`` and ``num_completed``, so they are left out.
+        Undefined values are NaN.
     """
     a = _arrays(requests)
     counters = dict(counters or {})
@@ -143,22 +150,43 @@ def summarize(
     rate = 1.0 / makespan if num_completed and makespan > 0 else float("nan")
     out["throughput_rps"] = num_completed * rate
     # parallel sampling / beam search: n sequences per request each produce num_decode tokens
-    seqs = np.asarray(requests.get("num_seqs", np.ones_like(a["num_decode"])), np.float64).reshape(-1)[done]
+    all_seqs = np.asarray(requests.get("num_seqs", np.ones_like(a["num_decode"])), np.float64)
+    seqs = all_seqs.reshape(-1)[done]
     seq_decode = float((seqs * a["num_decode"][done]).sum())
     out["throughput_tps"] = (float(a["num_prefill"][done].sum()) + seq_decode) * rate
     out["throughput_output_tps"] = seq_decode * rate
-    out["throughput_request_output_tps"] = float(a["num_decode"][done].sum()) * rate
-    out["num_sequences"] = int(seqs.sum())
+    if np.any(all_seqs.reshape(-1)[valid] != 1):
+        out["throughput_request_output_tps"] = float(a["num_decode"][done].sum()) * rate
+    if "throughput_request_output_tps" in out:
+        out["num_sequences"] = int(seqs.sum())
     out["num_requests"] = int(valid.sum())
     out["num_completed"] = num_completed
     out["num_restarts"] = int(np.nansum(a["num_restarts"][valid]))
     out["makespan_s"] = makespan
+    out["arrival_rate_rps"] = arrival_rate(a["arrived_at"][valid])
+    ends = np.concatenate([a["arrived_at"][valid], a["completed_at"][done]])
+    out["sim_duration_s"] = float(ends.max()) if ends.size else float("nan")
     for name in PASS_THROUGH:
         out[f"{name}_mean"] = _counter_mean(counters, name)
     if "busy_time_s" in counters:
         denom = makespan * float(counters.get("num_replicas", 1))
         out["busy_fraction"] = float(counters["busy_time_s"]) / denom if denom > 0 else float("nan")
     return out
+
+
+def arrival_rate(arrived_at: np.ndarray) -> float:
+    """Achieved arrival rate (requests/s) of arrival times ``arrived_at`` (N,) in seconds.
+
+    The inverse of the mean gap, (N - 1) / (last - first): what the workload actually
+    offered, which differs from the configured QPS by sampling noise (and by Vidur's
+    capped Poisson gaps). NaN when N < 2 or every request arrives at one instant.
+    """
+    t = np.asarray(arrived_at, dtype=np.float64).reshape(-1)
+    t = t[np.isfinite(t)]
+    if t.size < 2:
+        return float("nan")
+    span = float(t.max() - t.min())
+    return (t.size - 1) / span if span > 0 else float("nan")
 
 
 def requests_frame(config_id: int, requests: Mapping[str, np.ndarray]) -> pd.DataFrame:

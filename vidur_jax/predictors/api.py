@@ -107,7 +107,9 @@ def _apply_bucketed(op_params: hybrid.Params, feats: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros(0, np.float64)
     bucket = max(_MIN_BUCKET, 1 << (n - 1).bit_length())
-    padded = np.concatenate([feats, np.repeat(feats[-1:], bucket - n, axis=0)]) if bucket > n else feats
+    padded = (
+        np.concatenate([feats, np.repeat(feats[-1:], bucket - n, axis=0)]) if bucket > n else feats
+    )
     return np.asarray(_apply_jit(op_params, padded), np.float64)[:n]
 
 
@@ -141,10 +143,6 @@ def _network_for_tp(profiles_dir: str, device: str, tp: int, network_device: str
     raise ConfigError(f"no all_reduce profile for device={device} tp={tp} in {candidates}")
 
 
-def _range(values: np.ndarray) -> list[float]:
-    return [float(np.min(values)), float(np.max(values))]
-
-
 def _params_ranges(params: hybrid.Params, op: str) -> dict[str, list[float]]:
     """Profiled range per user feature, recovered from the box (log1p space) and feature map."""
     names = OP_FEATURES[op]
@@ -166,8 +164,9 @@ def train_predictors(
 ) -> dict[tuple[str, str, int], Predictor]:
     """Train predictors for every (device, model) in ``targets`` and every available TP.
 
-    All fits (every op of every target) go through one :func:`train.fit_jobs` call so the
-    MLPs are trained together in a few vmapped, compiled loops.
+    All fits (every op of every target) go through one :func:`train.fit_jobs` call (the
+    MLPs train in a few vmapped, compiled loops); each fit depends on its own job only, so
+    training one target alone gives the same parameters as training it with others.
 
     Args:
       profiles_dir: data root holding ``profiling/``.
@@ -505,8 +504,10 @@ def _with_network_note(pred: Predictor, network_device: str | None) -> Predictor
     shipped = pred.meta.get("network_device")
     if network_device is None or network_device == shipped:
         return pred
-    note = (f"network ops fitted on {shipped}, not the requested {network_device} "
-            "(pass profiles_dir to fit them on it)")
+    note = (
+        f"network ops fitted on {shipped}, not the requested {network_device} "
+        "(pass profiles_dir to fit them on it)"
+    )
     return Predictor(pred.params, {**pred.meta, "network_note": note})
 
 
@@ -517,6 +518,8 @@ def list_shipped(root: str = PARAMS_DIR) -> list[str]:
         return out
     for device in sorted(os.listdir(root)):
         ddir = os.path.join(root, device)
+        if device.startswith("_") or not os.path.isdir(ddir):  # e.g. roofline_calibration.json
+            continue
         for m in sorted(os.listdir(ddir)):
             if m.startswith("_"):
                 continue

@@ -8,6 +8,7 @@ stored in the params (e.g. attention heads per device), so one tree fits every o
 
 The prediction in milliseconds is::
 
+    x         = max(x, expm1(lo)) on user dims  # held at the profiled lower edge
     poly_c(x) = sum_k c[k] * prod_j (x_j / x_max_j) ** exponents[k, j]   (c >= 0)
     u         = log1p(x);   z = (u - z_mu) / z_sd
     w(x)      = exp(-dist(u, [lo, hi])**2 / tau**2)    # 1 inside the profiled box
@@ -19,13 +20,17 @@ The prediction in milliseconds is::
 Two non-negative polynomials share one physical basis (tokens, FLOPs, bytes): ``coef_in``
 is fitted on every row with equal relative weight and is the base the MLP corrects
 inside the profiled box (interpolation); ``coef`` is fitted with emphasis on the largest
-sizes and takes over beyond the box (extrapolation; below the box ``coef_in`` does),
-where the blend weight ``w`` fades the interpolating part out smoothly. The MLP learns the smooth part of the log-residual;
-for 1-feature ops the knots then carry what is left at the profiled points (GEMM wave
+sizes and takes over beyond the box (extrapolation), where the blend weight ``w`` fades
+the interpolating part out smoothly (``w`` is C1: squared hinge). Below the box the user
+features are clamped to its lower edge (launch-bound: the time of the smallest profiled
+size, derivative 0); only constant dims (a transfer model's heads) can lie below it, and
+there ``coef_in`` extrapolates. The MLP learns the smooth part of the log-residual; for
+1-feature ops the knots then carry what is left at the profiled points (GEMM wave
 quantization steps, L2-spill kinks), which a smooth network cannot follow: inside the
 range this is exactly linear interpolation between profiled points, like the neighbour
-averaging of Vidur's forests (attention and shape-transfer jobs keep zero knots). ``w`` is C1 (squared hinge), so the composite is
-differentiable everywhere. ``out_scale`` carries device transfer factors (and is 0 for
+averaging of Vidur's forests (attention and shape-transfer jobs keep zero knots). The
+composite is continuous everywhere and differentiable except at knots and the lower edge.
+``out_scale`` carries device transfer factors (and is 0 for
 ops that a model does not have). Predictions are raw kernel times: Vidur's GQA attention
 batching overhead is applied by the simulator, not here.
 """
@@ -159,6 +164,11 @@ def apply(params: Params, feats: jax.Array) -> jax.Array:
     Pure and differentiable; usable inside ``jit``/``vmap``/``grad``.
     """
     x = internal_features(params, feats)
+    # Below the profiled box (e.g. 1 token when the table starts at 2) every op is
+    # launch-bound: user features are held at the box's lower edge, so the prediction is
+    # the profiled value there (a forest does the same). Constant dims (e.g. the heads of
+    # a transfer model) are not clamped: they extrapolate through the polynomials.
+    x = jnp.where(params["feat_scale"] != 0, jnp.maximum(x, jnp.expm1(params["lo"])), x)
     terms = poly_terms(x, params["x_max"], params["exponents"])
     log_out = jnp.log(jnp.maximum(terms @ params["coef"], POLY_FLOOR))
     log_in = jnp.log(jnp.maximum(terms @ params["coef_in"], POLY_FLOOR))
@@ -167,8 +177,8 @@ def apply(params: Params, feats: jax.Array) -> jax.Array:
     corr = MLP.apply({"params": params["mlp"]}, z, jnp.ones((MAX_WIDTH,), x.dtype))
     corr = corr + jnp.interp(u[..., 0], params["knot_u"], params["knot_r"])
     w, s = box_weight(u, params["lo"], params["hi"], params["tau"])
-    # Above the range the large-size polynomial extrapolates; below it (e.g. 1 token when
-    # the table starts at 2) the all-rows one does, since its constant term is the launch floor.
+    # Above the range the large-size polynomial extrapolates; below it (only constant dims
+    # can be) the all-rows one does, since its constant term is the launch floor.
     log_far = s * log_out + (1.0 - s) * log_in
     return params["out_scale"] * jnp.exp(w * (log_in + corr) + (1.0 - w) * log_far)
 

@@ -41,9 +41,14 @@ Evaluation (calibrate on one GPU, predict the other): ``experiments/roofline_eva
 
 from __future__ import annotations
 
+import argparse
+import functools
+import json
 import math
+import os
+import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -208,17 +213,33 @@ def _bandwidth(op: str, dev: dict) -> float:
     return dev["link_bw"] if op in NETWORK_OPS else dev["hbm_bw"]
 
 
-def calibration_rows(profiles_dir: str, device: str, models: Sequence[str] | None = None) -> dict:
+#: Row filter ``keep(op, source, tp) -> bool`` of :func:`calibration_rows`; ``source`` is the
+#: ``<org>/<model>`` of a compute table or the network table's name for collectives.
+RowFilter = Callable[[str, str, int], bool]
+
+
+def calibration_rows(
+    profiles_dir: str,
+    device: str,
+    models: Sequence[str] | None = None,
+    keep: RowFilter | None = None,
+) -> dict:
     """Profiled medians of ``device`` as ``{op: [(shape, tp, features, ms array), ...]}``.
 
     Token ops come from every ``mlp.csv`` of the device (all models, all TPs), attention
     from every ``attention.csv`` (only a100 Llama-2-7B exists), collectives from
     ``<device>_pairwise_nvlink`` (TP 2, 4; send/recv) and ``<device>_dgx`` (TP 8), the
-    tables the predictors use.
+    tables the predictors use. ``keep`` (see :data:`RowFilter`) selects tables, e.g. to
+    hold some out.
     """
     from vidur_jax.profiles import loader
 
     out: dict[str, list] = {}
+
+    def add(op: str, source: str, row: tuple) -> None:
+        if keep is None or keep(op, source, row[1]):
+            out.setdefault(op, []).append(row)
+
     names = models or loader.list_compute_models(profiles_dir, device)
     for model in names:
         comp = loader.load_compute(profiles_dir, device, model)
@@ -228,9 +249,10 @@ def calibration_rows(profiles_dir: str, device: str, models: Sequence[str] | Non
             n = rows["num_tokens"].to_numpy(float)
             for op in GEMM_OPS + MEMORY_OPS:
                 y = rows[op].to_numpy(float)
-                keep = y > 0  # phi-2 has no post-attention norm (0 in the table)
-                if keep.any():
-                    out.setdefault(op, []).append((shape, tp, {"num_tokens": n[keep]}, y[keep]))
+                # phi-2 has no post-attention norm (0 in the table)
+                live = y > 0
+                if live.any():
+                    add(op, model, (shape, tp, {"num_tokens": n[live]}, y[live]))
         try:
             att = loader.load_attention(profiles_dir, device, model)
         except ConfigError:
@@ -243,16 +265,12 @@ def calibration_rows(profiles_dir: str, device: str, models: Sequence[str] | Non
                     "kv_cache_size": pre["kv_cache_size"].to_numpy(float),
                     "prefill_chunk_size": pre["prefill_chunk_size"].to_numpy(float),
                 }
-                out.setdefault("attn_prefill", []).append(
-                    (shape, tp, feats, pre["attn_prefill"].to_numpy(float))
-                )
+                add("attn_prefill", model, (shape, tp, feats, pre["attn_prefill"].to_numpy(float)))
                 feats = {
                     "batch_size": dec["batch_size"].to_numpy(float),
                     "kv_cache_size": dec["kv_cache_size"].to_numpy(float),
                 }
-                out.setdefault("attn_decode", []).append(
-                    (shape, tp, feats, dec["attn_decode"].to_numpy(float))
-                )
+                add("attn_decode", model, (shape, tp, feats, dec["attn_decode"].to_numpy(float)))
     unit = {
         "num_q_heads": 1,
         "num_kv_heads": 1,
@@ -267,14 +285,16 @@ def calibration_rows(profiles_dir: str, device: str, models: Sequence[str] | Non
             except ConfigError:
                 continue
             feats = {"num_tokens": ar["size"].to_numpy(float) / BYTES_PER_ELEMENT}
-            out.setdefault("all_reduce", []).append(
-                (unit, tp, feats, ar["all_reduce"].to_numpy(float))
-            )
+            add("all_reduce", net, (unit, tp, feats, ar["all_reduce"].to_numpy(float)))
             break
     try:
         sr = loader.load_send_recv(profiles_dir, f"{device}_pairwise_nvlink")
         feats = {"num_tokens": sr["size"].to_numpy(float) / BYTES_PER_ELEMENT}
-        out.setdefault("send_recv", []).append((unit, 1, feats, sr["send_recv"].to_numpy(float)))
+        add(
+            "send_recv",
+            f"{device}_pairwise_nvlink",
+            (unit, 1, feats, sr["send_recv"].to_numpy(float)),
+        )
     except ConfigError:
         pass
     return out
@@ -335,7 +355,10 @@ def _fit_op(op: str, tc0: np.ndarray, tm0: np.ndarray, y: np.ndarray) -> dict:
 
 
 def calibrate(
-    profiles_dir: str, devices: Iterable[str] = ("a100",), models: Sequence[str] | None = None
+    profiles_dir: str,
+    devices: Iterable[str] = ("a100",),
+    models: Sequence[str] | None = None,
+    keep: RowFilter | None = None,
 ) -> dict:
     """Fit per-op roofline constants on the profiles of ``devices`` (jointly).
 
@@ -343,6 +366,7 @@ def calibrate(
         profiles_dir: Vidur data root.
         devices: profiled GPUs whose tables are pooled (catalog names).
         models: restrict to these ``<org>/<model>`` (default: all with an ``mlp.csv``).
+        keep: table filter (:data:`RowFilter`), e.g. to hold tables out.
 
     Returns:
         ``{"devices": [...], "ops": {op: {eff_compute, eff_memory, overhead_ms,
@@ -352,7 +376,7 @@ def calibrate(
     pooled: dict[str, list] = {}
     for name in devices:
         dev = _device(name)
-        for op, rows in calibration_rows(profiles_dir, name, models).items():
+        for op, rows in calibration_rows(profiles_dir, name, models, keep).items():
             tc0, tm0, y, _ = _work_arrays(op, rows, dev)
             pooled.setdefault(op, []).append((tc0, tm0, y))
     if not pooled:
@@ -367,7 +391,7 @@ def calibrate(
     # PCIe; 8 of a DGX use NVSwitch), so each TP degree also gets its own fit
     for name in devices:
         dev = _device(name)
-        for shape, tp, feats, ms in calibration_rows(profiles_dir, name, models).get(
+        for shape, tp, feats, ms in calibration_rows(profiles_dir, name, models, keep).get(
             "all_reduce", []
         ):
             pooled.setdefault(f"all_reduce@{tp}", []).append(
@@ -379,126 +403,60 @@ def calibrate(
     return {"devices": devices, "ops": ops}
 
 
-#: Calibrated on a100 + h100 (all models/TPs of ../shared/data; attention: a100
-#: Llama-2-7B only); regenerate with ``experiments/roofline_eval.py --out DIR``
-#: (``calibration_a100+h100.json``).
-DEFAULT_CALIBRATION: dict = {
-    "devices": ["a100", "h100"],
-    "ops": {
-        "add": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.9862,
-            "overhead_ms": 0.001113,
-            "sharpness": 5.779,
-            "fit_mape_pct": 13.44,
-        },
-        "all_reduce": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.4649,
-            "overhead_ms": 0.03304,
-            "sharpness": 5.779,
-            "fit_mape_pct": 48.05,
-        },
-        "all_reduce@2": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.6263,
-            "overhead_ms": 0.03097,
-            "sharpness": 5.779,
-            "fit_mape_pct": 11.91,
-        },
-        "all_reduce@4": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.08073,
-            "overhead_ms": 0.03563,
-            "sharpness": 17.94,
-            "fit_mape_pct": 12.48,
-        },
-        "all_reduce@8": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.6015,
-            "overhead_ms": 0.03043,
-            "sharpness": 5.779,
-            "fit_mape_pct": 19.17,
-        },
-        "attn_decode": {
-            "eff_compute": 0.7311,
-            "eff_memory": 0.7969,
-            "overhead_ms": 0.015,
-            "sharpness": 5.779,
-            "fit_mape_pct": 13.39,
-        },
-        "attn_post_proj": {
-            "eff_compute": 0.7052,
-            "eff_memory": 0.8439,
-            "overhead_ms": 0.004695,
-            "sharpness": 1.522,
-            "fit_mape_pct": 7.322,
-        },
-        "attn_pre_proj": {
-            "eff_compute": 0.7388,
-            "eff_memory": 0.9492,
-            "overhead_ms": 0.006962,
-            "sharpness": 1.273,
-            "fit_mape_pct": 7.242,
-        },
-        "attn_prefill": {
-            "eff_compute": 0.2772,
-            "eff_memory": 1.0,
-            "overhead_ms": 0.02198,
-            "sharpness": 64.0,
-            "fit_mape_pct": 13.07,
-        },
-        "attn_rope": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.4622,
-            "overhead_ms": 0.002099,
-            "sharpness": 17.94,
-            "fit_mape_pct": 11.73,
-        },
-        "input_layernorm": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.3877,
-            "overhead_ms": 0.002504,
-            "sharpness": 5.779,
-            "fit_mape_pct": 16.26,
-        },
-        "mlp_act": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.517,
-            "overhead_ms": 0.001828,
-            "sharpness": 17.94,
-            "fit_mape_pct": 11.69,
-        },
-        "mlp_down_proj": {
-            "eff_compute": 0.7373,
-            "eff_memory": 0.8663,
-            "overhead_ms": 0.005522,
-            "sharpness": 1.633,
-            "fit_mape_pct": 7.65,
-        },
-        "mlp_up_proj": {
-            "eff_compute": 0.7526,
-            "eff_memory": 0.9343,
-            "overhead_ms": 0.007114,
-            "sharpness": 1.35,
-            "fit_mape_pct": 5.92,
-        },
-        "post_attention_layernorm": {
-            "eff_compute": 1.0,
-            "eff_memory": 0.365,
-            "overhead_ms": 0.00241,
-            "sharpness": 5.779,
-            "fit_mape_pct": 13.63,
-        },
-        "send_recv": {
-            "eff_compute": 1.0,
-            "eff_memory": 1.0,
-            "overhead_ms": 0.008332,
-            "sharpness": 17.94,
-            "fit_mape_pct": 15.4,
-        },
-    },
-}
+#: GPUs whose profiles the shipped calibration pools.
+CALIBRATION_DEVICES: tuple[str, ...] = ("a100", "h100")
+#: The shipped calibration, produced from the profiles by
+#: ``python -m vidur_jax.predictors.roofline --profiles-dir DIR`` (:func:`main`).
+CALIBRATION_PATH = os.path.join(os.path.dirname(__file__), "params", "roofline_calibration.json")
+#: Significant digits kept in the calibration file (values differ across machines only far
+#: below this, so the command reproduces the file exactly).
+CALIBRATION_DIGITS = 6
+
+
+def round_calibration(calibration: dict, digits: int = CALIBRATION_DIGITS) -> dict:
+    """``calibration`` with every float rounded to ``digits`` significant digits."""
+
+    def rnd(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: rnd(x) for k, x in v.items()}
+        if isinstance(v, float):
+            return float(f"{v:.{digits}g}")
+        return v
+
+    return rnd(calibration)
+
+
+def load_calibration(path: str = CALIBRATION_PATH) -> dict:
+    """Read a calibration written by :func:`write_calibration` (``ConfigError`` if unreadable)."""
+    try:
+        with open(path) as fh:
+            cal = json.load(fh)
+        if not isinstance(cal.get("ops"), dict):
+            raise ValueError("no 'ops' table")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"unreadable roofline calibration {path}: {err}") from err
+    return cal
+
+
+def write_calibration(calibration: dict, path: str = CALIBRATION_PATH) -> None:
+    """Write ``calibration`` (rounded, sorted keys) as JSON."""
+    with open(path, "w") as fh:
+        json.dump(round_calibration(calibration), fh, indent=1, sort_keys=True)
+        fh.write("\n")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_calibration() -> dict:
+    return load_calibration()
+
+
+def __getattr__(name: str) -> Any:
+    # ``DEFAULT_CALIBRATION``: the shipped calibration (a100 + h100, all models/TPs of the
+    # profiles; attention: a100 Llama-2-7B only), read from CALIBRATION_PATH on first use
+    # so that the command that writes the file imports without it.
+    if name == "DEFAULT_CALIBRATION":
+        return _default_calibration()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- predictor
@@ -512,7 +470,8 @@ class RooflinePredictor:
         device: catalog GPU name, ``DeviceSpec``, or ``{name, fp16_tflops, hbm_gbps,
             link_gbps}``.
         tp: tensor-parallel degree.
-        calibration: output of :func:`calibrate` (default :data:`DEFAULT_CALIBRATION`).
+        calibration: output of :func:`calibrate` (default: the shipped
+            :data:`CALIBRATION_PATH`).
 
     Attributes:
         meta: ``source="roofline"``, model, device, tp, peaks used, calibration devices,
@@ -525,7 +484,7 @@ class RooflinePredictor:
         self.tp = int(tp)
         if self.tp < 1 or self.shape["num_q_heads"] % self.tp:
             raise ConfigError(f"tp={tp} does not divide num_q_heads={self.shape['num_q_heads']}")
-        self.calibration = calibration if calibration is not None else DEFAULT_CALIBRATION
+        self.calibration = calibration if calibration is not None else _default_calibration()
         if self.device["link_bw"] <= 0:
             warnings.warn(
                 f"no NVLink bandwidth known for {self.device['name']}; collectives use PCIe 4.0 x16 "
@@ -585,7 +544,11 @@ class RooflinePredictor:
 
 
 def evaluate(
-    calibration: dict, profiles_dir: str, device: str, models: Sequence[str] | None = None
+    calibration: dict,
+    profiles_dir: str,
+    device: str,
+    models: Sequence[str] | None = None,
+    keep: RowFilter | None = None,
 ) -> list[dict]:
     """Error of a calibration on ``device``'s profiles (every table :func:`calibrate` reads).
 
@@ -596,7 +559,7 @@ def evaluate(
     """
     dev = _device(device)
     out = []
-    for op, rows in calibration_rows(profiles_dir, device, models).items():
+    for op, rows in calibration_rows(profiles_dir, device, models, keep).items():
         if op not in calibration["ops"]:
             continue
         pred, y = [], []
@@ -631,3 +594,28 @@ def load_roofline(
     pred = RooflinePredictor(model, device, tp, calibration)
     warnings.warn(pred.meta["warning"], stacklevel=2)
     return pred
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vidur_jax.predictors.roofline --profiles-dir DIR [--out PATH]``.
+
+    Calibrates on :data:`CALIBRATION_DEVICES` (or ``--devices``) and writes the JSON
+    (default: the shipped :data:`CALIBRATION_PATH`). Returns the exit status.
+    """
+    parser = argparse.ArgumentParser(description="Fit the roofline calibration from profiles")
+    parser.add_argument("--profiles-dir", required=True, help="Vidur data root (holds profiling/)")
+    parser.add_argument("--devices", nargs="+", default=list(CALIBRATION_DEVICES))
+    parser.add_argument("--out", default=CALIBRATION_PATH)
+    args = parser.parse_args(argv)
+    try:
+        cal = calibrate(args.profiles_dir, args.devices)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_calibration(cal, args.out)
+    print(f"wrote {args.out} ({len(cal['ops'])} op fits on {'+'.join(args.devices)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

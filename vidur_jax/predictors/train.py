@@ -12,13 +12,18 @@ search over total degree 1..3 of all monomials.)
 
 Stage 2 -- MLP (M candidates: hidden widths 8, 16, 32; the polynomial is frozen). The MLP
 learns the log-residual ``log y - log poly`` with a mean squared log-ratio loss, trained with
-``optax.adam`` (warmup-cosine schedule). Every candidate of every job is trained in one
-vmapped, ``lax.scan``-ed, jitted call: widths are hidden-unit masks inside one padded
-network and rows are padded to a bucketed count with zero weights, so the train step
-compiles once per (jobs, rows) bucket. The width is chosen on every 5th row held out; the
-winner is retrained on all rows in a second vmapped run. Jobs of 1-feature ops skip the
-search (width ``KNOT_MLP_WIDTH``): their residual knots (stage 3) interpolate whatever
-the smooth MLP leaves at the profiled points.
+``optax.adam`` (warmup-cosine schedule). Candidates are trained :data:`TRAIN_BATCH` at a
+time in one vmapped, ``lax.scan``-ed, jitted call: widths are hidden-unit masks inside one
+padded network and rows are padded to a bucketed count with zero weights, so the train
+step compiles once per rows bucket. The width is chosen on every 5th row held out; the
+winner is retrained on all rows. Jobs of 1-feature ops skip the search (width
+``KNOT_MLP_WIDTH``): their residual knots (stage 3) interpolate whatever the smooth MLP
+leaves at the profiled points.
+
+Determinism: every fitted parameter is a function of the job (its rows, built from
+profiles, model, device, TP and op), the settings (:func:`config_key`) and the base seed
+only. The MLP init seed is :func:`job_seed` (a hash of those) and, with the fixed batch
+of :data:`TRAIN_BATCH`, a job trains to the same bits whichever jobs share its batch.
 
 Stage 3 -- knots (1-feature ops): the remaining log-residual at every profiled point,
 averaged per distinct feature value, interpolated linearly (see ``hybrid``).
@@ -26,6 +31,7 @@ averaged per distinct feature value, interpolated linearly (see ``hybrid``).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from functools import partial
@@ -53,6 +59,11 @@ TAU = 0.4
 #: subsampled with a stride to ``MAX_MLP_ROWS`` for the MLP (the polynomial uses all rows).
 ROW_BUCKETS: tuple[int, ...] = (320, 512, 640)
 MAX_MLP_ROWS = ROW_BUCKETS[-1]
+#: MLPs per compiled training call, fixed. XLA's CPU kernels give every member of a batch
+#: of 8 the same bits whatever the other members hold (measured, and tested); batches of
+#: 16 or 64 do not (results moved by ~3e-3 in the weights). So a job's parameters do not
+#: depend on which jobs are trained beside it: a one-model rebuild equals a full build.
+TRAIN_BATCH = 8
 
 #: Number of times the vmapped train loop has been traced (tests assert it compiles once).
 TRACE_COUNT = {"fit_mlps": 0}
@@ -263,7 +274,7 @@ def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
-def _bucket(n: int) -> int:
+def _row_bucket(n: int) -> int:
     """Smallest row bucket holding ``n`` rows (``n <= MAX_MLP_ROWS``)."""
     return next(b for b in ROW_BUCKETS if n <= b)
 
@@ -284,7 +295,18 @@ class _Prepared:
 def fit_knots(
     u0: np.ndarray, resid: np.ndarray, num: int = hybrid.NUM_KNOTS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Knots interpolating ``resid`` at ``u0`` (mean per distinct value, or per quantile bin).
+    """Knots interpolating ``resid`` at ``u0`` (one per distinct value, or per group).
+
+    With more distinct values than knots, the values closest together in ``u0`` share a
+    knot (:func:`merge_closest`): points stay exact where the table is sparse in log-size
+    (small all-reduce messages, 8 KB apart) and are averaged where it is dense.
+
+    A knot holds the log of the *arithmetic* mean ratio ``mean(exp(resid))`` of its rows,
+    not the mean log-ratio: where repeated or neighbouring rows are noisy (small
+    all-reduce messages range 0.007-0.064 ms between neighbours) a mean of logs is the
+    geometric mean, biased low by the fast outliers, while simulated time adds durations
+    and needs their expectation (Vidur's forests, fitted by squared error, predict it too).
+    With one row per knot the two agree.
 
     Returns:
       ``(knot_u (num,), knot_r (num,))``, ``knot_u`` strictly increasing; unused knots
@@ -293,15 +315,38 @@ def fit_knots(
     order = np.argsort(u0, kind="stable")
     u0, resid = u0[order], resid[order]
     uniq, inv = np.unique(u0, return_inverse=True)
-    if len(uniq) > num:  # group neighbouring values into num bins of similar counts
-        inv = np.minimum((np.arange(len(u0)) * num) // len(u0), num - 1)
+    if len(uniq) > num:
+        inv = merge_closest(uniq, np.bincount(inv), num)[inv]
     k = int(inv.max()) + 1
     cnt = np.bincount(inv, minlength=k)
     ku = np.bincount(inv, weights=u0, minlength=k) / cnt
-    kr = np.bincount(inv, weights=resid, minlength=k) / cnt
+    kr = np.log(np.bincount(inv, weights=np.exp(resid), minlength=k) / cnt)
     knot_u = np.concatenate([ku, ku[-1] + 1.0 + np.arange(num - k)])
     knot_r = np.concatenate([kr, np.full(num - k, kr[-1])])
     return knot_u.astype(np.float32), knot_r.astype(np.float32)
+
+
+def merge_closest(u: np.ndarray, counts: np.ndarray, num: int) -> np.ndarray:
+    """Group sorted distinct values ``u`` ``(M,)`` into ``num`` runs by merging neighbours.
+
+    Repeatedly merges the two adjacent groups whose centres (count-weighted mean ``u``)
+    are closest, first pair on ties.
+
+    Returns:
+      ``(M,)`` group index (0..num-1, non-decreasing) of each value.
+    """
+    centre = u.astype(np.float64).copy()
+    weight = counts.astype(np.float64).copy()
+    start = np.arange(len(u))  # first value of each group
+    while len(centre) > num:
+        i = int(np.argmin(np.diff(centre)))
+        w = weight[i] + weight[i + 1]
+        centre[i] = (centre[i] * weight[i] + centre[i + 1] * weight[i + 1]) / w
+        weight[i] = w
+        centre, weight, start = (np.delete(a, i + 1) for a in (centre, weight, start))
+    group = np.zeros(len(u), np.int64)
+    group[start[1:]] = 1
+    return np.cumsum(group)
 
 
 def input_map(
@@ -382,47 +427,69 @@ def _prepare(job: FitJob) -> _Prepared:
     return prep
 
 
-def _run_mlps(
-    preps: list[_Prepared], widths: list[int], row_sets: list[np.ndarray], seed: int
-) -> tuple[list[hybrid.Params], np.ndarray]:
-    """Train one MLP per (prep, width, rows) triple in one vmapped call; returns params and loss."""
-    n = _bucket(max(len(p.r) for p in preps))
-    k = len(preps)
-    k_pad = -(-k // 4) * 4
-    z = np.zeros((k_pad, n, 3), np.float32)
-    r = np.zeros((k_pad, n), np.float32)
-    wts = np.zeros((k_pad, n), np.float32)
-    masks = np.zeros((k_pad, hybrid.MAX_WIDTH), np.float32)
-    for i, (p, w, rows) in enumerate(zip(preps, widths, row_sets, strict=False)):
-        z[i] = _pad_rows(p.z, n)
-        r[i] = _pad_rows(p.r, n)
-        wts[i, rows] = 1.0
-        masks[i] = width_mask(w)
-    keys = jax.random.split(jax.random.PRNGKey(seed), k_pad)
-    mlp0 = jax.vmap(hybrid.init_mlp)(keys)
-    params, _ = fit_mlps(mlp0, jnp.asarray(z), jnp.asarray(r), jnp.asarray(wts), jnp.asarray(masks))
-    params = jax.tree_util.tree_map(np.asarray, params)
-    out = [
-        hybrid.zero_masked_units(jax.tree_util.tree_map(lambda a, i=i: a[i], params), masks[i])
-        for i in range(k)
-    ]
-    return out, np.asarray([0.0])
+def job_seed(job: FitJob, seed: int = 0) -> int:
+    """PRNG seed of one job: a hash of its data, its settings and ``seed`` only.
+
+    The job's arrays are built from (profiles, model, device, TP, op), so the seed -- and
+    with :data:`TRAIN_BATCH` every fitted parameter -- is a function of those and the
+    training settings, never of which other jobs are fitted in the same call or in which
+    order.
+    """
+    h = hashlib.sha256(f"{config_key()}|seed={seed}|knots={job.knots}".encode())
+    h.update(repr((job.emphasis, job.mlp_inputs)).encode())
+    for a in (job.x, job.y, job.feat_scale, job.feat_const, job.basis):
+        if a is not None:
+            arr = np.ascontiguousarray(a, np.float64)
+            h.update(repr(arr.shape).encode())
+            h.update(arr.tobytes())
+    return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
 
 
-def _run_grouped(
-    preps: list[_Prepared], widths: list[int], row_sets: list[np.ndarray], seed: int
-) -> list[hybrid.Params]:
-    """:func:`_run_mlps` per row-count bucket, so short tables are not padded to long ones."""
-    buckets: dict[int, list[int]] = {}
-    for i, p in enumerate(preps):
-        buckets.setdefault(_bucket(len(p.r)), []).append(i)
-    out: list[hybrid.Params | None] = [None] * len(preps)
-    for b, idx in sorted(buckets.items()):
-        params, _ = _run_mlps(
-            [preps[i] for i in idx], [widths[i] for i in idx], [row_sets[i] for i in idx], seed + b
-        )
-        for i, p in zip(idx, params, strict=False):
-            out[i] = p
+@dataclass(frozen=True)
+class _Slot:
+    """One MLP to train: a job's inputs, a width, the rows it sees and its init seed."""
+
+    prep: _Prepared
+    width: int
+    rows: np.ndarray  # indices into prep.r with weight 1
+    seed: int
+
+
+def _train_slots(slots: list[_Slot]) -> list[hybrid.Params]:
+    """Train every slot; each slot's result is independent of the others.
+
+    Slots are grouped by row bucket and trained :data:`TRAIN_BATCH` at a time in one
+    compiled program per bucket (padding slots have zero weight). A slot's init key is
+    ``PRNGKey(slot.seed)`` folded with its width.
+    """
+    out: list[hybrid.Params | None] = [None] * len(slots)
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(slots):
+        groups.setdefault(_row_bucket(len(s.prep.r)), []).append(i)
+    for n, idx in sorted(groups.items()):
+        for start in range(0, len(idx), TRAIN_BATCH):
+            chunk = idx[start : start + TRAIN_BATCH]
+            z = np.zeros((TRAIN_BATCH, n, 3), np.float32)
+            r = np.zeros((TRAIN_BATCH, n), np.float32)
+            wts = np.zeros((TRAIN_BATCH, n), np.float32)
+            masks = np.zeros((TRAIN_BATCH, hybrid.MAX_WIDTH), np.float32)
+            keys = [jax.random.PRNGKey(0)] * TRAIN_BATCH
+            for j, i in enumerate(chunk):
+                s = slots[i]
+                z[j] = _pad_rows(s.prep.z, n)
+                r[j] = _pad_rows(s.prep.r, n)
+                wts[j, s.rows] = 1.0
+                masks[j] = width_mask(s.width)
+                keys[j] = jax.random.fold_in(jax.random.PRNGKey(s.seed), s.width)
+            mlp0 = jax.vmap(hybrid.init_mlp)(jnp.stack(keys))
+            params, _ = fit_mlps(
+                mlp0, jnp.asarray(z), jnp.asarray(r), jnp.asarray(wts), jnp.asarray(masks)
+            )
+            params = jax.tree_util.tree_map(np.asarray, params)
+            for j, i in enumerate(chunk):
+                out[i] = hybrid.zero_masked_units(
+                    jax.tree_util.tree_map(lambda a, j=j: a[j], params), masks[j]
+                )
     return out
 
 
@@ -438,7 +505,7 @@ def fit_jobs(
 
     Args:
       jobs: predictors to fit.
-      seed: PRNG seed for MLP initialization.
+      seed: base PRNG seed; each job's MLP seed is :func:`job_seed` of the job and this.
       widths: MLP width candidates.
 
     Returns:
@@ -446,31 +513,40 @@ def fit_jobs(
     """
     if not jobs:
         return []
+    # The simulator turns on jax_enable_x64 process-wide, which changes the training
+    # arithmetic (promoted scalars in the optimizer): train in float32 mode always, so a
+    # fit made beside a simulation equals one made by the build command.
+    with jax.enable_x64(False):
+        return _fit_jobs(jobs, seed, widths)
+
+
+def _fit_jobs(jobs: list[FitJob], seed: int, widths: tuple[int, ...]) -> list[hybrid.Params]:
     preps = [_prepare(j) for j in jobs]
+    seeds = [job_seed(j, seed) for j in jobs]
     # Jobs with knots get a fixed small width: the knots interpolate what the MLP leaves,
     # so the width barely matters there (and the search would double their cost).
     chosen = [KNOT_MLP_WIDTH if job.knots else widths[-1] for job in jobs]
     search = [i for i, job in enumerate(jobs) if not job.knots]
     if len(widths) > 1 and search:
-        # Width search: one vmapped run trains every (job, width) with every 5th row
-        # (offset 2) held out; the width with the best held-out loss wins.
+        # Width search: every (job, width) trained with every 5th row (offset 2) held out;
+        # the width with the best held-out loss wins.
         entries = [(i, w) for i in search for w in widths]
-        row_sets = []
-        for i, _ in entries:
+        slots = []
+        for i, w in entries:
             idx = np.arange(len(preps[i].r))
-            row_sets.append(idx[idx % 5 != 2])
-        mlps = _run_grouped([preps[i] for i, _ in entries], [w for _, w in entries], row_sets, seed)
+            slots.append(_Slot(preps[i], w, idx[idx % 5 != 2], seeds[i]))
         best: dict[int, tuple[float, int]] = {}
-        for (i, w), mlp in zip(entries, mlps, strict=False):
+        for (i, w), mlp in zip(entries, _train_slots(slots), strict=True):
             idx = np.arange(len(preps[i].r))
             loss = _mlp_msle(mlp, preps[i], idx[idx % 5 == 2])
             if i not in best or loss < best[i][0] - 1e-9:
                 best[i] = (loss, w)
         for i in search:
             chosen[i] = best[i][1]
-    # Refit the chosen width of every job on all of its rows (a second, smaller run).
-    all_rows = [np.arange(len(p.r)) for p in preps]
-    mlps = _run_grouped(preps, chosen, all_rows, seed + 1)
+    # Refit the chosen width of every job on all of its rows.
+    mlps = _train_slots(
+        [_Slot(p, w, np.arange(len(p.r)), s) for p, w, s in zip(preps, chosen, seeds, strict=True)]
+    )
     out = []
     for prep, mlp in zip(preps, mlps, strict=False):
         params = dict(prep.base)
@@ -488,7 +564,7 @@ def fit_jobs(
 
 def config_key() -> str:
     """Training settings that change fitted params (part of the training cache key)."""
-    return f"steps={NUM_STEPS}|widths={MLP_WIDTHS}|knot_width={KNOT_MLP_WIDTH}|knots={hybrid.NUM_KNOTS}|lr={PEAK_LR}|tau={TAU}|rows={ROW_BUCKETS}"
+    return f"steps={NUM_STEPS}|widths={MLP_WIDTHS}|knot_width={KNOT_MLP_WIDTH}|knots={hybrid.NUM_KNOTS},arith,merge|lr={PEAK_LR}|tau={TAU}|rows={ROW_BUCKETS}|batch={TRAIN_BATCH}"
 
 
 def widths_of(params: hybrid.Params) -> int:

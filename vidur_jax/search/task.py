@@ -317,6 +317,8 @@ def answer_sentence(res: dict[str, Any]) -> str:
             return f"No measured config serves {target:g} req/s under {crit} (see search.csv flag)."
         return f"Cheapest for {target:g} req/s under {crit}: {plan_line(plan.iloc[0])}."
     b = res["best"][slo.name]["best"]
+    if b is None and not select.selectable(res["table"]).any():
+        return f"No config could be measured under {crit}: no best is claimed (see above)."
     if b is None:
         return f"None of the measured configs meets the SLO at capacity ({crit})."
     return (

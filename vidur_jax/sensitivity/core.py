@@ -1,11 +1,12 @@
 """Derivatives of serving metrics with respect to deployment knobs.
 
 Contract: a :class:`Case` is one deployment on one workload, built once on the host by
-:func:`make_case`. :func:`metrics_at` maps a knob dict ``{name: value}`` to a dict of
-metric scalars through the real simulator (``engine.simulate_one``); it is a pure JAX
-function, so :func:`sensitivities` can take forward-mode derivatives of it (``jacfwd``,
-i.e. ``jvp`` through the event ``while_loop``) or reverse-mode ones through a bounded
-``lax.scan`` of the same ``engine.step`` with ``jax.checkpoint`` (:func:`simulate_scan`).
+:func:`make_case`. :func:`evaluate` maps a knob dict ``{name: value}`` to a dict of
+metric scalars through the real simulator (``engine.simulate_one``); the map underneath
+(``_run``) is a pure JAX function, so :func:`sensitivities` can take forward-mode
+derivatives of it (``jacfwd``, i.e. ``jvp`` through the event ``while_loop``) or
+reverse-mode ones through a bounded ``lax.scan`` of the same ``engine.step`` with
+``jax.checkpoint`` (:func:`simulate_scan`).
 
 **Knobs** (all are *values*; elasticities are ``d log metric / d log knob``):
 
@@ -131,7 +132,7 @@ DEFAULT_KNOBS = ("qps", *SPEED_GROUPS, "cpu_overhead_ms", "price_per_gpu_hour", 
 
 _LATENCY = ("ttft", "tbt", "e2e", "norm_e2e")
 _STATS = ("mean", "p50", "p90", "p99")
-#: Metrics :func:`metrics_at` returns.
+#: Metrics :func:`evaluate` returns.
 METRICS = (
     *(f"{m}_{s}" for m in _LATENCY for s in _STATS),
     "throughput_rps",

@@ -17,16 +17,14 @@ import numpy as np
 
 from vidur_jax import catalog
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import cpu_overhead, s3
+from vidur_jax.sim import cpu_overhead, policies, s3
+from vidur_jax.sim.conf_defaults import value as _conf
 from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
-from vidur_jax.sim.types import POLICIES, ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
+from vidur_jax.sim.types import ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
 from vidur_jax.workload.types import Workload
 
 jax.config.update("jax_enable_x64", True)
 
-#: Policies that reserve ``max_tokens`` of KV memory per request at admission (their
-#: batch size is bounded by memory / max length).
-RESERVING_POLICIES = ("orca", "faster_transformer", "static_batching")
 #: S3 admission rules: decreasing first fit (S3's bin packing) or arrival-order prefix.
 S3_ADMISSIONS = ("dff", "fcfs")
 
@@ -35,7 +33,9 @@ S3_ADMISSIONS = ("dff", "fcfs")
 class DeploymentConfig:
     """One deployment to simulate (Vidur's knobs, Vidur's defaults).
 
-    Attributes mirror Vidur's config names; see ``conf/`` for their documentation.
+    Attributes mirror Vidur's config names; ``conf/`` documents them and holds their
+    defaults, which are read from there (:mod:`vidur_jax.sim.conf_defaults`: the groups
+    ``conf/config.yaml`` selects by default, a scheduler's own knobs from its file).
     ``vidur_compat_memory`` keeps Vidur's memory planner, which counts every model
     layer's KV cache on each pipeline stage (an overcount); set it False for the
     correct per-stage accounting. ``cpu_overhead`` adds Vidur's per-batch-size CPU
@@ -54,39 +54,39 @@ class DeploymentConfig:
     request that does not fit).
     """
 
-    model: str = "meta-llama/Llama-2-7b-hf"
-    device: str = "a100"
-    network_device: str = "a100_pairwise_nvlink"
-    tensor_parallel_size: int = 1
-    num_pipeline_stages: int = 1
-    num_replicas: int = 1
-    global_scheduler: str = "round_robin"
-    replica_scheduler: str = "sarathi"
-    batch_size_cap: int = 128
-    block_size: int = 16
-    watermark_blocks_fraction: float = 0.01
-    chunk_size: int = 512
-    max_tokens_in_batch: int = 4096
-    max_waiting_iters: int = 10
-    memory_margin_fraction: float = 0.1
-    max_tokens: int = 4096
-    batch_timeout_s: float = 0.1
-    batch_max_tokens: int = 65536
-    s3_predictor: str = "oracle"
-    s3_accuracy: float = 1.0
-    s3_error_buckets: int = 1
-    s3_num_buckets: int = 10
-    s3_admission: str = "dff"
-    s3_lookahead: int = 16
-    num_blocks: int | None = None
-    vidur_compat_memory: bool = True
-    cpu_overhead_ms: float = 0.0
-    cpu_overhead: bool = False
+    model: str = _conf("model", "name")
+    device: str = _conf("hardware", "device")
+    network_device: str = _conf("hardware", "network_device")
+    tensor_parallel_size: int = _conf("cluster", "tp")
+    num_pipeline_stages: int = _conf("cluster", "pp")
+    num_replicas: int = _conf("cluster", "num_replicas")
+    global_scheduler: str = _conf("cluster", "global_scheduler")
+    replica_scheduler: str = _conf("scheduler", "replica_scheduler")
+    batch_size_cap: int = _conf("scheduler", "batch_size_cap")
+    block_size: int = _conf("scheduler", "block_size")
+    watermark_blocks_fraction: float = _conf("scheduler", "watermark_blocks_fraction")
+    chunk_size: int = _conf("scheduler", "chunk_size")
+    max_tokens_in_batch: int = _conf("scheduler", "max_tokens_in_batch")
+    max_waiting_iters: int = _conf("scheduler", "max_waiting_iters")
+    memory_margin_fraction: float = _conf("scheduler", "memory_margin_fraction")
+    max_tokens: int = _conf("workload", "max_tokens")
+    batch_timeout_s: float = _conf("scheduler", "batch_timeout_s", "static_batching")
+    batch_max_tokens: int = _conf("scheduler", "batch_max_tokens", "static_batching")
+    s3_predictor: str = _conf("scheduler", "s3_predictor", "s3")
+    s3_accuracy: float = _conf("scheduler", "s3_accuracy", "s3")
+    s3_error_buckets: int = _conf("scheduler", "s3_error_buckets", "s3")
+    s3_num_buckets: int = _conf("scheduler", "s3_num_buckets", "s3")
+    s3_admission: str = _conf("scheduler", "s3_admission", "s3")
+    s3_lookahead: int = _conf("scheduler", "s3_lookahead", "s3")
+    num_blocks: int | None = _conf("scheduler", "num_blocks")
+    vidur_compat_memory: bool = _conf("scheduler", "vidur_compat_memory")
+    cpu_overhead_ms: float = _conf("predictor", "cpu_overhead_ms")
+    cpu_overhead: bool = _conf("predictor", "cpu_overhead")
     cpu_overhead_dir: str | None = None
-    attn_scale: float = 1.0
-    compute_scale: float = 1.0
-    network_scale: float = 1.0
-    seed: int = 42
+    attn_scale: float = _conf("predictor", "attn_scale")
+    compute_scale: float = _conf("predictor", "compute_scale")
+    network_scale: float = _conf("predictor", "network_scale")
+    seed: int = _conf("", "seed")
 
     @property
     def bundle_key(self) -> tuple:
@@ -103,8 +103,8 @@ class DeploymentConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first bad value (one clear line)."""
         require(
-            self.replica_scheduler in POLICIES,
-            f"unknown replica_scheduler {self.replica_scheduler!r}; allowed: {', '.join(POLICIES)}",
+            self.replica_scheduler in policies.POLICIES,
+            f"unknown replica_scheduler {self.replica_scheduler!r}; allowed: {', '.join(policies.POLICIES)}",
         )
         require(
             self.global_scheduler in ROUTERS,
@@ -138,9 +138,7 @@ class DeploymentConfig:
         require(self.cpu_overhead_ms >= 0, f"cpu_overhead_ms={self.cpu_overhead_ms} must be >= 0")
         catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
         catalog.validate_max_tokens(model, self.max_tokens)
-        if self.replica_scheduler == "lightllm":
-            require(self.num_pipeline_stages == 1,
-                    "replica_scheduler=lightllm does not support pipeline parallelism (num_pipeline_stages must be 1)")
+        policies.get(self.replica_scheduler).validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,23 +190,13 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
 
 def slot_bound(cfg: DeploymentConfig, derived: DerivedConfig) -> int:
     """Most requests one replica can hold at once under ``cfg``'s policy."""
-    if cfg.replica_scheduler in RESERVING_POLICIES:
-        return derived.max_batch_size * cfg.num_pipeline_stages
-    return cfg.batch_size_cap
+    return policies.get(cfg.replica_scheduler).slot_bound(cfg, derived)
 
 
 def table_spec_for(cfgs: Sequence[DeploymentConfig], num_slots: int) -> TableSpec:
     """Table extents covering every batch the configs can form (grown on overflow)."""
     max_tokens = max(c.max_tokens for c in cfgs)
-    batch_tokens = 0
-    for c in cfgs:
-        if c.replica_scheduler in RESERVING_POLICIES or c.replica_scheduler == "s3":
-            bound = num_slots * c.max_tokens
-        elif c.replica_scheduler == "sarathi":
-            bound = c.chunk_size + num_slots
-        else:
-            bound = max(c.max_tokens_in_batch, num_slots)
-        batch_tokens = max(batch_tokens, bound)
+    batch_tokens = max(policies.get(c.replica_scheduler).batch_token_bound(c, num_slots) for c in cfgs)
     batch_tokens = min(batch_tokens, num_slots * max_tokens)
     return TableSpec(
         max_batch_tokens=int(batch_tokens),
@@ -352,12 +340,12 @@ def make_static(
     initial_slots: int = 32,
 ) -> SimStatic:
     """The shared :class:`SimStatic` of configs with one policy and one router."""
-    policies = {c.replica_scheduler for c in cfgs}
+    schedulers = {c.replica_scheduler for c in cfgs}
     routers = {c.global_scheduler for c in cfgs}
-    if len(policies) != 1 or len(routers) != 1:
+    if len(schedulers) != 1 or len(routers) != 1:
         raise ConfigError(
             f"one simulation call needs one replica_scheduler and one global_scheduler; got "
-            f"{sorted(policies)} and {sorted(routers)} (run them as separate jobs)"
+            f"{sorted(schedulers)} and {sorted(routers)} (run them as separate jobs)"
         )
     if num_slots is None:
         # start small (per-step cost is O(slots)); the host doubles it on overflow
@@ -365,13 +353,10 @@ def make_static(
         num_slots = int(min(num_slots, num_requests, initial_slots))
     num_slots = max(8, int(math.ceil(num_slots / 8) * 8))
     window = int(min(window or 16, num_slots))
-    # S3's first fit chooses among s3_lookahead waiting requests: the window holds them
-    # from the start, so its choices never depend on how capacities grew (W > S is fine:
-    # admitting more than S requests sets the slot-overflow bit)
-    lookahead = [c.s3_lookahead for c in cfgs if c.replica_scheduler == "s3" and c.s3_admission == "dff"]
-    window = max([window, *lookahead])
+    # a policy may need to see more queued requests than the window would hold
+    window = max([window, *(policies.get(c.replica_scheduler).min_window(c) for c in cfgs)])
     return SimStatic(
-        policy=policies.pop(),
+        policy=schedulers.pop(),
         router=routers.pop(),
         num_requests=int(num_requests),
         num_slots=num_slots,

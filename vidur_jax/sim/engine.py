@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
-from vidur_jax.sim import indexed, scan, timing
-from vidur_jax.sim.policies import POLICY_FNS, Candidates, ReplicaView, seq_blocks
+from vidur_jax.sim import indexed, policies, scan, timing
+from vidur_jax.sim.policies import Candidates, ReplicaView, seq_blocks
 from vidur_jax.sim.types import (
     ERR_OOM,
     ERR_SLOTS,
@@ -399,11 +399,11 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
         arrived_at=jnp.where(valid, params.arrived_at[safe], _INF),
         seqs=jnp.where(valid, params.num_seqs[safe], 1),
         prompt=jnp.where(valid, params.num_prefill[safe], 0),
-        bucket=_bucket(params, state, safe),
+        bucket=_s3_reserve_bucket(params, state, safe),
     )
 
 
-def _bucket(params: SimParams, state: SimState, req: jax.Array) -> jax.Array:
+def _s3_reserve_bucket(params: SimParams, state: SimState, req: jax.Array) -> jax.Array:
     """S3 bucket to reserve for: the predicted one, one higher per preemption so far."""
     return jnp.minimum(params.pred_bucket[req] + state.num_restarts[req], params.num_buckets - 1)
 
@@ -485,14 +485,18 @@ def _fused_run(
       decoding, nothing waits in the queue: the batch repeats, shrinking as requests
       complete, until (a) a request arrives (anywhere: routing may send it here),
       (b) memory runs short or (c) every request completed;
-    * **chunked-prefill runs** (Sarathi) — the batch holds every running request: the
-      decodes plus exactly one prefill (continuing, or admitted in this iteration), which
-      then takes what the decodes leave of ``chunk_size`` every iteration until its
-      last, shorter chunk. A full chunk leaves no budget, so arrivals and the queue
-      cannot change it; the last chunk needs an empty queue and no arrival before it
-      starts. After its last chunk (which gives its first token) the request decodes
-      with the others, and the run goes on as a decode run, (a)-(c) as above; (b)
-      bounds the whole run.
+    * **chunked-prefill runs** (policies with a ``run_prefill_budget``, Sarathi) — the
+      batch holds every running request: the decodes plus exactly one prefill
+      (continuing, or admitted in this iteration), which then takes the policy's
+      per-iteration budget (Sarathi: what the decodes leave of ``chunk_size``) every
+      iteration until its last, shorter chunk. A full chunk leaves no budget, so arrivals
+      and the queue cannot change it; the last chunk needs an empty queue and no arrival
+      before it starts. After its last chunk (which gives its first token) the request
+      decodes with the others, and the run goes on as a decode run, (a)-(c) as above;
+      (b) bounds the whole run.
+
+    A policy with ``closed_batches`` runs a launched batch to completion: arrivals and
+    the queue never cut its run. Memory bounds a run as the policy's ``memory`` says.
 
     The first ``k`` iterations, ``k`` bounded by those events, are one step here: their
     durations (mean KV grows by one token per iteration, the prefill's KV by a chunk),
@@ -500,6 +504,7 @@ def _fused_run(
     inside the run is not counted before the run ends (a conservative bound).
     Pipeline parallelism is not fused.
     """
+    policy = policies.get(static.policy)
     j_max = static.fuse_iters
     r_total = static.num_requests
     # admitted this iteration: their slot already joined the new micro-batch
@@ -521,8 +526,8 @@ def _fused_run(
             tokens=zero, prefill_tokens=zero, size_sum=zero, flops=jnp.float64(0.0), overflow=jnp.array(False),
         )
     waiting = (state.q_tail[r] != state.q_head[r]) | (row.restarted & (row.req >= 0)).any()
-    # a static batch (Alpa-style batching) runs to completion whatever arrives meanwhile
-    closed = static.policy == "static_batching"
+    # a closed batch (Alpa-style batching) runs to completion whatever arrives meanwhile
+    closed = policy.closed_batches
     eligible = (
         adm.launched
         & ~adm.victim.any()
@@ -538,8 +543,8 @@ def _fused_run(
     remaining = jnp.where(decodes, total - row.processed, 0)  # (S,) iterations each decode has left
     iters = jnp.arange(1, j_max + 1)
     iter_decodes, n, sum_kv = _run_decode_sums(static, decodes, remaining, seqs, row.processed, j_max)
-    if static.policy == "sarathi":
-        budget = jnp.maximum(params.chunk_size - iter_decodes, 0)  # (J,) prefill tokens per iteration
+    budget = policy.run_prefill_budget(params, iter_decodes)  # (J,) prefill tokens per iteration
+    if budget is not None:
         rem0 = jnp.where(prefills, row.prefill - row.processed, 0).sum()
         done_before = scan.cumsum(budget) - budget
         chunks = jnp.clip(rem0 - done_before, 0, budget)
@@ -596,18 +601,11 @@ def _fused_run(
             lo, hi = jnp.where(good, mid, lo), jnp.where(good, hi, mid - 1)
         return lo
 
-    if static.policy in ("vllm", "sarathi", "lightllm"):
-        def grows_ok(j):
-            new = jnp.where(run_decodes, jnp.maximum(blocks_after(j) - row.blocks, 0), 0).sum()
-            return new <= free - 1
-
-        mem_k = largest_ok(grows_ok)
-    elif static.policy == "s3":
-        # stop before a sequence outgrows its reservation (S3 preempts it there)
-        mem_k = largest_ok(lambda j: (~decodes | (blocks_after(j) <= row.blocks)).all())
-    else:  # Orca / FasterTransformer reserved their blocks at admission
+    if policy.memory.bounds_runs:
+        mem_k = largest_ok(lambda j: policy.memory.run_fits(blocks_after(j), row.blocks, run_decodes, free))
+    else:  # the blocks for the whole length were reserved at admission
         mem_k = jnp.int32(j_max)
-    allocates = static.policy in ("vllm", "sarathi", "lightllm")
+    allocates = policy.memory.grows
     no_change = (starts < t_arr) | closed
     decoding = (iter_decodes > 0) & no_change
     after_prefill = completes & (iters > j_last)  # the prefill decodes: a decode run goes on
@@ -706,7 +704,7 @@ def _replica_view(static: SimStatic, params: SimParams, state: SimState, row: _R
         seqs=jnp.where(row.req >= 0, params.num_seqs[safe_req], 1),
         shared=params.num_prefill[safe_req] // params.block_size,
         prompt=params.num_prefill[safe_req],
-        bucket=_bucket(params, state, safe_req),
+        bucket=_s3_reserve_bucket(params, state, safe_req),
     )
 
 
@@ -721,6 +719,7 @@ def _apply_plan(
     t: jax.Array,
 ) -> tuple[tuple[SimState, _Row], _Admission]:
     """Preempt the plan's victims and admit its candidates into slots (no-op unless ``can``)."""
+    policy = policies.get(static.policy)
     s, w, r_total = static.num_slots, static.window, static.num_requests
     slot_in = plan.slot_in & can
     victim = plan.slot_victim & can
@@ -765,15 +764,15 @@ def _apply_plan(
         mb=_put(static, row.mb, target, m_new),
         group=_put(static, row.group, target, group_id),
     )
-    # the admitted leave the queue. S3's first fit may skip queued candidates: those close
-    # up behind the new head, in arrival order (for a prefix admission each skipped
-    # entry is rewritten in place, a no-op)
+    # the admitted leave the queue. A policy that skips queued candidates (S3's first fit)
+    # has them close up behind the new head, in arrival order (for a prefix admission
+    # each skipped entry is rewritten in place, a no-op)
     n_from_queue = from_queue.sum().astype(jnp.int32)
     skipped = cands.valid & (cands.src_slot < 0) & ~from_queue
     pos = jnp.where(skipped & can, state.q_head[r] + n_from_queue + scan.cumsum(skipped) - 1, r_total)
     state = state.replace(
         scheduled_at=_set_first(static, state.scheduled_at, cands.req, admit, t),
-        queue=_put(static, state.queue, (r, pos), cands.req) if static.policy == "s3" else state.queue,
+        queue=_put(static, state.queue, (r, pos), cands.req) if policy.skips_queue else state.queue,
         q_head=_put(static, state.q_head, jnp.where(can, r, static.max_replicas), n_from_queue, "add"),
     )
     return (state, row), _Admission(slot_in, victim, admit, launched, m_new, overflow, window_full)
@@ -916,7 +915,7 @@ def _form_batch(
         return c, (view, _candidates(static, params, st, rw, r))
 
     def policy_stage(c, view, cands):
-        plan = POLICY_FNS[static.policy](view, cands, params)
+        plan = policies.get(static.policy).plan(view, cands, params)
         # x64 arithmetic promotes counts to int64; the state keeps int32
         return c, jax.tree.map(lambda x: x.astype(jnp.int32) if x.dtype == jnp.int64 else x, plan)
 

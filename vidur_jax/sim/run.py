@@ -43,13 +43,6 @@ from vidur_jax.sim.types import (
 )
 from vidur_jax.workload.types import Workload
 
-#: Knob columns written to ``summary.csv`` for every config.
-KNOB_COLUMNS = (
-    "model", "device", "network_device", "tensor_parallel_size", "num_pipeline_stages",
-    "num_replicas", "global_scheduler", "replica_scheduler", "batch_size_cap", "block_size",
-    "chunk_size", "max_tokens_in_batch", "watermark_blocks_fraction", "max_tokens",
-)
-
 
 @dataclasses.dataclass
 class ConfigOutput:
@@ -487,19 +480,6 @@ def _progress_bar(total: int, enabled: bool):
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task("configs", total=total)
         yield lambda n: bar.advance(task, n)
-
-
-def summary_frame(outputs: Sequence[ConfigOutput], extra: Sequence[dict] | None = None) -> pd.DataFrame:
-    """``summary.csv`` table: one row per config, knobs then metrics (seconds)."""
-    rows = []
-    for i, o in enumerate(outputs):
-        row = {"config_id": i}
-        row.update({k: getattr(o.config, k) for k in KNOB_COLUMNS})
-        if extra is not None:
-            row.update(extra[i])
-        row.update(o.summary)
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def requests_frame(outputs: Sequence[ConfigOutput]) -> pd.DataFrame:

@@ -4,7 +4,7 @@ S3 (Jin et al., "S3: Increasing GPU Utilization during Generative Inference for 
 Throughput", NeurIPS 2023) reserves KV memory for a request's *predicted* output length
 instead of the maximum. The predictor classifies the output length into buckets of
 ``max_tokens / num_buckets`` tokens; the scheduler reserves prompt + the bucket's upper
-bound (:func:`vidur_jax.sim.policies._s3`). Its quality is a knob here:
+bound (:mod:`vidur_jax.sim.policies.s3`). Its quality is a knob here:
 
 * ``oracle`` — the true bucket;
 * ``confusion`` — the true bucket with probability ``accuracy``, else off by

@@ -25,8 +25,6 @@ import dataclasses
 import flax.struct
 import jax
 
-#: Replica (batch) schedulers, Vidur's names.
-POLICIES = ("vllm", "sarathi", "orca", "faster_transformer", "lightllm", "static_batching", "s3")
 #: Global schedulers (request routing to replicas), Vidur's names.
 ROUTERS = ("round_robin", "random", "lor")
 #: Routers whose decision depends only on the request index: requests are routed up front
@@ -56,7 +54,7 @@ class SimStatic:
     """Static (hashable) part of a simulation: shapes and code paths.
 
     Attributes:
-        policy: replica scheduler name, one of :data:`POLICIES`.
+        policy: replica scheduler name, one of :data:`vidur_jax.sim.policies.POLICIES`.
         router: global scheduler name, one of :data:`ROUTERS`.
         num_requests: request capacity R (valid rows + padding).
         num_slots: running-set capacity S per replica (>= max concurrent requests).

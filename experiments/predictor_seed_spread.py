@@ -1,0 +1,146 @@
+"""Spread of the predictors over training seeds, per op and on Vidur's reference cases.
+
+Usage::
+
+    python experiments/predictor_seed_spread.py [--profiles-dir ../shared/data]
+        [--cases ../shared/reference/cases] [--seeds 0 1 2 3 4] [--out experiments/results]
+
+Trains the A100 Llama-2-7B predictors of the reference cases (TP 1 and 2) once per base
+seed (``train.fit_jobs(seed=...)``: only the MLP initializations change) and writes
+
+* ``predictor_seed_spread.csv`` -- per (tp, op): over a grid of feature points inside the
+  profiled range (token ops: every ``num_tokens`` 1..4096; decode: batch 1..128 x KV
+  64..4096; prefill: KV 0..4096 x chunk 16..4096), the relative spread
+  ``(max - min) / mean`` across seeds at each point, reported as its median, p99 and max;
+* ``predictor_seed_metric_spread.csv`` -- per (case, metric): p50/p90 of TTFT, TBT, e2e
+  simulated with each seed's predictors, and their spread ``(max - min) / mean``.
+
+The seed-0 predictors are the shipped ones (``seed=0`` is the build's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fidelity_vs_vidur import load_case  # noqa: E402
+
+from vidur_jax.metrics import atomic_write_csv  # noqa: E402
+from vidur_jax.predictors import OPS, train_predictors  # noqa: E402
+from vidur_jax.sim.run import simulate_configs  # noqa: E402
+
+MODEL = "meta-llama/Llama-2-7b-hf"
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORE = [f"{m}_{q}" for m in ("ttft", "tbt", "e2e") for q in ("p50", "p90")]
+
+
+def _grid(op: str) -> dict[str, np.ndarray]:
+    if op == "attn_decode":
+        b, kv = np.meshgrid(np.arange(1, 129), np.arange(64, 4097, 64), indexing="ij")
+        return {"batch_size": b.ravel(), "kv_cache_size": kv.ravel()}
+    if op == "attn_prefill":
+        kv, c = np.meshgrid(np.arange(0, 4097, 64), np.arange(16, 4097, 16), indexing="ij")
+        keep = kv + c <= 4096
+        return {"kv_cache_size": kv[keep], "prefill_chunk_size": c[keep]}
+    return {"num_tokens": np.arange(1, 4097)}
+
+
+def _spread(values: np.ndarray) -> np.ndarray:
+    """``(max - min) / mean`` over axis 0 (0 where every value is 0)."""
+    mean = values.mean(axis=0)
+    return np.where(
+        mean > 0, (values.max(axis=0) - values.min(axis=0)) / np.where(mean > 0, mean, 1), 0
+    )
+
+
+def op_spread(preds: list[dict], tps: tuple[int, ...]) -> pd.DataFrame:
+    """Per (tp, op) spread of predictions across seeds on the in-range grid."""
+    rows = []
+    for tp in tps:
+        for op in OPS:
+            grid = _grid(op)
+            vals = np.stack([p[("a100", MODEL, tp)].predict(op, **grid) for p in preds])
+            if not np.any(vals > 0):
+                continue
+            s = _spread(vals)
+            rows.append(
+                {
+                    "tp": tp,
+                    "op": op,
+                    "points": s.size,
+                    "median_spread_pct": 100 * float(np.median(s)),
+                    "p99_spread_pct": 100 * float(np.percentile(s, 99)),
+                    "max_spread_pct": 100 * float(s.max()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def metric_spread(preds: list[dict], cases_dir: str) -> pd.DataFrame:
+    """Per (case, metric) simulated value for every seed and the spread across seeds.
+
+    Each seed runs in its own call: configs that differ only in their predictor share
+    one timing table in a vmapped call (tables are keyed by model, device and TP).
+    """
+    rows = []
+    for name in sorted(os.listdir(cases_dir)):
+        if not os.path.isfile(os.path.join(cases_dir, name, "case.json")):
+            continue
+        case, cfg, wl, _ = load_case(os.path.join(cases_dir, name))
+        outs = [
+            simulate_configs(
+                [cfg],
+                [wl],
+                predictor_for=lambda c, p=p: p[(c.device, c.model, c.tensor_parallel_size)],
+            )[0]
+            for p in preds
+        ]
+        for m in CORE:
+            vals = np.array([o.summary[m] for o in outs])
+            row = {"case": case, "metric": m}
+            row.update({f"seed{i}": float(v) for i, v in enumerate(vals)})
+            row["spread_pct"] = 100 * float(_spread(vals[:, None])[0])
+            rows.append(row)
+        print(f"{case}: done", flush=True)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--profiles-dir", default=os.environ.get("VIDUR_JAX_PROFILES", "../shared/data")
+    )
+    ap.add_argument(
+        "--cases", default=os.path.join(HERE, "..", "..", "shared", "reference", "cases")
+    )
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--skip-cases", action="store_true", help="only the per-op spread")
+    args = ap.parse_args(argv)
+    tps = (1, 2)
+    t0 = time.time()
+    preds = [
+        train_predictors(args.profiles_dir, [("a100", MODEL)], tps, seed=s) for s in args.seeds
+    ]
+    print(f"trained {len(preds)} seeds in {time.time() - t0:.0f} s", flush=True)
+    ops = op_spread(preds, tps)
+    atomic_write_csv(ops, os.path.join(args.out, "predictor_seed_spread.csv"))
+    print(ops.round(3).to_string(index=False))
+    if not args.skip_cases:
+        met = metric_spread(preds, args.cases)
+        atomic_write_csv(met, os.path.join(args.out, "predictor_seed_metric_spread.csv"))
+        print(met.round(4).to_string(index=False))
+        print(f"max spread over reference-case p50/p90: {met.spread_pct.max():.3f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

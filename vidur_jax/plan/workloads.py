@@ -1,0 +1,102 @@
+"""A sweep point's workload: its spec read and checked with JAX-free code (files exist,
+counts and rates positive), then built into a :class:`~vidur_jax.workload.Workload`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from vidur_jax.errors import require
+from vidur_jax.plan.tree import group, read_float, read_int
+from vidur_jax.sim.conf_defaults import value as _conf  # JAX-free: plain YAML
+
+WORKLOAD_KINDS = ("synthetic", "replay")
+RATE_ARRIVALS = ("poisson", "gamma")
+
+
+def _path(value: Any, what: str) -> str:
+    require(isinstance(value, str) and value, f"{what} must be a file path, got {value!r}")
+    path = os.path.abspath(os.path.expanduser(value))
+    require(
+        os.path.isfile(path),
+        f"{what}: file not found: {path} (set data_dir= or VIDUR_JAX_DATA to the Vidur data root)",
+    )
+    return path
+
+
+def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str, Any]:
+    """Checked, self-contained workload spec (absolute paths, qps injected, seed)."""
+    path = _path if check_files else (lambda value, what: value)
+    wl = group(tree, "workload")
+    kind = wl.get("kind", "synthetic")
+    require(kind in WORKLOAD_KINDS, f"workload.kind={kind!r}; allowed: {', '.join(WORKLOAD_KINDS)}")
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "name": str(wl.get("name", kind)),
+        "num_requests": read_int("workload.num_requests", wl.get("num_requests")),
+        "max_tokens": read_int("workload.max_tokens", wl.get("max_tokens")),
+        "seed": read_int("seed", tree.get("seed", _conf("", "seed"))),
+        # parallel sampling / beam width per request: int or {kind: fixed|choice, ...}
+        "num_seqs": wl.get("num_seqs"),
+    }
+    require(spec["num_requests"] >= 1, f"workload.num_requests={spec['num_requests']} must be >= 1")
+    qps = wl.get("qps")
+    if qps is not None:
+        qps = read_float("workload.qps", qps)
+        require(qps > 0 and qps < float("inf"), f"workload.qps={qps} must be > 0")
+    spec["qps"] = qps
+    if kind == "replay":
+        spec["path"] = path(wl.get("path"), "workload.path")
+        for k in ("prefill_scale_factor", "decode_scale_factor", "time_scale_factor"):
+            spec[k] = read_float(f"workload.{k}", wl.get(k, 1.0))
+            require(spec[k] > 0, f"workload.{k}={spec[k]} must be > 0")
+        return spec
+    arrival = dict(wl.get("arrival") or {})
+    lengths = dict(wl.get("lengths") or {})
+    require("kind" in arrival, "workload.arrival.kind is missing (poisson, gamma, static, trace)")
+    require("kind" in lengths, "workload.lengths.kind is missing (fixed, uniform, zipf, trace)")
+    if arrival["kind"] in RATE_ARRIVALS:
+        require(qps is not None, f"workload.qps is needed by {arrival['kind']} arrivals")
+        arrival.setdefault("qps", qps)
+    for part, what in ((arrival, "arrival"), (lengths, "lengths")):
+        if part.get("kind") == "trace":
+            part["path"] = path(part.get("path"), f"workload.{what}.path")
+    spec["arrival"], spec["lengths"] = arrival, lengths
+    return spec
+
+
+def build_workload(spec: Mapping[str, Any]):
+    """The :class:`~vidur_jax.workload.Workload` of a :func:`workload_spec` (imports JAX)."""
+    import jax
+
+    from vidur_jax import workload
+
+    wl = _build_requests(spec)
+    if spec.get("num_seqs") is not None:
+        key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 7)
+        wl = workload.with_num_seqs(wl, spec["num_seqs"], key)
+    return wl
+
+
+def _build_requests(spec: Mapping[str, Any]):
+    import jax
+
+    from vidur_jax import workload
+
+    if spec["kind"] == "replay":
+        return workload.load_trace(
+            spec["path"],
+            max_tokens=spec["max_tokens"],
+            prefill_scale_factor=spec["prefill_scale_factor"],
+            decode_scale_factor=spec["decode_scale_factor"],
+            time_scale_factor=spec["time_scale_factor"],
+            num_requests=spec["num_requests"],
+        )
+    return workload.synthetic(
+        jax.random.PRNGKey(spec["seed"]),
+        spec["num_requests"],
+        spec["arrival"],
+        spec["lengths"],
+        spec["max_tokens"],
+    )
