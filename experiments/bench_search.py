@@ -2,15 +2,18 @@
 
 Runs ``+experiment=search_llama2_7b`` (or ``--full``: Vidur's full single-model grid,
 TP {1,2,4,8} x PP {1,2,4} x {vLLM, Sarathi 256..4096} x batch cap {32,64,128} on 16-GPU
-A100 and H100 clusters) and reports the grid size, probes, rounds, wall time, and what
-the same probes would cost under Vidur, which runs one simulation process per probe:
+A100 and H100 clusters, Vidur's sched-delay criterion) and reports the grid size,
+passes, probes (and how many stopped early), simulated requests, wall time (compile
+included), what the same probes would cost under Vidur, which runs one simulation
+process per probe, and (``--compare OLD/search.csv``) how many capacities moved:
 
 * ``vidur_cost_s`` = probes x 4.5 s (Vidur's measured wall time of one 800-request
   simulation on the 2-core development machine, ../shared/reference/README.md);
 * ``vidur_cost_same_requests_s`` = the requests Vidur would simulate for the same
   probes (N x requests per replica: Vidur simulates the whole cluster) x 4.5 s / 800.
 
-    python experiments/bench_search.py --out bench_search.json [--full] [overrides...]
+    python experiments/bench_search.py --out bench_search.json [--full] [--compare CSV]
+        [--run-dir DIR] [overrides...]
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--full", action="store_true", help="Vidur's full Llama-2-7B grid")
     ap.add_argument("--experiment", default="search_llama2_7b")
     ap.add_argument("--run-dir", default=None, help="also write the search outputs here")
+    ap.add_argument(
+        "--compare",
+        default=None,
+        help="search.csv of an earlier run: report how many capacities moved by more than "
+        "the granularity (configs measured 'ok' in both)",
+    )
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search.num_requests=200")
     args = ap.parse_args(argv)
 
@@ -54,21 +63,17 @@ def main(argv: list[str] | None = None) -> dict:
     app.enable_compile_cache()
     overrides = [f"+experiment={args.experiment}", *(FULL if args.full else []), *args.overrides]
     cfg = app.to_container(app.compose(overrides))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     res = run_search(cfg, log=lambda m: print(m, flush=True))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     table, st, s = res["table"], res["stats"], res["settings"]
     feas = table[table["feasible"]]
-    reqs_sim = int(
-        (
-            feas["num_probes"] * s.num_requests * (1 if s.mode == "replica" else feas["replicas"])
-        ).sum()
-    )
-    reqs_vidur = int((feas["num_probes"] * s.num_requests * feas["replicas"]).sum())
+    reqs_vidur = int((feas["num_probes"] * feas["num_requests"] * feas["replicas"]).sum())
     best = res["best"][res["slos"][0].name]["best"]
     out = {
         "experiment": args.experiment,
         "full_grid": bool(args.full),
+        "criterion": s.criterion,
         "grid_size": int(len(table)),
         "num_feasible": int(len(feas)),
         "num_requests_per_replica": s.num_requests,
@@ -76,15 +81,20 @@ def main(argv: list[str] | None = None) -> dict:
         "branching": s.branching,
         "granularity": s.granularity,
         "width_lanes": s.width,
+        "early_stop": s.early_stop,
+        "passes": st.passes,
         "rounds": st.rounds,
         "probes": st.probes,
+        "probes_stopped_early": st.probes_stopped_early,
         "probes_per_config": st.probes / max(len(feas), 1),
-        "compiled_calls": st.calls,
-        "lanes_run": st.lanes,
-        "requests_simulated": reqs_sim,
+        "pool_calls": st.calls,
+        "requests_simulated": st.requests_simulated,
         "wall_s": wall,
+        "cpu_s": cpu,
+        "compile_cache": os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") != "0",
         "search_wall_s": st.wall_s,
         "status_counts": feas["search_status"].value_counts().to_dict(),
+        "flag_counts": feas.loc[feas["flag"] != "", "flag"].value_counts().to_dict(),
         "num_meeting_slo": int(feas["meets_slo"].sum()),
         "best_config": best["name"] if best else None,
         "best_qps_per_dollar": best["qps_per_dollar"] if best else None,
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out["speedup_vs_vidur_probes"] = out["vidur_cost_s"] / wall
     out["speedup_vs_vidur_same_requests"] = out["vidur_cost_same_requests_s"] / wall
+    if args.compare:
+        out.update(compare(table, args.compare, s.granularity))
     if args.run_dir:
         write_outputs(res, args.run_dir)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -104,6 +116,38 @@ def main(argv: list[str] | None = None) -> dict:
     os.replace(f.name, args.out)
     print(json.dumps(out, indent=1, default=str))
     return out
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process (less sensitive than wall time to other
+    jobs on a shared machine)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def compare(table, path: str, granularity: float) -> dict:
+    """Capacities of ``table`` vs an earlier ``search.csv`` (same grid, configs matched by
+    name), over configs measured ``ok`` in both: both lie within one granularity below
+    the same pass/fail boundary, so they may differ by at most that much."""
+    import math
+
+    import pandas as pd
+
+    old = pd.read_csv(path, keep_default_na=False)
+    old = old[old["search_status"] == "ok"].set_index("name")["capacity_qps"].astype(float)
+    new = table[table["search_status"] == "ok"].set_index("name")["capacity_qps"]
+    both = old.index.intersection(new.index)
+    ratio = (new[both] / old[both]).astype(float)
+    tol = math.log1p(granularity) * (1 + 1e-9)
+    moved = ratio[abs(ratio.map(math.log)) > tol]
+    return {
+        "compared_configs": int(len(both)),
+        "capacities_moved_beyond_granularity": int(len(moved)),
+        "max_abs_log_ratio": float(abs(ratio.map(math.log)).max()) if len(both) else None,
+        "moved": {k: float(v) for k, v in moved.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -204,6 +204,24 @@ def test_report_search_answer_and_pareto(tmp_path):
     assert data["summary"] is None
 
 
+def test_report_never_puts_an_unmeasured_config_on_the_front(tmp_path):
+    toy_search(tmp_path)
+    df = pd.read_csv(tmp_path / "search.csv")
+    # tp1 x8 could not be measured (capped): it would otherwise top the front
+    df["flag"] = ["", "", "", "capped", ""]
+    df.to_csv(tmp_path / "search.csv", index=False)
+    write_report(tmp_path)
+    sc = _page_data(tmp_path / "report.html")["search"]["scatter"]
+    names = [p["tip"].split(",")[0] for p in sc["points"]]
+    assert "name=tp1 x8" not in names
+    # without it, tp2 x4 (0.7 s, 0.568 QPS/$) is dominated by tp1 x4 (0.5 s, 0.909)
+    assert [n for n, p in zip(names, sc["points"], strict=True) if p["front"]] == [
+        "name=tp1 x4",
+        "name=tp2 x2",
+        "name=tp4 x1",
+    ]
+
+
 # ------------------------------------------------------------------ in Chromium
 
 

@@ -50,18 +50,20 @@ def test_prompt_over_the_cap_runs_alone():
 
 def test_unreachable_cap_is_exactly_orca():
     wl = random_workload(3, n=60)
-    cfg = small_config("orca", max_tokens_in_batch=10**6)
+    # 1,200 blocks hold 18 max-length reservations: batches of up to 8 (the cap)
+    cfg = small_config("orca", max_tokens_in_batch=10**6, num_blocks=1200)
     (orca,) = simulate_configs([cfg], [wl], predictor_for=lambda c: RANDOM_PRED)
-    capped = small_config("orca_token_cap", max_tokens_in_batch=10**6)
+    capped = small_config("orca_token_cap", max_tokens_in_batch=10**6, num_blocks=1200)
     (out,) = simulate_configs([capped], [wl], predictor_for=lambda c: RANDOM_PRED)
     for key in ("scheduled_at", "first_token_at", "completed_at", "num_restarts"):
         np.testing.assert_array_equal(out.requests[key], orca.requests[key], err_msg=key)
     assert out.counters == orca.counters
+    assert orca.summary["batch_size_max"] > 1  # batches of several requests were compared
 
 
 def test_batches_keep_within_the_cap():
     wl = random_workload(4, n=60)
-    cfg = small_config("orca_token_cap", max_tokens_in_batch=700)
+    cfg = small_config("orca_token_cap", max_tokens_in_batch=700, num_blocks=1200)
     (out,) = simulate_configs([cfg], [wl], predictor_for=lambda c: RANDOM_PRED, trace_capacity=4096)
     assert out.summary["num_completed"] == 60
 
@@ -75,6 +77,9 @@ def test_batches_keep_within_the_cap():
     assert (size > 1).any()
     # the cap binds: Orca forms larger batches on the same workload
     (orca,) = simulate_configs(
-        [small_config("orca")], [wl], predictor_for=lambda c: RANDOM_PRED, trace_capacity=4096
+        [small_config("orca", num_blocks=1200)],
+        [wl],
+        predictor_for=lambda c: RANDOM_PRED,
+        trace_capacity=4096,
     )
     assert batch_tokens(orca)[0].max() > 700

@@ -126,11 +126,17 @@ def _search_part(run_dir: Path) -> dict[str, Any] | None:
         y = next((c for c in ("qps_per_dollar", "capacity_qps") if c in search), None)
         if x and y:
             meets = [c for c in search.columns if str(c).startswith("meets_slo")]
-            front = set(_pareto(search, x, y))
+            # an unmeasured (flagged) config is never a point of the front, nor plotted
+            flagged = [
+                "flag" in search and not _blank(v) and str(v).strip() != ""
+                for v in (search["flag"] if "flag" in search else [None] * len(search))
+            ]
+            measured = [i for i, f in enumerate(flagged) if not f]
+            front = {measured[j] for j in _pareto(search.iloc[measured], x, y)}
             points = []
             for i, (_, row) in enumerate(search.iterrows()):
                 xv, yv = row[x], row[y]
-                if not (np.isfinite(float(xv)) and np.isfinite(float(yv))):
+                if flagged[i] or not (np.isfinite(float(xv)) and np.isfinite(float(yv))):
                     continue
                 tip = ", ".join(
                     f"{c}={_fmt(row[c])}"

@@ -1,16 +1,33 @@
-"""Capacity search for many deployments at once: the highest QPS meeting a queueing SLO.
+"""Capacity search for many deployments at once: the highest QPS meeting a criterion.
 
-Vidur-Search binary-searches, per config and one simulation process per probe, the
-highest arrival rate whose scheduling delay P99 stays <= 5 s. Here every config is
-searched in lock-step rounds; each round is one batch of probes (config, QPS) run through
-the vmapped simulator in fixed-shape chunks (one compile per replica scheduler), and each
-config's bracket ``[lo, hi]`` (highest passing / lowest failing QPS) shrinks K-ary:
+A config's *capacity* is the highest arrival rate (QPS) at which a probe passes:
 
-* round 0 probes every config at a saturating rate (``qps_max_per_replica``); its
-  throughput ``T`` centres the next round's K geometric probes on ``[T/2, 2T]``;
-* later rounds put up to K probes geometrically inside ``(lo, hi)`` — as many as are
-  needed to end with ``hi / lo <= 1 + granularity`` (Vidur: 2.5%), no more;
-* a config with no passing probe halves downwards, and stops at ``qps_min``.
+* ``criterion="slo"`` (default): TTFT P90 and TBT P99 within the user SLO;
+* ``criterion="vidur"``: Vidur-Search's scheduling-delay P99 <= 5 s.
+
+Every config is searched in lock-step rounds; each round is one batch of probes
+(config, QPS) run through the vectorized simulator on a pool of lanes (one compile per
+replica scheduler), and each config's bracket ``[lo, hi]`` (highest passing / lowest
+failing QPS) shrinks K-ary until ``hi / lo <= 1 + granularity`` (Vidur: 2.5%):
+
+* round 0 puts K probes geometrically on ``[E/2, 2E]`` around an analytic estimate
+  ``E`` (:func:`estimate_capacity`: token throughput of a saturated batch), one at ``E``
+  when K = 1 (K shrinks to 1 when the open configs alone fill the pool);
+* a config with no failing probe doubles upwards (``capped`` at ``qps_max_per_replica``),
+  one with no passing probe halves downwards (``below_min`` at ``qps_min``);
+* later rounds put up to K probes geometrically inside ``(lo, hi)``.
+
+A probe stops as soon as its verdict is certain: the run is cut into step budgets and,
+between them, lower bounds of the criterion's quantiles (a request not yet scheduled has
+waited at least ``clock - arrival``) are checked; once a bound exceeds the limit the
+probe fails, exactly as the full run would, at a fraction of its cost (an overloaded
+probe is the longest to simulate and tells only "fail").
+
+Never a silent wrong answer: a config whose capacity is not bracketed by this request
+count (``capped``: passes at the saturating rate; ``filling``: at its capacity the
+arrivals span less than the criterion's bound, so the run ends before a queue could
+show) is re-searched with twice the requests, up to ``max_requests``; what remains
+unmeasured (and ``unresolved`` / ``error`` configs) is flagged, never chosen as best.
 
 Workloads use common random numbers: request lengths are drawn once, arrival times come
 from one unit-rate Poisson draw (Vidur's capped gaps) divided by the probed QPS, so all
@@ -21,10 +38,8 @@ comparable across configs and (up to queueing noise) monotone in QPS.
 replica: with round robin, replica 0 of an N-replica cluster receives exactly requests
 0, N, 2N, ... of the cluster's arrival stream and never interacts with the others, so
 its queue is simulated exactly by feeding it that sub-stream (``arrivals[::N]``) at the
-cluster's rate; the cluster's capacity is the QPS at which each replica's sub-stream
-meets the SLO. This costs N times less than simulating the cluster with the same number
-of requests per replica. ``mode="cluster"`` simulates all N replicas (needed for the
-``lor`` and ``random`` routers), ``num_requests`` per replica.
+cluster's rate. ``mode="cluster"`` simulates all N replicas (needed for the ``lor`` and
+``random`` routers), ``num_requests`` per replica.
 """
 
 from __future__ import annotations
@@ -36,17 +51,22 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vidur_jax import workload as wl_mod
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import build
+from vidur_jax.sim import build, timing
+from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.run import ConfigOutput, _config_output, default_predictor_for, devices_for, simulate_stacked
-from vidur_jax.sim.types import ERR_SLOTS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES
+from vidur_jax.sim.run import _config_output, default_predictor_for
+from vidur_jax.sim.types import ERR_SLOTS, ERR_STEPS, ERR_TOKENS, ERR_WINDOW, ERROR_NAMES
 from vidur_jax.workload.types import Workload
 
 _GROW = ERR_SLOTS | ERR_WINDOW | ERR_TOKENS
+
+#: Statuses of a measured capacity (the others are flagged and never chosen as best).
+MEASURED = ("ok", "below_min")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,46 +74,63 @@ class SearchSettings:
     """Knobs of the capacity search.
 
     Attributes:
-        num_requests: requests simulated per replica and probe.
-        quantile: scheduling-delay quantile of the criterion (Vidur: 0.99).
+        num_requests: requests simulated per replica and probe (first pass).
+        criterion: ``slo`` (TTFT P90 and TBT P99 bounds) or ``vidur`` (sched-delay
+            quantile bound).
+        quantile: scheduling-delay quantile of the ``vidur`` criterion (Vidur: 0.99).
         max_delay_s: bound on that quantile, seconds (Vidur: 5).
+        ttft_p90_max_s: TTFT P90 bound of the ``slo`` criterion, seconds.
+        tbt_p99_max_s: TBT P99 bound of the ``slo`` criterion, seconds.
         granularity: stop when ``hi / lo - 1 <= granularity`` (Vidur: 2.5%).
-        branching: K, probes per config per round (2 = bisection-like; larger K means
-            fewer rounds and wider vectorized calls).
+        branching: K, most probes per config per round (fewer when the open configs
+            alone fill the pool: K = lanes // open configs, at least 1).
         max_rounds: round limit (a config still open is reported ``unresolved``).
-        qps_min: lowest cluster QPS probed; failing there = capacity 0.
-        qps_max_per_replica: saturating probe rate per replica; passing there = capacity
-            reported as that rate (``capped``).
-        width: configs per compiled call (fixed, so every round reuses one compile);
-            chunks are padded with no-op lanes.
+        qps_min: lowest cluster QPS probed; failing there = capacity 0 (``below_min``).
+        qps_max_per_replica: highest rate probed per replica; passing there = ``capped``.
+        max_requests: most requests per replica an unmeasured config is re-searched with
+            (doubling from ``num_requests``).
+        span_factor: at its capacity a probe's arrivals must span at least this many
+            times the criterion's bound (else ``filling``: re-searched with more requests).
+        early_stop: stop a probe once its failure is certain.
+        width: lanes of the probe pool (fixed per compile), sharded over local devices.
         mode: ``replica`` | ``cluster`` | ``auto`` (replica for round robin).
         seed: PRNG seed of lengths and arrivals.
-        ttft_p90_max_s: if set, a probe also needs TTFT P90 <= this to pass (capacity
-            under the user SLO instead of Vidur's scheduling-delay criterion alone).
-        tbt_p99_max_s: likewise for TBT P99.
     """
 
-    num_requests: int = 400
+    num_requests: int = 300
+    criterion: str = "slo"
     quantile: float = 0.99
     max_delay_s: float = 5.0
+    ttft_p90_max_s: float = 2.0
+    tbt_p99_max_s: float = 0.2
     granularity: float = 0.025
     branching: int = 4
-    max_rounds: int = 16
+    max_rounds: int = 24
     qps_min: float = 0.01
     qps_max_per_replica: float = 256.0
+    max_requests: int = 3200
+    span_factor: float = 1.0
+    early_stop: bool = True
     width: int = 32
     mode: str = "auto"
     seed: int = 42
-    ttft_p90_max_s: float | None = None
-    tbt_p99_max_s: float | None = None
 
     def check(self) -> SearchSettings:
         """Validate (one line per bad value)."""
         require(self.num_requests >= 2, f"search.num_requests={self.num_requests} must be >= 2")
         require(
+            self.criterion in ("slo", "vidur"),
+            f"search.criterion={self.criterion!r}; allowed: slo, vidur",
+        )
+        require(
             0 < self.quantile <= 1, f"search.sched_delay_quantile={self.quantile} must be in (0, 1]"
         )
         require(self.max_delay_s > 0, f"search.sched_delay_max_s={self.max_delay_s} must be > 0")
+        require(
+            self.ttft_p90_max_s > 0 and self.tbt_p99_max_s > 0,
+            f"search.slo bounds must be > 0 (ttft_p90_s={self.ttft_p90_max_s}, "
+            f"tbt_p99_s={self.tbt_p99_max_s})",
+        )
         require(
             0 < self.granularity < 1, f"search.granularity={self.granularity} must be in (0, 1)"
         )
@@ -104,12 +141,30 @@ class SearchSettings:
             self.qps_max_per_replica > self.qps_min,
             f"search.qps_max_per_replica={self.qps_max_per_replica} must be > qps_min",
         )
+        require(
+            self.max_requests >= self.num_requests,
+            f"search.max_requests={self.max_requests} must be >= num_requests "
+            f"({self.num_requests})",
+        )
+        require(self.span_factor >= 0, f"search.span_factor={self.span_factor} must be >= 0")
         require(self.width >= 1, f"search.width={self.width} must be >= 1")
         require(
             self.mode in ("auto", "replica", "cluster"),
             f"search.mode={self.mode!r}; allowed: auto, replica, cluster",
         )
         return self
+
+    @property
+    def bound_s(self) -> float:
+        """The criterion's latency bound, seconds (sched delay, or TTFT for ``slo``)."""
+        return self.max_delay_s if self.criterion == "vidur" else self.ttft_p90_max_s
+
+    @property
+    def min_requests(self) -> int:
+        """Fewest requests whose criterion quantile has at least one request beyond it
+        (P99: 100, P90: 10)."""
+        q = self.quantile if self.criterion == "vidur" else 0.9
+        return max(2, math.ceil(1.0 / (1.0 - q) - 1e-9)) if q < 1 else 2
 
 
 @dataclasses.dataclass
@@ -119,11 +174,14 @@ class Probe:
     Attributes:
         config_index: index into the searched configs.
         qps: cluster arrival rate, requests/s.
-        delay_s: the criterion's scheduling-delay quantile, seconds (inf on error).
-        passed: ``delay_s <= max_delay_s``.
-        summary: the simulator's summary metrics (seconds), empty on error.
+        delay_s: scheduling-delay quantile, seconds (a lower bound if stopped early;
+            inf on error).
+        passed: the criterion holds.
+        summary: the simulator's summary metrics (seconds); empty on error or early stop.
         steps: simulator steps the probe took.
         error: simulator error ("" if none).
+        stopped_early: failed before its run ended (the failure was already certain).
+        span_s: arrival span of the simulated requests, seconds.
     """
 
     config_index: int
@@ -133,6 +191,8 @@ class Probe:
     summary: dict = dataclasses.field(default_factory=dict)
     steps: float = 0.0
     error: str = ""
+    stopped_early: bool = False
+    span_s: float = math.nan
 
 
 @dataclasses.dataclass
@@ -142,11 +202,14 @@ class CapacityResult:
     Attributes:
         capacity_qps: highest passing cluster QPS found (0 = none).
         upper_qps: lowest failing QPS (inf = none); the true capacity lies in between.
-        status: ``ok`` | ``capped`` (passes at the saturating rate) | ``below_min``
-            (fails at ``qps_min``) | ``unresolved`` (round limit) | ``error: ...``.
-        num_probes: simulations spent on this config.
+        status: ``ok`` | ``below_min`` (fails at ``qps_min``: capacity 0) | ``capped``
+            (passes at the highest rate probed) | ``filling`` (too few requests to show
+            a queue at capacity) | ``unresolved`` (round limit) | ``error: ...``.
+        num_probes: simulations spent on this config (all passes).
         at_capacity: summary metrics of the probe at ``capacity_qps`` (empty if none).
-        probes: every probe, in order.
+        probes: every probe of the last pass, in order.
+        num_requests: requests per replica of the last pass.
+        estimate_qps: the analytic estimate the search started from.
     """
 
     capacity_qps: float
@@ -155,16 +218,26 @@ class CapacityResult:
     num_probes: int
     at_capacity: dict
     probes: list[Probe]
+    num_requests: int = 0
+    estimate_qps: float = math.nan
+
+    @property
+    def measured(self) -> bool:
+        """True when the capacity is bracketed (``ok``) or known to be 0."""
+        return self.status in MEASURED
 
 
 @dataclasses.dataclass
 class SearchStats:
-    """Cost of a search: rounds, probes, compiled calls, wall time."""
+    """Cost of a search: rounds, probes, compiled calls, simulated steps, wall time."""
 
     rounds: int = 0
     probes: int = 0
+    probes_stopped_early: int = 0
     calls: int = 0
     lanes: int = 0
+    requests_simulated: int = 0
+    passes: int = 0
     wall_s: float = 0.0
     sim_wall_s: float = 0.0
 
@@ -237,16 +310,16 @@ def make_probe_workloads(
 
 
 def passes(delay_s: float, summary: dict, s: SearchSettings) -> bool:
-    """The capacity criterion: delay quantile within bound (and the SLO, if set)."""
-    ok = delay_s <= s.max_delay_s
-    if s.ttft_p90_max_s is not None:
-        ok = ok and summary.get("ttft_p90", math.inf) <= s.ttft_p90_max_s
-    if s.tbt_p99_max_s is not None:
-        ok = ok and summary.get("tbt_p99", math.inf) <= s.tbt_p99_max_s
-    return bool(ok)
+    """The capacity criterion of ``s`` on a finished probe."""
+    if s.criterion == "vidur":
+        return bool(delay_s <= s.max_delay_s)
+    return bool(
+        summary.get("ttft_p90", math.inf) <= s.ttft_p90_max_s
+        and summary.get("tbt_p99", math.inf) <= s.tbt_p99_max_s
+    )
 
 
-def sched_delay_quantile(out: ConfigOutput, q: float) -> float:
+def sched_delay_quantile(out, q: float) -> float:
     """Quantile ``q`` of scheduling delay (first scheduled - arrival) over requests,
     numpy's linear method (as ``summary.csv``); inf if some request was never scheduled."""
     r = out.requests
@@ -255,6 +328,50 @@ def sched_delay_quantile(out: ConfigOutput, q: float) -> float:
     if delay.size == 0 or not np.all(np.isfinite(delay)):
         return math.inf
     return float(np.quantile(delay, q))
+
+
+def latency_lower_bound(arrived: np.ndarray, event_at: np.ndarray, clock: float) -> np.ndarray:
+    """(R,) lower bounds of each request's ``event_at - arrived`` at simulated time
+    ``clock``: exact once the event happened, else the wait so far (0 if not arrived).
+
+    Args:
+        arrived: (R,) arrival times, seconds (valid requests only).
+        event_at: (R,) time of the event (first scheduling / first token), NaN or inf
+            if it has not happened yet.
+        clock: the simulation's current time, seconds.
+    """
+    happened = np.isfinite(event_at)
+    return np.where(happened, event_at - arrived, np.maximum(clock - arrived, 0.0))
+
+
+def certain_failure(
+    arrived: np.ndarray,
+    scheduled_at: np.ndarray,
+    first_token_at: np.ndarray,
+    clock: float,
+    s: SearchSettings,
+) -> float:
+    """A lower bound of the criterion's latency quantile that already exceeds its limit
+    (the probe will fail whatever happens next), else NaN.
+
+    Quantiles (numpy's linear method) are monotone in every element, so the quantile of
+    per-request lower bounds is a lower bound of the final quantile.
+
+    Args:
+        arrived: (R,) arrival times of the valid requests, seconds.
+        scheduled_at: (R,) first scheduling times so far (NaN = not yet).
+        first_token_at: (R,) first-token times so far (NaN = not yet).
+        clock: the simulation's current time, seconds.
+        s: settings (criterion and bounds).
+
+    Returns:
+        The violating lower bound, seconds, or NaN when the verdict is still open.
+    """
+    if s.criterion == "vidur":
+        lb = float(np.quantile(latency_lower_bound(arrived, scheduled_at, clock), s.quantile))
+        return lb if lb > s.max_delay_s else math.nan
+    lb = float(np.quantile(latency_lower_bound(arrived, first_token_at, clock), 0.9))
+    return lb if lb > s.ttft_p90_max_s else math.nan
 
 
 @dataclasses.dataclass
@@ -266,15 +383,31 @@ class _Level:
     table_index: dict[int, int]
 
 
+@dataclasses.dataclass
+class _Lane:
+    """A probe occupying a pool lane, with its requests, params and step budget."""
+
+    probe: Probe
+    workload: Workload
+    params: object
+    full_steps: int
+    budget: int
+
+
+#: First step budget of a probe, as a multiple of its requests (a probe takes ~1.5 steps
+#: per request); each extension doubles it.
+_BUDGET_PER_REQUEST = 0.5
+
+
 class ProbeRunner:
     """Runs batches of probes ``(config index, cluster QPS)`` through the simulator.
 
     Configs are grouped by replica scheduler (the policy is static); within a group all
     calls share one :class:`~vidur_jax.sim.types.SimStatic` and one set of timing
-    tables covering every config, and have exactly ``width`` lanes (padding lanes have
-    no requests and finish at once), so a whole search compiles once per scheduler. A
-    probe that overflows a capacity is re-run with that capacity doubled (a second
-    shape, kept for later overflows).
+    tables covering every config. Probes run on a pool of ``width`` lanes: a lane whose
+    probe finished (or failed for certain, with ``early_stop``) takes the next probe, so
+    lanes do not idle behind one long probe. A probe that overflows a capacity is re-run
+    with that capacity doubled (a second shape, kept for later overflows).
     """
 
     def __init__(
@@ -284,7 +417,18 @@ class ProbeRunner:
         settings: SearchSettings,
         predictor_for: Callable | None = None,
         profiles_dir: str | None = None,
+        capacity: int = 0,
     ):
+        """
+        Args:
+            cfgs: the configs searched.
+            workloads: their common requests.
+            settings: search settings.
+            predictor_for: config -> predictor (default: shipped / ``profiles_dir``).
+            profiles_dir: Vidur profiles root for the default predictors.
+            capacity: request rows allocated per lane (at least the probes' requests);
+                one capacity serves every later request count up to it (one compile).
+        """
         self.settings = settings
         self.workloads = workloads
         self.predictor_for = predictor_for or default_predictor_for(profiles_dir)
@@ -296,12 +440,19 @@ class ProbeRunner:
         self.cfgs = list(cfgs)
         self.sim_cfgs = sim
         self.derived = [build.derive(c) for c in sim]
-        self.num_requests = max(workloads.for_config(c, 1.0).num_requests for c in cfgs)
+        self.num_requests = max(
+            capacity, max(workloads.for_config(c, 1.0).num_requests for c in cfgs)
+        )
         self.groups: dict[str, list[int]] = {}
         for i, c in enumerate(sim):
             self.groups.setdefault(c.replica_scheduler, []).append(i)
         self.levels: dict[str, list[_Level]] = {}
         self.stats = SearchStats()
+        # one pool width per runner (a new width is a new compile): enough lanes for a
+        # round of every config, at most settings.width, a multiple of the devices
+        n_dev = jax.local_device_count()
+        want = 1 << max(0, math.ceil(math.log2(max(1, len(cfgs) * settings.branching))))
+        self.width = -(-min(settings.width, want) // n_dev) * n_dev
 
     def _level(self, policy: str, k: int) -> _Level:
         levels = self.levels.setdefault(policy, [])
@@ -327,69 +478,230 @@ class ProbeRunner:
 
         Args:
             probes: probes to run.
-            order_key: probes with close keys share a call (a call lasts as long as its
-                slowest lane, so group probes of similar length); default: PP depth.
+            order_key: longest first (a higher key starts earlier), so the pool drains
+                on short probes; default: PP depth only.
         """
         t0 = time.perf_counter()
         key = order_key or (lambda p: 0.0)
         for policy, idx in self.groups.items():
             members = set(idx)
             todo = [p for p in probes if p.config_index in members]
-            todo.sort(key=lambda p: (self.sim_cfgs[p.config_index].num_pipeline_stages, key(p)))
+            todo.sort(
+                key=lambda p: (self.sim_cfgs[p.config_index].num_pipeline_stages, key(p)),
+                reverse=True,
+            )
             level = 0
             while todo:
-                todo = self._run_level(policy, level, todo)
+                todo = self._run_pool(policy, level, todo)
                 level += 1
                 if level > 4 and todo:
                     raise ConfigError("search: simulator capacity kept overflowing; please report")
         self.stats.probes += len(probes)
         self.stats.sim_wall_s += time.perf_counter() - t0
 
-    def _run_level(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
+    def _lane(self, lv: _Level, p: Probe) -> _Lane:
+        wl = self.workloads.for_config(self.cfgs[p.config_index], p.qps)
+        params = build.build_params(
+            self.sim_cfgs[p.config_index],
+            self.derived[p.config_index],
+            wl,
+            lv.table_index[p.config_index],
+            self.num_requests,
+        )
+        full = int(params.max_steps)
+        budget = full
+        if self.settings.early_stop:
+            budget = min(full, max(64, int(_BUDGET_PER_REQUEST * wl.num_requests)))
+        arr = np.asarray(wl.arrived_at)[np.asarray(wl.mask)]
+        p.span_s = float(arr.max() - arr.min()) if arr.size else 0.0
+        params = dataclasses.replace(params, max_steps=np.int64(budget))
+        return _Lane(p, wl, params, full, budget)
+
+    def _finish(self, lane: _Lane, host, j: int) -> None:
+        p, s = lane.probe, self.settings
+        err = int(np.asarray(host.error)[j])
+        p.steps = float(np.asarray(host.step)[j])
+        self.stats.requests_simulated += int(lane.workload.num_requests)
+        if err:
+            p.error = "; ".join(m for b, m in ERROR_NAMES.items() if err & b)
+            p.delay_s, p.passed = math.inf, False
+            return
+        out = _config_output(self.sim_cfgs[p.config_index], lane.workload, host, j)
+        p.summary = out.summary
+        p.delay_s = sched_delay_quantile(out, s.quantile)
+        p.passed = passes(p.delay_s, p.summary, s)
+
+    def _verdict_so_far(self, lane: _Lane, host, j: int) -> float:
+        """Lower bound violating the criterion (certain failure) or NaN."""
+        wl = lane.workload
+        n = wl.num_requests
+        mask = np.asarray(wl.mask)
+        arrived = np.asarray(wl.arrived_at, np.float64)[mask]
+        return certain_failure(
+            arrived,
+            np.asarray(host.scheduled_at)[j, :n][mask],
+            np.asarray(host.first_token_at)[j, :n][mask],
+            float(np.asarray(host.clock)[j]),
+            self.settings,
+        )
+
+    def _run_pool(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
+        """Run ``todo`` (longest first) on the lane pool; returns the probes that
+        overflowed a capacity of level ``k``."""
         lv = self._level(policy, k)
-        w = self.settings.width
-        overflow = []
-        n_dev = devices_for(w)
-        for start in range(0, len(todo), w):
-            # lanes sorted by expected length are dealt round-robin to the devices (each
-            # device's loop lasts as long as its slowest lane); None = padding lane
-            dealt = todo[start : start + w] + [None] * max(0, start + w - len(todo))
-            lanes = [dealt[i] for d in range(n_dev) for i in range(d, w, n_dev)]
-            wls = [None if p is None else self.workloads.for_config(self.cfgs[p.config_index], p.qps) for p in lanes]
-            params = [
-                None if p is None else build.build_params(
-                    self.sim_cfgs[p.config_index],
-                    self.derived[p.config_index],
-                    wl,
-                    lv.table_index[p.config_index],
-                    self.num_requests,
-                )
-                for p, wl in zip(lanes, wls, strict=True)
-            ]
-            real = next(x for x in params if x is not None)
-            pad = dataclasses.replace(real, num_valid=np.int32(0))
-            params = [pad if x is None else x for x in params]
-            state = jax.device_get(simulate_stacked(lv.static, lv.tables, build.stack_params(params)))
-            errors = np.asarray(state.error)
-            steps = np.asarray(state.step)
+        width = self.width
+        n_dev = min(jax.local_device_count(), width)
+        init, advance, reset, lane_done = run_mod._pool_runner(lv.static, n_dev)
+        pending = list(reversed(todo))  # pop() takes the next (longest) probe
+        lanes: list[_Lane | None] = [None] * width
+        for j in range(width):
+            if pending:
+                lanes[j] = self._lane(lv, pending.pop())
+        idle = dataclasses.replace(
+            next(x for x in lanes if x is not None).params, num_valid=np.int32(0)
+        )
+
+        def stacked_params():
+            return build.stack_params([idle if x is None else x.params for x in lanes])
+
+        params = stacked_params()
+        state = init(params)
+        overflow: list[Probe] = []
+        refill = max(1, width // 8)
+        while any(x is not None for x in lanes):
+            busy = sum(x is not None for x in lanes)
+            stop_at = width - busy + min(refill, busy)
+            state = advance(lv.tables, params, state, jnp.asarray(np.int32(stop_at)))
             self.stats.calls += 1
-            self.stats.lanes += w
-            for j, (p, wl) in enumerate(zip(lanes, wls, strict=True)):
-                if p is None:
+            self.stats.lanes += width
+            done = np.asarray(lane_done(params, state))
+            host = jax.device_get(state)
+            errors = np.asarray(host.error).copy()
+            fresh = np.zeros(width, bool)
+            cleared = False
+            for j, lane in enumerate(lanes):
+                if lane is None or not done[j]:
                     continue
-                if errors[j] & _GROW:
-                    overflow.append(p)
-                    continue
-                p.steps = float(steps[j])
-                if errors[j]:
-                    p.error = "; ".join(m for b, m in ERROR_NAMES.items() if errors[j] & b)
-                    p.delay_s, p.passed = math.inf, False
-                    continue
-                out = _config_output(self.sim_cfgs[p.config_index], wl, state, j)
-                p.summary = out.summary
-                p.delay_s = sched_delay_quantile(out, self.settings.quantile)
-                p.passed = passes(p.delay_s, p.summary, self.settings)
+                err = int(errors[j])
+                if err & _GROW:
+                    overflow.append(lane.probe)
+                elif err == ERR_STEPS and lane.budget < lane.full_steps:
+                    bound = self._verdict_so_far(lane, host, j)
+                    if math.isnan(bound):  # verdict still open: a longer budget
+                        lane.budget = min(lane.full_steps, 2 * lane.budget)
+                        lane.params = dataclasses.replace(
+                            lane.params, max_steps=np.int64(lane.budget)
+                        )
+                        errors[j] = 0
+                        cleared = True
+                        continue
+                    p = lane.probe
+                    p.steps = float(np.asarray(host.step)[j])
+                    p.delay_s, p.passed, p.stopped_early = bound, False, True
+                    self.stats.probes_stopped_early += 1
+                    self.stats.requests_simulated += int(lane.workload.num_requests)
+                else:
+                    self._finish(lane, host, j)
+                lanes[j] = None
+                if pending:
+                    lanes[j] = self._lane(lv, pending.pop())
+                    fresh[j] = True
+            params = stacked_params()
+            if cleared:
+                state = state.replace(error=jnp.asarray(errors))
+            if fresh.any():
+                state = reset(params, state, jnp.asarray(fresh))
         return overflow
+
+
+def estimate_capacity(runner: ProbeRunner) -> list[float]:
+    """Analytic capacity estimate of every config (cluster QPS) from its timing tables.
+
+    A saturated replica holds ``B = min(batch cap, memory limit)`` requests: Sarathi
+    runs ``B - 1`` decodes plus a ``chunk``-token prefill piece per iteration, so it
+    completes ``min(B / (D + P / chunk), chunk / P)`` requests per iteration; other
+    schedulers alternate a prefill of one prompt with decode iterations of ``B``. With
+    ``PP`` stages, ``PP`` micro-batches are in flight. ``P``, ``D``: mean prompt and
+    output tokens of the probe workload. Only a starting point: the search brackets
+    the capacity whatever the error.
+
+    Returns:
+        One estimate per config, requests/s (cluster rate; NaN when the tables do not
+        cover the batch).
+    """
+    wl = runner.workloads
+    p_mean = float(np.mean(wl.num_prefill))
+    d_mean = float(np.mean(wl.num_decode))
+    out = [math.nan] * len(runner.cfgs)
+    for policy, idx in runner.groups.items():
+        lv = runner._level(policy, 0)
+        rows = []
+        for i in idx:
+            c, d = runner.sim_cfgs[i], runner.derived[i]
+            b = max(1, min(c.batch_size_cap, d.max_batch_size))
+            chunk = c.chunk_size if c.replica_scheduler == "sarathi" else 0
+            kv = int(p_mean + d_mean / 2)
+            rows.append((b, chunk, kv))
+        b = np.array([r[0] for r in rows], np.int32)
+        chunk = np.array([r[1] for r in rows], np.int32)
+        kv = np.array([r[2] for r in rows], np.int32)
+        dummy = runner.workloads.for_config(runner.cfgs[idx[0]], 1.0)
+        params = build.stack_params(
+            [
+                build.build_params(
+                    runner.sim_cfgs[i],
+                    runner.derived[i],
+                    dummy,
+                    lv.table_index[i],
+                    runner.num_requests,
+                )
+                for i in idx
+            ]
+        )
+        p_tok = np.full(len(idx), max(1, int(round(p_mean))), np.int32)
+        t_mixed, t_decode, t_prefill, over = _iteration_times(
+            lv.tables, params, b, chunk, kv, p_tok
+        )
+        for k, i in enumerate(idx):
+            if over[k]:
+                continue
+            c = runner.sim_cfgs[i]
+            pp = c.num_pipeline_stages
+            if c.replica_scheduler == "sarathi":
+                per_iter = min(b[k] / (d_mean + p_mean / chunk[k]), chunk[k] / p_mean)
+                rate = per_iter / float(t_mixed[k])
+            else:
+                rate = 1.0 / (float(t_prefill[k]) + d_mean * float(t_decode[k]) / b[k])
+            n = runner.cfgs[i].num_replicas
+            out[i] = float(rate * pp * n)
+    return out
+
+
+@functools.partial(jax.jit)
+def _iteration_times(tables, params, b, chunk, kv, p_tok):
+    """(C,) seconds of a mixed (B-1 decodes + chunk) iteration, a B-decode iteration and
+    a one-prompt prefill iteration, and (C,) table overflow, for stacked ``params``."""
+
+    def one(prm, b, chunk, kv, p_tok):
+        def t(n_dec, chunks, pre_kv):
+            sec, _, over = timing.run_times(
+                tables,
+                prm,
+                n_dec[None],
+                (n_dec * kv)[None],
+                chunks[None],
+                pre_kv[None],
+                (n_dec + (chunks > 0))[None],
+            )
+            return sec[0], over[0]
+
+        mixed, o1 = t(b - 1, chunk, p_tok // 2)
+        dec, o2 = t(b, jnp.int32(0), jnp.int32(0))
+        pre, o3 = t(jnp.int32(0), p_tok, jnp.int32(0))
+        mixed = jnp.where(chunk > 0, mixed, dec)
+        return mixed, dec, pre, o1 & (chunk > 0) | o2 | o3
+
+    return jax.vmap(one)(params, b, chunk, kv, p_tok)
 
 
 def _bracket(probes: Sequence[Probe]) -> tuple[float, float, Probe | None]:
@@ -407,31 +719,34 @@ def _geometric(lo: float, hi: float, m: int) -> list[float]:
 
 
 def next_qps(
-    probes: Sequence[Probe], s: SearchSettings, num_replicas: int, tput_scale: float = 1.0
+    probes: Sequence[Probe],
+    s: SearchSettings,
+    num_replicas: int,
+    estimate: float = math.nan,
+    branching: int | None = None,
 ) -> tuple[list[float], str]:
     """The next round's QPS values for one config, or ``([], status)`` when it is done.
 
     Args:
-        probes: the config's probes so far (round 0 = one saturating probe).
+        probes: the config's probes so far (none before round 0).
         s: settings.
-        num_replicas: replicas of the config (scales the saturating rate).
-        tput_scale: simulated throughput -> cluster throughput (replicas in replica mode).
+        num_replicas: replicas of the config (scales the highest rate probed).
+        estimate: analytic capacity estimate, cluster QPS (round 0 centres on it).
+        branching: probes this round (default ``s.branching``).
     """
     qmax = s.qps_max_per_replica * num_replicas
+    k = branching or s.branching
     if any(p.error and "stalled" in p.error for p in probes):
         return [], "error: " + next(p.error for p in probes if p.error)
+    if not probes:
+        e = estimate if math.isfinite(estimate) and estimate > 0 else num_replicas
+        pts = [e * 0.5 * 4 ** (j / (k - 1)) for j in range(k)] if k > 1 else [e]
+        return sorted({min(max(q, s.qps_min), qmax) for q in pts}), ""
     lo, hi, _ = _bracket(probes)
-    k = s.branching
-    if lo >= qmax:
-        return [], "capped"
-    if len(probes) == 1:  # only the saturating probe: centre K probes on its throughput
-        tput = probes[0].summary.get("throughput_rps", math.nan)
-        if probes[0].summary and math.isfinite(tput) and tput > 0:
-            tput *= tput_scale
-            pts = [tput * 0.5 * 4 ** (j / max(k - 1, 1)) for j in range(k)] if k > 1 else [tput]
-            pts = [max(q, s.qps_min) for q in pts if q < hi * (1 - 1e-9)]
-            if pts:
-                return sorted(set(pts)), ""
+    if math.isinf(hi):  # everything passed so far: double upwards, up to qmax
+        if lo >= qmax * (1 - 1e-9):
+            return [], "capped"
+        return sorted({min(lo * 2**j, qmax) for j in range(1, k + 1)}), ""
     if lo <= 0.0:
         if hi <= s.qps_min * (1 + 1e-9):
             return [], "below_min"
@@ -451,46 +766,60 @@ def search_capacity(
     runner: ProbeRunner,
     num_replicas: Sequence[int],
     log: Callable[[str], None] | None = None,
+    estimates: Sequence[float] | None = None,
 ) -> tuple[list[CapacityResult], SearchStats]:
-    """Find every config's capacity; every round is one batched run of all open probes.
+    """Find every config's capacity with one request count; rounds of batched probes.
 
     Args:
         runner: the probe runner over the configs.
-        num_replicas: replicas of each config (scales the saturating probe).
+        num_replicas: replicas of each config (scales the highest rate probed).
         log: optional progress callback (one line per round).
+        estimates: starting capacity estimates (cluster QPS); default
+            :func:`estimate_capacity`.
 
     Returns:
-        ``(results, stats)``, one :class:`CapacityResult` per config.
+        ``(results, stats)``, one :class:`CapacityResult` per config; ``filling`` marks
+        an ``ok`` bracket whose capacity probe's arrivals span less than
+        ``span_factor`` x the criterion's bound.
     """
     s = runner.settings
     t0 = time.perf_counter()
     n = len(num_replicas)
+    est = list(estimates) if estimates is not None else estimate_capacity(runner)
     probes: list[list[Probe]] = [[] for _ in range(n)]
     status = [""] * n
-    pending = [Probe(i, s.qps_max_per_replica * num_replicas[i]) for i in range(n)]
+
+    def branching(num_open: int) -> int:
+        # K probes per open config, as many as fill the pool's lanes (>= 1, <= K max):
+        # fewer probes per config in all when many configs are open, fewer rounds when few
+        return max(1, min(s.branching, runner.width // max(1, num_open)))
+
+    k0 = branching(n)
+    pending = [
+        Probe(i, q) for i in range(n) for q in next_qps([], s, num_replicas[i], est[i], k0)[0]
+    ]
     rounds = 0
     while pending and rounds < s.max_rounds:
-        # a call lasts as long as its slowest lane: group probes by expected length
-        # (steps of the config's last probe, more steps at lower load)
-        last = [(ps[-1].steps, ps[-1].qps) if ps else (0.0, 1.0) for ps in probes]
+        # a lane runs as long as its probe: start the longest (lowest-QPS) probes first
+        last = [(ps[-1].steps, ps[-1].qps) if ps else (1.0, 1.0) for ps in probes]
         runner.run(pending, order_key=functools.partial(_expected_steps, last))
         rounds += 1
         for p in pending:
             probes[p.config_index].append(p)
         pending = []
+        k = branching(sum(1 for x in status if not x))
         for i in range(n):
             if status[i]:
                 continue
-            scale = num_replicas[i] if runner.workloads.mode == "replica" else 1.0
-            qs, st = next_qps(probes[i], s, num_replicas[i], scale)
+            qs, st = next_qps(probes[i], s, num_replicas[i], est[i], k)
             if st:
                 status[i] = st
             pending += [Probe(i, q) for q in qs]
         if log is not None:
             done = sum(1 for x in status if x)
             log(
-                f"round {rounds}: {sum(len(p) for p in probes)} probes so far, {done}/{n} configs done, "
-                f"{len(pending)} probes next"
+                f"round {rounds}: {sum(len(p) for p in probes)} probes so far, {done}/{n} "
+                f"configs done, {len(pending)} probes next"
             )
     results = []
     for i in range(n):
@@ -499,14 +828,101 @@ def search_capacity(
         if st == "capped":
             best = max((p for p in probes[i] if p.passed), key=lambda p: p.qps)
             lo = best.qps
+        if st == "ok" and best is not None and best.span_s < s.span_factor * s.bound_s:
+            st = "filling"
         results.append(
             CapacityResult(
-                lo, hi, st, len(probes[i]), dict(best.summary) if best else {}, probes[i]
+                lo,
+                hi,
+                st,
+                len(probes[i]),
+                dict(best.summary) if best else {},
+                probes[i],
+                runner.workloads.num_requests,
+                est[i],
             )
         )
     # a snapshot: later runs on the same runner (e.g. a brute-force check) keep counting
     stats = dataclasses.replace(runner.stats, rounds=rounds, wall_s=time.perf_counter() - t0)
     return results, stats
+
+
+#: Statuses re-searched with more requests (the request count, not the search, fell short).
+RETRY_WITH_MORE_REQUESTS = ("capped", "filling")
+
+
+def measure_capacities(
+    cfgs: Sequence[DeploymentConfig],
+    lengths: Callable[[jax.Array, int], tuple[np.ndarray, np.ndarray]],
+    settings: SearchSettings,
+    profiles_dir: str | None = None,
+    predictor_for: Callable | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[CapacityResult], SearchStats, list[ProbeRunner]]:
+    """Capacity of every config, re-searching unmeasured ones with more requests.
+
+    Pass 1 uses ``settings.num_requests`` (raised to :attr:`SearchSettings.min_requests`
+    when the criterion's quantile needs more); configs ``capped`` or ``filling`` are
+    searched again with twice the requests, up to ``max_requests``.
+
+    Returns:
+        ``(results, stats, runners)``: one result per config (the last pass that
+        searched it), the summed cost, and the runner of every pass.
+    """
+    log = log or (lambda m: None)
+    n_req = settings.num_requests
+    if n_req < settings.min_requests:
+        log(
+            f"search: num_requests={n_req} is too few to measure the criterion's quantile; "
+            f"using {settings.min_requests}"
+        )
+        n_req = settings.min_requests
+    todo = list(range(len(cfgs)))
+    results: list[CapacityResult | None] = [None] * len(cfgs)
+    spent = [0] * len(cfgs)
+    total = SearchStats()
+    runners = []
+    t0 = time.perf_counter()
+    while todo:
+        sub = [cfgs[i] for i in todo]
+        pw = make_probe_workloads(
+            lengths, n_req, max(c.num_replicas for c in sub), settings.mode, settings.seed
+        )
+        s = dataclasses.replace(settings, num_requests=n_req)
+        # passes after the first allocate max_requests rows: one compile serves them all
+        rows = (
+            0
+            if not runners
+            else settings.max_requests
+            * (1 if settings.mode == "replica" else max(c.num_replicas for c in sub))
+        )
+        runner = ProbeRunner(
+            sub, pw, s, predictor_for=predictor_for, profiles_dir=profiles_dir, capacity=rows
+        )
+        runners.append(runner)
+        # later passes start from the capacity the fewer requests gave (an upper guess)
+        est = None if len(runners) == 1 else [results[i].capacity_qps for i in todo]
+        res, st = search_capacity(runner, [c.num_replicas for c in sub], log=log, estimates=est)
+        for f in dataclasses.fields(SearchStats):
+            if f.name != "wall_s":
+                setattr(total, f.name, getattr(total, f.name) + getattr(st, f.name))
+        total.passes += 1
+        for i, r in zip(todo, res, strict=True):
+            spent[i] += r.num_probes
+            r.num_probes = spent[i]
+            results[i] = r
+        retry = [i for i in todo if results[i].status in RETRY_WITH_MORE_REQUESTS]
+        if not retry or 2 * n_req > settings.max_requests:
+            break
+        causes = sorted({results[i].status for i in retry})
+        log(
+            f"search: {len(retry)} config(s) not measured with {n_req} requests per replica "
+            f"({', '.join(causes)}); re-searching them with {2 * n_req}"
+        )
+        n_req *= 2
+        todo = retry
+    total.wall_s = time.perf_counter() - t0
+    return results, total, runners  # type: ignore[return-value]
 
 
 def brute_force_capacity(runner: ProbeRunner, index: int, qps_values: Sequence[float]) -> float:

@@ -3,10 +3,13 @@
 Vidur-Search's grid (``vidur/config_optimizer/config_explorer/config/config.yml``):
 for each model and cluster (a GPU type, a node type and a GPU count) every tensor-parallel
 degree x pipeline depth x replica scheduler (vLLM, or Sarathi with one chunk size) x batch
-cap, with ``num_replicas = num_gpus // (tp * pp)``. Every point becomes a
-:class:`Candidate`; points that cannot run (TP not dividing the heads, PP not dividing the
-layers, the model not fitting in GPU memory, fewer GPUs than one replica needs, no node
-wide enough for the TP degree) are kept with ``reason`` set, never dropped.
+cap, with ``num_replicas = num_gpus // (tp * pp)`` (or one replica per candidate when
+planning for a target load). A cluster is given as GPU names x ``max_gpus`` or as a list
+of ``{device, network_device, num_gpus, price_per_hour}``; replicas wider than the
+cluster (``tp * pp > num_gpus``) are not part of the grid. Every other point becomes a
+:class:`Candidate`; points that cannot run (TP not dividing the heads, PP not dividing
+the layers, the model not fitting in GPU memory, no node wide enough for the TP degree)
+are kept with ``reason`` set, never dropped.
 """
 
 from __future__ import annotations
@@ -122,26 +125,32 @@ def _ints(name: str, values: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in vals)
 
 
-def grid_from_dict(
-    block: Mapping[str, Any], default_model: str, default_cluster: Mapping[str, Any]
-) -> GridSpec:
-    """Parse the grid keys of a ``search:`` config block.
-
-    Args:
-        block: ``models, clusters, tp, pp, schedulers, batch_caps`` (each optional).
-        default_model: model used when ``models`` is null.
-        default_cluster: ``{device, network_device, num_gpus, price_per_hour}`` used when
-            ``clusters`` is null.
-
-    Raises:
-        ConfigError: malformed axis (one line naming it).
-    """
-    models = block.get("models") or [default_model]
-    require(isinstance(models, (list, tuple)), f"search.models={models!r} must be a list")
-    for m in models:
-        catalog.get_model(m)
+def _clusters(
+    block: Mapping[str, Any], default_device: str, default_node: str | None, price: Any
+) -> list[Cluster]:
+    """Cluster types of a ``search:`` block: ``clusters`` (list of mappings, full control)
+    or ``gpus`` (GPU names, default: the config's hardware) x ``max_gpus``."""
+    if block.get("clusters"):
+        require(
+            isinstance(block["clusters"], (list, tuple)),
+            f"search.clusters={block['clusters']!r} must be a list of mappings",
+        )
+        items = list(block["clusters"])
+    else:
+        gpus = block.get("gpus") or [default_device]
+        gpus = gpus if isinstance(gpus, (list, tuple)) else [gpus]
+        max_gpus = block.get("max_gpus", 8)
+        items = [
+            {
+                "device": g,
+                "num_gpus": max_gpus,
+                "network_device": default_node if g == default_device else None,
+                "price_per_hour": price if g == default_device else None,
+            }
+            for g in gpus
+        ]
     clusters = []
-    for i, c in enumerate(block.get("clusters") or [default_cluster]):
+    for i, c in enumerate(items):
         require(isinstance(c, Mapping), f"search.clusters[{i}]={c!r} must be a mapping")
         unknown = sorted(set(c) - {"device", "network_device", "num_gpus", "price_per_hour"})
         require(
@@ -156,14 +165,42 @@ def grid_from_dict(
             f"search.clusters[{i}].network_device={node!r} holds "
             f"{catalog.get_node(node).device} GPUs, not {device}",
         )
-        num = _ints(f"clusters[{i}].num_gpus", c.get("num_gpus"))[0]
-        price = c.get("price_per_hour")
-        if price is not None:
+        num = _ints(f"clusters[{i}].num_gpus (or search.max_gpus)", c.get("num_gpus"))[0]
+        p = c.get("price_per_hour")
+        if p is not None:
             require(
-                isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0,
-                f"search.clusters[{i}].price_per_hour={price!r} must be a number >= 0",
+                isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0,
+                f"search.clusters[{i}].price_per_hour={p!r} must be a number >= 0",
             )
-        clusters.append(Cluster(device, node, num, None if price is None else float(price)))
+        clusters.append(Cluster(device, node, num, None if p is None else float(p)))
+    return clusters
+
+
+def grid_from_dict(
+    block: Mapping[str, Any],
+    default_model: str,
+    default_device: str,
+    default_node: str | None = None,
+    default_price: float | None = None,
+) -> GridSpec:
+    """Parse the grid keys of a ``search:`` config block.
+
+    Args:
+        block: ``models, gpus, max_gpus, clusters, tp, pp, schedulers, batch_caps``
+            (each optional).
+        default_model: model used when ``models`` is null.
+        default_device: GPU used when ``gpus`` and ``clusters`` are null.
+        default_node: its node type (None = the smallest node of that GPU).
+        default_price: its $/GPU-hour (None = catalog).
+
+    Raises:
+        ConfigError: malformed axis (one line naming it).
+    """
+    models = block.get("models") or [default_model]
+    require(isinstance(models, (list, tuple)), f"search.models={models!r} must be a list")
+    for m in models:
+        catalog.get_model(m)
+    clusters = _clusters(block, default_device, default_node, default_price)
     scheds = []
     for i, s in enumerate(block.get("schedulers") or [{"scheduler": "vllm"}]):
         if isinstance(s, str):
@@ -209,13 +246,19 @@ def node_for_tp(network_device: str, tp: int) -> str | None:
     return min(wider, key=lambda n: n.devices_per_node).name if wider else None
 
 
-def expand_grid(spec: GridSpec, base: DeploymentConfig) -> list[Candidate]:
-    """Every grid point as a :class:`Candidate` (infeasible ones carry their reason).
+def expand_grid(
+    spec: GridSpec, base: DeploymentConfig, per_replica: bool = False
+) -> list[Candidate]:
+    """Every grid point that fits its cluster as a :class:`Candidate` (infeasible ones
+    carry their reason); points with ``tp * pp`` above the cluster's GPUs are not part
+    of the grid.
 
     Args:
         spec: the axes.
         base: defaults for every knob the grid does not set (block size, watermark,
             token budget, memory margin, max tokens, predictor scales, seed, router).
+        per_replica: one replica per candidate (target planning: the replicas needed
+            are computed from its capacity); else ``num_gpus // (tp * pp)`` replicas.
 
     Returns:
         Candidates in grid order (model, cluster, tp, pp, scheduler, batch cap).
@@ -224,12 +267,14 @@ def expand_grid(spec: GridSpec, base: DeploymentConfig) -> list[Candidate]:
     for model, cl, tp, pp, sch, cap in itertools.product(
         spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps
     ):
+        if tp * pp > cl.num_gpus:
+            continue
         price = (
             cl.price_per_hour
             if cl.price_per_hour is not None
             else catalog.get_device(cl.device).price_per_hour
         )
-        replicas = cl.num_gpus // (tp * pp)
+        replicas = 1 if per_replica else cl.num_gpus // (tp * pp)
         node = node_for_tp(cl.network_device, tp)
         cfg = dataclasses.replace(
             base,
@@ -244,9 +289,7 @@ def expand_grid(spec: GridSpec, base: DeploymentConfig) -> list[Candidate]:
             batch_size_cap=cap,
         )
         reason = ""
-        if replicas < 1:
-            reason = f"tp*pp={tp * pp} exceeds the cluster's {cl.num_gpus} GPUs"
-        elif node is None:
+        if node is None:
             reason = f"tp={tp} exceeds every {cl.device} node type"
         else:
             try:
@@ -264,6 +307,19 @@ def describe(c: DeploymentConfig) -> str:
         f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
         f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
     )
+
+
+def label(c: DeploymentConfig) -> str:
+    """A deployment's replica in words, e.g. ``1 x H100 (TP1, Sarathi chunk 1024, cap 128)``."""
+    gpus = c.tensor_parallel_size * c.num_pipeline_stages
+    par = f"TP{c.tensor_parallel_size}" + (
+        f" PP{c.num_pipeline_stages}" if c.num_pipeline_stages > 1 else ""
+    )
+    names = {"vllm": "vLLM", "sarathi": "Sarathi", "orca": "Orca", "lightllm": "LightLLM"}
+    sched = names.get(c.replica_scheduler, c.replica_scheduler)
+    if c.replica_scheduler == "sarathi":
+        sched += f" chunk {c.chunk_size}"
+    return f"{gpus} x {c.device.upper()} ({par}, {sched}, cap {c.batch_size_cap})"
 
 
 def feasible_configs(cands: Sequence[Candidate]) -> list[int]:

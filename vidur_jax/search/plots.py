@@ -1,5 +1,5 @@
 """Search plots (matplotlib, Agg): capacity-per-dollar Pareto frontiers and capacity per
-config."""
+config (measured configs only: flagged ones are left out)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def plot_pareto(df: pd.DataFrame, slo: Slo, path: str | os.PathLike) -> Path:
     """QPS per dollar vs TTFT P90 (left) and TBT P99 (right) at capacity, one colour per
     device, the Pareto frontier as a line and the SLO as a dashed bound."""
-    ok = df[df["feasible"] & (df["capacity_qps"] > 0)]
+    ok = df[df["feasible"] & (df["flag"] == "") & (df["capacity_qps"] > 0)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, col, bound, label in (
         (axes[0], "ttft_p90", slo.ttft_p90_s, "TTFT P90 at capacity (s)"),
@@ -61,7 +61,7 @@ def plot_pareto(df: pd.DataFrame, slo: Slo, path: str | os.PathLike) -> Path:
 def plot_capacity(df: pd.DataFrame, path: str | os.PathLike, top: int = 40) -> Path:
     """Horizontal bars: capacity QPS of the ``top`` configs by QPS per dollar (bars
     coloured by whether they meet the SLO; label = QPS per dollar)."""
-    ok = df[df["feasible"] & (df["capacity_qps"] > 0)].sort_values(
+    ok = df[df["feasible"] & (df["flag"] == "") & (df["capacity_qps"] > 0)].sort_values(
         "qps_per_dollar", ascending=False
     )
     ok = ok.head(top)
@@ -73,7 +73,9 @@ def plot_capacity(df: pd.DataFrame, path: str | os.PathLike, top: int = 40) -> P
     ax.invert_yaxis()
     for yi, (q, d) in enumerate(zip(ok["capacity_qps"], ok["qps_per_dollar"], strict=True)):
         ax.text(q, yi, f" {d:.3g}/$", va="center", fontsize=6)
-    ax.set_xlabel("capacity (QPS, sched-delay bound)  —  green: meets SLO; label: QPS per $/hour")
+    ax.set_xlabel(
+        "capacity (QPS under the search criterion)  —  green: meets SLO; label: QPS per $/hour"
+    )
     n_all = int(df["feasible"].sum())
     ax.set_title(f"Capacity per config (top {len(ok)} of {n_all} feasible by QPS per dollar)")
     ax.grid(axis="x", alpha=0.3)
