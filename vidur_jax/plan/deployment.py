@@ -27,7 +27,7 @@ REPLICA_SCHEDULERS = tuple(
     )
 )
 #: Global schedulers (``vidur_jax.sim.types.ROUTERS``).
-GLOBAL_SCHEDULERS = ("round_robin", "random", "lor")
+GLOBAL_SCHEDULERS = ("round_robin", "random", "lor", "prefix_affinity")
 #: S3 output-length predictors (``vidur_jax.sim.s3.PREDICTORS``).
 S3_PREDICTORS = ("oracle", "confusion", "learned")
 #: S3 admission rules (``vidur_jax.sim.build.S3_ADMISSIONS``).
@@ -67,6 +67,9 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         num_pipeline_stages=read_int("cluster.pp", cl["pp"]),
         num_replicas=read_int("cluster.num_replicas", cl["num_replicas"]),
         global_scheduler=cl["global_scheduler"],
+        affinity_imbalance=read_int(
+            "cluster.affinity_imbalance", cl.get("affinity_imbalance", _conf("cluster", "affinity_imbalance"))
+        ),
         replica_scheduler=sch["replica_scheduler"],
         batch_size_cap=read_int("scheduler.batch_size_cap", sch["batch_size_cap"]),
         block_size=read_int("scheduler.block_size", sch["block_size"]),
@@ -83,6 +86,9 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         num_blocks=None if num_blocks is None else read_int("scheduler.num_blocks", num_blocks),
         vidur_compat_memory=bool(
             sch.get("vidur_compat_memory", _conf("scheduler", "vidur_compat_memory"))
+        ),
+        prefix_caching=read_bool(
+            "scheduler.prefix_caching", sch.get("prefix_caching", _conf("scheduler", "prefix_caching"))
         ),
         batch_timeout_s=read_float(
             "scheduler.batch_timeout_s",
@@ -125,6 +131,11 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     require(value in allowed, f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
+#: replica schedulers that model prefix caching (``Policy.prefix_caching``; a test keeps
+#: this JAX-free copy equal to the policies' flags)
+PREFIX_CACHING_SCHEDULERS = ("vllm", "sarathi")
+
+
 def check_deployment(f: Mapping[str, Any]) -> None:
     """Refuse a bad deployment (fields of :func:`deployment_fields`) with one line.
 
@@ -135,6 +146,8 @@ def check_deployment(f: Mapping[str, Any]) -> None:
     """
     _one_of("replica_scheduler", f["replica_scheduler"], REPLICA_SCHEDULERS)
     _one_of("global_scheduler", f["global_scheduler"], GLOBAL_SCHEDULERS)
+    require(f.get("affinity_imbalance", 0) >= 0,
+            f"cluster.affinity_imbalance={f.get('affinity_imbalance')!r} must be an integer >= 0")
     model = catalog.get_model(f["model"])
     catalog.get_device(f["device"])
     catalog.get_node(f["network_device"])
@@ -164,6 +177,11 @@ def check_deployment(f: Mapping[str, Any]) -> None:
     require(
         f["replica_scheduler"] != "lightllm" or pp == 1,
         "replica_scheduler=lightllm does not support pipeline parallelism (num_pipeline_stages must be 1)",
+    )
+    require(
+        not f.get("prefix_caching") or f["replica_scheduler"] in PREFIX_CACHING_SCHEDULERS,
+        f"replica_scheduler={f['replica_scheduler']} does not support prefix_caching yet "
+        f"(supported: {', '.join(PREFIX_CACHING_SCHEDULERS)})",
     )
 
 

@@ -20,7 +20,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
-    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler"}),
+    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance"}),
     "scheduler": frozenset(
         {
             "replica_scheduler",
@@ -33,6 +33,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "memory_margin_fraction",
             "num_blocks",
             "vidur_compat_memory",
+            "prefix_caching",
             "batch_timeout_s",
             "batch_max_tokens",
             "s3_predictor",
@@ -60,6 +61,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "decode_scale_factor",
             "time_scale_factor",
             "num_seqs",
+            "system_prompt",
         }
     ),
 }

@@ -41,6 +41,7 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
         "num_seqs": wl.get("num_seqs"),
     }
     require(spec["num_requests"] >= 1, f"workload.num_requests={spec['num_requests']} must be >= 1")
+    spec["system_prompt"] = _system_prompt_spec(tree, wl.get("system_prompt"))
     qps = wl.get("qps")
     if qps is not None:
         qps = read_float("workload.qps", qps)
@@ -66,6 +67,31 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
     return spec
 
 
+def _system_prompt_spec(tree: Mapping[str, Any], sp: Any) -> dict[str, Any] | None:
+    """Checked ``workload.system_prompt``: ``{num_prompts, tokens, fraction, popularity}``
+    (None = no shared prefixes). The block size of the hashes is the scheduler's."""
+    if sp is None:
+        return None
+    require(isinstance(sp, Mapping), f"workload.system_prompt must be a mapping, got {sp!r}")
+    unknown = set(sp) - {"num_prompts", "tokens", "fraction", "popularity"}
+    require(not unknown, f"workload.system_prompt: unknown keys {sorted(unknown)}; "
+            "allowed: num_prompts, tokens, fraction, popularity")
+    out = {
+        "num_prompts": read_int("workload.system_prompt.num_prompts", sp.get("num_prompts", 1)),
+        "tokens": read_int("workload.system_prompt.tokens", sp.get("tokens")),
+        "fraction": read_float("workload.system_prompt.fraction", sp.get("fraction", 1.0)),
+        "popularity": dict(sp.get("popularity") or {"kind": "uniform"}),
+    }
+    require(out["num_prompts"] >= 1, f"workload.system_prompt.num_prompts={out['num_prompts']} must be >= 1")
+    require(out["tokens"] >= 1, f"workload.system_prompt.tokens={out['tokens']} must be >= 1")
+    require(0.0 <= out["fraction"] <= 1.0, f"workload.system_prompt.fraction={out['fraction']} must be in [0, 1]")
+    require(out["popularity"].get("kind", "uniform") in ("uniform", "zipf"),
+            f"workload.system_prompt.popularity.kind={out['popularity'].get('kind')!r}; allowed: uniform, zipf")
+    sched = tree.get("scheduler") if isinstance(tree.get("scheduler"), Mapping) else {}
+    out["block_size"] = read_int("scheduler.block_size", sched.get("block_size", _conf("scheduler", "block_size")))
+    return out
+
+
 def build_workload(spec: Mapping[str, Any]):
     """The :class:`~vidur_jax.workload.Workload` of a :func:`workload_spec` (imports JAX)."""
     import jax
@@ -76,6 +102,9 @@ def build_workload(spec: Mapping[str, Any]):
     if spec.get("num_seqs") is not None:
         key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 7)
         wl = workload.with_num_seqs(wl, spec["num_seqs"], key)
+    if spec.get("system_prompt") is not None:
+        key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 11)
+        wl = workload.with_system_prompts(wl, key, max_tokens=spec["max_tokens"], **spec["system_prompt"])
     return wl
 
 

@@ -61,6 +61,7 @@ class DeploymentConfig:
     num_pipeline_stages: int = _conf("cluster", "pp")
     num_replicas: int = _conf("cluster", "num_replicas")
     global_scheduler: str = _conf("cluster", "global_scheduler")
+    affinity_imbalance: int = _conf("cluster", "affinity_imbalance")
     replica_scheduler: str = _conf("scheduler", "replica_scheduler")
     batch_size_cap: int = _conf("scheduler", "batch_size_cap")
     block_size: int = _conf("scheduler", "block_size")
@@ -80,6 +81,7 @@ class DeploymentConfig:
     s3_lookahead: int = _conf("scheduler", "s3_lookahead", "s3")
     num_blocks: int | None = _conf("scheduler", "num_blocks")
     vidur_compat_memory: bool = _conf("scheduler", "vidur_compat_memory")
+    prefix_caching: bool = _conf("scheduler", "prefix_caching")
     cpu_overhead_ms: float = _conf("predictor", "cpu_overhead_ms")
     cpu_overhead: bool = _conf("predictor", "cpu_overhead")
     cpu_overhead_dir: str | None = None
@@ -122,6 +124,8 @@ class DeploymentConfig:
                 isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
                 f"{name}={value!r} must be an integer >= 1",
             )
+        require(isinstance(self.affinity_imbalance, (int, np.integer)) and self.affinity_imbalance >= 0,
+                f"affinity_imbalance={self.affinity_imbalance!r} must be an integer >= 0")
         require(0.0 <= self.watermark_blocks_fraction < 1.0,
                 f"watermark_blocks_fraction={self.watermark_blocks_fraction} must be in [0, 1)")
         for name in ("attn_scale", "compute_scale", "network_scale"):
@@ -257,14 +261,49 @@ def max_steps_for(workload: Workload) -> int:
     return 8 * tokens + 8 * int(valid.sum()) + 1000
 
 
+def prefix_static(
+    cfgs: Sequence[DeploymentConfig], derived: Sequence[DerivedConfig], workloads: Sequence[Workload]
+) -> dict[str, int]:
+    """``SimStatic`` prefix-cache fields of one call: the table holds a replica's KV
+    blocks (the largest ``num_blocks`` of the configs with ``prefix_caching``), K the
+    widest ``prefix_hashes`` of their workloads; both 0 when no config caches."""
+    on = [(d, w) for c, d, w in zip(cfgs, derived, workloads, strict=True) if c.prefix_caching]
+    for c, w in zip(cfgs, workloads, strict=True):
+        require(not c.prefix_caching or w.prefix_hashes is not None,
+                "prefix_caching needs a workload with shared prefixes (workload.system_prompt or a trace with "
+                "prefix ids); this workload has none")
+    if not on:
+        return {"prefix_capacity": 0, "prefix_blocks": 0}
+    return {
+        "prefix_capacity": max(d.num_blocks for d, _ in on),
+        "prefix_blocks": max(max(int(np.shape(w.prefix_hashes)[1]) for _, w in on), 1),
+    }
+
+
+def _prefix_hashes(cfg: DeploymentConfig, workload: Workload, num_requests: int, k: int) -> np.ndarray:
+    """(num_requests, k) i64 block hashes; all -1 (never a hit) for a config without caching."""
+    out = np.full((num_requests, k), -1, np.int64)
+    if not cfg.prefix_caching or k == 0:
+        return out
+    require(workload.prefix_block_size == cfg.block_size,
+            f"workload prefix hashes are for block_size={workload.prefix_block_size}, "
+            f"the config has block_size={cfg.block_size}")
+    h = np.asarray(workload.prefix_hashes, np.int64)
+    mask = np.asarray(workload.mask)
+    out[: h.shape[0], : h.shape[1]] = np.where(mask[:, None], h, -1)[:, :k]
+    return out
+
+
 def build_params(
     cfg: DeploymentConfig,
     derived: DerivedConfig,
     workload: Workload,
     table_index: int,
     num_requests: int,
+    prefix_blocks: int = 0,
 ) -> SimParams:
-    """Host-side :class:`SimParams` (numpy leaves) of one config, padded to ``num_requests``."""
+    """Host-side :class:`SimParams` (numpy leaves) of one config, padded to ``num_requests``
+    (``prefix_blocks``: K, columns of ``prefix_hashes``; ``SimStatic.prefix_blocks``)."""
     n = workload.num_requests
     require(n <= num_requests, f"workload has {n} requests > capacity {num_requests}")
     pad = num_requests - n
@@ -291,6 +330,8 @@ def build_params(
         num_seqs=np.concatenate([seqs, np.ones(pad, i32)]),
         num_valid=i32(mask.sum()),
         random_route=route,
+        affinity_imbalance=i32(cfg.affinity_imbalance),
+        prefix_hashes=_prefix_hashes(cfg, workload, num_requests, prefix_blocks),
         num_replicas=i32(cfg.num_replicas),
         num_stages=i32(cfg.num_pipeline_stages),
         layers_per_stage=f32(derived.layers_per_stage),

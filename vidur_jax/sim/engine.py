@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
-from vidur_jax.sim import indexed, policies, scan, timing
+from vidur_jax.sim import indexed, policies, prefix_engine, scan, timing
 from vidur_jax.sim.policies import Candidates, ReplicaView, seq_blocks
 from vidur_jax.sim.types import (
     ERR_OOM,
@@ -116,7 +116,11 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         slot_ntok=jnp.zeros((n, s), i32),
         slot_last_done=jnp.zeros((n, s), f64),
         slot_group=jnp.full((n, s), -1, i32),
+        slot_held=jnp.zeros((n, s if prefix_engine.on(static) else 0), i32),
         free_blocks=jnp.full(n, params.num_blocks, i32),
+        pc_hash=jnp.full((n, static.prefix_capacity), -1, jnp.int64),
+        pc_refs=jnp.zeros((n, static.prefix_capacity), i32),
+        pc_last=jnp.zeros((n, static.prefix_capacity), f64),
         inflight_end=jnp.full((n, m), _INF, f64),
         stage_free_at=jnp.zeros((n, m), f64),
         next_event=queues["queue_arrival"][:, 0],  # static routers: each replica's first arrival
@@ -132,6 +136,10 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         kv_util_sum=jnp.array(0.0, f64),
         busy_s=jnp.array(0.0, f64),
         flops_sum=jnp.array(0.0, f64),
+        prefix_admits=jnp.array(0, jnp.int64),
+        prefix_hit_admits=jnp.array(0, jnp.int64),
+        prefix_prompt_tokens=jnp.array(0, jnp.int64),
+        prefix_hit_tokens=jnp.array(0, jnp.int64),
         clock=jnp.array(0.0, f64),
         step=jnp.array(0, jnp.int64),
         num_completed=jnp.array(0, i32),
@@ -224,6 +232,8 @@ def _route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) 
         pending = state.q_tail - state.q_head + state.slot_restarted.sum(axis=1)
         pending = jnp.where(jnp.arange(static.max_replicas) < n_rep, pending, jnp.iinfo(jnp.int32).max)
         return jnp.argmin(pending).astype(jnp.int32)
+    if static.router == "prefix_affinity":
+        return prefix_engine.route(static, params, state, i)
     raise ValueError(f"unknown router {static.router!r}")
 
 
@@ -260,6 +270,10 @@ class _Row(NamedTuple):
     inflight_end: jax.Array  # (M,)
     stage_free_at: jax.Array  # (M,)
     waiting_iters: jax.Array
+    held: jax.Array  # (S,) prefix cache (zero-sized when off), as the pc_* tables (C,)
+    pc_hash: jax.Array
+    pc_refs: jax.Array
+    pc_last: jax.Array
 
 
 def _gather_row(state: SimState, r: jax.Array) -> _Row:
@@ -277,6 +291,10 @@ def _gather_row(state: SimState, r: jax.Array) -> _Row:
         inflight_end=state.inflight_end[r],
         stage_free_at=state.stage_free_at[r],
         waiting_iters=state.waiting_iters[r],
+        held=state.slot_held[r],
+        pc_hash=state.pc_hash[r],
+        pc_refs=state.pc_refs[r],
+        pc_last=state.pc_last[r],
     )
 
 
@@ -286,12 +304,14 @@ _ROW_TO_STATE = {
     "last_done": "slot_last_done", "group": "slot_group", "free_blocks": "free_blocks",
     "inflight_end": "inflight_end", "stage_free_at": "stage_free_at", "waiting_iters": "waiting_iters",
 }
+_PREFIX_ROW_TO_STATE = {"held": "slot_held", "pc_hash": "pc_hash", "pc_refs": "pc_refs", "pc_last": "pc_last"}
 
 
 def _scatter_row(static: SimStatic, state: SimState, r_w: jax.Array, row: _Row) -> SimState:
     """Write a replica row back; ``r_w`` out of bounds drops the write."""
     updates = {}
-    for field, name in _ROW_TO_STATE.items():
+    fields = {**_ROW_TO_STATE, **_PREFIX_ROW_TO_STATE} if prefix_engine.on(static) else _ROW_TO_STATE
+    for field, name in fields.items():
         target = getattr(state, name)
         updates[name] = _put(static, target, r_w, getattr(row, field).astype(target.dtype))
     return state.replace(**updates)
@@ -340,6 +360,9 @@ def _end_batch(
         tbt_bin_sum=_put(static, state.tbt_bin_sum, bins_w, gap, "add"),
         tbt_count=state.tbt_count + is_decode_iter.sum(),
     )
+    if prefix_engine.on(static):  # prompts computed by now are published
+        row = prefix_engine.publish(static, params, row, row.req, (row.req >= 0) & ~row.restarted
+                                    & (processed >= row.prefill), t)
     row = row._replace(
         req=jnp.where(finished, -1, row.req),
         processed=jnp.where(finished, 0, processed),
@@ -351,6 +374,8 @@ def _end_batch(
         group=jnp.where(finished, -1, row.group),
         inflight_end=_put(static, row.inflight_end, jnp.where(ends, m, row.inflight_end.shape[0]), _INF),
     )
+    if prefix_engine.on(static):  # completions release their cached blocks
+        row = prefix_engine.release(static, params, row, safe_req, finished, t)
     return state, _compact(static, row)
 
 
@@ -368,7 +393,8 @@ def _compact(static: SimStatic, row: _Row) -> _Row:
     keep = row.req >= 0
     n_keep = keep.sum()
     dest = jnp.where(keep, scan.cumsum(keep) - 1, n_keep + scan.cumsum(~keep) - 1)
-    moved = {f: indexed.permute(getattr(row, f), dest, static.scatter_free) for f in _SLOT_FIELDS}
+    fields = _SLOT_FIELDS + ("held",) if prefix_engine.on(static) else _SLOT_FIELDS
+    moved = {f: indexed.permute(getattr(row, f), dest, static.scatter_free) for f in fields}
     return row._replace(**moved)
 
 
@@ -390,6 +416,10 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
     safe = jnp.clip(req, 0, r_total - 1)
     total = params.num_prefill[safe] + params.num_decode[safe]
     prefill = jnp.where(use_restarted, row.prefill[order], params.num_prefill[safe])
+    hits = {}
+    if prefix_engine.on(static):
+        cached, reuse = prefix_engine.candidate_hits(static, params, row, jnp.where(valid, req, -1), prefill)
+        hits = {"cached": cached, "reuse": reuse}
     return Candidates(
         req=req,
         prefill=jnp.where(valid, prefill, 0),
@@ -400,6 +430,7 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
         seqs=jnp.where(valid, params.num_seqs[safe], 1),
         prompt=jnp.where(valid, params.num_prefill[safe], 0),
         bucket=_s3_reserve_bucket(params, state, safe),
+        **hits,
     )
 
 
@@ -589,6 +620,8 @@ def _fused_run(
     # O(S log J) instead of materializing a (J, S) table of block counts.
     shared = params.num_prefill[safe] // params.block_size
     free = row.free_blocks - jnp.where(adm.admit, plan.cand_blocks, 0).sum()
+    if prefix_engine.on(static):
+        free = free + prefix_engine.evictable(static, row)
 
     def blocks_after(j):  # (S,) blocks each decode holds after iteration j (or its last)
         return seq_blocks(run_p0 + jnp.minimum(j, run_remaining) - 1, seqs, shared, params.block_size)
@@ -689,7 +722,7 @@ def _replica_view(static: SimStatic, params: SimParams, state: SimState, row: _R
     """The policy's view of the replica's slots at time ``t``."""
     r_total = static.num_requests
     safe_req = jnp.clip(row.req, 0, r_total - 1)
-    return ReplicaView(
+    view = ReplicaView(
         req=row.req,
         prefill=row.prefill,
         processed=row.processed,
@@ -706,6 +739,9 @@ def _replica_view(static: SimStatic, params: SimParams, state: SimState, row: _R
         prompt=params.num_prefill[safe_req],
         bucket=_s3_reserve_bucket(params, state, safe_req),
     )
+    if prefix_engine.on(static):
+        view = view._replace(**prefix_engine.view_fields(static, params, row))
+    return view
 
 
 def _apply_plan(
@@ -717,6 +753,7 @@ def _apply_plan(
     can: jax.Array,
     r: jax.Array,
     t: jax.Array,
+    params: SimParams | None = None,
 ) -> tuple[tuple[SimState, _Row], _Admission]:
     """Preempt the plan's victims and admit its candidates into slots (no-op unless ``can``)."""
     policy = policies.get(static.policy)
@@ -740,6 +777,8 @@ def _apply_plan(
         blocks=jnp.where(victim, 0, row.blocks),
         free_blocks=row.free_blocks + freed,
     )
+    if prefix_engine.on(static):  # the victims' cached prompt blocks stay cached
+        row = prefix_engine.release(static, params, row, row.req, victim, t)
 
     # 2. admitted candidates take their restarted slot or the next free slots
     m_new = jnp.argmin(jnp.isfinite(row.inflight_end)).astype(jnp.int32)  # first empty micro-batch
@@ -757,13 +796,15 @@ def _apply_plan(
     row = row._replace(
         req=_put(static, row.req, target, cands.req),
         prefill=_put(static, row.prefill, target, cands.prefill),
-        processed=_put(static, row.processed, target, 0),
+        processed=_put(static, row.processed, target, 0 if cands.cached is None else cands.cached),
         blocks=_put(static, row.blocks, target, plan.cand_blocks),
         restarted=_put(static, row.restarted, target, False),
         ntok=_put(static, row.ntok, target, plan.cand_ntok),
         mb=_put(static, row.mb, target, m_new),
         group=_put(static, row.group, target, group_id),
     )
+    if prefix_engine.on(static):
+        state, row = prefix_engine.admit(static, params, state, row, cands, admit, target, t)
     # the admitted leave the queue. A policy that skips queued candidates (S3's first fit)
     # has them close up behind the new head, in arrival order (for a prefix admission
     # each skipped entry is rewritten in place, a no-op)
@@ -921,13 +962,15 @@ def _form_batch(
 
     _, (view, cands) = _region(gate, plan_stage, (), state, row)
     _, plan = _region(gate, policy_stage, (), view, cands)
-    (state, row), adm = _region(gate, lambda c: _apply_plan(static, *c, cands, plan, can, r, t), (state, row))
+    (state, row), adm = _region(gate, lambda c: _apply_plan(static, *c, cands, plan, can, r, t, params), (state, row))
 
     # a run of iterations of the same batch is fused into this one step
     _, run = _region(gate, lambda c, st, rw: (c, _fused_run(
         static, tables, params, st, rw, r, t, plan, adm, view.schedulable)), (), state, row)
     (state, row), _ = _region(
         gate, lambda c: (_advance_running(static, *c, plan, adm, run, can), ()), (state, row))
+    if prefix_engine.on(static):  # evict LRU cached blocks the allocations need
+        (state, row), _ = _region(gate, lambda c: (prefix_engine.settle(static, *c), ()), (state, row))
 
     def time_stage(c, rw):
         shape = _batch_shape(static, params, rw, adm)

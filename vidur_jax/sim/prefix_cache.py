@@ -48,11 +48,15 @@ class PrefixCache:
         block_hash: (C,) i64 prefix hash of the cached block; ``EMPTY`` for a free entry.
         refs: (C,) i32 running requests using the block (0: cached, evictable).
         last_used: (C,) f64 s, last time a request acquired or released the block.
+        size: () i32 entries in use, <= C (None = C): hashes are placed modulo ``size``,
+            so a config's table behaves the same whatever larger capacity C the configs
+            it is simulated beside need (entries from ``size`` on stay empty).
     """
 
     block_hash: jax.Array  # (C,) i64, EMPTY = free entry
     refs: jax.Array  # (C,) i32 >= 0
     last_used: jax.Array  # (C,) f64 s
+    size: jax.Array | None = None  # () i32 entries used (<= C); None = all C
 
     @property
     def capacity(self) -> int:
@@ -69,10 +73,15 @@ def empty(capacity: int) -> PrefixCache:
     )
 
 
-def _windows(hashes: jax.Array, capacity: int, probes: int) -> jax.Array:
-    """(K, P) i32 table positions each block hash may occupy."""
+def _windows(hashes: jax.Array, capacity, probes: int) -> jax.Array:
+    """(K, P) i32 table positions each block hash may occupy (``capacity``: the modulus,
+    static or a () array)."""
     base = jnp.remainder(jnp.maximum(hashes, 0), capacity)
     return ((base[:, None] + jnp.arange(probes)[None, :]) % capacity).astype(jnp.int32)
+
+
+def _modulus(cache: PrefixCache):
+    return cache.capacity if cache.size is None else jnp.maximum(cache.size, 1).astype(jnp.int64)
 
 
 def find(cache: PrefixCache, hashes: jax.Array, probes: int) -> jax.Array:
@@ -88,7 +97,7 @@ def find(cache: PrefixCache, hashes: jax.Array, probes: int) -> jax.Array:
     """
     if cache.capacity == 0:
         return jnp.full(hashes.shape, -1, jnp.int32)
-    pos = _windows(hashes, cache.capacity, probes)
+    pos = _windows(hashes, _modulus(cache), probes)
     match = (cache.block_hash[pos] == hashes[:, None]) & (hashes[:, None] >= 0)
     return jnp.where(
         match.any(axis=1), pos[jnp.arange(pos.shape[0]), jnp.argmax(match, axis=1)], -1
@@ -110,6 +119,34 @@ def _touch(
 ) -> PrefixCache:
     k = jnp.arange(entries.shape[0])
     idx = jnp.where((k < count) & (entries >= 0), entries, cache.capacity)  # out of range: dropped
+    return cache.replace(
+        refs=update(cache.refs, idx, delta, "add", scatter_free),
+        last_used=update(cache.last_used, idx, now, "max", scatter_free),
+    )
+
+
+def touch_many(
+    cache: PrefixCache, hashes: jax.Array, counts: jax.Array, delta: int, now, probes: int,
+    scatter_free: bool = False,
+) -> PrefixCache:
+    """Many requests acquire (``delta=1``) or release (``delta=-1``) their leading blocks.
+
+    Args:
+        cache: the table.
+        hashes: (S, K) i64 block hashes of S requests.
+        counts: (S,) i32 leading blocks of each request to touch (0 = none); every
+            touched block must be in the table (held or just found).
+        delta: +1 acquire, -1 release.
+        now: () f64 s.
+        probes: P.
+        scatter_free: unbatched single-config path.
+    """
+    if cache.capacity == 0 or hashes.shape[-1] == 0:
+        return cache
+    s, k = hashes.shape
+    entries = find(cache, hashes.reshape(-1), probes)
+    use = (jnp.arange(k)[None, :] < counts[:, None]).reshape(-1) & (entries >= 0)
+    idx = jnp.where(use, entries, cache.capacity)  # out of range: dropped
     return cache.replace(
         refs=update(cache.refs, idx, delta, "add", scatter_free),
         last_used=update(cache.last_used, idx, now, "max", scatter_free),
@@ -194,7 +231,7 @@ def insert(
     """
     if cache.capacity == 0:
         return cache, jnp.asarray(start, jnp.int32), jnp.int32(0)
-    pos = _windows(hashes, cache.capacity, probes)
+    pos = _windows(hashes, _modulus(cache), probes)
 
     def place(k, carry):
         c, held, freed, going = carry

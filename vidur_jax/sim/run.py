@@ -22,7 +22,7 @@ import pandas as pd
 
 from vidur_jax import metrics
 from vidur_jax.errors import ConfigError
-from vidur_jax.sim import build, executables
+from vidur_jax.sim import build, executables, prefix_engine
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import (
     init_state,
@@ -194,6 +194,7 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     summary["num_batches"] = nb
     summary["recomputed_tokens"] = counters["restart_tokens"]  # KV discarded by preemptions
     summary["batch_size_max"] = float(pick(state.batch_size_max))
+    summary.update(prefix_engine.summary(cfg.prefix_caching, state, i))
     log = None
     if state.log_start.shape[-1] > 0:
         count = min(int(pick(state.log_count)), state.log_start.shape[-1])
@@ -548,7 +549,8 @@ def _run_group(
     derived = [build.derive(c) for c in cfgs]
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots, window=window)
-    static = dataclasses.replace(static, trace_capacity=int(trace_capacity))
+    static = dataclasses.replace(static, trace_capacity=int(trace_capacity),
+                                 **build.prefix_static(cfgs, derived, workloads))
     slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived, strict=True)))
     spec = build.table_spec_for(cfgs, static.num_slots)
     hint_key = _capacity_hint_key(cfgs, workloads, static) if len(cfgs) == 1 else None
@@ -567,7 +569,7 @@ def _run_group(
         sub = [cfgs[i] for i in pending]
         tables, index = build.build_tables(sub, spec, predictor_for)
         params = [
-            build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests)
+            build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests, static.prefix_blocks)
             for i, k in zip(pending, index, strict=True)
         ]
         lanes = plan_chunk(static, len(params), chunk_configs)
@@ -614,7 +616,9 @@ def grown_slots(slots: int, cap: int, num_requests: int, single: bool) -> int:
 def _capacity_hint_key(cfgs: Sequence[DeploymentConfig], workloads: Sequence[Workload], static: SimStatic) -> str:
     """Identity of a group's run for its capacity hint: configs, workloads, start shape."""
     wl = [executables.array_fingerprint(w.arrived_at, w.num_prefill, w.num_decode, w.mask,
-                                        np.zeros(0) if w.num_seqs is None else w.num_seqs) for w in workloads]
+                                        np.zeros(0) if w.num_seqs is None else w.num_seqs,
+                                        np.zeros(0) if w.prefix_hashes is None else w.prefix_hashes)
+          for w in workloads]
     return executables.hint_key((tuple(repr(c) for c in cfgs), tuple(wl), repr(static)))
 
 

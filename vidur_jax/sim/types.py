@@ -26,7 +26,7 @@ import flax.struct
 import jax
 
 #: Global schedulers (request routing to replicas), Vidur's names.
-ROUTERS = ("round_robin", "random", "lor")
+ROUTERS = ("round_robin", "random", "lor", "prefix_affinity")
 #: Routers whose decision depends only on the request index: requests are routed up front
 #: and an arrival is not a simulator step of its own (the replica's queue simply grows).
 STATIC_ROUTERS = ("round_robin", "random")
@@ -38,6 +38,7 @@ ERR_STEPS = 4  # step budget exhausted (should not happen; indicates a bug)
 ERR_TOKENS = 8  # a batch larger than the timing tables cover: grow the tables
 ERR_OOM = 16  # LightLLM decode could not allocate (Vidur raises "OOM handling not implemented")
 ERR_WINDOW = 32  # a batch could admit more queued requests than the window holds: grow window
+ERR_PREFIX = 64  # prefix caching: allocations exceeded free + evictable blocks (a bug)
 
 ERROR_NAMES = {
     ERR_SLOTS: "running-set slots overflowed",
@@ -46,6 +47,7 @@ ERROR_NAMES = {
     ERR_TOKENS: "batch larger than the timing tables cover",
     ERR_OOM: "LightLLM decode ran out of KV memory",
     ERR_WINDOW: "admission window overflowed",
+    ERR_PREFIX: "prefix cache: KV memory overcommitted",
 }
 
 
@@ -74,6 +76,11 @@ class SimStatic:
             ``dynamic_update_slice`` rather than scatters, so XLA:CPU compiles the
             whole event loop into one kernel (:mod:`vidur_jax.sim.indexed`). Same
             results; never under ``vmap``.
+        prefix_capacity: C, prefix-cache table entries per replica (the largest
+            ``num_blocks`` of the configs with ``prefix_caching``; 0 = caching off, every
+            prefix-cache function a no-op and the results those of a build without it).
+        prefix_blocks: K, leading KV-block hashes per request (``SimParams.prefix_hashes``).
+        prefix_probes: P, table entries a block hash may occupy (open addressing).
     """
 
     policy: str
@@ -87,6 +94,9 @@ class SimStatic:
     fuse_iters: int = 32
     trace_capacity: int = 0
     scatter_free: bool = False
+    prefix_capacity: int = 0
+    prefix_blocks: int = 0
+    prefix_probes: int = 8
 
 
 @flax.struct.dataclass
@@ -136,6 +146,8 @@ class SimParams:
     num_seqs: jax.Array  # (R,) i32 output sequences per request (parallel sampling / beam width; 1 = Vidur)
     num_valid: jax.Array  # () i32 real (non-padding) requests
     random_route: jax.Array  # (R,) i32 replica id per request for router="random"
+    affinity_imbalance: jax.Array  # () i32 prefix_affinity router: outstanding requests above the least loaded replica it tolerates
+    prefix_hashes: jax.Array  # (R, K) i64 hash of each full prompt KV block (-1 = none; K = 0: caching off)
     # deployment
     num_replicas: jax.Array  # () i32, <= SimStatic.max_replicas
     num_stages: jax.Array  # () i32 pipeline stages, <= SimStatic.max_stages
@@ -198,8 +210,12 @@ class SimState:
     slot_ntok: jax.Array  # (N, S) i32 tokens this slot processes in its in-flight batch
     slot_last_done: jax.Array  # (N, S) f64 s, end of the request's latest iteration
     slot_group: jax.Array  # (N, S) i32 FasterTransformer batch group (-1 = none)
+    slot_held: jax.Array  # (N, S) i32 leading prompt blocks held through the prefix cache ((N, 0): off)
     # --- replicas
-    free_blocks: jax.Array  # (N,) i32
+    free_blocks: jax.Array  # (N,) i32 (prefix caching: free blocks not counting evictable cached ones)
+    pc_hash: jax.Array  # (N, C) i64 prefix cache: block hash per entry (-1 = empty); C = 0: off
+    pc_refs: jax.Array  # (N, C) i32 running requests using each cached block
+    pc_last: jax.Array  # (N, C) f64 s last use of each cached block (LRU eviction)
     inflight_end: jax.Array  # (N, M) f64 s end time per in-flight micro-batch (inf = empty)
     stage_free_at: jax.Array  # (N, M) f64 s when each pipeline stage becomes free
     next_event: jax.Array  # (N,) f64 s next time this replica acts (inf = idle)
@@ -216,6 +232,10 @@ class SimState:
     kv_util_sum: jax.Array  # () f64 fraction of blocks allocated, summed over batches
     busy_s: jax.Array  # () f64 s stage-busy time summed over batches (one stage)
     flops_sum: jax.Array  # () f64 FLOPs per device summed over batches
+    prefix_admits: jax.Array  # () i64 admissions (restarts included) while prefix caching is on
+    prefix_hit_admits: jax.Array  # () i64 of which found at least one cached block
+    prefix_prompt_tokens: jax.Array  # () i64 prefill tokens of those admissions
+    prefix_hit_tokens: jax.Array  # () i64 of which cached (prefill compute saved)
     # --- control
     clock: jax.Array  # () f64 s time of the last processed event
     step: jax.Array  # () i64

@@ -9,6 +9,7 @@ hashes are in :mod:`vidur_jax.workload.prefix`.
 
 from vidur_jax.workload import arrivals, lengths, prefix
 from vidur_jax.workload.build import generator, make_workload, pad, synthetic, with_num_seqs
+from vidur_jax.workload.prefix import with_system_prompts
 from vidur_jax.workload.trace import clip_prefill, load_trace
 from vidur_jax.workload.types import Workload
 
@@ -24,4 +25,5 @@ __all__ = [
     "prefix",
     "synthetic",
     "with_num_seqs",
+    "with_system_prompts",
 ]

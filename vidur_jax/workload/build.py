@@ -155,6 +155,10 @@ def pad(workload: Workload, capacity: int) -> Workload:
         mask=jnp.concatenate([workload.mask, jnp.zeros((k,), dtype=bool)]),
         num_seqs=None if workload.num_seqs is None
         else jnp.concatenate([workload.num_seqs, jnp.ones((k,), dtype=workload.num_seqs.dtype)]),
+        prefix_hashes=None if workload.prefix_hashes is None
+        else jnp.concatenate([workload.prefix_hashes,
+                              jnp.full((k, workload.prefix_hashes.shape[1]), -1, workload.prefix_hashes.dtype)]),
+        prefix_block_size=workload.prefix_block_size,
     )
 
 

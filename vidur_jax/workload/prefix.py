@@ -342,3 +342,53 @@ def hashes_from_trace_blocks(
         if p[i] > covered:
             ids[i, len(hs)], lens[i, len(hs)] = (1 << 42) + i, p[i] - covered
     return block_hashes(Segments(ids, lens), block_size, max_blocks)
+
+
+def with_system_prompts(
+    workload,
+    key: jax.Array,
+    num_prompts: int,
+    tokens: int,
+    fraction: float = 1.0,
+    popularity: Mapping[str, Any] | None = None,
+    block_size: int = 16,
+    max_tokens: int | None = None,
+):
+    """A workload whose requests (a ``fraction`` of them) start with a shared system prompt.
+
+    The drawn system prompt (:func:`system_prompts`) goes in front of each chosen
+    request's own prompt, which is shortened where needed so that prompt + output stays
+    within ``max_tokens`` (the own part keeps at least one token). ``prefix_hashes``
+    covers the system prompt's full blocks (``K = tokens // block_size``, at least 1):
+    the block after them holds the request's own (unique) tokens, so no later block can
+    be a hit.
+
+    Args:
+        workload: :class:`~vidur_jax.workload.Workload` (padding rows untouched).
+        key: PRNG key of the draws.
+        num_prompts, tokens, fraction, popularity: as :func:`system_prompts`.
+        block_size: tokens per KV block of the hashes (the scheduler's ``block_size``).
+        max_tokens: per-request limit on prompt + output tokens (None = no limit).
+
+    Returns:
+        The workload with ``num_prefill``, ``prefix_hashes`` and ``prefix_block_size`` set.
+    """
+    import jax.numpy as jnp
+
+    mask = np.asarray(workload.mask)
+    own = np.asarray(workload.num_prefill, np.int64)
+    seg = system_prompts(key, own, num_prompts, tokens, fraction, popularity)
+    lens = seg.lens.copy()
+    if max_tokens is not None:
+        room = int(max_tokens) - np.asarray(workload.num_decode, np.int64) - lens[:, 0]
+        require(bool(np.all(room[mask & (lens[:, 0] > 0)] >= 1)),
+                f"system prompt of {tokens} tokens leaves no room for the request within max_tokens={max_tokens}")
+        lens[:, 1] = np.where(mask, np.clip(lens[:, 1], 1, np.maximum(room, 1)), lens[:, 1])
+    seg = Segments(seg.ids, lens)
+    hashes = block_hashes(seg, block_size, max(int(tokens) // int(block_size), 1))
+    prefill = np.where(mask, seg.prompt_tokens, 0)
+    return workload.replace(
+        num_prefill=jnp.asarray(prefill, jnp.int32),
+        prefix_hashes=jnp.asarray(np.where(mask[:, None], hashes, NO_BLOCK), jnp.int64),
+        prefix_block_size=int(block_size),
+    )

@@ -13,7 +13,8 @@ class Workload:
     Padding rows (``mask == False``) have ``arrived_at = +inf`` and zero tokens, so
     a workload can be padded to a static request capacity. ``num_seqs`` (n > 1: parallel
     sampling or beam search, n sequences sharing the prompt) is optional; None means one
-    sequence per request.
+    sequence per request. ``prefix_hashes`` (:mod:`vidur_jax.workload.prefix`) identify each
+    prompt's full KV blocks by their whole token prefix, for prefix caching.
     """
 
     arrived_at: jax.Array  # (R,) f64 s, non-decreasing over valid rows
@@ -21,6 +22,8 @@ class Workload:
     num_decode: jax.Array  # (R,) i32 tokens, >= 1 on valid rows
     mask: jax.Array  # (R,) bool, True for real requests
     num_seqs: jax.Array | None = None  # (R,) i32 output sequences per request (parallel sampling / beam width); None = 1 each
+    prefix_hashes: jax.Array | None = None  # (R, K) i64 hash of each full prompt KV block (-1 = none); None = no shared prefixes
+    prefix_block_size: int = flax.struct.field(pytree_node=False, default=16)  # tokens per block of prefix_hashes
 
     @property
     def num_requests(self) -> int:

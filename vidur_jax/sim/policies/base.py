@@ -57,6 +57,7 @@ class ReplicaView(NamedTuple):
     shared: jax.Array | None = None  # (S,) i32 full prompt blocks the sequences share
     prompt: jax.Array | None = None  # (S,) i32 original prompt tokens (S3 reservation)
     bucket: jax.Array | None = None  # (S,) i32 S3 output-length bucket reserved for
+    reclaim: jax.Array | None = None  # (S,) i32 prefix caching: blocks preempting the slot gives back
 
     @property
     def occupied(self) -> jax.Array:
@@ -86,6 +87,8 @@ class Candidates(NamedTuple):
     seqs: jax.Array | None = None  # (W,) i32 output sequences of each candidate
     prompt: jax.Array | None = None  # (W,) i32 original prompt tokens
     bucket: jax.Array | None = None  # (W,) i32 S3 output-length bucket to reserve for
+    cached: jax.Array | None = None  # (W,) i32 prefix caching: leading tokens found cached (None = off)
+    reuse: jax.Array | None = None  # (W,) i32 of those blocks, already used by a running request
 
 
 class BatchPlan(NamedTuple):
@@ -182,6 +185,9 @@ class Policy:
     skips_queue: bool = False
     #: supports pipeline parallelism (num_pipeline_stages > 1)
     pipeline: bool = True
+    #: supports prefix caching (reads ``Candidates.cached`` / ``reuse`` and
+    #: ``ReplicaView.reclaim``; :mod:`vidur_jax.sim.prefix_engine`)
+    prefix_caching: bool = False
 
     def plan(self, view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
         """The next batch of one replica (admission, batch formation, preemption)."""
@@ -217,4 +223,8 @@ class Policy:
         require(
             self.pipeline or cfg.num_pipeline_stages == 1,
             f"replica_scheduler={self.name} does not support pipeline parallelism (num_pipeline_stages must be 1)",
+        )
+        require(
+            self.prefix_caching or not cfg.prefix_caching,
+            f"replica_scheduler={self.name} does not support prefix_caching yet (supported: vllm, sarathi)",
         )

@@ -74,6 +74,26 @@ def seq_blocks(
     return own + (seqs - 1) * jnp.maximum(own - shared, 0)
 
 
+def uncached(cands: Candidates, blocks: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Prefill tokens to compute and blocks charged to free memory, per candidate.
+
+    Without prefix caching (``cands.cached is None``): the whole prefill and all its
+    ``blocks``. With it, the cached leading tokens are not computed, and of the blocks
+    only those already used by a running request (``cands.reuse``) cost nothing (a hit
+    on an evictable cached block takes it out of the evictable pool).
+
+    Args:
+        cands: the candidates.
+        blocks: (W,) i32 KV blocks each holds once admitted.
+
+    Returns:
+        ``(tokens, charge)``: (W,) i32 each.
+    """
+    if cands.cached is None:
+        return cands.prefill, blocks
+    return cands.prefill - cands.cached, blocks - cands.reuse
+
+
 def needs_block(view: ReplicaView, params: SimParams) -> jax.Array:
     """(S,) i32: blocks the next decode needs (vLLM's rule: 1 when the token does not fit;
     with n sequences, all their blocks beyond the held ones)."""
@@ -117,7 +137,7 @@ def running_with_preemption(
     pos = rank(elig)
     check = elig & is_decode
     need = needs_block(view, params) * check
-    held = jnp.where(elig, view.blocks, 0)
+    held = jnp.where(elig, view.blocks if view.reclaim is None else view.reclaim, 0)
     # blocks freed by restarting every eligible request from this one to the tail
     tail = scan.cumsum(held[::-1])[::-1]
     # a decode needs max(its blocks, 1) free (Vidur: can_allocate(1) before every decode)

@@ -23,6 +23,7 @@ from vidur_jax.sim.policies.common import (
     prefix,
     running_with_preemption,
     taken_alloc,
+    uncached,
 )
 from vidur_jax.sim.types import SimParams
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 class Sarathi(Policy):
     name = "sarathi"
     memory = OnDemand()
+    prefix_caching = True
 
     def plan(self, view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
         """Sarathi-Serve: decodes first, then partial prefills, then new requests, in a
@@ -53,16 +55,15 @@ class Sarathi(Policy):
         w = cands.req.shape[0]
         k = jnp.arange(w)
         blocks = ceil_div(cands.prefill, params.block_size)
-        new_tok = jnp.clip(
-            budget_left - excl_cumsum(jnp.where(cands.valid, cands.prefill, 0)), 0, cands.prefill
-        )
-        freed = jnp.where(victim, view.blocks, 0).sum()
+        todo, charge = uncached(cands, blocks)
+        new_tok = jnp.clip(budget_left - excl_cumsum(jnp.where(cands.valid, todo, 0)), 0, todo)
+        freed = jnp.where(victim, view.blocks if view.reclaim is None else view.reclaim, 0).sum()
         ok = (
             cands.valid
             & (view.allocated.sum() - victim.sum() + k < params.batch_cap)
             & (used + k < params.max_micro_batch)
             & (
-                view.free_blocks + freed - taken_alloc(view, params, taken) - scan.cumsum(blocks)
+                view.free_blocks + freed - taken_alloc(view, params, taken) - scan.cumsum(charge)
                 >= params.watermark_blocks
             )
             & (new_tok > 0)

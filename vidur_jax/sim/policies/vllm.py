@@ -20,6 +20,7 @@ from vidur_jax.sim.policies.common import (
     needs_block,
     prefix,
     running_with_preemption,
+    uncached,
 )
 from vidur_jax.sim.types import SimParams
 
@@ -27,17 +28,19 @@ from vidur_jax.sim.types import SimParams
 class Vllm(Policy):
     name = "vllm"
     memory = OnDemand()
+    prefix_caching = True
 
     def plan(self, view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
         """vLLM: a prefill-only batch of queued requests if any fits, else all decodes."""
         plan = empty_plan(view, cands)
         w = cands.req.shape[0]
         blocks = ceil_div(cands.prefill, params.block_size)
+        new_tok, charge = uncached(cands, blocks)
         k = jnp.arange(w)
-        running_max = scan.cummax(jnp.where(cands.valid, cands.prefill, 0))
+        running_max = scan.cummax(jnp.where(cands.valid, new_tok, 0))
         ok = (
             cands.valid
-            & (view.free_blocks - scan.cumsum(blocks) >= params.watermark_blocks)
+            & (view.free_blocks - scan.cumsum(charge) >= params.watermark_blocks)
             & ((k + 1) * running_max <= params.max_tokens_in_batch)
             & (view.allocated.sum() + k < params.batch_cap)
             & (k < params.max_micro_batch)
@@ -55,7 +58,7 @@ class Vllm(Policy):
             slot_alloc=jnp.where(taken, needs_block(view, params), 0),
             slot_victim=victim,
             cand_admit=admit,
-            cand_ntok=jnp.where(admit, cands.prefill, 0),
+            cand_ntok=jnp.where(admit, new_tok, 0),
             cand_blocks=jnp.where(admit, blocks, 0),
         )
 
