@@ -191,6 +191,7 @@ def run_child(mode: str, case_json: str, requests_csv: str, cache: Path, work: P
     """One cold process; its phases, executable sources and the wall seen from outside."""
     env = dict(os.environ, VIDUR_JAX_CACHE=str(cache), PYTHONPATH=str(REPO))
     env.pop("VIDUR_JAX_COMPILE_CACHE", None)
+    env.setdefault("VIDUR_JAX_EXECUTABLE_STORE", "1")  # what this bench measures (opt-in)
     out_dir = tempfile.mkdtemp(dir=work, prefix="run_")
     t0 = time.perf_counter()
     p = subprocess.run(

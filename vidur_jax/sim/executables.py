@@ -15,7 +15,8 @@ what fixes it without tracing anything:
 A later process with the same key deserializes the executable (milliseconds) and calls
 it. Files live in ``$VIDUR_JAX_CACHE/executables`` (default
 ``~/.cache/vidur_jax/executables``), are written atomically, and are ignored (and
-replaced) when they cannot be read back. ``VIDUR_JAX_COMPILE_CACHE=0`` turns the store
+replaced) when they cannot be read back. The executable store is opt-in
+(:func:`stores_executables`, ``VIDUR_JAX_EXECUTABLE_STORE=1``); ``VIDUR_JAX_COMPILE_CACHE=0`` turns the store
 off, as it does JAX's cache (:func:`vidur_jax.app.enable_compile_cache`).
 
 The same module keeps **capacity hints**: the slot/window capacities a (config,
@@ -45,6 +46,19 @@ STORE_VERSION = 2
 def enabled() -> bool:
     """Whether the on-disk store is used (``VIDUR_JAX_COMPILE_CACHE`` not ``0``)."""
     return os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1").strip() != "0"
+
+
+def stores_executables() -> bool:
+    """Whether compiled executables are kept on disk (opt-in: ``VIDUR_JAX_EXECUTABLE_STORE=1``).
+
+    Off by default. With jax 0.10.2 on XLA:CPU an executable deserialized in another
+    process sometimes fails at its first call with ``NOT_FOUND: Function ... not found``
+    (seen twice in one full test run, in tests that run the CLI and the API on the same
+    config one after the other). Until that is understood, the default path relies on
+    JAX's persistent compilation cache (XLA compile skipped, trace and lower redone); the
+    stored predictions and capacity hints of this module stay on.
+    """
+    return enabled() and os.environ.get("VIDUR_JAX_EXECUTABLE_STORE", "0").strip() == "1"
 
 
 def cache_root() -> Path:
@@ -172,7 +186,7 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
         LAST_SOURCE[name] = "memory"
         return exe
     path = cache_root() / "executables" / f"{key}.bin"
-    if enabled() and path.exists():
+    if stores_executables() and path.exists():
         exe = _load(path)
         if exe is not None:
             _LOADED[key] = exe
@@ -180,7 +194,7 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
             return exe
     exe = jitted.lower(static, *args).compile()
     LAST_SOURCE[name] = "compiled"
-    if enabled():
+    if stores_executables():
         from jax.experimental import serialize_executable
 
         try:
