@@ -188,3 +188,16 @@ def test_fp8_halves_kv_bytes_and_blocks_follow_by_hand():
     assert blocks == {("fp16", "fp16"): 7424, ("fp16", "fp8"): 15104, ("fp8", "fp8"): 16640}
     with pytest.raises(ConfigError, match="unknown dtype 'int3'"):
         catalog.num_kv_blocks(m, "a100", 1, 1, 4096, kv_dtype="int3")
+
+
+def test_model_config_key_reads_a_config_json(tmp_path):
+    from vidur_jax import app
+    from vidur_jax.plan.deployment import deployment_fields
+
+    src = catalog.shipped_hf_configs()["qwen2.5-7b-instruct"]
+    (tmp_path / "config.json").write_text(open(src).read())
+    tree = app.to_container(app.compose([f"model.config={tmp_path}"]))
+    assert deployment_fields(tree)["model"] == str(tmp_path)
+    assert catalog.get_model(deployment_fields(tree)["model"]).name == "Qwen/Qwen2.5-7B-Instruct"
+    # unset, the catalog name is used
+    assert deployment_fields(app.to_container(app.compose([])))["model"] == "meta-llama/Llama-2-7b-hf"

@@ -60,7 +60,7 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
     require("name" in model, "model.name is missing")
     num_blocks = sch.get("num_blocks")
     return dict(
-        model=model["name"],
+        model=model["config"] if model.get("config") else model["name"],
         device=hw["device"],
         network_device=hw["network_device"],
         tensor_parallel_size=read_int("cluster.tp", cl["tp"]),

@@ -18,7 +18,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Keys each config group may hold (a typo is an error, not a silently ignored knob).
 GROUP_KEYS: dict[str, frozenset[str]] = {
-    "model": frozenset({"name"}),
+    "model": frozenset({"name", "config"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
     "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance"}),
     "scheduler": frozenset(
