@@ -201,3 +201,17 @@ def test_model_config_key_reads_a_config_json(tmp_path):
     assert catalog.get_model(deployment_fields(tree)["model"]).name == "Qwen/Qwen2.5-7B-Instruct"
     # unset, the catalog name is used
     assert deployment_fields(app.to_container(app.compose([])))["model"] == "meta-llama/Llama-2-7b-hf"
+
+
+def test_roofline_uses_the_spec_sheet_link_of_a_new_gpu():
+    import warnings
+
+    from vidur_jax.predictors import roofline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "PCIe fallback" warning for a catalogued GPU
+        pred = roofline.RooflinePredictor("llama2-7b", "b200", 2)
+    assert pred.device["link_bw"] == 900e9
+    assert roofline.RooflinePredictor("llama2-7b", "mi300x", 2).device["link_bw"] == 448e9
+    # the profiled GPUs keep the calibrated table
+    assert roofline.RooflinePredictor("llama2-7b", "a100", 2).device["link_bw"] == 300e9

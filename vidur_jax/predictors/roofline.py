@@ -125,7 +125,7 @@ def _device(device: Any) -> dict:
             spec.name,
             spec.fp16_tflops,
             spec.hbm_gbps,
-            LINK_GBPS.get(spec.name, 0.0),
+            LINK_GBPS.get(spec.name, spec.link_gbps),  # else the catalog's spec sheet
         )
     return {"name": name, "peak_flops": tflops * 1e12, "hbm_bw": gbps * 1e9, "link_bw": link * 1e9}
 
