@@ -343,3 +343,17 @@ def test_workload_knobs_qps_only_where_it_drives_arrivals():
               "decode_scale_factor": 1.0, "time_scale_factor": 0.5}
     k = table.workload_knobs(replay)
     assert k["qps"] is None and k["time_scale_factor"] == 0.5 and k["path"] == "/t.csv"
+
+
+def test_scheduler_knobs_come_from_the_policy_modules():
+    """Which scheduler reads which knob is declared by each policy module, so a new
+    policy (the worked example orca_token_cap) gets its knob columns with no edit here."""
+    from vidur_jax.metrics.table import applies, policy_knobs
+
+    knobs = policy_knobs()
+    assert knobs["chunk_size"] == ("sarathi",)
+    assert set(knobs["max_tokens_in_batch"]) == {"vllm", "lightllm", "orca_token_cap"}
+    assert set(knobs["watermark_blocks_fraction"]) == {"vllm", "sarathi"}
+    assert knobs["batch_timeout_s"] == ("static_batching",) and knobs["s3_lookahead"] == ("s3",)
+    assert applies("max_tokens_in_batch", {"scheduler": "orca_token_cap"})
+    assert not applies("max_tokens_in_batch", {"scheduler": "orca"})

@@ -5,7 +5,7 @@ Knob columns follow three rules (DESIGN.md section 5):
 * the standard knobs (:data:`STANDARD_KNOBS`) are always columns, in that order;
 * every other knob whose value differs between the run's configs is a column too,
   whatever its name (``batch_timeout_s``, ``s3_accuracy``, ``time_scale_factor``, ...),
-  as is every scheduler-specific knob (:data:`POLICY_KNOBS`) that applies to one of them;
+  as is every scheduler-specific knob (:func:`policy_knobs`) that applies to one of them;
 * a knob that does not apply to a config is empty (NaN / None), never a value the
   simulation ignored: ``chunk_size`` only for Sarathi, ``qps`` only for synthetic
   workloads with rate-driven (Poisson, Gamma) arrivals, trace scale factors only for
@@ -18,6 +18,7 @@ Pure host code (no JAX): the rows come as flat knob dicts (:func:`deployment_kno
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -79,20 +80,17 @@ DEPLOYMENT_COLUMNS = {
 }
 #: Knobs read by some replica schedulers only: knob -> the schedulers that read it
 #: (from ``vidur_jax/sim/policies.py``).
-POLICY_KNOBS: dict[str, tuple[str, ...]] = {
-    "chunk_size": ("sarathi",),
-    "max_tokens_in_batch": ("vllm", "lightllm"),
-    "watermark_blocks_fraction": ("vllm", "sarathi"),
-    "max_waiting_iters": ("lightllm",),
-    "batch_timeout_s": ("static_batching",),
-    "batch_max_tokens": ("static_batching",),
-    "s3_predictor": ("s3",),
-    "s3_accuracy": ("s3",),
-    "s3_error_buckets": ("s3",),
-    "s3_num_buckets": ("s3",),
-    "s3_admission": ("s3",),
-    "s3_lookahead": ("s3",),
-}
+@functools.cache
+def policy_knobs() -> dict[str, tuple[str, ...]]:
+    """``{knob: schedulers that read it}``, from the knobs each policy module declares
+    (:attr:`vidur_jax.sim.policies.base.Policy.knobs`), so a new policy needs no edit here."""
+    from vidur_jax.sim import policies  # tables are built after a simulation: JAX is loaded
+
+    out: dict[str, list[str]] = {}
+    for name, policy in policies.REGISTRY.items():
+        for knob in policy.knobs:
+            out.setdefault(knob, []).append(name)
+    return {k: tuple(v) for k, v in out.items()}
 # Knobs that only matter under another knob's value: knob -> (knob, value it needs).
 _CONDITIONAL = {
     "s3_accuracy": ("s3_predictor", "confusion"),
@@ -103,7 +101,7 @@ _CONDITIONAL = {
 
 def applies(knob: str, knobs: Mapping[str, Any]) -> bool:
     """Whether ``knob`` affects the config whose knob values are ``knobs``."""
-    users = POLICY_KNOBS.get(knob)
+    users = policy_knobs().get(knob)
     if users is not None and knobs.get("scheduler") not in users:
         return False
     if knob in _CONDITIONAL:
@@ -152,7 +150,7 @@ def _varies(values: Sequence[Any]) -> bool:
 
 def knob_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Knob columns of a run: :data:`STANDARD_KNOBS`, then every other knob that varies
-    across ``rows`` or is a scheduler knob (:data:`POLICY_KNOBS`) applying to some row,
+    across ``rows`` or is a scheduler knob (:func:`policy_knobs`) applying to some row,
     in first-seen order."""
     extra: list[str] = []
     for row in rows:
@@ -162,7 +160,7 @@ def knob_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     keep = []
     for key in extra:
         values = [row.get(key) for row in rows]
-        policy = key in POLICY_KNOBS and any(applies(key, row) for row in rows)
+        policy = key in policy_knobs() and any(applies(key, row) for row in rows)
         if policy or _varies(values):
             keep.append(key)
     return [*STANDARD_KNOBS, *keep]

@@ -177,6 +177,9 @@ class Policy:
 
     #: Vidur's ``replica_scheduler`` name (and the YAML file ``conf/scheduler/<name>.yaml``).
     name: str = ""
+    #: Scheduler knobs (``DeploymentConfig`` fields beyond ``batch_size_cap`` and
+    #: ``block_size``) this policy reads; summary tables leave the others empty for it.
+    knobs: tuple[str, ...] = ()
     #: how the policy reserves KV memory
     memory: Memory = Memory()
     #: a launched batch runs to completion: arrivals and the queue never cut a fused run
