@@ -30,7 +30,12 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("VIDUR_JAX_COMPILE_CACHE", raising=False)
     monkeypatch.setenv("VIDUR_JAX_EXECUTABLE_STORE", "1")  # opt-in (executables.stores_executables)
     monkeypatch.setattr(executables, "_LOADED", {})
-    return tmp_path
+    # the store is bypassed where JAX's persistent cache is on (an earlier test may have
+    # turned it on for this process): off for the test, restored after
+    was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield tmp_path
+    jax.config.update("jax_enable_compilation_cache", was)
 
 
 def _case(policy: str = "sarathi", seed: int = 3, n: int = 60, slots: int = 16):
@@ -93,6 +98,52 @@ def test_store_round_trip_and_corrupt_file(store):
     assert executables.LAST_SOURCE["single_advance"] == "compiled"
     _assert_same_state(third, first)
     assert all(f.stat().st_size > 100 for f in files)  # replaced
+
+
+_ONE_PROCESS = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import jax
+if os.environ.get("JAX_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+from test_cold_start import _case
+from vidur_jax.sim import executables, run
+static, tables, params = _case()
+out = run.simulate_single_chunked(static, tables, params)
+print(executables.LAST_SOURCE["single_advance"], int(out.num_completed[0]), float(out.clock[0]))
+"""
+
+
+@pytest.mark.slow
+def test_store_is_bypassed_when_jax_cache_is_on(tmp_path):
+    """Three processes: (1) store on, JAX cache off: compiles and stores; (2) JAX cache
+    on, store off: fills JAX's cache; (3) both asked for: an executable from the store
+    next to ones from JAX's cache fails on XLA:CPU (``NOT_FOUND: Function ... not
+    found``), so the store must step aside and the run complete as run (1) did."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    code = _ONE_PROCESS.format(tests=tests)
+    base = dict(os.environ, VIDUR_JAX_CACHE=str(tmp_path / "store"))
+    base.pop("VIDUR_JAX_COMPILE_CACHE", None)
+    runs = [
+        {"VIDUR_JAX_EXECUTABLE_STORE": "1"},
+        {"VIDUR_JAX_EXECUTABLE_STORE": "0", "JAX_CACHE_DIR": str(tmp_path / "jax")},
+        {"VIDUR_JAX_EXECUTABLE_STORE": "1", "JAX_CACHE_DIR": str(tmp_path / "jax")},
+    ]
+    lines = []
+    for extra in runs:
+        env = {k: v for k, v in base.items() if k != "JAX_CACHE_DIR"} | extra
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-2000:]
+        lines.append(p.stdout.split())
+    assert [line[0] for line in lines] == ["compiled", "compiled", "compiled"]
+    assert len({tuple(line[1:]) for line in lines}) == 1  # same completions and clock
+    assert len(list((tmp_path / "store" / "executables").glob("*.bin"))) == 2  # from run 1
 
 
 def test_store_keys_follow_static_shape_and_switch_off(store, monkeypatch):

@@ -79,13 +79,17 @@ __all__ = [
 
 def enable_compile_cache() -> None:
     """Use JAX's persistent compilation cache (``$VIDUR_JAX_CACHE/jax``, default
-    ``~/.cache/vidur_jax/jax``) unless the user configured one or set
-    ``VIDUR_JAX_COMPILE_CACHE=0``; repeat runs skip the simulator's compile."""
+    ``~/.cache/vidur_jax/jax``) unless the user configured one, set
+    ``VIDUR_JAX_COMPILE_CACHE=0`` or turned on the executable store
+    (``VIDUR_JAX_EXECUTABLE_STORE=1``); repeat runs skip the simulator's compile."""
     import jax
+
+    from vidur_jax.sim import executables
 
     if (
         os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") == "0"
         or jax.config.jax_compilation_cache_dir
+        or executables.stores_executables()  # the two do not mix (see there)
     ):
         return
     base = os.environ.get(

@@ -51,14 +51,26 @@ def enabled() -> bool:
 def stores_executables() -> bool:
     """Whether compiled executables are kept on disk (opt-in: ``VIDUR_JAX_EXECUTABLE_STORE=1``).
 
-    Off by default. With jax 0.10.2 on XLA:CPU an executable deserialized in another
-    process sometimes fails at its first call with ``NOT_FOUND: Function ... not found``
-    (seen twice in one full test run, in tests that run the CLI and the API on the same
-    config one after the other). Until that is understood, the default path relies on
-    JAX's persistent compilation cache (XLA compile skipped, trace and lower redone); the
-    stored predictions and capacity hints of this module stay on.
+    Off by default, and never together with JAX's persistent compilation cache: with jax
+    0.10.2 on XLA:CPU, an executable from this store and executables that JAX loaded from
+    its own cache, in one process, fail at their first call with ``NOT_FOUND: Function
+    <name> not found`` (reproduced by
+    ``test_store_is_bypassed_when_jax_cache_is_on``; each alone works). So the store is
+    used only where the process has JAX's cache off, and
+    :func:`vidur_jax.app.enable_compile_cache` leaves JAX's cache off when the store is
+    on. The default path relies on JAX's cache (XLA compile skipped, trace and lower
+    redone); the stored predictions and capacity hints of this module stay on.
     """
-    return enabled() and os.environ.get("VIDUR_JAX_EXECUTABLE_STORE", "0").strip() == "1"
+    return (
+        enabled()
+        and os.environ.get("VIDUR_JAX_EXECUTABLE_STORE", "0").strip() == "1"
+        and not jax_cache_active()
+    )
+
+
+def jax_cache_active() -> bool:
+    """Whether JAX's persistent compilation cache is on in this process."""
+    return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
 
 
 def cache_root() -> Path:
