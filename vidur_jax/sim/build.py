@@ -17,7 +17,7 @@ import numpy as np
 
 from vidur_jax import catalog
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import cpu_overhead, policies, s3
+from vidur_jax.sim import cpu_overhead, disagg, policies, s3
 from vidur_jax.sim.conf_defaults import value as _conf
 from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
 from vidur_jax.sim.types import ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
@@ -62,6 +62,10 @@ class DeploymentConfig:
     num_replicas: int = _conf("cluster", "num_replicas")
     global_scheduler: str = _conf("cluster", "global_scheduler")
     affinity_imbalance: int = _conf("cluster", "affinity_imbalance")
+    prefill_replicas: int = _conf("cluster", "prefill_replicas")
+    decode_replicas: int = _conf("cluster", "decode_replicas")
+    kv_inter_node_gbps: float = _conf("cluster", "kv_inter_node_gbps")
+    kv_transfer_latency_s: float = _conf("cluster", "kv_transfer_latency_s")
     replica_scheduler: str = _conf("scheduler", "replica_scheduler")
     batch_size_cap: int = _conf("scheduler", "batch_size_cap")
     block_size: int = _conf("scheduler", "block_size")
@@ -143,6 +147,7 @@ class DeploymentConfig:
         catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
         catalog.validate_max_tokens(model, self.max_tokens)
         policies.get(self.replica_scheduler).validate(self)
+        disagg.validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +320,7 @@ def build_params(
     seqs = np.where(mask, seqs, 1)
     require(bool(np.all(np.diff(arrived[mask]) >= 0)), "workload arrivals must be sorted by time")
     rng = np.random.default_rng(cfg.seed)
-    route = rng.integers(0, cfg.num_replicas, size=num_requests).astype(np.int32)
+    route = rng.integers(0, disagg.entry_count(cfg), size=num_requests).astype(np.int32)
     op_scale = np.full(len(TOKEN_OPS), cfg.compute_scale, np.float32)
     for name in ("all_reduce", "send_recv"):
         op_scale[TOKEN_OPS.index(name)] = 1.0 / cfg.network_scale
@@ -336,6 +341,7 @@ def build_params(
         num_stages=i32(cfg.num_pipeline_stages),
         layers_per_stage=f32(derived.layers_per_stage),
         table_index=i32(table_index),
+        **disagg.param_fields(cfg),
         batch_cap=i32(cfg.batch_size_cap),
         max_batch_size=i32(derived.max_batch_size),
         max_micro_batch=i32(derived.max_micro_batch),
@@ -405,4 +411,5 @@ def make_static(
         max_stages=max(c.num_pipeline_stages for c in cfgs),
         num_tbt_bins=num_tbt_bins,
         window=window,
+        disagg=any(c.prefill_replicas > 0 for c in cfgs),
     )

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
-from vidur_jax.sim import indexed, policies, prefix_engine, scan, timing
+from vidur_jax.sim import disagg, indexed, policies, prefix_engine, scan, timing
 from vidur_jax.sim.policies import Candidates, ReplicaView, seq_blocks
 from vidur_jax.sim.types import (
     ERR_OOM,
@@ -125,6 +125,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         stage_free_at=jnp.zeros((n, m), f64),
         next_event=queues["queue_arrival"][:, 0],  # static routers: each replica's first arrival
         waiting_iters=jnp.zeros(n, i32),
+        **disagg.init_fields(static),
         tbt_hist=jnp.zeros(static.num_tbt_bins, i32),
         tbt_sum=jnp.array(0.0, f64),
         tbt_bin_sum=jnp.zeros(static.num_tbt_bins, f64),
@@ -170,7 +171,8 @@ def _prerouted_queues(static: SimStatic, params: SimParams) -> dict[str, jax.Arr
     idx = jnp.arange(r, dtype=jnp.int32)
     valid = jnp.isfinite(params.arrived_at)
     if static.router == "round_robin":
-        route, pos = idx % params.num_replicas, idx // params.num_replicas
+        n_entry = disagg.entry_replicas(static, params)
+        route, pos = idx % n_entry, idx // n_entry
     else:
         route = params.random_route
         onehot = (route[None, :] == jnp.arange(n)[:, None]) & valid[None, :]  # (N, R)
@@ -222,7 +224,7 @@ def is_done(params: SimParams, state: SimState) -> jax.Array:
 
 def _route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) -> jax.Array:
     """Replica id for arriving request ``i`` (Vidur's global schedulers)."""
-    n_rep = params.num_replicas
+    n_rep = disagg.entry_replicas(static, params)
     if static.router == "round_robin":
         return i % n_rep
     if static.router == "random":
@@ -274,6 +276,8 @@ class _Row(NamedTuple):
     pc_hash: jax.Array
     pc_refs: jax.Array
     pc_last: jax.Array
+    xfer_end: jax.Array  # (S,) disaggregated pools (zero-sized when off)
+    xfer_dst: jax.Array
 
 
 def _gather_row(state: SimState, r: jax.Array) -> _Row:
@@ -295,6 +299,8 @@ def _gather_row(state: SimState, r: jax.Array) -> _Row:
         pc_hash=state.pc_hash[r],
         pc_refs=state.pc_refs[r],
         pc_last=state.pc_last[r],
+        xfer_end=state.slot_xfer_end[r],
+        xfer_dst=state.slot_xfer_dst[r],
     )
 
 
@@ -305,12 +311,14 @@ _ROW_TO_STATE = {
     "inflight_end": "inflight_end", "stage_free_at": "stage_free_at", "waiting_iters": "waiting_iters",
 }
 _PREFIX_ROW_TO_STATE = {"held": "slot_held", "pc_hash": "pc_hash", "pc_refs": "pc_refs", "pc_last": "pc_last"}
+_DISAGG_ROW_TO_STATE = {"xfer_end": "slot_xfer_end", "xfer_dst": "slot_xfer_dst"}
 
 
 def _scatter_row(static: SimStatic, state: SimState, r_w: jax.Array, row: _Row) -> SimState:
     """Write a replica row back; ``r_w`` out of bounds drops the write."""
     updates = {}
     fields = {**_ROW_TO_STATE, **_PREFIX_ROW_TO_STATE} if prefix_engine.on(static) else _ROW_TO_STATE
+    fields = {**fields, **_DISAGG_ROW_TO_STATE} if disagg.on(static) else fields
     for field, name in fields.items():
         target = getattr(state, name)
         updates[name] = _put(static, target, r_w, getattr(row, field).astype(target.dtype))
@@ -394,6 +402,7 @@ def _compact(static: SimStatic, row: _Row) -> _Row:
     n_keep = keep.sum()
     dest = jnp.where(keep, scan.cumsum(keep) - 1, n_keep + scan.cumsum(~keep) - 1)
     fields = _SLOT_FIELDS + ("held",) if prefix_engine.on(static) else _SLOT_FIELDS
+    fields = fields + ("xfer_end", "xfer_dst") if disagg.on(static) else fields
     moved = {f: indexed.permute(getattr(row, f), dest, static.scatter_free) for f in fields}
     return row._replace(**moved)
 
@@ -408,7 +417,7 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
     rs_valid = jnp.arange(w) < restarted.sum()
     rs_req = jnp.where(rs_valid, row.req[order], -1)
     pos = state.q_head[r] + jnp.arange(w)
-    q_valid = pos < state.q_tail[r]
+    q_valid = disagg.queue_valid(static, params, r, pos < state.q_tail[r])
     q_req = jnp.where(q_valid, state.queue[r, jnp.clip(pos, 0, r_total - 1)], -1)
     use_restarted = rs_valid.any()
     req = jnp.where(use_restarted, rs_req, q_req)
@@ -559,13 +568,13 @@ def _fused_run(
     waiting = (state.q_tail[r] != state.q_head[r]) | (row.restarted & (row.req >= 0)).any()
     # a closed batch (Alpa-style batching) runs to completion whatever arrives meanwhile
     closed = policy.closed_batches
-    eligible = (
+    eligible = disagg.fusable(static, params, (
         adm.launched
         & ~adm.victim.any()
         & ~adm.slot_overflow
         & (params.num_stages == 1)
         & (adm.slot_in == schedulable).all()
-    )
+    ))
     n_pre = prefills.sum()
     decode_mode = (n_pre == 0) & ~adm.admit.any() & (~waiting | closed)
     safe = jnp.clip(row.req, 0, r_total - 1)
@@ -729,7 +738,7 @@ def _replica_view(static: SimStatic, params: SimParams, state: SimState, row: _R
         total=jnp.where(row.req >= 0, params.num_prefill[safe_req] + params.num_decode[safe_req], 0),
         blocks=row.blocks,
         restarted=row.restarted,
-        in_flight=row.mb >= 0,
+        in_flight=disagg.in_flight(static, row, row.mb >= 0),
         group=row.group,
         free_blocks=row.free_blocks,
         waiting_iters=row.waiting_iters,
@@ -925,6 +934,8 @@ def _launch(
         flops_sum=state.flops_sum + launched * jnp.where(fused, run.flops, flops),
         error=state.error | err,
     )
+    state = disagg.count_batch(static, state, r, launched, last_s, n_in,
+                               (params.num_blocks - row.free_blocks) / params.num_blocks)
     state = _log_batch(static, state, launched, r, t, cur, n_in, prefill_tokens, tokens - prefill_tokens, k)
     return state, row
 
@@ -950,6 +961,9 @@ def _form_batch(
     policy asked to be woken at (``inf`` = none; static batching's timeout).
     """
     can = apply & (jnp.isfinite(row.inflight_end).sum() < params.num_stages)
+    if disagg.on(static):  # a decode replica takes in transferred requests first
+        (state, row), _ = _region(gate, lambda c: (disagg.admit_decodes(static, params, *c, r, can), ()),
+                                  (state, row))
 
     def plan_stage(c, st, rw):
         view = _replica_view(static, params, st, rw, t)
@@ -1029,11 +1043,18 @@ def _replica_update(
     """Process replica ``r``'s event at time ``t`` (no-op unless ``apply``)."""
     row = _gather_row(state, r)
     (state, row), _ = _region(gate, lambda c: (_end_batch(static, params, *c, t, apply), ()), (state, row))
+    if disagg.on(static):  # KV transfers: land the due ones, start those of prefills just completed
+        def transfers(c):
+            st, rw = disagg.transfers(static, params, *c, r, t, apply)
+            return (st, _compact(static, rw)), ()
+
+        (state, row), _ = _region(gate, transfers, (state, row))
     state, row, launched, wake_at = _form_batch(static, tables, params, state, row, r, t, apply, gate)
     n_inflight = jnp.isfinite(row.inflight_end).sum()
     # Vidur forms batches until all pipeline slots are busy: try again at the same time
     again = launched & (n_inflight < params.num_stages)
     nxt = jnp.where(again, t, jnp.minimum(jnp.min(row.inflight_end), wake_at))
+    nxt = disagg.next_event(static, row, nxt)
     if static.router in STATIC_ROUTERS:
         # an arrival wakes the replica when a pipeline slot is free (Vidur's arrival event)
         wake_arrival = jnp.where(n_inflight < params.num_stages, _next_arrival_at(static, params, state, r), _INF)

@@ -81,6 +81,9 @@ class SimStatic:
             prefix-cache function a no-op and the results those of a build without it).
         prefix_blocks: K, leading KV-block hashes per request (``SimParams.prefix_hashes``).
         prefix_probes: P, table entries a block hash may occupy (open addressing).
+        disagg: some config of the call splits its replicas into prefill and decode
+            pools (:mod:`vidur_jax.sim.disagg`; False: every pool function a no-op and
+            the results those of a build without pools).
     """
 
     policy: str
@@ -97,6 +100,7 @@ class SimStatic:
     prefix_capacity: int = 0
     prefix_blocks: int = 0
     prefix_probes: int = 8
+    disagg: bool = False
 
 
 @flax.struct.dataclass
@@ -153,6 +157,14 @@ class SimParams:
     num_stages: jax.Array  # () i32 pipeline stages, <= SimStatic.max_stages
     layers_per_stage: jax.Array  # () f32
     table_index: jax.Array  # () i32 row of TimingTables
+    # disaggregated pools (vidur_jax.sim.disagg; prefill_replicas 0 = colocated)
+    prefill_replicas: jax.Array  # () i32 P: replicas 0..P-1 prefill, P..num_replicas-1 decode
+    kv_bytes_per_token: jax.Array  # () f64 bytes of KV per prompt token on one GPU of a replica (its TP shard)
+    kv_link_intra: jax.Array  # () f64 bytes/s per GPU between replicas in one node (NVLink)
+    kv_link_inter: jax.Array  # () f64 bytes/s per GPU between nodes
+    kv_latency_s: jax.Array  # () f64 s fixed cost per KV transfer
+    gpus_per_replica: jax.Array  # () i32 TP x PP (replicas packed on nodes in index order)
+    gpus_per_node: jax.Array  # () i32
     # replica scheduler
     batch_cap: jax.Array  # () i32 Vidur batch_size_cap
     max_batch_size: jax.Array  # () i32 min(memory-bound batch size, cap) (Orca/FT admission)
@@ -220,6 +232,15 @@ class SimState:
     stage_free_at: jax.Array  # (N, M) f64 s when each pipeline stage becomes free
     next_event: jax.Array  # (N,) f64 s next time this replica acts (inf = idle)
     waiting_iters: jax.Array  # (N,) i32 LightLLM decode iterations since last prefill
+    # --- disaggregated pools (sim/disagg.py; zero-sized when SimStatic.disagg is False)
+    slot_xfer_end: jax.Array  # (N, S) f64 s end of the slot's KV transfer (inf = none); (N, 0) off
+    slot_xfer_dst: jax.Array  # (N, S) i32 decode replica it goes to (-1 = none)
+    kv_ready_at: jax.Array  # (R,) f64 s KV landed on the decode replica (nan = never); (0,) off
+    kv_tokens: jax.Array  # (R,) i32 KV tokens transferred (the prefill replica's prompt length)
+    rep_busy_s: jax.Array  # (N,) f64 s busy time per replica (last stage); (0,) off
+    rep_batches: jax.Array  # (N,) i64 batches launched per replica
+    rep_batch_size_sum: jax.Array  # (N,) f64 requests per batch, summed per replica
+    rep_kv_util_sum: jax.Array  # (N,) f64 fraction of blocks allocated at launch, summed per replica
     # --- metrics accumulators
     tbt_hist: jax.Array  # (H,) i32 counts of TBT samples per bin
     tbt_sum: jax.Array  # () f64 s
