@@ -65,7 +65,7 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         network_device=hw["network_device"],
         tensor_parallel_size=read_int("cluster.tp", cl["tp"]),
         num_pipeline_stages=read_int("cluster.pp", cl["pp"]),
-        num_replicas=read_int("cluster.num_replicas", cl["num_replicas"]),
+        **_pool_fields(cl),
         global_scheduler=cl["global_scheduler"],
         affinity_imbalance=read_int(
             "cluster.affinity_imbalance", cl.get("affinity_imbalance", _conf("cluster", "affinity_imbalance"))
@@ -125,6 +125,24 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         network_scale=read_float("predictor.network_scale", pred["network_scale"]),
         seed=read_int("seed", tree.get("seed", _conf("", "seed"))),
     )
+
+
+def _pool_fields(cl: Mapping[str, Any]) -> dict[str, Any]:
+    """Disaggregated pools (docs/disaggregation.md): both counts > 0 make ``num_replicas``
+    their sum (whatever ``cluster.num_replicas`` says); 0 and 0 leave it."""
+    p = read_int("cluster.prefill_replicas", cl.get("prefill_replicas", _conf("cluster", "prefill_replicas")))
+    d = read_int("cluster.decode_replicas", cl.get("decode_replicas", _conf("cluster", "decode_replicas")))
+    out = {
+        "num_replicas": p + d if p > 0 and d > 0 else read_int("cluster.num_replicas", cl["num_replicas"]),
+        "prefill_replicas": p,
+        "decode_replicas": d,
+        "kv_inter_node_gbps": read_float(
+            "cluster.kv_inter_node_gbps", cl.get("kv_inter_node_gbps", _conf("cluster", "kv_inter_node_gbps"))),
+        "kv_transfer_latency_s": read_float(
+            "cluster.kv_transfer_latency_s",
+            cl.get("kv_transfer_latency_s", _conf("cluster", "kv_transfer_latency_s"))),
+    }
+    return out
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:

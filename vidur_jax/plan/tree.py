@@ -20,7 +20,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "config"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
-    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance"}),
+    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance",
+                          "prefill_replicas", "decode_replicas", "kv_inter_node_gbps", "kv_transfer_latency_s"}),
     "scheduler": frozenset(
         {
             "replica_scheduler",
