@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from vidur_jax.errors import ConfigError
-from vidur_jax.sim import build, run as run_mod
+from vidur_jax.sim import build
+from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import make_simulator
 from vidur_jax.sim.run import simulate_configs
