@@ -287,3 +287,65 @@ def test_hydra_keys_make_num_replicas_the_pool_sum():
     }
     f = deployment_fields(tree)
     assert (f["num_replicas"], f["prefill_replicas"], f["decode_replicas"]) == (8, 3, 5)
+
+
+def test_search_grid_adds_pool_splits():
+    """search.pd_splits: each colocated point (pp 1, vllm/sarathi) is followed by its
+    pools; shares round to distinct P:D counts, each pool >= 1 replica."""
+    from vidur_jax.search import capacity as cap
+    from vidur_jax.search import grid as grid_mod
+
+    assert grid_mod.pool_splits(4, (0.25, 0.5, 0.75)) == [(1, 3), (2, 2), (3, 1)]
+    assert grid_mod.pool_splits(2, (0.25, 0.5, 0.75)) == [(1, 1)]
+    assert grid_mod.pool_splits(1, (0.5,)) == []
+    spec = grid_mod.GridSpec(
+        models=("meta-llama/Llama-2-7b-hf",),
+        clusters=(grid_mod.Cluster("a100", "a100_pairwise_nvlink", 4),),
+        tp=(1, 2, 4), pp=(1,),
+        schedulers=(grid_mod.SchedulerChoice("vllm"), grid_mod.SchedulerChoice("orca")),
+        batch_caps=(64,), pd_splits=(0.25, 0.5, 0.75),
+    )
+    cands = grid_mod.expand_grid(spec, DeploymentConfig())
+    names = [grid_mod.describe(c.config) for c in cands]
+    assert names == [
+        "a100 tp1 pp1 x4 vllm cap64", "a100 tp1 pp1 x4 vllm cap64 1P:3D", "a100 tp1 pp1 x4 vllm cap64 2P:2D",
+        "a100 tp1 pp1 x4 vllm cap64 3P:1D", "a100 tp1 pp1 x4 orca cap64",
+        "a100 tp2 pp1 x2 vllm cap64", "a100 tp2 pp1 x2 vllm cap64 1P:1D", "a100 tp2 pp1 x2 orca cap64",
+        "a100 tp4 pp1 x1 vllm cap64", "a100 tp4 pp1 x1 orca cap64",
+    ]
+    assert all(c.feasible and c.num_gpus == 4 for c in cands)
+    pooled_cfgs = [c.config for c in cands if c.config.prefill_replicas]
+    assert all(c.num_replicas == c.prefill_replicas + c.decode_replicas for c in pooled_cfgs)
+    rr = [c.config for c in cands[:2]]  # round robin (the default router): colocated, 1P:3D
+    assert rr[0].global_scheduler == "round_robin"
+    assert cap.resolve_mode("auto", rr[:1]) == "replica" and cap.resolve_mode("auto", rr) == "cluster"
+    with pytest.raises(ConfigError, match="no prefill/decode pools"):
+        cap.resolve_mode("replica", rr)
+    with pytest.raises(ConfigError, match="target_qps=null"):
+        grid_mod.expand_grid(spec, DeploymentConfig(), per_replica=True)
+    with pytest.raises(ConfigError, match="pd_splits"):
+        grid_mod.grid_from_dict({"pd_splits": [1.5]}, "meta-llama/Llama-2-7b-hf", "a100")
+
+
+@pytest.mark.slow
+def test_search_measures_colocated_and_pooled_capacity():
+    """A 2-GPU search with pd_splits [0.5]: the colocated pair and the 1P:1D pool are
+    both measured (cluster mode), the pool's row names its split, and every measured
+    capacity meets the SLO at the reported rate."""
+    from vidur_jax import app
+    from vidur_jax.search.task import run_search
+
+    cfg = app.to_container(app.compose([
+        "task=search", "workload=synthetic_conv", "search.gpus=[a100]", "search.max_gpus=2",
+        "search.tp=[1]", "search.pp=[1]", "search.schedulers=[{scheduler: vllm}]", "search.batch_caps=[32]",
+        "search.pd_splits=[0.5]", "search.num_requests=60", "search.max_requests=240", "search.width=8",
+        "search.slo.ttft_p90_s=1.0", "search.slo.tbt_p99_s=0.1", "profiles_dir=null",
+    ]))
+    res = run_search(cfg, log=lambda msg: None)
+    t = res["table"]
+    assert res["settings"].mode == "cluster"
+    assert t["prefill_replicas"].tolist() == [0, 1] and t["decode_replicas"].tolist() == [0, 1]
+    assert t["name"].tolist()[1].endswith("1P:1D")
+    ok = t[t["search_status"] == "ok"]
+    assert len(ok) >= 1
+    assert (ok["ttft_p90"] <= 1.0 + 1e-12).all() and (ok["tbt_p99"] <= 0.1 + 1e-12).all()

@@ -243,14 +243,17 @@ class SearchStats:
 
 
 def resolve_mode(mode: str, cfgs: Sequence[DeploymentConfig]) -> str:
-    """``auto`` -> ``replica`` when every config routes round robin, else ``cluster``."""
+    """``auto`` -> ``replica`` when every config routes round robin and none is split
+    into prefill/decode pools (their replicas interact), else ``cluster``."""
+    independent = all(c.global_scheduler == "round_robin" and c.prefill_replicas == 0 for c in cfgs)
     if mode != "auto":
         require(
-            mode == "cluster" or all(c.global_scheduler == "round_robin" for c in cfgs),
-            "search.mode=replica needs global_scheduler=round_robin (replicas must not interact)",
+            mode == "cluster" or independent,
+            "search.mode=replica needs global_scheduler=round_robin and no prefill/decode pools "
+            "(replicas must not interact)",
         )
         return mode
-    return "replica" if all(c.global_scheduler == "round_robin" for c in cfgs) else "cluster"
+    return "replica" if independent else "cluster"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from vidur_jax import catalog
 from vidur_jax.errors import ConfigError, require
+from vidur_jax.sim import disagg
 from vidur_jax.sim.build import DeploymentConfig, derive
 
 
@@ -89,6 +90,10 @@ class GridSpec:
         pp: pipeline depths.
         schedulers: replica schedulers (with chunk sizes).
         batch_caps: batch size caps.
+        pd_splits: prefill shares of a cluster's replicas to try as disaggregated
+            prefill/decode pools besides the colocated point (``()`` = colocated only;
+            docs/disaggregation.md): share s gives ``P = round(s x replicas)`` prefill
+            replicas (at least 1, leaving at least 1 decode replica).
     """
 
     models: tuple[str, ...]
@@ -100,6 +105,7 @@ class GridSpec:
         *(SchedulerChoice("sarathi", c) for c in (256, 512, 1024, 2048, 4096)),
     )
     batch_caps: tuple[int, ...] = (32, 64, 128)
+    pd_splits: tuple[float, ...] = ()
 
     @property
     def size(self) -> int:
@@ -223,7 +229,29 @@ def grid_from_dict(
         pp=_ints("pp", block.get("pp", [1, 2, 4])),
         schedulers=tuple(scheds),
         batch_caps=_ints("batch_caps", block.get("batch_caps", [32, 64, 128])),
+        pd_splits=_shares(block.get("pd_splits") or []),
     )
+
+
+def _shares(values: Any) -> tuple[float, ...]:
+    vals = list(values) if isinstance(values, (list, tuple)) else [values]
+    for v in vals:
+        require(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+            f"search.pd_splits has {v!r}; values are prefill shares of the replicas, in (0, 1)",
+        )
+    return tuple(float(v) for v in vals)
+
+
+def pool_splits(replicas: int, shares: Sequence[float]) -> list[tuple[int, int]]:
+    """Distinct ``(prefill, decode)`` replica counts for prefill ``shares`` of
+    ``replicas`` (each pool at least one replica; none below 2 replicas)."""
+    out = []
+    for s in shares:
+        p = min(max(round(s * replicas), 1), replicas - 1)
+        if replicas >= 2 and (p, replicas - p) not in out:
+            out.append((p, replicas - p))
+    return out
 
 
 def _default_node(device: str) -> str:
@@ -261,8 +289,13 @@ def expand_grid(
             are computed from its capacity); else ``num_gpus // (tp * pp)`` replicas.
 
     Returns:
-        Candidates in grid order (model, cluster, tp, pp, scheduler, batch cap).
+        Candidates in grid order (model, cluster, tp, pp, scheduler, batch cap; each
+        colocated point followed by its ``pd_splits`` pools, for pp 1 and the
+        schedulers that run in pools).
     """
+    require(not (per_replica and spec.pd_splits),
+            "search.pd_splits needs search.target_qps=null (target planning sizes one colocated replica; "
+            "pools are searched as whole clusters)")
     out = []
     for model, cl, tp, pp, sch, cap in itertools.product(
         spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps
@@ -297,7 +330,22 @@ def expand_grid(
             except ConfigError as err:
                 reason = str(err)
         out.append(Candidate(cfg, tp * pp * replicas, float(price), reason))
+        if pp == 1 and sch.scheduler in disagg.SCHEDULERS:
+            for p, d in pool_splits(replicas, spec.pd_splits):
+                pooled = dataclasses.replace(cfg, prefill_replicas=p, decode_replicas=d)
+                out.append(Candidate(pooled, tp * pp * replicas, float(price), _reason(pooled, node, reason)))
     return out
+
+
+def _reason(cfg: DeploymentConfig, node: str | None, colocated_reason: str) -> str:
+    """Why a pooled point cannot run (its colocated point's reason first)."""
+    if colocated_reason or node is None:
+        return colocated_reason
+    try:
+        derive(cfg)
+    except ConfigError as err:
+        return str(err)
+    return ""
 
 
 def describe(c: DeploymentConfig) -> str:
@@ -305,8 +353,13 @@ def describe(c: DeploymentConfig) -> str:
     sched = c.replica_scheduler + (str(c.chunk_size) if c.replica_scheduler == "sarathi" else "")
     return (
         f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
-        f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
+        f"x{c.num_replicas} {sched} cap{c.batch_size_cap}{_pools(c)}"
     )
+
+
+def _pools(c: DeploymentConfig) -> str:
+    """`` 1P:3D`` for a disaggregated deployment, else empty."""
+    return f" {c.prefill_replicas}P:{c.decode_replicas}D" if c.prefill_replicas > 0 else ""
 
 
 def label(c: DeploymentConfig) -> str:
@@ -319,7 +372,7 @@ def label(c: DeploymentConfig) -> str:
     sched = names.get(c.replica_scheduler, c.replica_scheduler)
     if c.replica_scheduler == "sarathi":
         sched += f" chunk {c.chunk_size}"
-    return f"{gpus} x {c.device.upper()} ({par}, {sched}, cap {c.batch_size_cap})"
+    return f"{gpus} x {c.device.upper()} ({par}, {sched}, cap {c.batch_size_cap}){_pools(c)}"
 
 
 def feasible_configs(cands: Sequence[Candidate]) -> list[int]:

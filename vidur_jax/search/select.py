@@ -245,6 +245,8 @@ def search_table(
             "tp": c.tensor_parallel_size,
             "pp": c.num_pipeline_stages,
             "replicas": c.num_replicas,
+            "prefill_replicas": c.prefill_replicas,
+            "decode_replicas": c.decode_replicas,
             "scheduler": c.replica_scheduler,
             "chunk_size": c.chunk_size if c.replica_scheduler == "sarathi" else np.nan,
             "batch_cap": c.batch_size_cap,
