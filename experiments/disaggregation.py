@@ -52,17 +52,36 @@ DEPLOYMENTS = {
 #: SLOs (seconds): TTFT p90 and TBT p99 bounds
 SLOS = {"tight": (0.5, 0.025), "default": (2.0, 0.2)}
 METRICS = (
-    "ttft_p50", "ttft_p90", "tbt_p50", "tbt_p99", "e2e_p90", "throughput_rps", "num_completed",
-    "kv_transfer_time_p50", "kv_transfer_time_p99", "prefill_busy_fraction", "decode_busy_fraction",
+    "ttft_p50",
+    "ttft_p90",
+    "tbt_p50",
+    "tbt_p99",
+    "e2e_p90",
+    "throughput_rps",
+    "num_completed",
+    "kv_transfer_time_p50",
+    "kv_transfer_time_p99",
+    "prefill_busy_fraction",
+    "decode_busy_fraction",
     "decode_batch_size_mean",
 )
 
 
 def _workload(qps: float, n: int):
     return workload.synthetic(
-        jax.random.PRNGKey(7), n, {"kind": "poisson", "qps": qps},
-        {"kind": "zipf", "theta": 0.6, "scramble": False, "min_tokens": 64, "max_tokens": 2048,
-         "prefill_to_decode_ratio": 4.0}, 4096)
+        jax.random.PRNGKey(7),
+        n,
+        {"kind": "poisson", "qps": qps},
+        {
+            "kind": "zipf",
+            "theta": 0.6,
+            "scramble": False,
+            "min_tokens": 64,
+            "max_tokens": 2048,
+            "prefill_to_decode_ratio": 4.0,
+        },
+        4096,
+    )
 
 
 def capacity(df: pd.DataFrame, ttft: float, tbt: float) -> tuple[float, bool]:
@@ -88,29 +107,56 @@ def main(argv: list[str] | None = None) -> int:
         cfgs = [DeploymentConfig(num_replicas=GPUS, global_scheduler="lor", **knobs) for _ in QPS]
         outs = simulate_configs(cfgs, [_workload(q, args.num_requests) for q in QPS])
         for q, o in zip(QPS, outs, strict=True):
-            rows.append({"deployment": name, "qps": q, "num_requests": args.num_requests,
-                         **{m: o.summary[m] for m in METRICS}})
+            rows.append(
+                {
+                    "deployment": name,
+                    "qps": q,
+                    "num_requests": args.num_requests,
+                    **{m: o.summary[m] for m in METRICS},
+                }
+            )
         print(f"{name}: {time.time() - t0:.0f} s", flush=True)
     df = pd.DataFrame(rows)
     caps = []
     for name, g in df.groupby("deployment", sort=False):
         for slo, (ttft, tbt) in SLOS.items():
             cap, capped = capacity(g, ttft, tbt)
-            caps.append({"deployment": name, "slo": slo, "ttft_p90_s": ttft, "tbt_p99_s": tbt,
-                         "capacity_qps": cap, "capacity_qps_per_gpu": cap / GPUS, "capped": capped,
-                         "status": "none" if math.isnan(cap) else ("capped" if capped else "ok")})
+            caps.append(
+                {
+                    "deployment": name,
+                    "slo": slo,
+                    "ttft_p90_s": ttft,
+                    "tbt_p99_s": tbt,
+                    "capacity_qps": cap,
+                    "capacity_qps_per_gpu": cap / GPUS,
+                    "capped": capped,
+                    "status": "none" if math.isnan(cap) else ("capped" if capped else "ok"),
+                }
+            )
     cap_df = pd.DataFrame(caps)
     atomic_write_csv(df, os.path.join(args.out, "disaggregation.csv"))
     atomic_write_csv(cap_df, os.path.join(args.out, "disaggregation_capacity.csv"))
-    flat = {f"{r.deployment}_qps{r.qps:g}_{m}": float(getattr(r, m)) for r in df.itertuples() for m in METRICS}
-    flat.update({f"{r.deployment}_{r.slo}_capacity_qps": r.capacity_qps for r in cap_df.itertuples()})
+    flat = {
+        f"{r.deployment}_qps{r.qps:g}_{m}": float(getattr(r, m))
+        for r in df.itertuples()
+        for m in METRICS
+    }
+    flat.update(
+        {f"{r.deployment}_{r.slo}_capacity_qps": r.capacity_qps for r in cap_df.itertuples()}
+    )
     flat["wall_s"] = time.time() - t0
     tmp = os.path.join(args.out, "disaggregation.json.tmp")
     with open(tmp, "w") as f:
         json.dump(flat, f, indent=1)
     os.replace(tmp, os.path.join(args.out, "disaggregation.json"))
-    with pd.option_context("display.width", 220, "display.max_columns", 20, "display.max_rows", 200):
-        print(df.drop(columns="num_requests").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    with pd.option_context(
+        "display.width", 220, "display.max_columns", 20, "display.max_rows", 200
+    ):
+        print(
+            df.drop(columns="num_requests").to_string(
+                index=False, float_format=lambda v: f"{v:.4g}"
+            )
+        )
         print(cap_df.to_string(index=False))
     return 0
 

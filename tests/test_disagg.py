@@ -178,7 +178,9 @@ def test_invariants_every_step(policy):
     d = build.derive(cfg)
     static = build.make_static([cfg], [d], wl.num_requests, num_slots=16)
     tables, index = build.build_tables([cfg], build.table_spec_for([cfg], 16), lambda c: PRED)
-    params = jax.tree.map(jax.numpy.asarray, build.build_params(cfg, d, wl, index[0], wl.num_requests))
+    params = jax.tree.map(
+        jax.numpy.asarray, build.build_params(cfg, d, wl, index[0], wl.num_requests)
+    )
     sim = make_simulator(static, tables)
     step = jax.jit(sim.step)
     state = sim.init(params)
@@ -195,8 +197,10 @@ def test_invariants_every_step(policy):
     assert int(state.error) == 0
     n = wl.num_requests
     arr = np.asarray(wl.arrived_at)
-    sched, first, done = (np.asarray(getattr(state, f))[:n] for f in ("scheduled_at", "first_token_at",
-                                                                      "completed_at"))
+    sched, first, done = (
+        np.asarray(getattr(state, f))[:n]
+        for f in ("scheduled_at", "first_token_at", "completed_at")
+    )
     ready = np.asarray(state.kv_ready_at)[:n]
     assert np.isfinite(done).all()
     assert (arr <= sched).all() and (sched <= first).all() and (first <= done).all()
@@ -215,8 +219,11 @@ def test_batched_equals_single_config_path():
     """Pooled configs (several P:D splits) and a colocated one in one vmapped call get
     exactly what each gets alone (the single path is the scatter-free loop)."""
     wl = _random_workload(n=40, seed=1)
-    cfgs = [pooled(1, 3), pooled(2, 2, num_blocks=64),
-            DeploymentConfig(replica_scheduler="vllm", num_replicas=4, global_scheduler="lor")]
+    cfgs = [
+        pooled(1, 3),
+        pooled(2, 2, num_blocks=64),
+        DeploymentConfig(replica_scheduler="vllm", num_replicas=4, global_scheduler="lor"),
+    ]
     both = run(cfgs, [wl] * 3)
     for cfg, b in zip(cfgs, both, strict=True):
         (one,) = run([cfg], [wl])
@@ -230,14 +237,18 @@ def test_colocated_beside_pooled_equals_colocated_alone_bit_for_bit():
     """A colocated config in a call compiled with pools is today's program, bit for bit
     (the pool hooks are masked off for it), fused runs included."""
     wl = _random_workload(n=40, seed=2)
-    colo = DeploymentConfig(replica_scheduler="sarathi", num_replicas=2, global_scheduler="round_robin")
+    colo = DeploymentConfig(
+        replica_scheduler="sarathi", num_replicas=2, global_scheduler="round_robin"
+    )
     colo2 = dataclasses.replace(colo, batch_size_cap=64)
     mixed = run([colo, pooled(1, 1, replica_scheduler="sarathi")], [wl, wl])[0]
     alone = run([colo, colo2], [wl, wl])[0]  # batched path, no pools compiled in
     for k in ("scheduled_at", "first_token_at", "completed_at", "num_restarts"):
         np.testing.assert_array_equal(mixed.requests[k], alone.requests[k])
     assert mixed.counters["tbt_sum_s"] == alone.counters["tbt_sum_s"]
-    assert np.isnan(mixed.summary["kv_transfer_time_p50"]) and mixed.summary["prefill_replicas"] == 0
+    assert (
+        np.isnan(mixed.summary["kv_transfer_time_p50"]) and mixed.summary["prefill_replicas"] == 0
+    )
 
 
 def test_single_config_loop_stays_scatter_free_with_pools():
@@ -258,11 +269,28 @@ def test_single_config_loop_stays_scatter_free_with_pools():
     ("kw", "match"),
     [
         ({"prefill_replicas": 1, "decode_replicas": 0, "num_replicas": 1}, "both 0"),
-        ({"prefill_replicas": 1, "decode_replicas": 1, "num_replicas": 3}, "must be prefill_replicas"),
-        ({"prefill_replicas": 1, "decode_replicas": 1, "num_replicas": 2, "replica_scheduler": "orca"},
-         "does not run in prefill/decode pools"),
-        ({"prefill_replicas": 1, "decode_replicas": 1, "num_replicas": 2, "kv_inter_node_gbps": 0.0},
-         "kv_inter_node_gbps"),
+        (
+            {"prefill_replicas": 1, "decode_replicas": 1, "num_replicas": 3},
+            "must be prefill_replicas",
+        ),
+        (
+            {
+                "prefill_replicas": 1,
+                "decode_replicas": 1,
+                "num_replicas": 2,
+                "replica_scheduler": "orca",
+            },
+            "does not run in prefill/decode pools",
+        ),
+        (
+            {
+                "prefill_replicas": 1,
+                "decode_replicas": 1,
+                "num_replicas": 2,
+                "kv_inter_node_gbps": 0.0,
+            },
+            "kv_inter_node_gbps",
+        ),
     ],
 )
 def test_bad_pool_setups_are_refused(kw, match):
@@ -277,12 +305,30 @@ def test_hydra_keys_make_num_replicas_the_pool_sum():
     tree = {
         "model": {"name": "meta-llama/Llama-2-7b-hf"},
         "hardware": {"device": "a100", "network_device": "a100_pairwise_nvlink"},
-        "cluster": {"tp": 1, "pp": 1, "num_replicas": 1, "global_scheduler": "round_robin",
-                    "prefill_replicas": 3, "decode_replicas": 5},
-        "scheduler": {"replica_scheduler": "vllm", "batch_size_cap": 128, "block_size": 16,
-                      "watermark_blocks_fraction": 0.01, "chunk_size": 512, "max_tokens_in_batch": 4096,
-                      "max_waiting_iters": 10, "memory_margin_fraction": 0.1},
-        "predictor": {"cpu_overhead_ms": 0.0, "attn_scale": 1.0, "compute_scale": 1.0, "network_scale": 1.0},
+        "cluster": {
+            "tp": 1,
+            "pp": 1,
+            "num_replicas": 1,
+            "global_scheduler": "round_robin",
+            "prefill_replicas": 3,
+            "decode_replicas": 5,
+        },
+        "scheduler": {
+            "replica_scheduler": "vllm",
+            "batch_size_cap": 128,
+            "block_size": 16,
+            "watermark_blocks_fraction": 0.01,
+            "chunk_size": 512,
+            "max_tokens_in_batch": 4096,
+            "max_waiting_iters": 10,
+            "memory_margin_fraction": 0.1,
+        },
+        "predictor": {
+            "cpu_overhead_ms": 0.0,
+            "attn_scale": 1.0,
+            "compute_scale": 1.0,
+            "network_scale": 1.0,
+        },
         "workload": {"max_tokens": 4096},
     }
     f = deployment_fields(tree)
@@ -301,24 +347,34 @@ def test_search_grid_adds_pool_splits():
     spec = grid_mod.GridSpec(
         models=("meta-llama/Llama-2-7b-hf",),
         clusters=(grid_mod.Cluster("a100", "a100_pairwise_nvlink", 4),),
-        tp=(1, 2, 4), pp=(1,),
+        tp=(1, 2, 4),
+        pp=(1,),
         schedulers=(grid_mod.SchedulerChoice("vllm"), grid_mod.SchedulerChoice("orca")),
-        batch_caps=(64,), pd_splits=(0.25, 0.5, 0.75),
+        batch_caps=(64,),
+        pd_splits=(0.25, 0.5, 0.75),
     )
     cands = grid_mod.expand_grid(spec, DeploymentConfig())
     names = [grid_mod.describe(c.config) for c in cands]
     assert names == [
-        "a100 tp1 pp1 x4 vllm cap64", "a100 tp1 pp1 x4 vllm cap64 1P:3D", "a100 tp1 pp1 x4 vllm cap64 2P:2D",
-        "a100 tp1 pp1 x4 vllm cap64 3P:1D", "a100 tp1 pp1 x4 orca cap64",
-        "a100 tp2 pp1 x2 vllm cap64", "a100 tp2 pp1 x2 vllm cap64 1P:1D", "a100 tp2 pp1 x2 orca cap64",
-        "a100 tp4 pp1 x1 vllm cap64", "a100 tp4 pp1 x1 orca cap64",
+        "a100 tp1 pp1 x4 vllm cap64",
+        "a100 tp1 pp1 x4 vllm cap64 1P:3D",
+        "a100 tp1 pp1 x4 vllm cap64 2P:2D",
+        "a100 tp1 pp1 x4 vllm cap64 3P:1D",
+        "a100 tp1 pp1 x4 orca cap64",
+        "a100 tp2 pp1 x2 vllm cap64",
+        "a100 tp2 pp1 x2 vllm cap64 1P:1D",
+        "a100 tp2 pp1 x2 orca cap64",
+        "a100 tp4 pp1 x1 vllm cap64",
+        "a100 tp4 pp1 x1 orca cap64",
     ]
     assert all(c.feasible and c.num_gpus == 4 for c in cands)
     pooled_cfgs = [c.config for c in cands if c.config.prefill_replicas]
     assert all(c.num_replicas == c.prefill_replicas + c.decode_replicas for c in pooled_cfgs)
     rr = [c.config for c in cands[:2]]  # round robin (the default router): colocated, 1P:3D
     assert rr[0].global_scheduler == "round_robin"
-    assert cap.resolve_mode("auto", rr[:1]) == "replica" and cap.resolve_mode("auto", rr) == "cluster"
+    assert (
+        cap.resolve_mode("auto", rr[:1]) == "replica" and cap.resolve_mode("auto", rr) == "cluster"
+    )
     with pytest.raises(ConfigError, match="no prefill/decode pools"):
         cap.resolve_mode("replica", rr)
     with pytest.raises(ConfigError, match="target_qps=null"):
@@ -335,12 +391,27 @@ def test_search_measures_colocated_and_pooled_capacity():
     from vidur_jax import app
     from vidur_jax.search.task import run_search
 
-    cfg = app.to_container(app.compose([
-        "task=search", "workload=synthetic_conv", "search.gpus=[a100]", "search.max_gpus=2",
-        "search.tp=[1]", "search.pp=[1]", "search.schedulers=[{scheduler: vllm}]", "search.batch_caps=[32]",
-        "search.pd_splits=[0.5]", "search.num_requests=60", "search.max_requests=240", "search.width=8",
-        "search.slo.ttft_p90_s=1.0", "search.slo.tbt_p99_s=0.1", "profiles_dir=null",
-    ]))
+    cfg = app.to_container(
+        app.compose(
+            [
+                "task=search",
+                "workload=synthetic_conv",
+                "search.gpus=[a100]",
+                "search.max_gpus=2",
+                "search.tp=[1]",
+                "search.pp=[1]",
+                "search.schedulers=[{scheduler: vllm}]",
+                "search.batch_caps=[32]",
+                "search.pd_splits=[0.5]",
+                "search.num_requests=60",
+                "search.max_requests=240",
+                "search.width=8",
+                "search.slo.ttft_p90_s=1.0",
+                "search.slo.tbt_p99_s=0.1",
+                "profiles_dir=null",
+            ]
+        )
+    )
     res = run_search(cfg, log=lambda msg: None)
     t = res["table"]
     assert res["settings"].mode == "cluster"

@@ -111,7 +111,9 @@ def next_event(static: SimStatic, row: _Row, nxt: jax.Array) -> jax.Array:
     return jnp.minimum(nxt, jnp.min(row.xfer_end, initial=jnp.inf))
 
 
-def transfer_seconds(params: SimParams, tokens: jax.Array, src: jax.Array, dst: jax.Array) -> jax.Array:
+def transfer_seconds(
+    params: SimParams, tokens: jax.Array, src: jax.Array, dst: jax.Array
+) -> jax.Array:
     """Seconds to move the KV of ``tokens`` prompt tokens from replica ``src`` to ``dst``.
 
     Each GPU of the replica sends its TP shard (``kv_bytes_per_token`` bytes per token)
@@ -138,7 +140,9 @@ def transfer_seconds(params: SimParams, tokens: jax.Array, src: jax.Array, dst: 
     return params.kv_latency_s + tokens.astype(jnp.float64) * params.kv_bytes_per_token / bw
 
 
-def _decode_load(static: SimStatic, params: SimParams, state: SimState, row: _Row, r: jax.Array) -> jax.Array:
+def _decode_load(
+    static: SimStatic, params: SimParams, state: SimState, row: _Row, r: jax.Array
+) -> jax.Array:
     """(N,) i32 outstanding requests per decode replica (running + waiting + incoming);
     ``_BIG`` for the other replicas. Row ``r`` (being processed) is read from ``row``."""
     n = static.max_replicas
@@ -153,13 +157,24 @@ def _decode_load(static: SimStatic, params: SimParams, state: SimState, row: _Ro
 
 
 def _start(
-    static: SimStatic, params: SimParams, state: SimState, row: _Row, r: jax.Array, t: jax.Array, apply: jax.Array
+    static: SimStatic,
+    params: SimParams,
+    state: SimState,
+    row: _Row,
+    r: jax.Array,
+    t: jax.Array,
+    apply: jax.Array,
 ) -> tuple[SimState, _Row]:
     """Prefills of this prefill replica that completed at ``t`` start their transfer,
     in slot (arrival) order, each to the then least loaded decode replica."""
     new = (
-        apply & pooled(params) & (r < params.prefill_replicas)
-        & (row.req >= 0) & ~row.restarted & (row.processed > row.prefill) & ~transferring(row)
+        apply
+        & pooled(params)
+        & (r < params.prefill_replicas)
+        & (row.req >= 0)
+        & ~row.restarted
+        & (row.processed > row.prefill)
+        & ~transferring(row)
     )
     s = row.req.shape[0]
     order = jnp.argsort(~new, stable=True)
@@ -182,7 +197,13 @@ def _start(
 
 
 def _land(
-    static: SimStatic, params: SimParams, state: SimState, row: _Row, r: jax.Array, t: jax.Array, apply: jax.Array
+    static: SimStatic,
+    params: SimParams,
+    state: SimState,
+    row: _Row,
+    r: jax.Array,
+    t: jax.Array,
+    apply: jax.Array,
 ) -> tuple[SimState, _Row]:
     """Transfers of this replica's slots due by ``t``: the slot frees its blocks and the
     request joins its decode replica's queue (slot order), waking that replica when it
@@ -218,7 +239,13 @@ def _land(
 
 
 def transfers(
-    static: SimStatic, params: SimParams, state: SimState, row: _Row, r: jax.Array, t: jax.Array, apply: jax.Array
+    static: SimStatic,
+    params: SimParams,
+    state: SimState,
+    row: _Row,
+    r: jax.Array,
+    t: jax.Array,
+    apply: jax.Array,
 ) -> tuple[SimState, _Row]:
     """At replica ``r``'s event at ``t`` (after its batch ended): land the transfers due,
     start those of the prefills just completed. The engine compacts the row after."""
@@ -317,7 +344,9 @@ def count_batch(
     return state.replace(
         rep_busy_s=update(state.rep_busy_s, r_w, seconds, "add", sf),
         rep_batches=update(state.rep_batches, r_w, 1, "add", sf),
-        rep_batch_size_sum=update(state.rep_batch_size_sum, r_w, size.astype(jnp.float64), "add", sf),
+        rep_batch_size_sum=update(
+            state.rep_batch_size_sum, r_w, size.astype(jnp.float64), "add", sf
+        ),
         rep_kv_util_sum=update(state.rep_kv_util_sum, r_w, kv_util, "add", sf),
     )
 
@@ -358,7 +387,12 @@ COLUMNS = (
 
 
 def summary(
-    prefill_replicas: int, num_replicas: int, state: SimState, i: int, num_requests: int, makespan_s: float
+    prefill_replicas: int,
+    num_replicas: int,
+    state: SimState,
+    i: int,
+    num_requests: int,
+    makespan_s: float,
 ) -> dict[str, float]:
     """Per-pool summary of config ``i`` of a finished (stacked) state.
 
@@ -370,7 +404,11 @@ def summary(
     (``prefill_replicas`` 0) has 0 replicas in both pools and nan for the rest.
     """
     if prefill_replicas <= 0:
-        return {**dict.fromkeys(COLUMNS, float("nan")), "prefill_replicas": 0.0, "decode_replicas": 0.0}
+        return {
+            **dict.fromkeys(COLUMNS, float("nan")),
+            "prefill_replicas": 0.0,
+            "decode_replicas": 0.0,
+        }
     p, n = int(prefill_replicas), int(num_replicas)
     pick = lambda x: np.asarray(x[i])  # noqa: E731
     ready = pick(state.kv_ready_at)[:num_requests]
@@ -396,7 +434,11 @@ def summary(
     }
     for name, sl in pools.items():
         reps = sl.stop - sl.start
-        frac = busy[sl].sum() / (reps * makespan_s) if makespan_s > 0 and np.isfinite(makespan_s) else float("nan")
+        frac = (
+            busy[sl].sum() / (reps * makespan_s)
+            if makespan_s > 0 and np.isfinite(makespan_s)
+            else float("nan")
+        )
         out[f"{name}_busy_fraction"] = float(frac)
         out[f"{name}_batch_size_mean"] = per_batch(size, sl)
         out[f"{name}_kv_util_mean"] = per_batch(kv, sl)
@@ -412,24 +454,41 @@ def validate(cfg) -> None:
     """Refuse a bad pool setup of a ``DeploymentConfig`` with one line (ConfigError)."""
     p, d = cfg.prefill_replicas, cfg.decode_replicas
     for name, v in (("prefill_replicas", p), ("decode_replicas", d)):
-        require(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0,
-                f"cluster.{name}={v!r} must be an integer >= 0")
-    require((p == 0) == (d == 0),
-            f"cluster.prefill_replicas={p} and decode_replicas={d}: both 0 (colocated) or both >= 1")
-    require(cfg.kv_inter_node_gbps > 0 and np.isfinite(cfg.kv_inter_node_gbps),
-            f"cluster.kv_inter_node_gbps={cfg.kv_inter_node_gbps} must be a finite number > 0")
-    require(cfg.kv_transfer_latency_s >= 0 and np.isfinite(cfg.kv_transfer_latency_s),
-            f"cluster.kv_transfer_latency_s={cfg.kv_transfer_latency_s} must be a finite number >= 0")
+        require(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0,
+            f"cluster.{name}={v!r} must be an integer >= 0",
+        )
+    require(
+        (p == 0) == (d == 0),
+        f"cluster.prefill_replicas={p} and decode_replicas={d}: both 0 (colocated) or both >= 1",
+    )
+    require(
+        cfg.kv_inter_node_gbps > 0 and np.isfinite(cfg.kv_inter_node_gbps),
+        f"cluster.kv_inter_node_gbps={cfg.kv_inter_node_gbps} must be a finite number > 0",
+    )
+    require(
+        cfg.kv_transfer_latency_s >= 0 and np.isfinite(cfg.kv_transfer_latency_s),
+        f"cluster.kv_transfer_latency_s={cfg.kv_transfer_latency_s} must be a finite number >= 0",
+    )
     if p == 0:
         return
-    require(cfg.num_replicas == p + d,
-            f"num_replicas={cfg.num_replicas} must be prefill_replicas + decode_replicas = {p + d}")
-    require(cfg.replica_scheduler in SCHEDULERS,
-            f"replica_scheduler={cfg.replica_scheduler} does not run in prefill/decode pools yet "
-            f"(supported: {', '.join(SCHEDULERS)})")
-    require(cfg.global_scheduler != "prefix_affinity" and not cfg.prefix_caching,
-            "prefill/decode pools do not support prefix caching or prefix_affinity routing yet")
-    require(cfg.num_pipeline_stages == 1, "prefill/decode pools need num_pipeline_stages=1 (pp > 1 not modelled)")
+    require(
+        cfg.num_replicas == p + d,
+        f"num_replicas={cfg.num_replicas} must be prefill_replicas + decode_replicas = {p + d}",
+    )
+    require(
+        cfg.replica_scheduler in SCHEDULERS,
+        f"replica_scheduler={cfg.replica_scheduler} does not run in prefill/decode pools yet "
+        f"(supported: {', '.join(SCHEDULERS)})",
+    )
+    require(
+        cfg.global_scheduler != "prefix_affinity" and not cfg.prefix_caching,
+        "prefill/decode pools do not support prefix caching or prefix_affinity routing yet",
+    )
+    require(
+        cfg.num_pipeline_stages == 1,
+        "prefill/decode pools need num_pipeline_stages=1 (pp > 1 not modelled)",
+    )
 
 
 def entry_count(cfg) -> int:
@@ -442,7 +501,9 @@ def param_fields(cfg) -> dict[str, np.ndarray]:
     model = catalog.get_model(cfg.model)
     node = catalog.get_node(cfg.network_device)
     device = catalog.get_device(cfg.device)
-    kv = catalog.kv_bytes_per_token(model, cfg.tensor_parallel_size, cfg.num_pipeline_stages, vidur_compat=False)
+    kv = catalog.kv_bytes_per_token(
+        model, cfg.tensor_parallel_size, cfg.num_pipeline_stages, vidur_compat=False
+    )
     # a GPU without NVLink figures (link_gbps 0) moves KV at the inter-node rate
     intra = device.link_gbps if device.link_gbps > 0 else cfg.kv_inter_node_gbps
     return {
