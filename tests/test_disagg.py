@@ -158,6 +158,26 @@ def test_decode_admission_waits_for_decode_pool_memory():
     assert roomy.requests["completed_at"][1] == pytest.approx(join + it(2), rel=RTOL)
 
 
+def test_pool_batch_caps():
+    """decode_batch_cap 1: in the three-request case R1 cannot join R0's decode batch and
+    waits for R0 to complete (a + x16 + 2 it(1)), then decodes once. decode_batch_cap 4
+    above the scheduler's cap 2: four simultaneous requests are prefilled two by two but
+    decode in one batch of 4."""
+    wl = make_workload(np.array([0.0, 0.005, 0.1]), np.array([16, 8, 24]), np.array([3, 2, 1]))
+    (out,) = run([pooled(decode_batch_cap=1)], [wl])
+    a = it(16)
+    d0 = a + xfer(16) + 2 * it(1)
+    check(out, [0.0, a, 0.1], [a, a + it(8), 0.1 + it(24)], [d0, d0 + it(1), 0.1 + it(24)])
+    assert out.summary["decode_batch_cap"] == 1 and out.summary["prefill_batch_cap"] == 128
+
+    four = make_workload(np.zeros(4), np.full(4, 16), np.full(4, 10))
+    (wide,) = run([pooled(batch_size_cap=2, decode_batch_cap=4)], [four])
+    assert wide.summary["num_completed"] == 4
+    assert wide.summary["batch_size_max"] == 4  # the decode pool's batch
+    assert wide.summary["prefill_batch_size_mean"] <= 2
+    assert wide.summary["decode_batch_size_mean"] > 2
+
+
 def _random_workload(n=48, seed=0, qps=30.0):
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, n))
@@ -290,6 +310,10 @@ def test_single_config_loop_stays_scatter_free_with_pools():
                 "kv_inter_node_gbps": 0.0,
             },
             "kv_inter_node_gbps",
+        ),
+        (
+            {"prefill_replicas": 1, "decode_replicas": 1, "num_replicas": 2, "decode_batch_cap": 0},
+            "decode_batch_cap",
         ),
     ],
 )

@@ -142,6 +142,9 @@ def _pool_fields(cl: Mapping[str, Any]) -> dict[str, Any]:
             "cluster.kv_transfer_latency_s",
             cl.get("kv_transfer_latency_s", _conf("cluster", "kv_transfer_latency_s"))),
     }
+    for pool in ("prefill", "decode"):
+        cap = cl.get(f"{pool}_batch_cap", _conf("cluster", f"{pool}_batch_cap"))
+        out[f"{pool}_batch_cap"] = None if cap is None else read_int(f"cluster.{pool}_batch_cap", cap)
     return out
 
 

@@ -21,7 +21,8 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "config"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
     "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance",
-                          "prefill_replicas", "decode_replicas", "kv_inter_node_gbps", "kv_transfer_latency_s"}),
+                          "prefill_replicas", "decode_replicas", "kv_inter_node_gbps", "kv_transfer_latency_s",
+                          "prefill_batch_cap", "decode_batch_cap"}),
     "scheduler": frozenset(
         {
             "replica_scheduler",

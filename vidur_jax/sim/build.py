@@ -66,6 +66,8 @@ class DeploymentConfig:
     decode_replicas: int = _conf("cluster", "decode_replicas")
     kv_inter_node_gbps: float = _conf("cluster", "kv_inter_node_gbps")
     kv_transfer_latency_s: float = _conf("cluster", "kv_transfer_latency_s")
+    prefill_batch_cap: int | None = _conf("cluster", "prefill_batch_cap")
+    decode_batch_cap: int | None = _conf("cluster", "decode_batch_cap")
     replica_scheduler: str = _conf("scheduler", "replica_scheduler")
     batch_size_cap: int = _conf("scheduler", "batch_size_cap")
     block_size: int = _conf("scheduler", "block_size")
@@ -199,7 +201,7 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
 
 def slot_bound(cfg: DeploymentConfig, derived: DerivedConfig) -> int:
     """Most requests one replica can hold at once under ``cfg``'s policy."""
-    return policies.get(cfg.replica_scheduler).slot_bound(cfg, derived)
+    return max(policies.get(cfg.replica_scheduler).slot_bound(cfg, derived), disagg.slot_bound(cfg))
 
 
 def table_spec_for(cfgs: Sequence[DeploymentConfig], num_slots: int) -> TableSpec:

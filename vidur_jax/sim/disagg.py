@@ -372,6 +372,8 @@ def init_fields(static: SimStatic) -> dict[str, jax.Array]:
 COLUMNS = (
     "prefill_replicas",
     "decode_replicas",
+    "prefill_batch_cap",
+    "decode_batch_cap",
     "kv_transfers",
     "kv_transfer_time_p50",
     "kv_transfer_time_p90",
@@ -387,29 +389,30 @@ COLUMNS = (
 
 
 def summary(
-    prefill_replicas: int,
-    num_replicas: int,
+    cfg,
     state: SimState,
     i: int,
     num_requests: int,
     makespan_s: float,
 ) -> dict[str, float]:
-    """Per-pool summary of config ``i`` of a finished (stacked) state.
+    """Per-pool summary of config ``i`` (its ``DeploymentConfig`` ``cfg``) of a finished
+    (stacked) state.
 
     ``kv_transfer_time_*``: seconds from a request's first token (end of its prefill) to
     its KV landing on its decode replica, over the requests that were transferred
     (``kv_transfers`` of them; nan when none was); ``*_busy_fraction``: busy seconds of the
     pool's replicas / (replicas x ``makespan_s``); ``*_batch_size_mean`` and
-    ``*_kv_util_mean``: per batch launched in the pool. A colocated config
-    (``prefill_replicas`` 0) has 0 replicas in both pools and nan for the rest.
+    ``*_kv_util_mean``: per batch launched in the pool; ``*_batch_cap``: the pools' caps. A
+    colocated config (``prefill_replicas`` 0) has 0 replicas in both pools and nan for the
+    rest.
     """
-    if prefill_replicas <= 0:
+    if cfg.prefill_replicas <= 0:
         return {
             **dict.fromkeys(COLUMNS, float("nan")),
             "prefill_replicas": 0.0,
             "decode_replicas": 0.0,
         }
-    p, n = int(prefill_replicas), int(num_replicas)
+    p, n = int(cfg.prefill_replicas), int(cfg.num_replicas)
     pick = lambda x: np.asarray(x[i])  # noqa: E731
     ready = pick(state.kv_ready_at)[:num_requests]
     first = pick(state.first_token_at)[:num_requests]
@@ -426,6 +429,8 @@ def summary(
     out = {
         "prefill_replicas": float(p),
         "decode_replicas": float(n - p),
+        "prefill_batch_cap": float(pool_cap(cfg, "prefill")),
+        "decode_batch_cap": float(pool_cap(cfg, "decode")),
         "kv_transfers": float(xfer.size),
         "kv_transfer_time_p50": q(50),
         "kv_transfer_time_p90": q(90),
@@ -470,6 +475,13 @@ def validate(cfg) -> None:
         cfg.kv_transfer_latency_s >= 0 and np.isfinite(cfg.kv_transfer_latency_s),
         f"cluster.kv_transfer_latency_s={cfg.kv_transfer_latency_s} must be a finite number >= 0",
     )
+    for pool in ("prefill", "decode"):
+        cap = getattr(cfg, f"{pool}_batch_cap")
+        require(
+            cap is None
+            or (isinstance(cap, (int, np.integer)) and not isinstance(cap, bool) and cap >= 1),
+            f"cluster.{pool}_batch_cap={cap!r} must be null or an integer >= 1",
+        )
     if p == 0:
         return
     require(
@@ -514,4 +526,30 @@ def param_fields(cfg) -> dict[str, np.ndarray]:
         "kv_latency_s": np.float64(cfg.kv_transfer_latency_s),
         "gpus_per_replica": np.int32(cfg.tensor_parallel_size * cfg.num_pipeline_stages),
         "gpus_per_node": np.int32(node.devices_per_node),
+        "prefill_batch_cap": np.int32(pool_cap(cfg, "prefill")),
+        "decode_batch_cap": np.int32(pool_cap(cfg, "decode")),
     }
+
+
+def pool_cap(cfg, pool: str) -> int:
+    """Batch cap of a pool's replicas: ``cluster.<pool>_batch_cap``, else the scheduler's."""
+    cap = getattr(cfg, f"{pool}_batch_cap")
+    return cfg.batch_size_cap if cap is None else cap
+
+
+def slot_bound(cfg) -> int:
+    """Most requests a replica of a pool holds at once (0 for a colocated config)."""
+    return max(pool_cap(cfg, "prefill"), pool_cap(cfg, "decode")) if cfg.prefill_replicas > 0 else 0
+
+
+def pool_params(static: SimStatic, params: SimParams, r: jax.Array) -> SimParams:
+    """``params`` as replica ``r`` sees them: its pool's batch cap (``batch_cap`` and,
+    with one pipeline stage, ``max_micro_batch``); unchanged for colocated configs."""
+    if not on(static):
+        return params
+    cap = jnp.where(r < params.prefill_replicas, params.prefill_batch_cap, params.decode_batch_cap)
+    cap = jnp.where(pooled(params), cap, params.batch_cap).astype(params.batch_cap.dtype)
+    micro = jnp.where(pooled(params), cap, params.max_micro_batch).astype(
+        params.max_micro_batch.dtype
+    )
+    return params.replace(batch_cap=cap, max_micro_batch=micro)

@@ -1041,6 +1041,7 @@ def _replica_update(
     gate: jax.Array | None = None,
 ) -> SimState:
     """Process replica ``r``'s event at time ``t`` (no-op unless ``apply``)."""
+    params = disagg.pool_params(static, params, r)
     row = _gather_row(state, r)
     (state, row), _ = _region(gate, lambda c: (_end_batch(static, params, *c, t, apply), ()), (state, row))
     if disagg.on(static):  # KV transfers: land the due ones, start those of prefills just completed

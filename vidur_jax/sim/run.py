@@ -195,7 +195,7 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     summary["recomputed_tokens"] = counters["restart_tokens"]  # KV discarded by preemptions
     summary["batch_size_max"] = float(pick(state.batch_size_max))
     summary.update(prefix_engine.summary(cfg.prefix_caching, state, i))
-    summary.update(disagg.summary(cfg.prefill_replicas, cfg.num_replicas, state, i, n, summary["makespan_s"]))
+    summary.update(disagg.summary(cfg, state, i, n, summary["makespan_s"]))
     log = None
     if state.log_start.shape[-1] > 0:
         count = min(int(pick(state.log_count)), state.log_start.shape[-1])

@@ -165,6 +165,8 @@ class SimParams:
     kv_latency_s: jax.Array  # () f64 s fixed cost per KV transfer
     gpus_per_replica: jax.Array  # () i32 TP x PP (replicas packed on nodes in index order)
     gpus_per_node: jax.Array  # () i32
+    prefill_batch_cap: jax.Array  # () i32 batch_cap of the prefill pool's replicas
+    decode_batch_cap: jax.Array  # () i32 batch_cap of the decode pool's replicas
     # replica scheduler
     batch_cap: jax.Array  # () i32 Vidur batch_size_cap
     max_batch_size: jax.Array  # () i32 min(memory-bound batch size, cap) (Orca/FT admission)
