@@ -33,6 +33,12 @@ from vidur_jax.catalog.memory import (
     validate_parallelism,
     validate_simulable,
 )
+from vidur_jax.catalog.moe import (
+    attn_flops_coef,
+    flops_per_token,
+    needs_roofline,
+    validate_expert_parallel,
+)
 from vidur_jax.catalog.models import (
     ALIASES,
     MODELS,
@@ -56,6 +62,10 @@ __all__ = [
     "ParameterCount",
     "NodeSpec",
     "allowed_tp",
+    "attn_flops_coef",
+    "flops_per_token",
+    "needs_roofline",
+    "validate_expert_parallel",
     "get_device",
     "get_model",
     "load_hf_config",
