@@ -20,7 +20,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "config"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
-    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance"}),
+    "cluster": frozenset(
+        {"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance", "ep"}
+    ),
     "scheduler": frozenset(
         {
             "replica_scheduler",
@@ -45,7 +47,14 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "predictor": frozenset(
-        {"cpu_overhead_ms", "cpu_overhead", "attn_scale", "compute_scale", "network_scale"}
+        {
+            "cpu_overhead_ms",
+            "cpu_overhead",
+            "attn_scale",
+            "compute_scale",
+            "network_scale",
+            "moe_imbalance",
+        }
     ),
     "workload": frozenset(
         {
