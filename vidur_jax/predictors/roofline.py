@@ -256,9 +256,12 @@ MOE_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
 
 def routed_tokens(moe: dict, ep: int, imbalance: float, n: np.ndarray) -> np.ndarray:
     """Token-expert assignments on the busiest EP rank for a batch of ``n`` tokens:
-    ``n k imbalance / ep``, at most ``n min(k, E / ep)`` (a token visits an expert once)."""
+    ``n k imbalance / ep``, at most ``n min(k, E / ep)`` (a token visits an expert once).
+    At ``ep = 1`` every GPU holds a slice of every expert, so skew between experts does
+    not change its work and ``imbalance`` is ignored."""
     k, local = float(moe["experts_per_token"]), moe["num_experts"] / ep
-    return np.minimum(n * k * float(imbalance) / ep, n * min(k, local))
+    skew = float(imbalance) if ep > 1 else 1.0
+    return np.minimum(n * k * skew / ep, n * min(k, local))
 
 
 def experts_touched(moe: dict, ep: int, n: np.ndarray) -> np.ndarray:
