@@ -276,3 +276,31 @@ def test_tiny_moe_simulation_vmap_equals_loop(tmp_path):
     for out in batched:
         assert np.isfinite(out.requests["completed_at"]).all()
     assert same.requests["completed_at"].max() > batched[0].requests["completed_at"].max()
+
+
+# Published measurements (experiments/moe_published.py holds the cases, their sources and
+# setups). Error measured when the MoE timing was written: Mixtral-8x7B TP2 batch-of-8
+# latency +4.5% on H100 and -1.0% on H200 (vLLM nightly benchmark). Margin: 5 points, for
+# table-grid and calibration changes that move the roofline; the dense models of the same
+# runs err by -24% to +36%, so the MoE cases' small error is partly luck, not a bound.
+PUBLISHED_ERROR_PCT = {("mixtral-8x7b-instruct-v0.1", "h100"): 4.5, ("mixtral-8x7b-instruct-v0.1", "h200"): -1.0}
+MARGIN_PCT = 5.0
+
+
+def _published():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import moe_published
+
+    return moe_published
+
+
+@pytest.mark.parametrize("model, gpu", sorted(PUBLISHED_ERROR_PCT))
+def test_published_moe_latency_within_measured_error_plus_margin(model, gpu):
+    pub = _published()
+    (case,) = [c for c in pub.CASES if (c.model, c.gpu) == (model, gpu)]
+    assert case.role == "moe" and case.source.startswith("https://")
+    err = 100.0 * (pub.predict_ms(case) / case.measured_ms - 1.0)
+    assert abs(err) <= abs(PUBLISHED_ERROR_PCT[(model, gpu)]) + MARGIN_PCT, err
