@@ -44,9 +44,9 @@ def validate_simulable(model: ModelSpec | str) -> None:
     """Refuse a model whose serving cost the simulator cannot compute yet.
 
     Dense, mixture-of-experts (:mod:`vidur_jax.catalog.moe`) and multi-head latent
-    attention models are simulated. gpt-oss is refused: half its layers attend over a
-    128-token sliding window and every head has an attention sink, which the timing
-    model would silently treat as full attention.
+    attention models are simulated. gpt-oss is refused: its experts ship in MXFP4
+    (4-bit) and half its layers attend over a 128-token sliding window, so simulated as
+    16-bit weights with full attention its memory and time would be far off.
 
     Raises:
         ConfigError: naming the model and the part that is not modelled.
@@ -54,8 +54,8 @@ def validate_simulable(model: ModelSpec | str) -> None:
     m = get_model(model)
     require(
         m.family != "gpt_oss",
-        f"{m.name} alternates sliding-window and full attention layers (with attention "
-        "sinks), which vidur_jax reads from config.json but does not simulate yet",
+        f"{m.name} has MXFP4 experts and alternates sliding-window and full attention "
+        "layers, which vidur_jax reads from config.json but does not simulate yet",
     )
 
 
