@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
         *({"scheduler": "sarathi", "chunk_size": c} for c in (256, 512, 1024, 2048, 4096)),
     ],
     "batch_caps": [32, 64, 128],
+    "ep": [1],
     "slos": [],
     "top": 5,
     "num_requests": 300,
