@@ -671,7 +671,12 @@ class RooflinePredictor:
             "moe_imbalance": self.moe_imbalance,
             "shape": self.shape,
             "warning": f"no profiles for {name} on {self.device['name']} (tp={self.tp}): op times are "
-            f"roofline estimates (efficiencies calibrated on {cal}); expect 10-40% error",
+            f"roofline estimates (efficiencies calibrated on {cal}); expect 10-40% error"
+            + (
+                f"; MoE all-to-all at ep={self.ep}: link-bandwidth roofline estimate"
+                if self.ep > 1
+                else ""
+            ),
         }
 
     def predict(self, op: str, **features: Any) -> np.ndarray:
