@@ -73,7 +73,9 @@ def test_tiny_moe_flops_per_token_by_hand():
     assert catalog.attn_flops_coef(TINY_MOE, 1) == 4.0 * 2 * 4
 
 
-TINY_MLA = MLASpec(q_lora_rank=4, kv_lora_rank=3, qk_nope_head_dim=2, qk_rope_head_dim=1, v_head_dim=2)
+TINY_MLA = MLASpec(
+    q_lora_rank=4, kv_lora_rank=3, qk_nope_head_dim=2, qk_rope_head_dim=1, v_head_dim=2
+)
 
 
 def test_mla_weights_and_kv_by_hand():
@@ -146,18 +148,28 @@ def test_one_expert_top1_ep1_equals_the_dense_model():
         for op in roofline.OPS:
             if op in ("attn_prefill", "attn_decode"):
                 continue
-            np.testing.assert_array_equal(pm.predict(op, num_tokens=n), pd.predict(op, num_tokens=n))
+            np.testing.assert_array_equal(
+                pm.predict(op, num_tokens=n), pd.predict(op, num_tokens=n)
+            )
         assert set(pm.moe_parts("mlp_up_proj", n)) == {"expert_up"}  # no router, no all-to-all
     # and a whole simulation gives the same timestamps
     wl = _workload(0)
     outs = {}
     for spec in (dense, one):
         pred = roofline.RooflinePredictor(spec, "h100", 2)
-        cfg = DeploymentConfig(model=spec, device="h100", tensor_parallel_size=2, max_tokens=256,
-                               replica_scheduler="vllm", num_blocks=64)
+        cfg = DeploymentConfig(
+            model=spec,
+            device="h100",
+            tensor_parallel_size=2,
+            max_tokens=256,
+            replica_scheduler="vllm",
+            num_blocks=64,
+        )
         (outs[spec.name],) = simulate_configs([cfg], [wl], predictor_for=lambda c, p=pred: p)
     for key in ("scheduled_at", "first_token_at", "completed_at"):
-        np.testing.assert_array_equal(outs["tiny-dense"].requests[key], outs["tiny-1e"].requests[key])
+        np.testing.assert_array_equal(
+            outs["tiny-dense"].requests[key], outs["tiny-1e"].requests[key]
+        )
 
 
 def test_moe_parts_by_hand():
@@ -191,7 +203,9 @@ def test_moe_parts_by_hand():
         pred.predict("mlp_up_proj", num_tokens=n), (dense_ms + sum(parts.values())) / 2
     )
     # ep=1 has no all-to-all
-    assert "dispatch" not in roofline.RooflinePredictor(TINY_MOE, "h100", 2).moe_parts("mlp_up_proj", n)
+    assert "dispatch" not in roofline.RooflinePredictor(TINY_MOE, "h100", 2).moe_parts(
+        "mlp_up_proj", n
+    )
 
 
 def test_imbalance_and_ep_change_the_expert_time_the_right_way():
@@ -204,7 +218,9 @@ def test_imbalance_and_ep_change_the_expert_time_the_right_way():
     assert skew[0] > 1.5 * even[0]  # compute-bound: twice the tokens on the busiest rank
     # imbalance does not matter without EP (every GPU holds a slice of every expert)
     a = roofline.RooflinePredictor(m, "h100", 8).predict("mlp_up_proj", num_tokens=n)
-    b = roofline.RooflinePredictor(m, "h100", 8, moe_imbalance=2.0).predict("mlp_up_proj", num_tokens=n)
+    b = roofline.RooflinePredictor(m, "h100", 8, moe_imbalance=2.0).predict(
+        "mlp_up_proj", num_tokens=n
+    )
     np.testing.assert_array_equal(a, b)
 
 
@@ -258,8 +274,16 @@ def _tiny_mixtral(tmp_path) -> str:
 def test_tiny_moe_simulation_vmap_equals_loop(tmp_path):
     model = _tiny_mixtral(tmp_path)
     cfgs = [
-        DeploymentConfig(model=model, device="h100", tensor_parallel_size=2, expert_parallel=ep,
-                         moe_imbalance=imb, replica_scheduler="vllm", max_tokens=256, seed=i)
+        DeploymentConfig(
+            model=model,
+            device="h100",
+            tensor_parallel_size=2,
+            expert_parallel=ep,
+            moe_imbalance=imb,
+            replica_scheduler="vllm",
+            max_tokens=256,
+            seed=i,
+        )
         for i, (ep, imb) in enumerate([(1, 1.0), (2, 1.0), (2, 1.5)])
     ]
     wls = [_workload(i) for i in range(3)]
@@ -283,7 +307,10 @@ def test_tiny_moe_simulation_vmap_equals_loop(tmp_path):
 # latency +4.5% on H100 and -1.0% on H200 (vLLM nightly benchmark). Margin: 5 points, for
 # table-grid and calibration changes that move the roofline; the dense models of the same
 # runs err by -24% to +36%, so the MoE cases' small error is partly luck, not a bound.
-PUBLISHED_ERROR_PCT = {("mixtral-8x7b-instruct-v0.1", "h100"): 4.5, ("mixtral-8x7b-instruct-v0.1", "h200"): -1.0}
+PUBLISHED_ERROR_PCT = {
+    ("mixtral-8x7b-instruct-v0.1", "h100"): 4.5,
+    ("mixtral-8x7b-instruct-v0.1", "h200"): -1.0,
+}
 MARGIN_PCT = 5.0
 
 

@@ -33,12 +33,6 @@ from vidur_jax.catalog.memory import (
     validate_parallelism,
     validate_simulable,
 )
-from vidur_jax.catalog.moe import (
-    attn_flops_coef,
-    flops_per_token,
-    needs_roofline,
-    validate_expert_parallel,
-)
 from vidur_jax.catalog.models import (
     ALIASES,
     MODELS,
@@ -48,6 +42,12 @@ from vidur_jax.catalog.models import (
     get_model,
     list_models,
     shipped_hf_configs,
+)
+from vidur_jax.catalog.moe import (
+    attn_flops_coef,
+    flops_per_token,
+    needs_roofline,
+    validate_expert_parallel,
 )
 
 __all__ = [

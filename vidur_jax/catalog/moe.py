@@ -104,7 +104,11 @@ def active_params_per_token_layer(m: ModelSpec, tp: int) -> float:
         return float(attention_params_per_worker(m, tp) + dense_mlp_params_per_worker(m, tp))
     e, h = m.moe, m.embedding_dim
     router = h * e.num_experts if e.num_experts > 1 else 0
-    moe = router + (e.experts_per_token * 3 * h * e.expert_hidden_dim + 3 * h * e.shared_expert_hidden_dim) / tp
+    moe = (
+        router
+        + (e.experts_per_token * 3 * h * e.expert_hidden_dim + 3 * h * e.shared_expert_hidden_dim)
+        / tp
+    )
     if e.first_dense_layers == 0:
         return attention_params_per_worker(m, tp) + moe
     dense = dense_mlp_params_per_worker(m, tp)
