@@ -331,3 +331,64 @@ def test_published_moe_latency_within_measured_error_plus_margin(model, gpu):
     assert case.role == "moe" and case.source.startswith("https://")
     err = 100.0 * (pub.predict_ms(case) / case.measured_ms - 1.0)
     assert abs(err) <= abs(PUBLISHED_ERROR_PCT[(model, gpu)]) + MARGIN_PCT, err
+
+
+def test_search_grid_has_an_ep_axis():
+    from vidur_jax.search import grid
+
+    spec = grid.grid_from_dict(
+        {
+            "models": ["mixtral-8x7b-instruct-v0.1", "llama2-7b"],
+            "gpus": ["h100"],
+            "max_gpus": 8,
+            "tp": [1, 2, 4],
+            "pp": [1],
+            "ep": [1, 2, 4],
+            "schedulers": ["vllm"],
+            "batch_caps": [64],
+        },
+        "llama2-7b",
+        "h100",
+    )
+    cands = grid.expand_grid(spec, DeploymentConfig())
+    pairs = {
+        (c.config.model.split("/")[-1], c.config.tensor_parallel_size, c.config.expert_parallel)
+        for c in cands
+    }
+    # ep must divide tp; a dense model only gets ep=1
+    assert pairs == {
+        ("Mixtral-8x7B-Instruct-v0.1", 1, 1),
+        ("Mixtral-8x7B-Instruct-v0.1", 2, 1),
+        ("Mixtral-8x7B-Instruct-v0.1", 2, 2),
+        ("Mixtral-8x7B-Instruct-v0.1", 4, 1),
+        ("Mixtral-8x7B-Instruct-v0.1", 4, 2),
+        ("Mixtral-8x7B-Instruct-v0.1", 4, 4),
+        ("Llama-2-7b-hf", 1, 1),
+        ("Llama-2-7b-hf", 2, 1),
+        ("Llama-2-7b-hf", 4, 1),
+    }
+    ep4 = [c for c in cands if c.config.expert_parallel == 4]
+    assert all("ep4" in grid.describe(c.config) and "EP4" in grid.label(c.config) for c in ep4)
+
+
+@pytest.mark.parametrize(
+    "model, overrides, needle",
+    [
+        ("mixtral-8x7b-instruct-v0.1", ["cluster.tp=2", "cluster.ep=4"], "ep=4 must divide tp=2"),
+        ("llama2-7b", ["cluster.tp=2", "cluster.ep=2"], "needs a mixture-of-experts model"),
+        (
+            "mixtral-8x7b-instruct-v0.1",
+            ["predictor.moe_imbalance=0.5"],
+            "moe_imbalance=0.5 must be >= 1",
+        ),
+    ],
+)
+def test_bad_moe_knobs_are_refused_before_simulating(model, overrides, needle):
+    from vidur_jax import app
+
+    cfg = app.compose(
+        ["+experiment=quickstart", f"model.name={model}", "hardware=h100", *overrides]
+    )
+    with pytest.raises(ConfigError, match=needle) as err:
+        app.plan_from_config(cfg)
+    assert "\n" not in str(err.value)
