@@ -5,8 +5,10 @@ DeepSeek-V3 on 8-GPU H100 and A100 clusters; every (tp, ep) with ep dividing tp)
 shipped predictors (``profiles_dir=null``; MoE/MLA ops are calibrated-roofline
 estimates either way) and writes to ``--out`` (default
 ``experiments/results/moe_deepseek``): ``search.csv``, ``best_config.json``,
-``answer.txt`` and ``ep_vs_tp.csv`` (model, device, tp, ep, replicas, feasible,
-capacity_qps, qps_per_dollar, ttft_p90, tbt_p99, meets_slo, reason).
+``answer.txt``, ``ep_vs_tp.csv`` (model, device, tp, ep, replicas, feasible,
+capacity_qps, qps_per_dollar, ttft_p90, tbt_p99, meets_slo, reason) and
+``imbalance.csv``: one TP8 H100 replica of DeepSeek-V2-Lite at a fixed load, ep=1 and
+ep=8 under routing skew ``predictor.moe_imbalance`` in {1, 1.25, 1.5, 2} (latencies).
 
     python experiments/moe_deepseek.py [--out DIR] [overrides...]
 """
@@ -45,6 +47,51 @@ def ep_vs_tp(search: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["model", "device", "qps_per_dollar"], ascending=[True, True, False])
 
 
+#: Load of the routing-skew sweep (req/s), about half the TP8 H100 replica's capacity.
+SKEW_QPS = 40.0
+SKEWS = (1.0, 1.25, 1.5, 2.0)
+
+
+def imbalance_sweep() -> pd.DataFrame:
+    """Latencies of one TP8 H100 DeepSeek-V2-Lite replica at :data:`SKEW_QPS`, ep=1 and
+    ep=8, for each routing skew of :data:`SKEWS` (one vmapped call per ep)."""
+    import vidur_jax
+
+    rows = []
+    for ep in (1, 8):
+        knobs = {
+            "model.name": "deepseek-ai/DeepSeek-V2-Lite",
+            "hardware": "h100",
+            "cluster.tp": 8,
+            "cluster.ep": ep,
+            "scheduler": "sarathi",
+            "scheduler.chunk_size": 512,
+            "scheduler.batch_size_cap": 128,
+            "workload": "synthetic_fixed",
+            "workload.max_tokens": 2048,
+            "workload.num_requests": 400,
+            "qps": SKEW_QPS,
+            "predictor.moe_imbalance": list(SKEWS) if ep > 1 else [1.0],
+            "profiles_dir": None,
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary, _ = vidur_jax.simulate("quickstart", **knobs)
+        for r in summary.itertuples():
+            rows.append(
+                {
+                    "ep": ep,
+                    "moe_imbalance": getattr(r, "moe_imbalance", 1.0),
+                    "qps": SKEW_QPS,
+                    "ttft_p90_s": r.ttft_p90,
+                    "tbt_p50_s": r.tbt_p50,
+                    "tbt_p99_s": r.tbt_p99,
+                    "throughput_tps": r.throughput_tps,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         fh.write(buf.getvalue())
     table = ep_vs_tp(pd.read_csv(os.path.join(args.out, "search.csv")))
     table.to_csv(os.path.join(args.out, "ep_vs_tp.csv"), index=False)
+    skew = imbalance_sweep()
+    skew.to_csv(os.path.join(args.out, "imbalance.csv"), index=False)
     print(buf.getvalue(), end="")
     print(table.to_string(index=False))
+    print(skew.to_string(index=False))
     return 0
 
 
