@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "span_factor": 1.0,
     "early_stop": True,
     "width": 32,
+    "runner": "auto",
     "mode": "auto",
     "predictor_note": None,
 }
@@ -87,6 +88,7 @@ def settings_from(block: Mapping[str, Any], seed: int) -> cap.SearchSettings:
             span_factor=float(block["span_factor"]),
             early_stop=bool(block["early_stop"]),
             width=int(block["width"]),
+            runner=str(block["runner"]),
             mode=str(block["mode"]),
             seed=int(seed),
         ).check()
