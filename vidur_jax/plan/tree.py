@@ -20,9 +20,11 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "config"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
-    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance",
-                          "prefill_replicas", "decode_replicas", "kv_inter_node_gbps", "kv_transfer_latency_s",
-                          "prefill_batch_cap", "decode_batch_cap"}),
+    "cluster": frozenset(
+        {"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance", "ep",
+         "prefill_replicas", "decode_replicas", "kv_inter_node_gbps", "kv_transfer_latency_s",
+         "prefill_batch_cap", "decode_batch_cap"}
+    ),
     "scheduler": frozenset(
         {
             "replica_scheduler",
@@ -47,7 +49,14 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "predictor": frozenset(
-        {"cpu_overhead_ms", "cpu_overhead", "attn_scale", "compute_scale", "network_scale"}
+        {
+            "cpu_overhead_ms",
+            "cpu_overhead",
+            "attn_scale",
+            "compute_scale",
+            "network_scale",
+            "moe_imbalance",
+        }
     ),
     "workload": frozenset(
         {

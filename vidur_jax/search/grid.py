@@ -90,6 +90,8 @@ class GridSpec:
         pp: pipeline depths.
         schedulers: replica schedulers (with chunk sizes).
         batch_caps: batch size caps.
+        ep: expert-parallel degrees of MoE models' experts; a point whose ``ep`` does
+            not divide its ``tp`` (or ``ep > 1`` on a dense model) is not part of the grid.
         pd_splits: prefill shares of a cluster's replicas to try as disaggregated
             prefill/decode pools besides the colocated point (``()`` = colocated only;
             docs/disaggregation.md): share s gives ``P = round(s x replicas)`` prefill
@@ -105,11 +107,12 @@ class GridSpec:
         *(SchedulerChoice("sarathi", c) for c in (256, 512, 1024, 2048, 4096)),
     )
     batch_caps: tuple[int, ...] = (32, 64, 128)
+    ep: tuple[int, ...] = (1,)
     pd_splits: tuple[float, ...] = ()
 
     @property
     def size(self) -> int:
-        """Number of grid points."""
+        """Number of colocated grid points (`pd_splits` adds pools after some of them)."""
         return (
             len(self.models)
             * len(self.clusters)
@@ -117,6 +120,7 @@ class GridSpec:
             * len(self.pp)
             * len(self.schedulers)
             * len(self.batch_caps)
+            * len(self.ep)
         )
 
 
@@ -229,6 +233,7 @@ def grid_from_dict(
         pp=_ints("pp", block.get("pp", [1, 2, 4])),
         schedulers=tuple(scheds),
         batch_caps=_ints("batch_caps", block.get("batch_caps", [32, 64, 128])),
+        ep=_ints("ep", block.get("ep", [1])),
         pd_splits=_shares(block.get("pd_splits") or []),
     )
 
@@ -297,10 +302,10 @@ def expand_grid(
             "search.pd_splits needs search.target_qps=null (target planning sizes one colocated replica; "
             "pools are searched as whole clusters)")
     out = []
-    for model, cl, tp, pp, sch, cap in itertools.product(
-        spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps
+    for model, cl, tp, pp, sch, cap, ep in itertools.product(
+        spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps, spec.ep
     ):
-        if tp * pp > cl.num_gpus:
+        if tp * pp > cl.num_gpus or tp % ep or (ep > 1 and not catalog.get_model(model).is_moe):
             continue
         price = (
             cl.price_per_hour
@@ -320,6 +325,7 @@ def expand_grid(
             replica_scheduler=sch.scheduler,
             chunk_size=sch.chunk_size if sch.chunk_size is not None else base.chunk_size,
             batch_size_cap=cap,
+            expert_parallel=ep,
         )
         reason = ""
         if node is None:
@@ -353,7 +359,8 @@ def describe(c: DeploymentConfig) -> str:
     sched = c.replica_scheduler + (str(c.chunk_size) if c.replica_scheduler == "sarathi" else "")
     return (
         f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
-        f"x{c.num_replicas} {sched} cap{c.batch_size_cap}{_pools(c)}"
+        + (f"ep{c.expert_parallel} " if c.expert_parallel > 1 else "")
+        + f"x{c.num_replicas} {sched} cap{c.batch_size_cap}{_pools(c)}"
     )
 
 
@@ -367,7 +374,7 @@ def label(c: DeploymentConfig) -> str:
     gpus = c.tensor_parallel_size * c.num_pipeline_stages
     par = f"TP{c.tensor_parallel_size}" + (
         f" PP{c.num_pipeline_stages}" if c.num_pipeline_stages > 1 else ""
-    )
+    ) + (f" EP{c.expert_parallel}" if c.expert_parallel > 1 else "")
     names = {"vllm": "vLLM", "sarathi": "Sarathi", "orca": "Orca", "lightllm": "LightLLM"}
     sched = names.get(c.replica_scheduler, c.replica_scheduler)
     if c.replica_scheduler == "sarathi":

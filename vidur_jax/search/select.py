@@ -244,6 +244,7 @@ def search_table(
             "network_device": c.network_device,
             "tp": c.tensor_parallel_size,
             "pp": c.num_pipeline_stages,
+            "ep": c.expert_parallel,
             "replicas": c.num_replicas,
             "prefill_replicas": c.prefill_replicas,
             "decode_replicas": c.decode_replicas,

@@ -94,6 +94,8 @@ class DeploymentConfig:
     attn_scale: float = _conf("predictor", "attn_scale")
     compute_scale: float = _conf("predictor", "compute_scale")
     network_scale: float = _conf("predictor", "network_scale")
+    expert_parallel: int = 1  # EP degree of a MoE model's experts (divides tp), docs/models.md
+    moe_imbalance: float = 1.0  # busiest EP rank's routed tokens over the mean (>= 1)
     seed: int = _conf("", "seed")
 
     @property
@@ -106,6 +108,8 @@ class DeploymentConfig:
             self.tensor_parallel_size,
             self.num_pipeline_stages > 1,
             self.cpu_overhead_dir,
+            self.expert_parallel,
+            self.moe_imbalance,
         )
 
     def validate(self) -> None:
@@ -148,6 +152,8 @@ class DeploymentConfig:
         require(self.cpu_overhead_ms >= 0, f"cpu_overhead_ms={self.cpu_overhead_ms} must be >= 0")
         catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
         catalog.validate_max_tokens(model, self.max_tokens)
+        catalog.validate_expert_parallel(model, self.tensor_parallel_size, self.expert_parallel)
+        require(self.moe_imbalance >= 1.0, f"moe_imbalance={self.moe_imbalance} must be >= 1")
         policies.get(self.replica_scheduler).validate(self)
         disagg.validate(self)
 
@@ -183,7 +189,6 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
     require(num_blocks >= 1, f"num_blocks={num_blocks} must be >= 1")
     micro = cfg.batch_size_cap // pp
     require(micro >= 1, f"batch_size_cap={cfg.batch_size_cap} must be >= num_pipeline_stages={pp}")
-    head_dim = model.head_dim
     return DerivedConfig(
         num_blocks=int(num_blocks),
         max_batch_size=int(min(mbs, cfg.batch_size_cap)),
@@ -192,9 +197,9 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
         max_blocks_per_seq=cfg.max_tokens // cfg.block_size,
         layers_per_stage=model.num_layers // pp,
         gqa_overhead=0.1 if model.num_kv_heads < model.num_q_heads else 0.0,
-        flops_per_token=2.0 * catalog.params_per_layer(model, tp),
+        flops_per_token=catalog.flops_per_token(model, tp),
         # QK^T and PV: 2 matmuls x 2 FLOPs x head_dim per (query, key) pair per head
-        attn_flops_coef=4.0 * head_dim * model.q_heads_per_worker(tp),
+        attn_flops_coef=catalog.attn_flops_coef(model, tp),
         peak_flops=device.fp16_tflops * 1e12,
     )
 
