@@ -81,6 +81,9 @@ class SimStatic:
             prefix-cache function a no-op and the results those of a build without it).
         prefix_blocks: K, leading KV-block hashes per request (``SimParams.prefix_hashes``).
         prefix_probes: P, table entries a block hash may occupy (open addressing).
+        speculative: some config of the call decodes speculatively (``spec_k > 0``):
+            the engine's decode iterations are verify steps
+            (:mod:`vidur_jax.sim.speculative`); False = off, nothing of it traced.
     """
 
     policy: str
@@ -97,6 +100,7 @@ class SimStatic:
     prefix_capacity: int = 0
     prefix_blocks: int = 0
     prefix_probes: int = 8
+    speculative: bool = False
 
 
 @flax.struct.dataclass
@@ -182,6 +186,12 @@ class SimParams:
     attn_flops_coef: jax.Array  # () f32 attention FLOPs per (query token x kv token) per layer per device
     peak_flops: jax.Array  # () f32 device peak FLOP/s
     max_steps: jax.Array  # () i64 step budget
+    # speculative decoding (vidur_jax.sim.speculative; k = 0: off)
+    spec_k: jax.Array  # () i32 draft tokens per verify step (0 = off)
+    spec_gain: jax.Array  # (R,) f32 output tokens per verify step of each request (1 when off)
+    draft_table_index: jax.Array  # () i32 row of TimingTables timing the draft
+    draft_layers: jax.Array  # () f32 decoder layers of one draft step
+    draft_flops_per_token: jax.Array  # () f32 draft dense FLOPs per token per layer per device
 
 
 @flax.struct.dataclass
