@@ -29,6 +29,15 @@ def it(tokens: int, layers: int = LAYERS) -> float:
     return (10.0 + 0.1 * t8) / 32 * layers * 1e-3
 
 
+# the draft's LM head: its up-projection time x vocabulary / up-projection width
+LM = catalog.get_model("meta-llama/Llama-2-7b-hf").vocab_size / (2 * 11008)
+
+
+def lm(rows: int) -> float:
+    """Seconds of the draft's LM head over ``rows`` rows (the toy's one-layer GEMM time x LM)."""
+    return LM * it(rows, 1)
+
+
 def spec_cfg(**kw) -> DeploymentConfig:
     base = dict(replica_scheduler="vllm", spec_tokens=2, spec_acceptance=0.0, spec_draft="eagle")
     return DeploymentConfig(**{**base, **kw})
@@ -85,13 +94,14 @@ def test_per_request_acceptance_draws_have_the_stated_mean_and_spread():
 def test_eagle_verify_steps_by_hand():
     """alpha = 0: one token per verify step. R0: 16 prompt tokens, 5 output tokens, k = 2.
 
-    Prefill: target it(16) + the eagle draft (one layer) prefilling the same 16 tokens.
-    Then 4 verify steps (tokens 2..5), each the target on k + 1 = 3 tokens + 2 draft
-    steps of 1 token on one layer. TBT samples are the 4 step durations."""
+    Prefill: target it(16) + the eagle draft (one layer) prefilling the same 16 tokens and
+    its LM head on the last row. Then 4 verify steps (tokens 2..5), each the target on
+    k + 1 = 3 tokens + 2 draft steps of 1 token on one layer, each with its LM head.
+    TBT samples are the 4 step durations."""
     wl = make_workload(np.array([0.0]), np.array([16]), np.array([5]))
     (out,) = run([spec_cfg()], [wl])
-    first = it(16) + it(16, 1)
-    step = it(3) + 2 * it(1, 1)
+    first = it(16) + it(16, 1) + lm(1)
+    step = it(3) + 2 * (it(1, 1) + lm(1))
     r = out.requests
     assert r["first_token_at"][0] == pytest.approx(first, rel=1e-6)
     assert r["completed_at"][0] == pytest.approx(first + 4 * step, rel=1e-6)
@@ -104,14 +114,14 @@ def test_eagle_verify_steps_by_hand():
 def test_draft_model_steps_and_sampled_acceptance_by_hand():
     """A separate draft model (Llama-2-7B drafting for itself: 32 layers per draft step),
     alpha = 0.7, k = 3, 60 output tokens: the engine runs exactly the verify steps the
-    host drew, each target(k+1 tokens) + k draft steps of one token."""
+    host drew, each target(k+1 tokens) + k draft steps of one token and its LM head."""
     cfg = spec_cfg(spec_tokens=3, spec_acceptance=0.7, spec_draft="meta-llama/Llama-2-7b-hf")
     wl = make_workload(np.array([0.0]), np.array([32]), np.array([60]))
     steps = int(speculative.params_fields(cfg, np.array([60], np.int32), np.array([True]))["num_decode"][0]) - 1
     assert 1 <= steps < 59
     (out,) = run([cfg], [wl])
-    first = 2 * it(32)
-    step = it(4) + 3 * it(1)
+    first = 2 * it(32) + lm(1)
+    step = it(4) + 3 * (it(1) + lm(1))
     assert out.requests["first_token_at"][0] == pytest.approx(first, rel=1e-6)
     assert out.requests["completed_at"][0] == pytest.approx(first + steps * step, rel=1e-6)
     assert out.counters["tbt_count"] == steps

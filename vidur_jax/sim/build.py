@@ -431,6 +431,7 @@ def build_params(
         draft_flops_per_token=f32(2.0 * catalog.params_per_layer(speculative.draft_config(cfg).model,
                                                                  cfg.tensor_parallel_size)
                                   if cfg.spec_tokens > 0 else 0.0),
+        draft_lm_head_scale=f32(speculative.lm_head_scale(cfg) if cfg.spec_tokens > 0 else 0.0),
     )
 
 

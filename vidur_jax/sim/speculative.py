@@ -4,7 +4,9 @@ Model (docs/speculative.md). Every decode iteration of a request is one *verify 
 
 * the draft runs ``k`` autoregressive steps, one token per decoding sequence each (a
   separate draft model with its own weights and KV cache, or an ``"eagle"`` draft of one
-  target decoder layer), and the draft also prefills every prompt chunk the target does;
+  target decoder layer), each ending in the draft's LM head (timed as its up-projection
+  GEMM scaled by vocabulary / up-projection width), and the draft also prefills every
+  prompt chunk the target does;
 * the target runs one forward pass in which every decoding sequence carries ``k + 1``
   query tokens (the dense ops see ``k + 1`` tokens per decode; decode attention is the
   profiled one-query time x a calibrated roofline ratio for ``k + 1`` queries,
@@ -116,6 +118,19 @@ def draft_layers(cfg: DeploymentConfig) -> int:
     from vidur_jax import catalog
 
     return catalog.get_model(cfg.spec_draft).num_layers
+
+
+def lm_head_scale(cfg: DeploymentConfig) -> float:
+    """Time of the draft's LM head (hidden x vocab GEMM) over its ``mlp_up_proj`` (hidden x
+    up-projection width) at the same token count: the ratio of their output widths, so
+    the LM head is timed from the profiled (or roofline) up-projection of the same shape.
+    Every draft step runs it once per sequence to propose its token (an ``"eagle"`` head
+    uses the target's)."""
+    from vidur_jax import catalog
+
+    m = catalog.get_model(draft_config(cfg).model)
+    up = (2 if m.use_gated_mlp else 1) * m.mlp_hidden_dim
+    return m.vocab_size / up
 
 
 def request_alphas(cfg: DeploymentConfig, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -234,10 +249,27 @@ def batch_stage_time(
         tables, draft, active & ~is_prefill, jnp.ones_like(num_tokens), kv, is_prefill, num_seqs)
     pre_s, _, pre_flops, pre_over = timing.batch_stage_time(
         tables, draft, active & is_prefill, num_tokens, kv, is_prefill, num_seqs)
+    # each draft step ends in the LM head that proposes the token (one row per sequence)
+    n_dec = jnp.where(active & ~is_prefill, num_seqs, 0).sum()
+    n_pre = jnp.where(active & is_prefill, 1, 0).sum()
+    dec_s = dec_s + _lm_head_s(tables, draft, n_dec)
+    pre_s = pre_s + _lm_head_s(tables, draft, n_pre)
     draft_s = on_k * (k * dec_s + pre_s)
     draft_flops = on_k * (k * dec_flops + pre_flops)
     return (stage_s + draft_s, last_s + draft_s, flops + draft_flops,
             over | ((k > 0) & (dec_over | pre_over)))
+
+
+def _lm_head_s(tables: TimingTables, draft: SimParams, n: jax.Array) -> jax.Array:
+    """() s of the draft's LM head over ``n`` rows: its ``mlp_up_proj`` time at ``n``
+    tokens (rounded up to the table's token step) x ``draft_lm_head_scale``."""
+    from vidur_jax.sim.types import OP_INDEX
+
+    up = OP_INDEX["mlp_up_proj"]
+    g = tables.token_ops.shape[1]
+    idx = jnp.clip((n + tables.token_step - 1) // tables.token_step, 0, g - 1)
+    ms = tables.token_ops[draft.table_index, idx, up] * draft.op_scale[up]
+    return jnp.where(n > 0, ms * draft.draft_lm_head_scale, 0.0) * 1e-3
 
 
 def summary(cfg: DeploymentConfig, num_decode: np.ndarray, completed: np.ndarray,

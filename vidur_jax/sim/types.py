@@ -192,6 +192,7 @@ class SimParams:
     draft_table_index: jax.Array  # () i32 row of TimingTables timing the draft
     draft_layers: jax.Array  # () f32 decoder layers of one draft step
     draft_flops_per_token: jax.Array  # () f32 draft dense FLOPs per token per layer per device
+    draft_lm_head_scale: jax.Array  # () f32 draft LM-head GEMM time / its mlp_up_proj time at equal tokens (vocab / up-proj width)
 
 
 @flax.struct.dataclass
