@@ -5,6 +5,9 @@ published measurement."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +19,8 @@ from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.run import simulate_configs
 from vidur_jax.sim.tables import LinearPredictor, TableSpec, tabulate_one
 from vidur_jax.workload import make_workload
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 M7 = "meta-llama/Llama-2-7b-hf"
 M70 = "meta-llama/Llama-2-70b-hf"
@@ -163,3 +168,25 @@ def test_precision_keys_from_the_config_and_bad_values():
     assert deployment_from(to_container(compose([]))).timing_variant == ("bf16", "bf16", 1)
     with pytest.raises(ConfigError, match=r"model.weight_dtype='int3'; allowed: fp16, bf16, fp8|unknown model.weight_dtype"):
         vidur_jax.simulate(["model.weight_dtype=int3"])
+
+
+# ----------------------------------------------------------------------------- published
+
+
+#: |relative error| of the simulated FP8-weights speedup per published case, measured by
+#: experiments/fp8.py (experiments/results/fp8/published.csv: +2.1% at batch 1, -0.8% at
+#: batch 8, profiled H100 Llama-2-7B predictors), rounded up; held with a 2-point margin.
+PUBLISHED_ERROR_PCT = {"trtllm_llama2_7b_h100_bs1": 2.2, "trtllm_llama2_7b_h100_bs8": 0.9}
+MARGIN_PCT = 2.0
+
+
+@pytest.mark.parametrize("case", list(PUBLISHED_ERROR_PCT))
+def test_published_fp8_speedup(case, profiles_dir):
+    """NVIDIA's TensorRT-LLM FP8-vs-FP16 speedups for Llama-2-7B on an H100 (input 1024,
+    output 128, TP 1; experiments/fp8.py): the simulated speedup of FP8 weights stays
+    within the measured error + margin."""
+    import fp8
+
+    (row,) = [r for r in fp8.published_rows(str(profiles_dir)) if r["case"] == case]
+    assert abs(row["error_pct"]) <= PUBLISHED_ERROR_PCT[case] + MARGIN_PCT, row
+    assert row["sim_speedup_fp8_weights_kv"] >= row["sim_speedup_fp8_weights"] - 1e-9

@@ -4,6 +4,9 @@ loop, off == today, bad input, and a published measurement."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +19,8 @@ from vidur_jax.sim.run import simulate_configs
 from vidur_jax.sim.tables import LinearPredictor
 from vidur_jax.sim.types import SimStatic
 from vidur_jax.workload import make_workload
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 # every iteration of Llama-2-7B's 32 layers: 10 ms + 0.1 ms x T8 (tokens rounded up to 8);
 # attention costs nothing
@@ -223,3 +228,27 @@ def test_bad_speculative_knobs_are_one_line_errors(kw, msg):
     with pytest.raises(ConfigError) as err:
         spec_cfg(**kw).validate()
     assert msg in str(err.value) and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- published
+
+
+#: relative error of the simulated speedup per published case, measured by
+#: experiments/speculative.py (experiments/results/speculative/published.csv: +14.8%,
+#: profiled A100 Llama-2-7B predictors), rounded up; held with a 3-point margin. The
+#: simulator is too optimistic here: EAGLE verifies a token tree (vidur_jax a chain) and
+#: the batch-1 framework overhead of the measured runs is not modelled.
+PUBLISHED_ERROR_PCT = {"specbench_eagle_vicuna7b_a100_bs1": 14.8}
+MARGIN_PCT = 3.0
+
+
+@pytest.mark.parametrize("case", list(PUBLISHED_ERROR_PCT))
+def test_published_speculative_speedup(case, profiles_dir):
+    """Spec-Bench's EAGLE speedup on one A100 (Vicuna-7B, batch 1, 3.61 accepted tokens
+    per step; experiments/speculative.py): the simulated speedup at the stated
+    acceptance stays within the measured error + margin."""
+    import speculative as spec_exp
+
+    (row,) = [r for r in spec_exp.published_rows(str(profiles_dir)) if r["case"] == case]
+    assert speculative.expected_tokens_per_step(row["alpha"], row["k"]) == pytest.approx(3.61, rel=1e-9)
+    assert abs(row["error_pct"]) <= PUBLISHED_ERROR_PCT[case] + MARGIN_PCT, row
