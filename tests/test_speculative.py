@@ -97,16 +97,16 @@ def test_per_request_acceptance_draws_have_the_stated_mean_and_spread():
 
 
 def test_eagle_verify_steps_by_hand():
-    """alpha = 0: one token per verify step. R0: 16 prompt tokens, 5 output tokens, k = 2.
+    """alpha = 0: one token per verify step. R0: 16 prompt tokens, 5 output tokens, k = 8.
 
     Prefill: target it(16) + the eagle draft (one layer) prefilling the same 16 tokens and
     its LM head on the last row. Then 4 verify steps (tokens 2..5), each the target on
-    k + 1 = 3 tokens + 2 draft steps of 1 token on one layer, each with its LM head.
-    TBT samples are the 4 step durations."""
+    k + 1 = 9 tokens (16 after Vidur's rounding to 8) + 8 draft steps of 1 token on one
+    layer, each with its LM head. TBT samples are the 4 step durations."""
     wl = make_workload(np.array([0.0]), np.array([16]), np.array([5]))
-    (out,) = run([spec_cfg()], [wl])
+    (out,) = run([spec_cfg(spec_tokens=8)], [wl])
     first = it(16) + it(16, 1) + lm(1)
-    step = it(3) + 2 * (it(1, 1) + lm(1))
+    step = it(9) + 8 * (it(1, 1) + lm(1))
     r = out.requests
     assert r["first_token_at"][0] == pytest.approx(first, rel=1e-6)
     assert r["completed_at"][0] == pytest.approx(first + 4 * step, rel=1e-6)
@@ -152,6 +152,24 @@ def test_decode_kv_is_counted_in_tokens():
     # at its last step the request holds exactly its prompt + all output tokens
     last = speculative.tokens_held(p, jnp.array([0]), jnp.array([100]), jnp.array([101 + steps]))
     assert last.tolist() == [100 + 201]
+
+
+def test_kv_blocks_cover_the_tokens_not_the_steps():
+    """16 prompt + 161 output tokens, alpha 0.7, k = 3: 69 verify steps (g = 2.32 tokens
+    each). Its KV grows to 177 tokens = 12 blocks of 16 (counted in steps it would be 86
+    tokens, 6 blocks): with 12 KV blocks it completes, with 11 it can never finish and the
+    run says so (a stall, not a silent success)."""
+    wl = make_workload(np.array([0.0]), np.array([16]), np.array([161]))
+
+    def cfg(blocks: int) -> DeploymentConfig:
+        return spec_cfg(spec_tokens=3, spec_acceptance=0.7, num_blocks=blocks, watermark_blocks_fraction=0.0,
+                        max_tokens=512)
+
+    assert int(speculative.params_fields(cfg(12), np.array([161], np.int32), np.array([True]))["num_decode"][0]) == 70
+    (out,) = run([cfg(12)], [wl])
+    assert out.requests["num_restarts"][0] == 0 and np.isfinite(out.requests["completed_at"][0])
+    with pytest.raises(ConfigError, match="stalled"):
+        run([cfg(11)], [wl])
 
 
 def test_draft_memory_and_fewer_kv_blocks():
@@ -208,6 +226,8 @@ def test_off_builds_todays_program_and_params():
     assert cfg.bundle_key == (cfg.model, cfg.device, cfg.network_device, 1, False, None)
     on = build.make_static([spec_cfg()], [build.derive(spec_cfg())], 8)
     assert on.speculative and on.fuse_iters == 1
+    # a verify step's decode attention has its own (scaled) tables: k + 1 = 3 queries
+    assert spec_cfg().bundle_key[-1] == ("bf16", "bf16", 3)
 
 
 # ----------------------------------------------------------------------------- bad input
