@@ -35,14 +35,22 @@ PUBLISHED = (
         "case": "trtllm_llama2_7b_h100_bs1",
         "source": "NVIDIA TensorRT-LLM blog, quantization-in-TRT-LLM.md (Performance table)",
         "setup": "LLaMA-v2-7B, 1x H100 80GB, TP 1, input 1024, output 128, batch 1, FP8 vs FP16",
-        "model": "meta-llama/Llama-2-7b-hf", "device": "h100", "batch": 1, "prompt": 1024, "output": 128,
+        "model": "meta-llama/Llama-2-7b-hf",
+        "device": "h100",
+        "batch": 1,
+        "prompt": 1024,
+        "output": 128,
         "published": 1.51,
     },
     {
         "case": "trtllm_llama2_7b_h100_bs8",
         "source": "NVIDIA TensorRT-LLM blog, quantization-in-TRT-LLM.md (Performance table)",
         "setup": "LLaMA-v2-7B, 1x H100 80GB, TP 1, input 1024, output 128, batch 8, FP8 vs FP16",
-        "model": "meta-llama/Llama-2-7b-hf", "device": "h100", "batch": 8, "prompt": 1024, "output": 128,
+        "model": "meta-llama/Llama-2-7b-hf",
+        "device": "h100",
+        "batch": 8,
+        "prompt": 1024,
+        "output": 128,
         "published": 1.40,
     },
 )
@@ -55,8 +63,15 @@ def batch_seconds(case: dict, predictor_for, **precision) -> float:
     from vidur_jax.workload import make_workload
 
     b = case["batch"]
-    cfg = DeploymentConfig(model=case["model"], device=case["device"], replica_scheduler="vllm", batch_size_cap=b,
-                           max_tokens_in_batch=b * case["prompt"], max_tokens=2048, **precision)
+    cfg = DeploymentConfig(
+        model=case["model"],
+        device=case["device"],
+        replica_scheduler="vllm",
+        batch_size_cap=b,
+        max_tokens_in_batch=b * case["prompt"],
+        max_tokens=2048,
+        **precision,
+    )
     wl = make_workload(np.zeros(b), np.full(b, case["prompt"]), np.full(b, case["output"]))
     (out,) = simulate_configs([cfg], [wl], predictor_for=predictor_for)
     return float(np.max(out.requests["completed_at"]))
@@ -73,19 +88,45 @@ def published_rows(profiles_dir: str | None) -> list[dict]:
         base = batch_seconds(case, pf)
         w8 = base / batch_seconds(case, pf, weight_dtype="fp8")
         w8kv8 = base / batch_seconds(case, pf, weight_dtype="fp8", kv_cache_dtype="fp8")
-        rows.append({
-            "case": case["case"], "source": case["source"], "setup": case["setup"],
-            "published_speedup": case["published"], "sim_speedup_fp8_weights": w8,
-            "sim_speedup_fp8_weights_kv": w8kv8, "error_pct": 100.0 * (w8 / case["published"] - 1.0),
-        })
+        rows.append(
+            {
+                "case": case["case"],
+                "source": case["source"],
+                "setup": case["setup"],
+                "published_speedup": case["published"],
+                "sim_speedup_fp8_weights": w8,
+                "sim_speedup_fp8_weights_kv": w8kv8,
+                "error_pct": 100.0 * (w8 / case["published"] - 1.0),
+            }
+        )
     return rows
+
+
+#: latency and throughput columns of the sweep tables
+LATENCY_COLUMNS = ("ttft_p50", "ttft_p90", "tbt_p50", "tbt_p99") + (
+    "e2e_p50",
+    "e2e_p90",
+    "throughput_tps",
+)
+#: sweep.csv columns (those the run has)
+SWEEP_COLUMNS = (
+    "weight_dtype",
+    "kv_cache_dtype",
+    "qps",
+    *LATENCY_COLUMNS,
+    "num_restarts",
+    "kv_util_mean",
+    "op_times",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--profiles-dir", default=os.environ.get("VIDUR_JAX_PROFILES"))
-    ap.add_argument("--num-requests", type=int, default=None, help="override the experiment's request count")
+    ap.add_argument(
+        "--num-requests", type=int, default=None, help="override the experiment's request count"
+    )
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     import vidur_jax
@@ -99,15 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_requests:
         overrides.append(f"workload.num_requests={args.num_requests}")
     summary, _ = vidur_jax.simulate(overrides)
-    keep = [c for c in ("weight_dtype", "kv_cache_dtype", "qps", "ttft_p50", "ttft_p90", "tbt_p50", "tbt_p99",
-                        "e2e_p50", "e2e_p90", "throughput_tps", "num_restarts", "kv_util_mean", "op_times")
-            if c in summary]
+    keep = [c for c in SWEEP_COLUMNS if c in summary]
     sweep = summary[keep]
     atomic_write_csv(sweep, os.path.join(args.out, "sweep.csv"))
-    flat = {f"published_{r['case']}_{k}": float(r[k]) for r in pub.to_dict("records")
-            for k in ("published_speedup", "sim_speedup_fp8_weights", "sim_speedup_fp8_weights_kv", "error_pct")}
+    flat = {
+        f"published_{r['case']}_{k}": float(r[k])
+        for r in pub.to_dict("records")
+        for k in (
+            "published_speedup",
+            "sim_speedup_fp8_weights",
+            "sim_speedup_fp8_weights_kv",
+            "error_pct",
+        )
+    }
     for r in sweep.to_dict("records"):
-        tag = f"w{r.get('weight_dtype', 'bf16')}_kv{r.get('kv_cache_dtype', 'bf16')}_qps{r['qps']:g}"
+        tag = (
+            f"w{r.get('weight_dtype', 'bf16')}_kv{r.get('kv_cache_dtype', 'bf16')}_qps{r['qps']:g}"
+        )
         for k in ("ttft_p50", "tbt_p50", "e2e_p50", "e2e_p90", "throughput_tps"):
             flat[f"sweep_{tag}_{k}"] = float(r[k])
     with open(os.path.join(args.out, "fp8.json"), "w") as fh:

@@ -31,6 +31,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+from fp8 import LATENCY_COLUMNS  # experiments/ is on the path when run as a script
 
 #: Published speculative-decoding speedups at a stated acceptance: source, setup, result.
 PUBLISHED = (
@@ -38,9 +39,15 @@ PUBLISHED = (
         "case": "specbench_eagle_vicuna7b_a100_bs1",
         "source": "Spec-Bench leaderboard (hemingkx/Spec-Bench, Leaderboard.md, A100, Vicuna-7B-v1.3)",
         "setup": "Vicuna-7B-v1.3 (Llama-2-7B shapes), 1x A100 80GB, FP16, greedy, batch 1, EAGLE draft head; "
-                 "mean accepted tokens per step 3.61",
-        "model": "meta-llama/Llama-2-7b-hf", "device": "a100", "draft": "eagle", "k": 5,
-        "tokens_per_step": 3.61, "prompt": 256, "output": 256, "published": 2.29,
+        "mean accepted tokens per step 3.61",
+        "model": "meta-llama/Llama-2-7b-hf",
+        "device": "a100",
+        "draft": "eagle",
+        "k": 5,
+        "tokens_per_step": 3.61,
+        "prompt": 256,
+        "output": 256,
+        "published": 2.29,
     },
 )
 
@@ -51,7 +58,9 @@ def alpha_for(tokens_per_step: float, k: int) -> float:
 
     from vidur_jax.sim.speculative import expected_tokens_per_step
 
-    return float(brentq(lambda a: float(expected_tokens_per_step(a, k)) - tokens_per_step, 0.0, 1.0 - 1e-12))
+    return float(
+        brentq(lambda a: float(expected_tokens_per_step(a, k)) - tokens_per_step, 0.0, 1.0 - 1e-12)
+    )
 
 
 def request_seconds(case: dict, predictor_for, **spec) -> float:
@@ -60,8 +69,13 @@ def request_seconds(case: dict, predictor_for, **spec) -> float:
     from vidur_jax.sim.run import simulate_configs
     from vidur_jax.workload import make_workload
 
-    cfg = DeploymentConfig(model=case["model"], device=case["device"], replica_scheduler="vllm", max_tokens=2048,
-                           **spec)
+    cfg = DeploymentConfig(
+        model=case["model"],
+        device=case["device"],
+        replica_scheduler="vllm",
+        max_tokens=2048,
+        **spec,
+    )
     wl = make_workload(np.zeros(1), np.array([case["prompt"]]), np.array([case["output"]]))
     (out,) = simulate_configs([cfg], [wl], predictor_for=predictor_for)
     return float(out.requests["completed_at"][0])
@@ -76,20 +90,42 @@ def published_rows(profiles_dir: str | None) -> list[dict]:
     for case in PUBLISHED:
         alpha = alpha_for(case["tokens_per_step"], case["k"])
         base = request_seconds(case, pf)
-        spec = request_seconds(case, pf, spec_tokens=case["k"], spec_acceptance=alpha, spec_draft=case["draft"])
-        rows.append({
-            "case": case["case"], "source": case["source"], "setup": case["setup"], "k": case["k"],
-            "alpha": alpha, "published_speedup": case["published"], "sim_speedup": base / spec,
-            "error_pct": 100.0 * (base / spec / case["published"] - 1.0),
-        })
+        spec = request_seconds(
+            case, pf, spec_tokens=case["k"], spec_acceptance=alpha, spec_draft=case["draft"]
+        )
+        rows.append(
+            {
+                "case": case["case"],
+                "source": case["source"],
+                "setup": case["setup"],
+                "k": case["k"],
+                "alpha": alpha,
+                "published_speedup": case["published"],
+                "sim_speedup": base / spec,
+                "error_pct": 100.0 * (base / spec / case["published"] - 1.0),
+            }
+        )
     return rows
+
+
+#: sweep.csv columns (those the run has)
+SWEEP_COLUMNS = (
+    "spec_tokens",
+    "qps",
+    *LATENCY_COLUMNS,
+    "norm_e2e_p50",
+    "spec_tokens_per_step",
+    "spec_expected_tokens_per_step",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--profiles-dir", default=os.environ.get("VIDUR_JAX_PROFILES"))
-    ap.add_argument("--num-requests", type=int, default=None, help="override the experiment's request count")
+    ap.add_argument(
+        "--num-requests", type=int, default=None, help="override the experiment's request count"
+    )
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     import vidur_jax
@@ -103,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_requests:
         overrides.append(f"workload.num_requests={args.num_requests}")
     summary, _ = vidur_jax.simulate(overrides)
-    keep = [c for c in ("spec_tokens", "qps", "ttft_p50", "ttft_p90", "tbt_p50", "tbt_p99", "e2e_p50", "e2e_p90",
-                        "norm_e2e_p50", "throughput_tps", "spec_tokens_per_step", "spec_expected_tokens_per_step")
-            if c in summary]
+    keep = [c for c in SWEEP_COLUMNS if c in summary]
     sweep = summary[keep]
     atomic_write_csv(sweep, os.path.join(args.out, "sweep.csv"))
-    flat = {f"published_{r['case']}_{k}": float(r[k]) for r in pub.to_dict("records")
-            for k in ("alpha", "published_speedup", "sim_speedup", "error_pct")}
+    flat = {
+        f"published_{r['case']}_{k}": float(r[k])
+        for r in pub.to_dict("records")
+        for k in ("alpha", "published_speedup", "sim_speedup", "error_pct")
+    }
     for r in sweep.to_dict("records"):
         tag = f"k{int(r.get('spec_tokens', 0))}_qps{r['qps']:g}"
         for k in ("ttft_p50", "tbt_p50", "e2e_p50", "e2e_p90", "norm_e2e_p50", "throughput_tps"):

@@ -26,13 +26,18 @@ M7 = "meta-llama/Llama-2-7b-hf"
 M70 = "meta-llama/Llama-2-70b-hf"
 # a hard roofline (max of compute and memory time, sharpness 64) with no launch overhead
 HARD = {"eff_compute": 1.0, "eff_memory": 1.0, "overhead_ms": 0.0, "sharpness": 64.0}
-CAL = {"devices": ["test"], "ops": {op: HARD for op in (*roofline.GEMM_OPS, "attn_decode", "attn_prefill")}}
+CAL = {
+    "devices": ["test"],
+    "ops": {op: HARD for op in (*roofline.GEMM_OPS, "attn_decode", "attn_prefill")},
+}
 
 
 # ----------------------------------------------------------------------------- memory
 
 
-@pytest.mark.parametrize(("model", "device", "tp"), [(M7, "a100", 1), (M70, "h100", 4), (M7, "h100", 2)])
+@pytest.mark.parametrize(
+    ("model", "device", "tp"), [(M7, "a100", 1), (M70, "h100", 4), (M7, "h100", 2)]
+)
 def test_fp8_kv_doubles_the_kv_capacity_exactly(model, device, tp):
     bf16 = catalog.kv_bytes_per_token(model, tp, 1, kv_dtype="bf16")
     assert 2 * catalog.kv_bytes_per_token(model, tp, 1, kv_dtype="fp8") == bf16
@@ -52,23 +57,43 @@ def test_fp8_kv_doubles_blocks_exactly_by_hand():
     assert catalog.param_bytes_per_device(M7, 1, 1, weight_dtype="bf16") == 12_952_010_752
     assert catalog.kv_bytes_per_token(M7, 1, 1, kv_dtype="bf16") == 524_288
     assert catalog.num_kv_blocks(M7, "a100", 1, 1, 1024, 16, kv_dtype="bf16") == 119 * 64 == 7616
-    assert catalog.num_kv_blocks(M7, "a100", 1, 1, 1024, 16, kv_dtype="fp8") == 239 * 64 == 2 * 7616 + 64
+    assert (
+        catalog.num_kv_blocks(M7, "a100", 1, 1, 1024, 16, kv_dtype="fp8")
+        == 239 * 64
+        == 2 * 7616 + 64
+    )
     bf16 = catalog.num_kv_blocks(M7, "a100", 1, 1, 16, 16, kv_dtype="bf16")
     fp8 = catalog.num_kv_blocks(M7, "a100", 1, 1, 16, 16, kv_dtype="fp8")
     assert (bf16, fp8) == (7672, 15344) and fp8 == 2 * bf16
     # the config keys reach the planner
     cfg = DeploymentConfig(replica_scheduler="vllm", max_tokens=16, block_size=16)
     assert build.derive(cfg).num_blocks == 7672
-    assert build.derive(DeploymentConfig(replica_scheduler="vllm", max_tokens=16, block_size=16,
-                                         kv_cache_dtype="fp8")).num_blocks == 15344
+    assert (
+        build.derive(
+            DeploymentConfig(
+                replica_scheduler="vllm", max_tokens=16, block_size=16, kv_cache_dtype="fp8"
+            )
+        ).num_blocks
+        == 15344
+    )
 
 
 def test_fp8_weights_halve_weight_memory_and_free_kv():
-    assert 2 * catalog.param_bytes_per_device(M70, 4, 1, weight_dtype="fp8") == catalog.param_bytes_per_device(
-        M70, 4, 1, weight_dtype="bf16")
-    bf16 = build.derive(DeploymentConfig(model=M70, device="h100", tensor_parallel_size=4, replica_scheduler="vllm"))
-    fp8 = build.derive(DeploymentConfig(model=M70, device="h100", tensor_parallel_size=4, replica_scheduler="vllm",
-                                        weight_dtype="fp8"))
+    assert 2 * catalog.param_bytes_per_device(
+        M70, 4, 1, weight_dtype="fp8"
+    ) == catalog.param_bytes_per_device(M70, 4, 1, weight_dtype="bf16")
+    bf16 = build.derive(
+        DeploymentConfig(model=M70, device="h100", tensor_parallel_size=4, replica_scheduler="vllm")
+    )
+    fp8 = build.derive(
+        DeploymentConfig(
+            model=M70,
+            device="h100",
+            tensor_parallel_size=4,
+            replica_scheduler="vllm",
+            weight_dtype="fp8",
+        )
+    )
     assert fp8.num_blocks > 1.3 * bf16.num_blocks
     # MFU is taken against the FP8 tensor peak when the GEMMs run in FP8
     assert fp8.peak_flops == pytest.approx(1978.9e12) and bf16.peak_flops == pytest.approx(989.4e12)
@@ -88,7 +113,9 @@ def test_gemm_ratio_by_hand_on_a_hard_roofline():
     assert r[1] == pytest.approx(989.4 / 1978.9, rel=1e-3)
     a100 = precision.gemm_ratio("mlp_up_proj", np.array([1.0, 8192.0]), M7, "a100", 1, "fp8", CAL)
     assert a100[0] == pytest.approx(r[0], rel=1e-6) and a100[1] == pytest.approx(1.0, rel=1e-3)
-    assert precision.gemm_ratio("mlp_up_proj", np.array([1.0, 64.0]), M7, "h100", 1, "bf16", CAL).tolist() == [1, 1]
+    assert precision.gemm_ratio(
+        "mlp_up_proj", np.array([1.0, 64.0]), M7, "h100", 1, "bf16", CAL
+    ).tolist() == [1, 1]
 
 
 def test_attention_ratios_by_hand_on_a_hard_roofline():
@@ -101,7 +128,9 @@ def test_attention_ratios_by_hand_on_a_hard_roofline():
     assert fp8[0] == pytest.approx((1024 + 2) / (2 * 1024 + 2), rel=1e-6)
     q5 = precision.decode_attention_ratio(b, kv, M7, "h100", 1, "bf16", 5, CAL)
     assert q5[0] == pytest.approx((2 * 1024 + 10) / (2 * 1024 + 2), rel=1e-6)
-    pre = precision.prefill_attention_ratio(np.array([4096.0]), np.array([2048.0]), M7, "h100", 1, "fp8", CAL)
+    pre = precision.prefill_attention_ratio(
+        np.array([4096.0]), np.array([2048.0]), M7, "h100", 1, "fp8", CAL
+    )
     assert pre[0] == pytest.approx(1.0, rel=1e-6)
 
 
@@ -112,14 +141,21 @@ def test_shipped_calibration_ratios_are_in_the_physical_range():
     for op in roofline.GEMM_OPS:
         r = precision.gemm_ratio(op, n, M70, "h100", 4, "fp8")
         assert ((r > 0.49) & (r < 1.0)).all(), (op, r)
-    d = precision.decode_attention_ratio(np.array([1.0, 64, 256]), np.array([512.0]), M70, "h100", 4, "fp8")
+    d = precision.decode_attention_ratio(
+        np.array([1.0, 64, 256]), np.array([512.0]), M70, "h100", 4, "fp8"
+    )
     assert ((d > 0.49) & (d <= 1.0)).all()
 
 
 def test_scale_slab_is_the_identity_at_bf16_and_scales_only_the_stated_ops():
     spec = TableSpec(256, 8, 512, 1024, 256)
-    pred = LinearPredictor(per_token_ms=0.01, fixed_ms=0.1, decode_ms_per_kv=1e-5, prefill_ms_per_token2=1e-6,
-                           ops=("mlp_up_proj", "input_layernorm"))
+    pred = LinearPredictor(
+        per_token_ms=0.01,
+        fixed_ms=0.1,
+        decode_ms_per_kv=1e-5,
+        prefill_ms_per_token2=1e-6,
+        ops=("mlp_up_proj", "input_layernorm"),
+    )
     slab = tabulate_one(pred, spec, 1, 1)
     steps = (spec.token_step, spec.kv_step, spec.chunk_step)
     assert precision.scale_slab(slab, steps, M7, "h100", 1, "bf16", "fp16", 1) is slab
@@ -143,9 +179,15 @@ def test_precision_sweep_in_one_call_equals_each_alone():
     fp8 weights shorten every iteration (the toy's only op is a GEMM)."""
     pred = LinearPredictor(per_token_ms=0.1 / 32, fixed_ms=10.0 / 32)
     rng = np.random.default_rng(0)
-    wl = make_workload(np.sort(rng.uniform(0, 1.0, 30)), rng.integers(16, 200, 30), rng.integers(1, 60, 30))
-    cfgs = [DeploymentConfig(device="h100", replica_scheduler="sarathi", weight_dtype=w, kv_cache_dtype=kv)
-            for w, kv in (("bf16", "bf16"), ("fp8", "bf16"), ("bf16", "fp8"), ("fp8", "fp8"))]
+    wl = make_workload(
+        np.sort(rng.uniform(0, 1.0, 30)), rng.integers(16, 200, 30), rng.integers(1, 60, 30)
+    )
+    cfgs = [
+        DeploymentConfig(
+            device="h100", replica_scheduler="sarathi", weight_dtype=w, kv_cache_dtype=kv
+        )
+        for w, kv in (("bf16", "bf16"), ("fp8", "bf16"), ("bf16", "fp8"), ("fp8", "fp8"))
+    ]
     together = simulate_configs(cfgs, [wl] * 4, predictor_for=lambda c: pred)
     for cfg, got in zip(cfgs, together, strict=True):
         (alone,) = simulate_configs([cfg], [wl], predictor_for=lambda c: pred)
@@ -154,7 +196,11 @@ def test_precision_sweep_in_one_call_equals_each_alone():
     assert e2e[1] < 0.8 * e2e[0]
     assert e2e[2] == pytest.approx(e2e[0], rel=1e-9)  # attention is free in the toy
     assert "op_times" not in together[0].summary
-    assert together[1].summary["op_times"].startswith("profiled bf16 x calibrated roofline ratio (estimate)")
+    assert (
+        together[1]
+        .summary["op_times"]
+        .startswith("profiled bf16 x calibrated roofline ratio (estimate)")
+    )
 
 
 def test_precision_keys_from_the_config_and_bad_values():
@@ -166,7 +212,10 @@ def test_precision_keys_from_the_config_and_bad_values():
     cfg = deployment_from(tree)
     assert (cfg.weight_dtype, cfg.kv_cache_dtype) == ("fp8", "fp8")
     assert deployment_from(to_container(compose([]))).timing_variant == ("bf16", "bf16", 1)
-    with pytest.raises(ConfigError, match=r"model.weight_dtype='int3'; allowed: fp16, bf16, fp8|unknown model.weight_dtype"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.weight_dtype='int3'; allowed: fp16, bf16, fp8|unknown model.weight_dtype",
+    ):
         vidur_jax.simulate(["model.weight_dtype=int3"])
 
 

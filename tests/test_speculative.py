@@ -80,7 +80,9 @@ def test_verify_steps_emit_the_closed_form_rate():
     assert rate == pytest.approx(expected, rel=0.01)
     assert rate <= expected * (1 + 4 / np.sqrt(steps.sum()))  # the last step only ever loses tokens
     # one output token: no verify step; two: exactly one
-    assert speculative.sample_steps(np.array([1, 2]), np.array([alpha, alpha]), k, rng).tolist() == [0, 1]
+    assert speculative.sample_steps(
+        np.array([1, 2]), np.array([alpha, alpha]), k, rng
+    ).tolist() == [0, 1]
 
 
 def test_per_request_acceptance_draws_have_the_stated_mean_and_spread():
@@ -122,7 +124,14 @@ def test_draft_model_steps_and_sampled_acceptance_by_hand():
     host drew, each target(k+1 tokens) + k draft steps of one token and its LM head."""
     cfg = spec_cfg(spec_tokens=3, spec_acceptance=0.7, spec_draft="meta-llama/Llama-2-7b-hf")
     wl = make_workload(np.array([0.0]), np.array([32]), np.array([60]))
-    steps = int(speculative.params_fields(cfg, np.array([60], np.int32), np.array([True]))["num_decode"][0]) - 1
+    steps = (
+        int(
+            speculative.params_fields(cfg, np.array([60], np.int32), np.array([True]))[
+                "num_decode"
+            ][0]
+        )
+        - 1
+    )
     assert 1 <= steps < 59
     (out,) = run([cfg], [wl])
     first = 2 * it(32) + lm(1)
@@ -147,7 +156,9 @@ def test_decode_kv_is_counted_in_tokens():
     assert int(p.num_decode[1]) == 1  # one output token: no verify step
     # slot 0: request 0 after 3 verify steps (engine progress 100 + 1 + 3); slot 1: request 1
     # mid-prefill; slot 2: free
-    held = speculative.tokens_held(p, jnp.array([0, 1, -1]), jnp.array([100, 50, 0]), jnp.array([104, 20, 0]))
+    held = speculative.tokens_held(
+        p, jnp.array([0, 1, -1]), jnp.array([100, 50, 0]), jnp.array([104, 20, 0])
+    )
     assert held.tolist() == [101 + round(3 * g), 20, 0]
     # at its last step the request holds exactly its prompt + all output tokens
     last = speculative.tokens_held(p, jnp.array([0]), jnp.array([100]), jnp.array([101 + steps]))
@@ -162,10 +173,22 @@ def test_kv_blocks_cover_the_tokens_not_the_steps():
     wl = make_workload(np.array([0.0]), np.array([16]), np.array([161]))
 
     def cfg(blocks: int) -> DeploymentConfig:
-        return spec_cfg(spec_tokens=3, spec_acceptance=0.7, num_blocks=blocks, watermark_blocks_fraction=0.0,
-                        max_tokens=512)
+        return spec_cfg(
+            spec_tokens=3,
+            spec_acceptance=0.7,
+            num_blocks=blocks,
+            watermark_blocks_fraction=0.0,
+            max_tokens=512,
+        )
 
-    assert int(speculative.params_fields(cfg(12), np.array([161], np.int32), np.array([True]))["num_decode"][0]) == 70
+    assert (
+        int(
+            speculative.params_fields(cfg(12), np.array([161], np.int32), np.array([True]))[
+                "num_decode"
+            ][0]
+        )
+        == 70
+    )
     (out,) = run([cfg(12)], [wl])
     assert out.requests["num_restarts"][0] == 0 and np.isfinite(out.requests["completed_at"][0])
     with pytest.raises(ConfigError, match="stalled"):
@@ -177,18 +200,36 @@ def test_draft_memory_and_fewer_kv_blocks():
     w, kv = draft_memory(m, "eagle", 1)
     assert w == 2 * catalog.params_per_layer(m, 1)
     assert kv == catalog.kv_bytes_per_token(m, 1, 1) // m.num_layers == 2 * 2 * 128 * 32
-    w7, kv7 = draft_memory("meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-7b-hf", 4, weight_dtype="fp8",
-                           kv_dtype="fp8")
-    assert w7 == catalog.params_per_device(m, 4, 1) and kv7 == catalog.kv_bytes_per_token(m, 4, 1) // 2
+    w7, kv7 = draft_memory(
+        "meta-llama/Llama-2-70b-hf",
+        "meta-llama/Llama-2-7b-hf",
+        4,
+        weight_dtype="fp8",
+        kv_dtype="fp8",
+    )
+    assert (
+        w7 == catalog.params_per_device(m, 4, 1) and kv7 == catalog.kv_bytes_per_token(m, 4, 1) // 2
+    )
     off = build.derive(DeploymentConfig(replica_scheduler="vllm"))
     eagle = build.derive(spec_cfg())
-    assert eagle.num_blocks == catalog.num_kv_blocks(m, "a100", 1, 1, off.max_blocks_per_seq * 16, 16,
-                                                     extra_weight_bytes=w, extra_kv_bytes_per_token=kv)
+    assert eagle.num_blocks == catalog.num_kv_blocks(
+        m,
+        "a100",
+        1,
+        1,
+        off.max_blocks_per_seq * 16,
+        16,
+        extra_weight_bytes=w,
+        extra_kv_bytes_per_token=kv,
+    )
     # the draft's KV per token is 1/32 of the target's and its layer ~1% of the free memory
     assert 0.95 < eagle.num_blocks / off.num_blocks < 32 / 33
     # Llama-2-7B drafting for itself on an H100: twice the weights and twice the KV per token
     drafted = build.derive(spec_cfg(spec_draft="meta-llama/Llama-2-7b-hf", device="h100"))
-    assert drafted.num_blocks < build.derive(DeploymentConfig(replica_scheduler="vllm", device="h100")).num_blocks / 2
+    assert (
+        drafted.num_blocks
+        < build.derive(DeploymentConfig(replica_scheduler="vllm", device="h100")).num_blocks / 2
+    )
 
 
 # ----------------------------------------------------------------------------- vmap, off
@@ -198,7 +239,9 @@ def test_vmap_equals_loop_and_off_lane_is_today():
     """Configs of different k / alpha / draft in one vmapped call == each alone; a k = 0
     lane in that call == the same config simulated without speculation compiled in."""
     rng = np.random.default_rng(3)
-    wl = make_workload(np.sort(rng.uniform(0, 2.0, 40)), rng.integers(16, 300, 40), rng.integers(1, 120, 40))
+    wl = make_workload(
+        np.sort(rng.uniform(0, 2.0, 40)), rng.integers(16, 300, 40), rng.integers(1, 120, 40)
+    )
     cfgs = [
         spec_cfg(spec_tokens=3, spec_acceptance=0.6),
         spec_cfg(spec_tokens=5, spec_acceptance=0.85, spec_acceptance_spread=0.1),
@@ -209,10 +252,13 @@ def test_vmap_equals_loop_and_off_lane_is_today():
     for cfg, got in zip(cfgs, together, strict=True):
         (alone,) = run([cfg], [wl])
         for key in ("scheduled_at", "first_token_at", "completed_at"):
-            np.testing.assert_allclose(got.requests[key], alone.requests[key], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(
+                got.requests[key], alone.requests[key], rtol=1e-12, atol=1e-12
+            )
     # speculation never slows the toy down here (attention is free, steps are cheap)
     assert np.nanmean(together[1].requests["completed_at"] - wl.arrived_at) < np.nanmean(
-        together[3].requests["completed_at"] - wl.arrived_at)
+        together[3].requests["completed_at"] - wl.arrived_at
+    )
 
 
 def test_off_builds_todays_program_and_params():
@@ -222,7 +268,11 @@ def test_off_builds_todays_program_and_params():
     assert not static.speculative and static.fuse_iters == SimStatic.fuse_iters
     wl = make_workload(np.array([0.0, 1.0]), np.array([10, 20]), np.array([7, 9]))
     p = build.build_params(cfg, d, wl, 0, 2)
-    assert p.num_decode.tolist() == [7, 9] and p.spec_gain.tolist() == [1.0, 1.0] and int(p.spec_k) == 0
+    assert (
+        p.num_decode.tolist() == [7, 9]
+        and p.spec_gain.tolist() == [1.0, 1.0]
+        and int(p.spec_k) == 0
+    )
     assert cfg.bundle_key == (cfg.model, cfg.device, cfg.network_device, 1, False, None)
     on = build.make_static([spec_cfg()], [build.derive(spec_cfg())], 8)
     assert on.speculative and on.fuse_iters == 1
@@ -270,5 +320,7 @@ def test_published_speculative_speedup(case, profiles_dir):
     import speculative as spec_exp
 
     (row,) = [r for r in spec_exp.published_rows(str(profiles_dir)) if r["case"] == case]
-    assert speculative.expected_tokens_per_step(row["alpha"], row["k"]) == pytest.approx(3.61, rel=1e-9)
+    assert speculative.expected_tokens_per_step(row["alpha"], row["k"]) == pytest.approx(
+        3.61, rel=1e-9
+    )
     assert abs(row["error_pct"]) <= PUBLISHED_ERROR_PCT[case] + MARGIN_PCT, row

@@ -86,7 +86,10 @@ def _fp8_peak(device: Any) -> float | None:
 
 def _fit(calibration: dict, op: str) -> dict:
     fits = calibration.get("ops", {})
-    require(op in fits, f"roofline calibration has no fit for '{op}'; cannot scale it to another precision")
+    require(
+        op in fits,
+        f"roofline calibration has no fit for '{op}'; cannot scale it to another precision",
+    )
     return fits[op]
 
 
@@ -123,7 +126,9 @@ def gemm_ratio(
     _, weights = roofline.op_work(op, shape, tp, num_tokens=np.zeros_like(n))
     peak8 = _fp8_peak(device)
     base = roofline.roofline_ms(fit, flops, total, dev["peak_flops"], dev["hbm_bw"])
-    fp8 = roofline.roofline_ms(fit, flops, total - weights / 2.0, peak8 or dev["peak_flops"], dev["hbm_bw"])
+    fp8 = roofline.roofline_ms(
+        fit, flops, total - weights / 2.0, peak8 or dev["peak_flops"], dev["hbm_bw"]
+    )
     return fp8 / base
 
 
@@ -150,10 +155,14 @@ def decode_attention_ratio(
     shape, dev = roofline._shape(model), roofline._device(device)
     fit = _fit(cal, "attn_decode")
     flops, total = roofline.op_work("attn_decode", shape, tp, batch_size=b, kv_cache_size=kv)
-    _, query = roofline.op_work("attn_decode", shape, tp, batch_size=b, kv_cache_size=np.zeros_like(kv))
+    _, query = roofline.op_work(
+        "attn_decode", shape, tp, batch_size=b, kv_cache_size=np.zeros_like(kv)
+    )
     cache = (total - query) * (0.5 if kv_dtype == "fp8" else 1.0)
     base = roofline.roofline_ms(fit, flops, total, dev["peak_flops"], dev["hbm_bw"])
-    var = roofline.roofline_ms(fit, flops * queries, cache + query * queries, dev["peak_flops"], dev["hbm_bw"])
+    var = roofline.roofline_ms(
+        fit, flops * queries, cache + query * queries, dev["peak_flops"], dev["hbm_bw"]
+    )
     return var / base
 
 
@@ -167,7 +176,9 @@ def prefill_attention_ratio(
     calibration: dict | None = None,
 ) -> np.ndarray:
     """attn_prefill time with a ``kv_dtype`` cache over its profiled (BF16) time."""
-    kv, c = np.broadcast_arrays(np.asarray(kv_cache_size, np.float64), np.maximum(np.asarray(chunk, np.float64), 1.0))
+    kv, c = np.broadcast_arrays(
+        np.asarray(kv_cache_size, np.float64), np.maximum(np.asarray(chunk, np.float64), 1.0)
+    )
     if kv_dtype in SIXTEEN_BIT:
         return np.ones_like(kv)
     from vidur_jax.predictors import roofline
@@ -175,10 +186,16 @@ def prefill_attention_ratio(
     cal = calibration if calibration is not None else roofline.DEFAULT_CALIBRATION
     shape, dev = roofline._shape(model), roofline._device(device)
     fit = _fit(cal, "attn_prefill")
-    flops, total = roofline.op_work("attn_prefill", shape, tp, kv_cache_size=kv, prefill_chunk_size=c)
-    _, fresh = roofline.op_work("attn_prefill", shape, tp, kv_cache_size=np.zeros_like(kv), prefill_chunk_size=c)
+    flops, total = roofline.op_work(
+        "attn_prefill", shape, tp, kv_cache_size=kv, prefill_chunk_size=c
+    )
+    _, fresh = roofline.op_work(
+        "attn_prefill", shape, tp, kv_cache_size=np.zeros_like(kv), prefill_chunk_size=c
+    )
     base = roofline.roofline_ms(fit, flops, total, dev["peak_flops"], dev["hbm_bw"])
-    var = roofline.roofline_ms(fit, flops, fresh + (total - fresh) / 2.0, dev["peak_flops"], dev["hbm_bw"])
+    var = roofline.roofline_ms(
+        fit, flops, fresh + (total - fresh) / 2.0, dev["peak_flops"], dev["hbm_bw"]
+    )
     return var / base
 
 
@@ -211,9 +228,8 @@ def scale_slab(
     """
     if not is_scaled(weight_dtype, kv_dtype, verify_queries):
         return slab
-    from vidur_jax.sim.types import TOKEN_OPS
-
     from vidur_jax.predictors import roofline
+    from vidur_jax.sim.types import TOKEN_OPS
 
     token_step, kv_step, chunk_step = steps
     out = dict(slab)
@@ -225,10 +241,15 @@ def scale_slab(
     out["token_ops"] = ops.astype(np.float32)
     dec = np.array(slab["decode"], np.float64)
     b, kv = np.meshgrid(np.arange(dec.shape[0]), np.arange(dec.shape[1]) * kv_step, indexing="ij")
-    out["decode"] = (dec * decode_attention_ratio(b, kv, model, device, tp, kv_dtype, verify_queries,
-                                                  calibration)).astype(np.float32)
+    out["decode"] = (
+        dec
+        * decode_attention_ratio(b, kv, model, device, tp, kv_dtype, verify_queries, calibration)
+    ).astype(np.float32)
     pre = np.array(slab["prefill"], np.float64)
-    kv, c = np.meshgrid(np.arange(pre.shape[0]) * kv_step, np.arange(pre.shape[1]) * chunk_step, indexing="ij")
-    out["prefill"] = (pre * prefill_attention_ratio(kv, c, model, device, tp, kv_dtype, calibration)).astype(
-        np.float32)
+    kv, c = np.meshgrid(
+        np.arange(pre.shape[0]) * kv_step, np.arange(pre.shape[1]) * chunk_step, indexing="ij"
+    )
+    out["prefill"] = (
+        pre * prefill_attention_ratio(kv, c, model, device, tp, kv_dtype, calibration)
+    ).astype(np.float32)
     return out

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from vidur_jax.sim.build import DeploymentConfig
     from vidur_jax.sim.engine import _Row
 
+
 def on(static: SimStatic) -> bool:
     """Speculative decoding is compiled in (some config of the call has ``k > 0``)."""
     return static.speculative
@@ -69,8 +70,10 @@ def validate(cfg: DeploymentConfig) -> None:
     from vidur_jax.plan.deployment import check_speculative
 
     k = cfg.spec_tokens
-    require(isinstance(k, (int, np.integer)) and not isinstance(k, bool),
-            f"speculative.num_tokens={k!r} must be an integer >= 0")
+    require(
+        isinstance(k, (int, np.integer)) and not isinstance(k, bool),
+        f"speculative.num_tokens={k!r} must be an integer >= 0",
+    )
     check_speculative(dataclasses.asdict(cfg))
 
 
@@ -148,7 +151,9 @@ def draw_accepted(alpha: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return np.minimum(rng.geometric(1.0 - a), k + 1).astype(np.int64)
 
 
-def sample_steps(num_decode: np.ndarray, alpha: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def sample_steps(
+    num_decode: np.ndarray, alpha: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
     """Verify steps each request needs to emit its ``num_decode - 1`` tokens after the first.
 
     Args:
@@ -170,7 +175,9 @@ def sample_steps(num_decode: np.ndarray, alpha: np.ndarray, k: int, rng: np.rand
     return steps
 
 
-def params_fields(cfg: DeploymentConfig, decode: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def params_fields(
+    cfg: DeploymentConfig, decode: np.ndarray, mask: np.ndarray
+) -> dict[str, np.ndarray]:
     """Host arrays of one config: the engine's decode iterations and tokens per step.
 
     Args:
@@ -196,7 +203,9 @@ def params_fields(cfg: DeploymentConfig, decode: np.ndarray, mask: np.ndarray) -
 # ----------------------------------------------------------------------------- in the engine
 
 
-def tokens_held(params: SimParams, req: jax.Array, prefill: jax.Array, processed: jax.Array) -> jax.Array:
+def tokens_held(
+    params: SimParams, req: jax.Array, prefill: jax.Array, processed: jax.Array
+) -> jax.Array:
     """(S,) KV tokens of each slot: ``processed`` in the prefill phase, and ``prompt + 1
     + g x (verify steps done)`` once decoding (``g`` the request's tokens per step).
 
@@ -236,7 +245,9 @@ def batch_stage_time(
     kv = tokens_held(params, row.req, row.prefill, row.processed)
     k = params.spec_k
     verify = jnp.where(is_prefill, num_tokens, num_tokens * (k + 1))
-    stage_s, last_s, flops, over = timing.batch_stage_time(tables, params, active, verify, kv, is_prefill, num_seqs)
+    stage_s, last_s, flops, over = timing.batch_stage_time(
+        tables, params, active, verify, kv, is_prefill, num_seqs
+    )
     draft = params.replace(
         table_index=params.draft_table_index,
         layers_per_stage=params.draft_layers,
@@ -246,9 +257,11 @@ def batch_stage_time(
     )
     on_k = (k > 0).astype(jnp.float32)
     dec_s, _, dec_flops, dec_over = timing.batch_stage_time(
-        tables, draft, active & ~is_prefill, jnp.ones_like(num_tokens), kv, is_prefill, num_seqs)
+        tables, draft, active & ~is_prefill, jnp.ones_like(num_tokens), kv, is_prefill, num_seqs
+    )
     pre_s, _, pre_flops, pre_over = timing.batch_stage_time(
-        tables, draft, active & is_prefill, num_tokens, kv, is_prefill, num_seqs)
+        tables, draft, active & is_prefill, num_tokens, kv, is_prefill, num_seqs
+    )
     # each draft step ends in the LM head that proposes the token (one row per sequence)
     n_dec = jnp.where(active & ~is_prefill, num_seqs, 0).sum()
     n_pre = jnp.where(active & is_prefill, 1, 0).sum()
@@ -256,8 +269,12 @@ def batch_stage_time(
     pre_s = pre_s + _lm_head_s(tables, draft, n_pre)
     draft_s = on_k * (k * dec_s + pre_s)
     draft_flops = on_k * (k * dec_flops + pre_flops)
-    return (stage_s + draft_s, last_s + draft_s, flops + draft_flops,
-            over | ((k > 0) & (dec_over | pre_over)))
+    return (
+        stage_s + draft_s,
+        last_s + draft_s,
+        flops + draft_flops,
+        over | ((k > 0) & (dec_over | pre_over)),
+    )
 
 
 def _lm_head_s(tables: TimingTables, draft: SimParams, n: jax.Array) -> jax.Array:
@@ -272,8 +289,12 @@ def _lm_head_s(tables: TimingTables, draft: SimParams, n: jax.Array) -> jax.Arra
     return jnp.where(n > 0, ms * draft.draft_lm_head_scale, 0.0) * 1e-3
 
 
-def summary(cfg: DeploymentConfig, num_decode: np.ndarray, completed: np.ndarray,
-            fields: dict[str, np.ndarray]) -> dict[str, float]:
+def summary(
+    cfg: DeploymentConfig,
+    num_decode: np.ndarray,
+    completed: np.ndarray,
+    fields: dict[str, np.ndarray],
+) -> dict[str, float]:
     """Summary columns of a speculative config (none when off).
 
     Args:
@@ -291,6 +312,10 @@ def summary(cfg: DeploymentConfig, num_decode: np.ndarray, completed: np.ndarray
     done = completed & (num_decode > 1)
     steps = float(np.sum(fields["num_decode"][done].astype(np.int64) - 1))
     return {
-        "spec_tokens_per_step": float(np.sum(num_decode[done] - 1)) / steps if steps > 0 else float("nan"),
-        "spec_expected_tokens_per_step": float(expected_tokens_per_step(cfg.spec_acceptance, cfg.spec_tokens)),
+        "spec_tokens_per_step": float(np.sum(num_decode[done] - 1)) / steps
+        if steps > 0
+        else float("nan"),
+        "spec_expected_tokens_per_step": float(
+            expected_tokens_per_step(cfg.spec_acceptance, cfg.spec_tokens)
+        ),
     }
