@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -287,6 +288,9 @@ def build_tables(
             slab = _tabulated(lookup(c), spec, c.tensor_parallel_size, c.num_pipeline_stages)
             slab = precision.scale_slab(slab, (spec.token_step, spec.kv_step, spec.chunk_step), c.model, c.device,
                                         c.tensor_parallel_size, *c.timing_variant)
+            if precision.is_scaled(*c.timing_variant):  # said where the user reads it (and in op_times)
+                warnings.warn(f"{c.model} on {c.device} tp={c.tensor_parallel_size}: op times are "
+                              f"{precision.describe(*c.timing_variant)}", stacklevel=2)
             slab["cpu_overhead"] = cpu_overhead.table(c.model, c.network_device, c.tensor_parallel_size,
                                                       spec.max_decode_batch, c.cpu_overhead_dir)
             slabs.append(slab)
