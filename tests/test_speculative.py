@@ -324,3 +324,34 @@ def test_published_speculative_speedup(case, profiles_dir):
         3.61, rel=1e-9
     )
     assert abs(row["error_pct"]) <= PUBLISHED_ERROR_PCT[case] + MARGIN_PCT, row
+
+
+def test_search_grid_sweeps_k():
+    """A search.schedulers entry with speculative_tokens makes k an axis of the grid; a
+    point speculative decoding cannot run (pipeline parallelism) is infeasible with its
+    reason, and the names say k."""
+    from vidur_jax.search.grid import describe, expand_grid, grid_from_dict, label
+
+    block = {
+        "max_gpus": 2,
+        "tp": [1],
+        "pp": [1, 2],
+        "batch_caps": [64],
+        "schedulers": [{"scheduler": "vllm"}, {"scheduler": "vllm", "speculative_tokens": 3}],
+    }
+    spec = grid_from_dict(block, "meta-llama/Llama-2-7b-hf", "a100")
+    base = DeploymentConfig(spec_draft="eagle", spec_acceptance=0.8)
+    cands = expand_grid(spec, base, per_replica=True)
+    got = [(c.config.num_pipeline_stages, c.config.spec_tokens, c.feasible) for c in cands]
+    assert got == [(1, 0, True), (1, 3, True), (2, 0, True), (2, 3, False)]
+    assert "pipeline parallelism" in cands[3].reason
+    assert describe(cands[1].config).endswith(" spec3") and "speculative k=3" in label(
+        cands[1].config
+    )
+    assert "spec" not in describe(cands[0].config) and "speculative" not in label(cands[0].config)
+    with pytest.raises(ConfigError, match="speculative_tokens=-1"):
+        grid_from_dict(
+            {"schedulers": [{"scheduler": "vllm", "speculative_tokens": -1}]},
+            "meta-llama/Llama-2-7b-hf",
+            "a100",
+        )
