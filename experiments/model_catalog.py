@@ -5,7 +5,7 @@
 Counts come from :func:`vidur_jax.catalog.parameter_count` (every weight, embeddings
 included); ``kv_kib_per_token`` is the fp16 KV cache one token needs over all layers
 (MLA: the latent plus the RoPE key). ``simulated`` says whether the simulator runs the
-model today (MoE, MLA and explicit head sizes are read but refused until modelled).
+model today (gpt-oss is read but refused: MXFP4 experts, sliding-window layers).
 """
 
 from __future__ import annotations

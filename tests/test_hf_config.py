@@ -164,10 +164,20 @@ def test_missing_or_broken_file(tmp_path):
         catalog.get_model(str(tmp_path / "bad.json"))
 
 
-@pytest.mark.parametrize("alias", ["mixtral-8x7b-instruct-v0.1", "deepseek-v2-lite", "qwen3-32b"])
+@pytest.mark.parametrize("alias", ["gpt-oss-20b", "gpt-oss-120b"])
 def test_unsimulated_parts_are_refused_not_simulated_as_dense(alias):
     with pytest.raises(ConfigError, match="does not simulate yet"):
         catalog.validate_parallelism(alias, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "alias", sorted(a for a in PUBLISHED if not a.startswith("gpt-oss"))
+)
+def test_every_other_shipped_config_is_simulable(alias):
+    m = catalog.get_model(alias)
+    tp = max(t for t in catalog.allowed_tp(m, 8))
+    catalog.validate_parallelism(m, tp, 1)
+    assert catalog.params_per_device(m, tp, 1) > 0 and catalog.kv_bytes_per_token(m, tp) > 0
 
 
 def test_fp8_halves_kv_bytes_and_blocks_follow_by_hand():

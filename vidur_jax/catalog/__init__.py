@@ -43,6 +43,12 @@ from vidur_jax.catalog.models import (
     list_models,
     shipped_hf_configs,
 )
+from vidur_jax.catalog.moe import (
+    attn_flops_coef,
+    flops_per_token,
+    needs_roofline,
+    validate_expert_parallel,
+)
 
 __all__ = [
     "ALIASES",
@@ -56,6 +62,10 @@ __all__ = [
     "ParameterCount",
     "NodeSpec",
     "allowed_tp",
+    "attn_flops_coef",
+    "flops_per_token",
+    "needs_roofline",
+    "validate_expert_parallel",
     "get_device",
     "get_model",
     "load_hf_config",

@@ -15,6 +15,7 @@ Semantics follow Vidur's ``ParamCounter`` and ``MemoryPlanner``:
 
 from __future__ import annotations
 
+from vidur_jax.catalog import moe
 from vidur_jax.catalog.hardware import DeviceSpec, get_device
 from vidur_jax.catalog.models import ModelSpec, get_model
 from vidur_jax.errors import ConfigError, require
@@ -43,29 +44,19 @@ def _is_pos_int(x: object) -> bool:
 def validate_simulable(model: ModelSpec | str) -> None:
     """Refuse a model whose serving cost the simulator cannot compute yet.
 
-    Mixture-of-experts layers, multi-head latent attention and a head size apart from
-    ``embedding_dim / num_q_heads`` are read from ``config.json`` (and counted by
-    :func:`vidur_jax.catalog.hf_config.parameter_count`) but not yet timed or planned in
-    memory; simulating them as dense models would be a silently wrong answer.
+    Dense, mixture-of-experts (:mod:`vidur_jax.catalog.moe`) and multi-head latent
+    attention models are simulated. gpt-oss is refused: its experts ship in MXFP4
+    (4-bit) and half its layers attend over a 128-token sliding window, so simulated as
+    16-bit weights with full attention its memory and time would be far off.
 
     Raises:
         ConfigError: naming the model and the part that is not modelled.
     """
     m = get_model(model)
-    part = (
-        "mixture-of-experts layers"
-        if m.moe is not None
-        else "multi-head latent attention"
-        if m.mla is not None
-        else f"head_dim={m.explicit_head_dim} (not embedding_dim/num_q_heads)"
-        if m.explicit_head_dim is not None
-        else None
-    )
     require(
-        part is None,
-        f"{m.name} uses {part}, which vidur_jax reads from config.json but does not "
-        "simulate yet (dense models with head_dim = hidden_size / num_attention_heads are "
-        "simulated)",
+        m.family != "gpt_oss",
+        f"{m.name} has MXFP4 experts and alternates sliding-window and full attention "
+        "layers, which vidur_jax reads from config.json but does not simulate yet",
     )
 
 
@@ -113,10 +104,13 @@ def allowed_tp(model: ModelSpec | str, max_tp: int = 64) -> list[int]:
 def params_per_layer(model: ModelSpec | str, tp: int) -> int:
     """Weights of one layer on one TP worker (Vidur's ``ParamCounter``), in elements.
 
-    Counts Wq, Wk, Wv (KV heads per worker rounded up), Wo and the 2 or 3 MLP matrices.
+    Counts Wq, Wk, Wv (KV heads per worker rounded up), Wo and the 2 or 3 MLP matrices;
+    for MoE and MLA models, a layer with experts (:mod:`vidur_jax.catalog.moe`).
     """
     m = get_model(model)
     validate_parallelism(m, tp, 1)
+    if m.moe is not None or m.mla is not None:
+        return moe.layer_params_per_worker(m, tp, m.num_layers - 1)
     q = m.q_heads_per_worker(tp)
     kv = m.kv_heads_per_worker(tp)
     attn = m.embedding_dim * m.head_dim * (q + 2 * kv) + m.embedding_dim * m.head_dim * q
@@ -128,6 +122,8 @@ def params_per_device(model: ModelSpec | str, tp: int, pp: int) -> int:
     """Weights held by one GPU: :func:`params_per_layer` x layers per stage (elements)."""
     m = get_model(model)
     validate_parallelism(m, tp, pp)
+    if m.moe is not None or m.mla is not None:
+        return moe.params_per_device(m, tp, pp)
     return params_per_layer(m, tp) * m.layers_per_stage(pp)
 
 
@@ -158,7 +154,7 @@ def kv_bytes_per_token(
     m = get_model(model)
     validate_parallelism(m, tp, pp)
     layers = m.num_layers if vidur_compat else m.layers_per_stage(pp)
-    return dtype_bytes(kv_dtype) * 2 * m.head_dim * m.kv_heads_per_worker(tp) * layers
+    return dtype_bytes(kv_dtype) * moe.kv_elements_per_token_layer(m, tp) * layers
 
 
 def _check_memory_args(max_tokens: int, memory_margin_fraction: float) -> None:

@@ -77,6 +77,7 @@ DEPLOYMENT_COLUMNS = {
     "num_replicas": "replicas",
     "replica_scheduler": "scheduler",
     "batch_size_cap": "batch_cap",
+    "expert_parallel": "ep",
 }
 #: Knobs read by some replica schedulers only: knob -> the schedulers that read it
 #: (from ``vidur_jax/sim/policies.py``).

@@ -124,6 +124,8 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         attn_scale=read_float("predictor.attn_scale", pred["attn_scale"]),
         compute_scale=read_float("predictor.compute_scale", pred["compute_scale"]),
         network_scale=read_float("predictor.network_scale", pred["network_scale"]),
+        expert_parallel=read_int("cluster.ep", cl.get("ep", 1)),
+        moe_imbalance=read_float("predictor.moe_imbalance", pred.get("moe_imbalance", 1.0)),
         seed=read_int("seed", tree.get("seed", _conf("", "seed"))),
         weight_dtype=str(model.get("weight_dtype", _conf("model", "weight_dtype"))).lower(),
         kv_cache_dtype=str(model.get("kv_cache_dtype", _conf("model", "kv_cache_dtype"))).lower(),
@@ -186,6 +188,11 @@ def check_deployment(f: Mapping[str, Any]) -> None:
     tp, pp = f["tensor_parallel_size"], f["num_pipeline_stages"]
     catalog.validate_parallelism(model, tp, pp)
     catalog.validate_max_tokens(model, f["max_tokens"])
+    catalog.validate_expert_parallel(model, tp, f.get("expert_parallel", 1))
+    require(
+        f.get("moe_imbalance", 1.0) >= 1.0,
+        f"predictor.moe_imbalance={f.get('moe_imbalance')} must be >= 1 (busiest EP rank / mean)",
+    )
     require(
         f["replica_scheduler"] != "lightllm" or pp == 1,
         "replica_scheduler=lightllm does not support pipeline parallelism (num_pipeline_stages must be 1)",

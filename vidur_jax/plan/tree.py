@@ -20,7 +20,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "config", "weight_dtype", "kv_cache_dtype"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
-    "cluster": frozenset({"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance"}),
+    "cluster": frozenset(
+        {"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance", "ep"}
+    ),
     "scheduler": frozenset(
         {
             "replica_scheduler",
@@ -46,7 +48,14 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
     ),
     "speculative": frozenset({"num_tokens", "acceptance", "acceptance_spread", "draft"}),
     "predictor": frozenset(
-        {"cpu_overhead_ms", "cpu_overhead", "attn_scale", "compute_scale", "network_scale"}
+        {
+            "cpu_overhead_ms",
+            "cpu_overhead",
+            "attn_scale",
+            "compute_scale",
+            "network_scale",
+            "moe_imbalance",
+        }
     ),
     "workload": frozenset(
         {

@@ -458,6 +458,10 @@ def load(
     """
     if tp not in TP_DEGREES:
         raise ConfigError(f"tp={tp} is not supported; allowed: {list(TP_DEGREES)}")
+    if _needs_roofline(model):  # MoE / MLA op shapes: no profile or transfer covers them
+        from vidur_jax.predictors import roofline
+
+        return roofline.load_roofline(model, device, tp)
     if profiles_dir is None:
         base = shipped_base(device, model, tp)
         if os.path.isfile(base + ".npz"):
@@ -527,6 +531,15 @@ def list_shipped(root: str = PARAMS_DIR) -> list[str]:
                 if f.endswith(".npz"):
                     out.append(f"{device}/{m.replace('__', '/')}/{f[:-4]}")
     return out
+
+
+def _needs_roofline(model: str) -> bool:
+    try:
+        from vidur_jax import catalog
+
+        return catalog.needs_roofline(catalog.get_model(model))
+    except ConfigError:
+        return False
 
 
 def _catalog_shape(model: str) -> dict | None:

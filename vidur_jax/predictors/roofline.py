@@ -42,6 +42,7 @@ Evaluation (calibrate on one GPU, predict the other): ``experiments/roofline_eva
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -99,7 +100,7 @@ def _shape(model: Any) -> dict:
     from vidur_jax.catalog import get_model
 
     spec = get_model(model)
-    return {
+    shape = {
         "name": spec.name,
         "num_q_heads": spec.num_q_heads,
         "num_kv_heads": spec.num_kv_heads,
@@ -109,6 +110,14 @@ def _shape(model: Any) -> dict:
         "use_gated_mlp": spec.use_gated_mlp,
         "post_attn_norm": spec.post_attn_norm,
     }
+    if spec.explicit_head_dim is not None:
+        shape["head_dim"] = spec.explicit_head_dim
+    if spec.moe is not None:
+        shape["num_layers"] = spec.num_layers
+        shape["moe"] = dataclasses.asdict(spec.moe)
+    if spec.mla is not None:
+        shape["mla"] = dataclasses.asdict(spec.mla)
+    return shape
 
 
 def _device(device: Any) -> dict:
@@ -145,11 +154,13 @@ def op_work(op: str, shape: dict, tp: int, **features: Any) -> tuple[np.ndarray,
         ops ``bytes`` is link traffic per GPU.
     """
     e = float(shape["embedding_dim"])
-    d = e / shape["num_q_heads"]
+    d = float(shape["head_dim"]) if "head_dim" in shape else e / shape["num_q_heads"]
     hq = float(shape["num_q_heads"] // tp)
     hkv = float(math.ceil(shape["num_kv_heads"] / tp))
     f = float(shape["mlp_hidden_dim"] // tp)
     b = BYTES_PER_ELEMENT
+    if "mla" in shape and op in _MLA_OPS:
+        return _mla_work(op, shape["mla"], e, hq, **features)
     if op == "attn_prefill":
         kv, c = np.broadcast_arrays(*(np.asarray(features[k], np.float64) for k in OP_FEATURES[op]))
         # Full c x (kv + c) score block: Vidur's profiled kernels take as long for the
@@ -185,6 +196,131 @@ def op_work(op: str, shape: dict, tp: int, **features: Any) -> tuple[np.ndarray,
     if op == "send_recv":
         return zero, b * n * e
     raise ConfigError(f"unknown op '{op}'; allowed: {', '.join(OPS)}")
+
+
+_MLA_OPS = ("attn_pre_proj", "attn_post_proj", "attn_rope", "attn_prefill", "attn_decode")
+
+
+def _mla_work(op: str, a: dict, e: float, hq: float, **features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """FLOPs and bytes of an attention op of multi-head latent attention (DeepSeek-V2/V3)
+    on one TP worker of ``hq`` heads (see :mod:`vidur_jax.catalog.moe` for the sharding).
+
+    Projections are one GEMM over all of a token's MLA weights (``q_a``, ``q_b``,
+    ``kv_a``, ``kv_b``; per-token FLOPs are the same whether ``kv_b`` is absorbed into
+    the query and output, as decode kernels do, or applied to the new tokens' latents).
+    Prefill attends per head with decompressed keys (``qk_nope + qk_rope``) and values
+    (``v``); decode attends over the cached latent (``kv_lora + qk_rope`` per token,
+    read once for all heads) with absorbed queries.
+    """
+    b = BYTES_PER_ELEMENT
+    qk = float(a["qk_nope_head_dim"] + a["qk_rope_head_dim"])
+    v, lat, rope = float(a["v_head_dim"]), float(a["kv_lora_rank"]), float(a["qk_rope_head_dim"])
+    if op == "attn_prefill":
+        kv, c = np.broadcast_arrays(*(np.asarray(features[k], np.float64) for k in OP_FEATURES[op]))
+        flops = 2.0 * hq * c * (kv + c) * (qk + v)
+        return flops, b * (c * hq * (qk + v) + (kv + c) * hq * (qk + v))
+    if op == "attn_decode":
+        bs, kv = np.broadcast_arrays(*(np.asarray(features[k], np.float64) for k in OP_FEATURES[op]))
+        flops = 2.0 * bs * hq * kv * (lat + rope + lat)
+        return flops, b * (bs * kv * (lat + rope) + 2.0 * bs * hq * (lat + rope))
+    n = np.asarray(features["num_tokens"], np.float64)
+    if op == "attn_rope":
+        return np.zeros_like(n), b * 2.0 * n * (hq + 1.0) * rope
+    if op == "attn_post_proj":
+        k, m = hq * v, e
+        return 2.0 * n * k * m, b * (n * k + k * m + n * m)
+    q_rank = float(a["q_lora_rank"])
+    weights = (e * q_rank + q_rank * hq * qk if q_rank else e * hq * qk) + e * (lat + rope)
+    weights += lat * hq * (a["qk_nope_head_dim"] + v)
+    out = hq * qk + lat + rope
+    return 2.0 * n * weights, b * (n * e + weights + n * out)
+
+
+#: The parts of a MoE layer's feed-forward block, by the MLP op they are reported under,
+#: each with the op whose calibration times it (see :func:`moe_part_work`).
+MOE_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "mlp_up_proj": (
+        ("router", "mlp_up_proj"),
+        ("dispatch", "send_recv"),
+        ("expert_up", "mlp_up_proj"),
+        ("shared_up", "mlp_up_proj"),
+    ),
+    "mlp_act": (("expert_act", "mlp_act"), ("shared_act", "mlp_act")),
+    "mlp_down_proj": (
+        ("expert_down", "mlp_down_proj"),
+        ("shared_down", "mlp_down_proj"),
+        ("combine", "send_recv"),
+    ),
+}
+
+
+def routed_tokens(moe: dict, ep: int, imbalance: float, n: np.ndarray) -> np.ndarray:
+    """Token-expert assignments on the busiest EP rank for a batch of ``n`` tokens:
+    ``n k imbalance / ep``, at most ``n min(k, E / ep)`` (a token visits an expert once).
+    At ``ep = 1`` every GPU holds a slice of every expert, so skew between experts does
+    not change its work and ``imbalance`` is ignored."""
+    k, local = float(moe["experts_per_token"]), moe["num_experts"] / ep
+    skew = float(imbalance) if ep > 1 else 1.0
+    return np.minimum(n * k * skew / ep, n * min(k, local))
+
+
+def experts_touched(moe: dict, ep: int, n: np.ndarray) -> np.ndarray:
+    """Expected distinct experts of one EP rank that ``n`` tokens hit (uniform top-k
+    routing): ``(E / ep) (1 - (1 - k/E)^n)``; their weights are what a step reads."""
+    e, k = float(moe["num_experts"]), float(moe["experts_per_token"])
+    if e <= 1.0:
+        return np.where(n > 0, 1.0, 0.0)
+    return (e / ep) * (1.0 - (1.0 - k / e) ** n)
+
+
+def moe_part_work(
+    part: str, shape: dict, tp: int, ep: int, imbalance: float, num_tokens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """FLOPs and bytes of one part of a MoE layer on the busiest GPU, or None if absent.
+
+    Experts are split over the ``tp`` GPUs of a stage: ``ep`` ranks of ``E / ep`` experts,
+    each expert split ``tp / ep`` ways. With ``ep > 1`` every EP rank keeps ``1 / ep`` of
+    the batch's tokens, routes them (``router``: ``n/ep x H x E`` GEMM) and exchanges
+    their top-k copies by all-to-all (``dispatch``, ``combine``: the busiest rank moves
+    its ``a`` assignments of ``H`` elements, ``(ep-1)/ep`` of them off-rank; link bytes).
+    The busiest rank runs its experts on ``a`` = :func:`routed_tokens` assignments as a
+    grouped GEMM that reads the weights of the :func:`experts_touched` experts. Shared
+    experts run on all ``n`` tokens, split ``tp`` ways like a dense MLP. The router is
+    absent with one expert (routing is then the identity), shared parts without shared
+    experts, the all-to-all at ``ep = 1``.
+
+    Args:
+        part: ``router, dispatch, expert_up, expert_act, expert_down, shared_up,
+            shared_act, shared_down, combine``.
+        shape: model shape with a ``moe`` entry (:func:`_shape`).
+        tp: GPUs of a stage; ep: expert-parallel degree (divides ``tp``).
+        imbalance: load of the busiest EP rank over the mean (>= 1).
+        num_tokens: tokens of the batch (array).
+
+    Returns:
+        ``(flops, bytes)`` arrays, bytes being link traffic for dispatch/combine.
+    """
+    moe, e, b = shape["moe"], float(shape["embedding_dim"]), BYTES_PER_ELEMENT
+    n = np.asarray(num_tokens, np.float64)
+    f_local = float(moe["expert_hidden_dim"] // (tp // ep))
+    f_shared = float(moe["shared_expert_hidden_dim"] // tp)
+    a = routed_tokens(moe, ep, imbalance, n)
+    zero = np.zeros_like(n)
+    if part == "router":
+        if moe["num_experts"] <= 1:
+            return None
+        k, m, rows = e, float(moe["num_experts"]), n / ep
+        return 2.0 * rows * k * m, b * (rows * k + k * m + rows * m)
+    if part in ("dispatch", "combine"):
+        return None if ep == 1 else (zero, b * a * e * (ep - 1) / ep)
+    if part.startswith("shared_") and f_shared == 0:
+        return None
+    rows, width = (a, f_local) if part.startswith("expert_") else (n, f_shared)
+    touched = experts_touched(moe, ep, n) if part.startswith("expert_") else 1.0
+    if part.endswith("_act"):
+        return zero, b * 3.0 * rows * width
+    k, m = (e, 2.0 * width) if part.endswith("_up") else (width, e)
+    return 2.0 * rows * k * m, b * (rows * k + touched * k * m + rows * m)
 
 
 def roofline_ms(
@@ -472,18 +608,41 @@ class RooflinePredictor:
         tp: tensor-parallel degree.
         calibration: output of :func:`calibrate` (default: the shipped
             :data:`CALIBRATION_PATH`).
+        ep: expert-parallel degree (MoE models; divides ``tp`` and the experts).
+        moe_imbalance: tokens of the busiest EP rank over the mean (>= 1; MoE models).
+
+    The MLP ops of a MoE model answer for its whole feed-forward block, averaged over
+    the layers (dense first layers included): ``mlp_up_proj`` = router + all-to-all
+    dispatch + routed and shared expert up-projections, ``mlp_act`` = their
+    activations, ``mlp_down_proj`` = down-projections + all-to-all combine
+    (:data:`MOE_PARTS`, :meth:`moe_parts`).
 
     Attributes:
         meta: ``source="roofline"``, model, device, tp, peaks used, calibration devices,
             per-op ``op_source`` and a one-line ``warning`` for the simulator to print.
     """
 
-    def __init__(self, model: Any, device: Any, tp: int, calibration: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        device: Any,
+        tp: int,
+        calibration: dict | None = None,
+        *,
+        ep: int = 1,
+        moe_imbalance: float = 1.0,
+    ) -> None:
         self.shape = _shape(model)
         self.device = _device(device)
         self.tp = int(tp)
         if self.tp < 1 or self.shape["num_q_heads"] % self.tp:
             raise ConfigError(f"tp={tp} does not divide num_q_heads={self.shape['num_q_heads']}")
+        self.ep, self.moe_imbalance = int(ep), float(moe_imbalance)
+        moe = self.shape.get("moe")
+        if self.ep != 1 and (moe is None or self.tp % self.ep or moe["num_experts"] % self.ep):
+            raise ConfigError(f"ep={ep} must be 1, or divide tp={tp} and the model's experts")
+        if not self.moe_imbalance >= 1.0:
+            raise ConfigError(f"moe_imbalance={moe_imbalance} must be >= 1 (busiest rank / mean)")
         self.calibration = calibration if calibration is not None else _default_calibration()
         if self.device["link_bw"] <= 0:
             warnings.warn(
@@ -508,9 +667,16 @@ class RooflinePredictor:
                 op: ("absent (0, as Vidur)" if op == "attn_kv_cache_save" else "roofline")
                 for op in OPS
             },
+            "ep": self.ep,
+            "moe_imbalance": self.moe_imbalance,
             "shape": self.shape,
             "warning": f"no profiles for {name} on {self.device['name']} (tp={self.tp}): op times are "
-            f"roofline estimates (efficiencies calibrated on {cal}); expect 10-40% error",
+            f"roofline estimates (efficiencies calibrated on {cal}); expect 10-40% error"
+            + (
+                f"; MoE all-to-all at ep={self.ep}: link-bandwidth roofline estimate"
+                if self.ep > 1
+                else ""
+            ),
         }
 
     def predict(self, op: str, **features: Any) -> np.ndarray:
@@ -530,6 +696,8 @@ class RooflinePredictor:
             )
         if op == "attn_kv_cache_save" or (op == "all_reduce" and self.tp == 1):
             return np.zeros(np.shape(features["num_tokens"]), np.float64)
+        if "moe" in self.shape and op in MOE_PARTS:
+            return self._moe_mlp_ms(op, features["num_tokens"])
         flops, nbytes = op_work(op, self.shape, self.tp, **features)
         fits = self.calibration.get("ops", {})
         if op not in fits:
@@ -541,6 +709,46 @@ class RooflinePredictor:
         return roofline_ms(
             fit, flops, nbytes, self.device["peak_flops"], _bandwidth(op, self.device)
         )
+
+
+    def _fit(self, op: str) -> dict:
+        fits = self.calibration.get("ops", {})
+        if op not in fits:
+            cal = "+".join(self.calibration.get("devices", [])) or "?"
+            raise ConfigError(
+                f"roofline calibration ({cal}) has no fit for op '{op}' (no profile of it)"
+            )
+        return fits[op]
+
+    def moe_parts(self, op: str, num_tokens: Any) -> dict[str, np.ndarray]:
+        """Per-part ms of one MoE layer's ``op`` (a key of :data:`MOE_PARTS`) at
+        ``num_tokens`` batch tokens; absent parts are left out."""
+        out = {}
+        for part, fit_op in MOE_PARTS[op]:
+            work = moe_part_work(
+                part, self.shape, self.tp, self.ep, self.moe_imbalance, num_tokens
+            )
+            if work is not None:
+                out[part] = roofline_ms(
+                    self._fit(fit_op),
+                    *work,
+                    self.device["peak_flops"],
+                    _bandwidth(fit_op, self.device),
+                )
+        return out
+
+    def _moe_mlp_ms(self, op: str, num_tokens: Any) -> np.ndarray:
+        """``op``'s ms averaged over the layers: dense MLP layers and MoE layers."""
+        moe_ms = sum(self.moe_parts(op, num_tokens).values())
+        dense_layers = self.shape["moe"]["first_dense_layers"]
+        if dense_layers == 0:
+            return np.asarray(moe_ms, np.float64)
+        flops, nbytes = op_work(op, self.shape, self.tp, num_tokens=num_tokens)
+        dense_ms = roofline_ms(
+            self._fit(op), flops, nbytes, self.device["peak_flops"], self.device["hbm_bw"]
+        )
+        layers = self.shape["num_layers"]
+        return (dense_layers * dense_ms + (layers - dense_layers) * moe_ms) / layers
 
 
 def evaluate(
@@ -585,13 +793,14 @@ def evaluate(
 
 
 def load_roofline(
-    model: Any, device: Any, tp: int, calibration: dict | None = None
+    model: Any, device: Any, tp: int, calibration: dict | None = None, **moe: Any
 ) -> RooflinePredictor:
-    """The fallback for ``predictors.load`` when no profile or shipped predictor exists.
+    """The fallback for ``predictors.load`` when no profile or shipped predictor exists,
+    and the predictor of MoE / MLA models (``moe``: ``ep``, ``moe_imbalance``).
 
     Emits a ``UserWarning`` with ``meta["warning"]`` so the run says it is on a fallback.
     """
-    pred = RooflinePredictor(model, device, tp, calibration)
+    pred = RooflinePredictor(model, device, tp, calibration, **moe)
     warnings.warn(pred.meta["warning"], stacklevel=2)
     return pred
 

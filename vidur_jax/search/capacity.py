@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -93,6 +94,11 @@ class SearchSettings:
             times the criterion's bound (else ``filling``: re-searched with more requests).
         early_stop: stop a probe once its failure is certain.
         width: lanes of the probe pool (fixed per compile), sharded over local devices.
+        runner: ``lanes`` (the vmapped probe pool), ``single`` (each probe on the
+            unbatched, scatter-free event loop, one probe per local device at a time) or
+            ``auto`` (``single`` on CPU, where one config's loop compiles to one kernel
+            and a probe runs faster than as a lane of the pool; ``lanes`` on
+            accelerators).
         mode: ``replica`` | ``cluster`` | ``auto`` (replica for round robin).
         seed: PRNG seed of lengths and arrivals.
     """
@@ -112,6 +118,7 @@ class SearchSettings:
     span_factor: float = 1.0
     early_stop: bool = True
     width: int = 32
+    runner: str = "auto"
     mode: str = "auto"
     seed: int = 42
 
@@ -148,6 +155,10 @@ class SearchSettings:
         )
         require(self.span_factor >= 0, f"search.span_factor={self.span_factor} must be >= 0")
         require(self.width >= 1, f"search.width={self.width} must be >= 1")
+        require(
+            self.runner in ("auto", "lanes", "single"),
+            f"search.runner={self.runner!r}; allowed: auto, lanes, single",
+        )
         require(
             self.mode in ("auto", "replica", "cluster"),
             f"search.mode={self.mode!r}; allowed: auto, replica, cluster",
@@ -251,6 +262,13 @@ def resolve_mode(mode: str, cfgs: Sequence[DeploymentConfig]) -> str:
         )
         return mode
     return "replica" if all(c.global_scheduler == "round_robin" for c in cfgs) else "cluster"
+
+
+def resolve_runner(runner: str) -> str:
+    """``auto`` -> ``single`` on the CPU backend, ``lanes`` elsewhere."""
+    if runner != "auto":
+        return runner
+    return "single" if jax.default_backend() == "cpu" else "lanes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,11 +466,17 @@ class ProbeRunner:
             self.groups.setdefault(c.replica_scheduler, []).append(i)
         self.levels: dict[str, list[_Level]] = {}
         self.stats = SearchStats()
+        self._host_lock = threading.Lock()
+        self._device_tables: dict[tuple[int, int], object] = {}
         # one pool width per runner (a new width is a new compile): enough lanes for a
         # round of every config, at most settings.width, a multiple of the devices
         n_dev = jax.local_device_count()
-        want = 1 << max(0, math.ceil(math.log2(max(1, len(cfgs) * settings.branching))))
-        self.width = -(-min(settings.width, want) // n_dev) * n_dev
+        self.single = resolve_runner(settings.runner) == "single"
+        if self.single:  # one probe per device at a time: K = 1 (bisection) once many are open
+            self.width = n_dev
+        else:
+            want = 1 << max(0, math.ceil(math.log2(max(1, len(cfgs) * settings.branching))))
+            self.width = -(-min(settings.width, want) // n_dev) * n_dev
 
     def _level(self, policy: str, k: int) -> _Level:
         levels = self.levels.setdefault(policy, [])
@@ -492,7 +516,8 @@ class ProbeRunner:
             )
             level = 0
             while todo:
-                todo = self._run_pool(policy, level, todo)
+                run_level = self._run_single if self.single else self._run_pool
+                todo = run_level(policy, level, todo)
                 level += 1
                 if level > 4 and todo:
                     raise ConfigError("search: simulator capacity kept overflowing; please report")
@@ -545,6 +570,81 @@ class ProbeRunner:
             self.settings,
         )
 
+    def _settle(self, lane: _Lane, host, j: int) -> str:
+        """What to do with the finished lane ``j`` of ``host``: ``"overflow"`` (re-run
+        at the next capacity level), ``"extend"`` (step budget spent, verdict still
+        open: ``lane`` now has twice the budget) or ``"done"`` (probe filled in)."""
+        err = int(np.asarray(host.error)[j])
+        if err & _GROW:
+            return "overflow"
+        if err == ERR_STEPS and lane.budget < lane.full_steps:
+            bound = self._verdict_so_far(lane, host, j)
+            if math.isnan(bound):  # verdict still open: a longer budget
+                lane.budget = min(lane.full_steps, 2 * lane.budget)
+                lane.params = dataclasses.replace(lane.params, max_steps=np.int64(lane.budget))
+                return "extend"
+            p = lane.probe
+            p.steps = float(np.asarray(host.step)[j])
+            p.delay_s, p.passed, p.stopped_early = bound, False, True
+            self.stats.probes_stopped_early += 1
+            self.stats.requests_simulated += int(lane.workload.num_requests)
+            return "done"
+        self._finish(lane, host, j)
+        return "done"
+
+    def _probe_on_device(self, lv: _Level, p: Probe, device) -> bool:
+        """Run probe ``p`` alone on ``device`` (unbatched event loop); True if a
+        capacity of level ``lv`` overflowed (the probe is then left unfilled)."""
+        with self._host_lock:  # host-side bookkeeping; the simulation runs unlocked
+            lane = self._lane(lv, p)
+            key = (id(lv), device.id)
+            if key not in self._device_tables:
+                self._device_tables[key] = jax.device_put(lv.tables, device)
+            tables = self._device_tables[key]
+        budget = jax.device_put(np.int64(1 << 62), device)  # the lane's max_steps stops it
+        params = jax.device_put(build.stack_params([lane.params]), device)
+        state = run_mod._single_init(lv.static, params)
+        while True:
+            state = run_mod._single_advance(lv.static, tables, params, state, budget)
+            host = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(state))
+            with self._host_lock:
+                self.stats.calls += 1
+                self.stats.lanes += 1
+                verdict = self._settle(lane, host, 0)
+            if verdict != "extend":
+                return verdict == "overflow"
+            params = jax.device_put(build.stack_params([lane.params]), device)
+            state = state.replace(error=jnp.zeros_like(state.error))
+
+    def _run_single(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
+        """Run ``todo`` one probe at a time per local device on the unbatched,
+        scatter-free event loop (:func:`vidur_jax.sim.run._single_advance`; one compile
+        per device and shape); returns the probes that overflowed level ``k``. A probe's
+        result equals its lane's in the pool (same loop body; tested)."""
+        lv = self._level(policy, k)
+        devices = jax.local_devices()[: max(1, min(len(todo), jax.local_device_count()))]
+        queue = list(reversed(todo))  # pop() takes the next (longest) probe
+        overflowed: set[int] = set()
+
+        def worker(device) -> None:
+            while True:
+                try:
+                    p = queue.pop()
+                except IndexError:
+                    return
+                if self._probe_on_device(lv, p, device):
+                    overflowed.add(id(p))
+
+        if len(devices) == 1:
+            worker(devices[0])
+        else:
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(len(devices)) as pool:
+                for f in [pool.submit(worker, d) for d in devices]:
+                    f.result()
+        return [p for p in todo if id(p) in overflowed]
+
     def _run_pool(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
         """Run ``todo`` (longest first) on the lane pool; returns the probes that
         overflowed a capacity of level ``k``."""
@@ -582,26 +682,13 @@ class ProbeRunner:
             for j, lane in enumerate(lanes):
                 if lane is None or not done[j]:
                     continue
-                err = int(errors[j])
-                if err & _GROW:
+                verdict = self._settle(lane, host, j)
+                if verdict == "extend":
+                    errors[j] = 0
+                    cleared = True
+                    continue
+                if verdict == "overflow":
                     overflow.append(lane.probe)
-                elif err == ERR_STEPS and lane.budget < lane.full_steps:
-                    bound = self._verdict_so_far(lane, host, j)
-                    if math.isnan(bound):  # verdict still open: a longer budget
-                        lane.budget = min(lane.full_steps, 2 * lane.budget)
-                        lane.params = dataclasses.replace(
-                            lane.params, max_steps=np.int64(lane.budget)
-                        )
-                        errors[j] = 0
-                        cleared = True
-                        continue
-                    p = lane.probe
-                    p.steps = float(np.asarray(host.step)[j])
-                    p.delay_s, p.passed, p.stopped_early = bound, False, True
-                    self.stats.probes_stopped_early += 1
-                    self.stats.requests_simulated += int(lane.workload.num_requests)
-                else:
-                    self._finish(lane, host, j)
                 lanes[j] = None
                 if pending:
                     lanes[j] = self._lane(lv, pending.pop())

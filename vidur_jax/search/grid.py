@@ -91,6 +91,8 @@ class GridSpec:
         pp: pipeline depths.
         schedulers: replica schedulers (with chunk sizes).
         batch_caps: batch size caps.
+        ep: expert-parallel degrees of MoE models' experts; a point whose ``ep`` does
+            not divide its ``tp`` (or ``ep > 1`` on a dense model) is not part of the grid.
     """
 
     models: tuple[str, ...]
@@ -102,6 +104,7 @@ class GridSpec:
         *(SchedulerChoice("sarathi", c) for c in (256, 512, 1024, 2048, 4096)),
     )
     batch_caps: tuple[int, ...] = (32, 64, 128)
+    ep: tuple[int, ...] = (1,)
 
     @property
     def size(self) -> int:
@@ -113,6 +116,7 @@ class GridSpec:
             * len(self.pp)
             * len(self.schedulers)
             * len(self.batch_caps)
+            * len(self.ep)
         )
 
 
@@ -229,6 +233,7 @@ def grid_from_dict(
         pp=_ints("pp", block.get("pp", [1, 2, 4])),
         schedulers=tuple(scheds),
         batch_caps=_ints("batch_caps", block.get("batch_caps", [32, 64, 128])),
+        ep=_ints("ep", block.get("ep", [1])),
     )
 
 
@@ -270,10 +275,10 @@ def expand_grid(
         Candidates in grid order (model, cluster, tp, pp, scheduler, batch cap).
     """
     out = []
-    for model, cl, tp, pp, sch, cap in itertools.product(
-        spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps
+    for model, cl, tp, pp, sch, cap, ep in itertools.product(
+        spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps, spec.ep
     ):
-        if tp * pp > cl.num_gpus:
+        if tp * pp > cl.num_gpus or tp % ep or (ep > 1 and not catalog.get_model(model).is_moe):
             continue
         price = (
             cl.price_per_hour
@@ -293,6 +298,7 @@ def expand_grid(
             replica_scheduler=sch.scheduler,
             chunk_size=sch.chunk_size if sch.chunk_size is not None else base.chunk_size,
             batch_size_cap=cap,
+            expert_parallel=ep,
             spec_tokens=sch.speculative_tokens if sch.speculative_tokens is not None else base.spec_tokens,
         )
         reason = ""
@@ -312,7 +318,8 @@ def describe(c: DeploymentConfig) -> str:
     sched = c.replica_scheduler + (str(c.chunk_size) if c.replica_scheduler == "sarathi" else "")
     return (
         f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
-        f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
+        + (f"ep{c.expert_parallel} " if c.expert_parallel > 1 else "")
+        + f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
     ) + (f" spec{c.spec_tokens}" if c.spec_tokens else "")
 
 
@@ -321,7 +328,7 @@ def label(c: DeploymentConfig) -> str:
     gpus = c.tensor_parallel_size * c.num_pipeline_stages
     par = f"TP{c.tensor_parallel_size}" + (
         f" PP{c.num_pipeline_stages}" if c.num_pipeline_stages > 1 else ""
-    )
+    ) + (f" EP{c.expert_parallel}" if c.expert_parallel > 1 else "")
     names = {"vllm": "vLLM", "sarathi": "Sarathi", "orca": "Orca", "lightllm": "LightLLM"}
     sched = names.get(c.replica_scheduler, c.replica_scheduler)
     if c.replica_scheduler == "sarathi":

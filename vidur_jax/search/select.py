@@ -244,6 +244,7 @@ def search_table(
             "network_device": c.network_device,
             "tp": c.tensor_parallel_size,
             "pp": c.num_pipeline_stages,
+            "ep": c.expert_parallel,
             "replicas": c.num_replicas,
             "scheduler": c.replica_scheduler,
             "chunk_size": c.chunk_size if c.replica_scheduler == "sarathi" else np.nan,

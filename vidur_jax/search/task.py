@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
         *({"scheduler": "sarathi", "chunk_size": c} for c in (256, 512, 1024, 2048, 4096)),
     ],
     "batch_caps": [32, 64, 128],
+    "ep": [1],
     "slos": [],
     "top": 5,
     "num_requests": 300,
@@ -61,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "span_factor": 1.0,
     "early_stop": True,
     "width": 32,
+    "runner": "auto",
     "mode": "auto",
     "predictor_note": None,
 }
@@ -86,6 +88,7 @@ def settings_from(block: Mapping[str, Any], seed: int) -> cap.SearchSettings:
             span_factor=float(block["span_factor"]),
             early_stop=bool(block["early_stop"]),
             width=int(block["width"]),
+            runner=str(block["runner"]),
             mode=str(block["mode"]),
             seed=int(seed),
         ).check()

@@ -92,6 +92,8 @@ class DeploymentConfig:
     attn_scale: float = _conf("predictor", "attn_scale")
     compute_scale: float = _conf("predictor", "compute_scale")
     network_scale: float = _conf("predictor", "network_scale")
+    expert_parallel: int = 1  # EP degree of a MoE model's experts (divides tp), docs/models.md
+    moe_imbalance: float = 1.0  # busiest EP rank's routed tokens over the mean (>= 1)
     seed: int = _conf("", "seed")
     weight_dtype: str = _conf("model", "weight_dtype")
     kv_cache_dtype: str = _conf("model", "kv_cache_dtype")
@@ -110,6 +112,8 @@ class DeploymentConfig:
             self.tensor_parallel_size,
             self.num_pipeline_stages > 1,
             self.cpu_overhead_dir,
+            self.expert_parallel,
+            self.moe_imbalance,
         )
         variant = self.timing_variant
         return key if not precision.is_scaled(*variant) else (*key, variant)
@@ -159,6 +163,8 @@ class DeploymentConfig:
         require(self.cpu_overhead_ms >= 0, f"cpu_overhead_ms={self.cpu_overhead_ms} must be >= 0")
         catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
         catalog.validate_max_tokens(model, self.max_tokens)
+        catalog.validate_expert_parallel(model, self.tensor_parallel_size, self.expert_parallel)
+        require(self.moe_imbalance >= 1.0, f"moe_imbalance={self.moe_imbalance} must be >= 1")
         policies.get(self.replica_scheduler).validate(self)
         precision.check_dtype("model.weight_dtype", self.weight_dtype)
         precision.check_dtype("model.kv_cache_dtype", self.kv_cache_dtype)
@@ -197,7 +203,6 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
     require(num_blocks >= 1, f"num_blocks={num_blocks} must be >= 1")
     micro = cfg.batch_size_cap // pp
     require(micro >= 1, f"batch_size_cap={cfg.batch_size_cap} must be >= num_pipeline_stages={pp}")
-    head_dim = model.head_dim
     return DerivedConfig(
         num_blocks=int(num_blocks),
         max_batch_size=int(min(mbs, cfg.batch_size_cap)),
@@ -206,9 +211,9 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
         max_blocks_per_seq=cfg.max_tokens // cfg.block_size,
         layers_per_stage=model.num_layers // pp,
         gqa_overhead=0.1 if model.num_kv_heads < model.num_q_heads else 0.0,
-        flops_per_token=2.0 * catalog.params_per_layer(model, tp),
+        flops_per_token=catalog.flops_per_token(model, tp),
         # QK^T and PV: 2 matmuls x 2 FLOPs x head_dim per (query, key) pair per head
-        attn_flops_coef=4.0 * head_dim * model.q_heads_per_worker(tp),
+        attn_flops_coef=catalog.attn_flops_coef(model, tp),
         # MFU against the peak of the GEMMs' precision (FP8 tensor cores with FP8 weights)
         peak_flops=(device.fp8_tflops if cfg.weight_dtype == "fp8" and device.fp8_tflops else
                     device.fp16_tflops) * 1e12,
@@ -432,8 +437,8 @@ def build_params(
         spec_gain=np.concatenate([spec["spec_gain"], np.ones(pad, f32)]),
         draft_table_index=i32(getattr(table_index, "draft", table_index)),
         draft_layers=f32(speculative.draft_layers(cfg) if cfg.spec_tokens > 0 else 0),
-        draft_flops_per_token=f32(2.0 * catalog.params_per_layer(speculative.draft_config(cfg).model,
-                                                                 cfg.tensor_parallel_size)
+        draft_flops_per_token=f32(catalog.flops_per_token(catalog.get_model(speculative.draft_config(cfg).model),
+                                                          cfg.tensor_parallel_size)
                                   if cfg.spec_tokens > 0 else 0.0),
         draft_lm_head_scale=f32(speculative.lm_head_scale(cfg) if cfg.spec_tokens > 0 else 0.0),
     )

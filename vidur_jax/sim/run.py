@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from vidur_jax import metrics
+from vidur_jax import catalog, metrics
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build, executables, precision, prefix_engine, speculative
 from vidur_jax.sim.build import DeploymentConfig
@@ -84,7 +84,19 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
             return StoredPredictions(load, identity=executables.hint_key(("shipped", model, device, tp, network)))
         return StoredPredictions(load)
 
-    return lambda c: _stored(c.model, c.device, c.tensor_parallel_size, c.network_device)
+    @functools.cache
+    def _roofline(model: str, device: str, tp: int, ep: int, imbalance: float) -> PredictorLike:
+        from vidur_jax.predictors import roofline
+
+        return roofline.load_roofline(model, device, tp, ep=ep, moe_imbalance=imbalance)
+
+    def predictor_for(c: DeploymentConfig) -> PredictorLike:
+        # MoE / MLA / unusual head sizes: no profile has their op shapes (catalog/moe.py)
+        if catalog.needs_roofline(catalog.get_model(c.model)):
+            return _roofline(c.model, c.device, c.tensor_parallel_size, c.expert_parallel, c.moe_imbalance)
+        return _stored(c.model, c.device, c.tensor_parallel_size, c.network_device)
+
+    return predictor_for
 
 
 class StoredPredictions:
