@@ -17,6 +17,7 @@ Usage::
 2. **The sweep** of ``conf/experiment/fp8.yaml`` (Llama-2-70B, TP 4, H100, chat-like
    Poisson load at two rates; weights and KV cache at bf16 / fp8), run through
    :func:`vidur_jax.simulate`: ``sweep.csv`` (one row per config) and ``fp8.json``.
+3. The FP8/BF16 op-time ratios the docs quote (:func:`ratio_rows`): ``ratios.csv``.
 """
 
 from __future__ import annotations
@@ -120,6 +121,26 @@ SWEEP_COLUMNS = (
 )
 
 
+def ratio_rows() -> list[dict]:
+    """The calibrated FP8/BF16 time ratios docs/precision.md quotes: each GEMM of
+    Llama-2-70B at TP 4 on an H100 at 1 and 8,192 tokens, and decode attention on an FP8
+    KV cache at 256 sequences x 1,024 tokens."""
+    from vidur_jax.predictors.roofline import GEMM_OPS
+    from vidur_jax.sim import precision
+
+    m, dev, tp = "meta-llama/Llama-2-70b-hf", "h100", 4
+    rows = []
+    for op in GEMM_OPS:
+        for n in (1, 8192):
+            r = precision.gemm_ratio(op, np.array([float(n)]), m, dev, tp, "fp8")[0]
+            rows.append({"op": op, "tokens": n, "batch": None, "kv": None, "ratio": float(r)})
+    d = precision.decode_attention_ratio(np.array([256.0]), np.array([1024.0]), m, dev, tp, "fp8")[
+        0
+    ]
+    rows.append({"op": "attn_decode", "tokens": None, "batch": 256, "kv": 1024, "ratio": float(d)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output directory")
@@ -132,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     import vidur_jax
     from vidur_jax.metrics import atomic_write_csv
 
+    atomic_write_csv(pd.DataFrame(ratio_rows()), os.path.join(args.out, "ratios.csv"))
     pub = pd.DataFrame(published_rows(args.profiles_dir))
     atomic_write_csv(pub, os.path.join(args.out, "published.csv"))
     overrides = ["+experiment=fp8", "plots=false"]
