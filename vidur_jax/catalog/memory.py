@@ -3,9 +3,10 @@
 Semantics follow Vidur's ``ParamCounter`` and ``MemoryPlanner``:
 
 * parameters per device = per-layer weights of one TP shard (Wq/Wk/Wv, Wo, MLP; no
-  embeddings, norms or biases) x layers per pipeline stage, 2 bytes each (fp16);
-* KV bytes per request = 2 (fp16) x 2 (K and V) x head_dim x kv_heads_per_worker x
-  max_tokens x layers. Vidur counts **all** layers even under pipeline parallelism
+  embeddings, norms or biases) x layers per pipeline stage, 2 bytes each (fp16/bf16;
+  1 with ``weight_dtype="fp8"``);
+* KV bytes per request = 2 (fp16/bf16; 1 with ``kv_dtype="fp8"``) x 2 (K and V) x
+  head_dim x kv_heads_per_worker x max_tokens x layers. Vidur counts **all** layers even under pipeline parallelism
   (``vidur_compat=True``); ``vidur_compat=False`` counts only the layers on one stage,
   which is what a real PP deployment stores;
 * max batch size = floor((memory x (1 - margin) - weight bytes) / KV bytes per request);
@@ -175,6 +176,8 @@ def max_batch_size(
     *,
     weight_dtype: str = "fp16",
     kv_dtype: str = "fp16",
+    extra_weight_bytes: int = 0,
+    extra_kv_bytes_per_token: int = 0,
 ) -> int:
     """Requests whose full ``max_tokens`` KV cache fits next to the weights (per stage).
 
@@ -188,6 +191,9 @@ def max_batch_size(
         vidur_compat: see :func:`kv_bytes_per_token`.
         weight_dtype: weight storage format (see :func:`dtype_bytes`).
         kv_dtype: KV-cache storage format.
+        extra_weight_bytes: further weights per GPU (a speculative-decoding draft model).
+        extra_kv_bytes_per_token: further KV bytes per token per GPU (the draft's cache,
+            which holds the same tokens as the target's).
 
     Returns:
         ``floor((mem * (1 - margin) - weight_bytes) / (kv_bytes_per_token * max_tokens))``.
@@ -198,10 +204,11 @@ def max_batch_size(
     m, d = get_model(model), get_device(device)
     _check_memory_args(max_tokens, memory_margin_fraction)
     available = d.memory_gb * 1024**3 * (1.0 - float(memory_margin_fraction))
-    weights = param_bytes_per_device(m, tp, pp, weight_dtype=weight_dtype)
+    weights = param_bytes_per_device(m, tp, pp, weight_dtype=weight_dtype) + int(extra_weight_bytes)
     per_request = (
-        kv_bytes_per_token(m, tp, pp, vidur_compat=vidur_compat, kv_dtype=kv_dtype) * max_tokens
-    )
+        kv_bytes_per_token(m, tp, pp, vidur_compat=vidur_compat, kv_dtype=kv_dtype)
+        + int(extra_kv_bytes_per_token)
+    ) * max_tokens
     n = int((available - weights) // per_request)
     if n < 1:
         raise ConfigError(
@@ -225,6 +232,8 @@ def max_request_slots(
     *,
     weight_dtype: str = "fp16",
     kv_dtype: str = "fp16",
+    extra_weight_bytes: int = 0,
+    extra_kv_bytes_per_token: int = 0,
 ) -> int:
     """Concurrent requests per replica: :func:`max_batch_size` x pp (one batch per stage)."""
     return pp * max_batch_size(
@@ -237,6 +246,8 @@ def max_request_slots(
         vidur_compat,
         weight_dtype=weight_dtype,
         kv_dtype=kv_dtype,
+        extra_weight_bytes=extra_weight_bytes,
+        extra_kv_bytes_per_token=extra_kv_bytes_per_token,
     )
 
 
@@ -252,8 +263,15 @@ def num_kv_blocks(
     *,
     weight_dtype: str = "fp16",
     kv_dtype: str = "fp16",
+    extra_weight_bytes: int = 0,
+    extra_kv_bytes_per_token: int = 0,
 ) -> int:
     """KV-cache blocks per replica, as Vidur sizes them when ``num_blocks`` is unset.
+
+    FP8 KV (``kv_dtype="fp8"``) halves the bytes per token exactly, so the KV token
+    capacity next to the weights doubles exactly; Vidur's planner then rounds it down to
+    whole ``max_tokens`` requests, so the blocks become ``2 n`` or ``2 n + max_tokens //
+    block_size`` for ``n`` blocks at 16 bits.
 
     Returns:
         ``(max_tokens // block_size) * max_batch_size(...) * pp``.
@@ -277,6 +295,8 @@ def num_kv_blocks(
         vidur_compat,
         weight_dtype=weight_dtype,
         kv_dtype=kv_dtype,
+        extra_weight_bytes=extra_weight_bytes,
+        extra_kv_bytes_per_token=extra_kv_bytes_per_token,
     )
     return (max_tokens // block_size) * slots
 
@@ -292,4 +312,48 @@ def validate_max_tokens(model: ModelSpec | str, max_tokens: int) -> None:
     require(
         max_tokens <= m.max_model_len,
         f"max_tokens={max_tokens} exceeds {m.name}'s context length {m.max_model_len}",
+    )
+
+
+#: ``speculative.draft`` value for a draft of one target decoder layer per draft token
+#: (EAGLE heads, multi-token-prediction modules) instead of a separate model.
+EAGLE_DRAFT = "eagle"
+
+
+def draft_memory(
+    target: ModelSpec | str,
+    draft: str,
+    tp: int,
+    *,
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+) -> tuple[int, int]:
+    """Memory per GPU of a speculative-decoding draft next to ``target``.
+
+    A draft model is sharded like the target (same TP, every layer on the GPU: the
+    draft is not pipelined) and keeps a KV cache of the same tokens as the target; an
+    ``"eagle"`` draft is one decoder layer of the target (its weights and one layer of
+    KV). Embeddings and the LM head are not counted, as for the target.
+
+    Args:
+        target: the served model.
+        draft: a catalog model name, or :data:`EAGLE_DRAFT`.
+        tp: tensor-parallel degree.
+        weight_dtype, kv_dtype: storage formats (the draft's are the target's).
+
+    Returns:
+        ``(weight_bytes, kv_bytes_per_token)`` per GPU.
+
+    Raises:
+        ConfigError: an unknown draft, or a TP degree the draft cannot be split by.
+    """
+    m = get_model(target)
+    if draft == EAGLE_DRAFT:
+        weights = params_per_layer(m, tp)
+        kv = kv_bytes_per_token(m, tp, 1, kv_dtype=kv_dtype) // m.num_layers
+        return dtype_bytes(weight_dtype) * weights, kv
+    d = get_model(draft)
+    return (
+        param_bytes_per_device(d, tp, 1, weight_dtype=weight_dtype),
+        kv_bytes_per_token(d, tp, 1, kv_dtype=kv_dtype),
     )

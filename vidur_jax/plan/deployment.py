@@ -58,6 +58,7 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
     model, hw, cl = group(tree, "model"), group(tree, "hardware"), group(tree, "cluster")
     sch, pred, wl = group(tree, "scheduler"), group(tree, "predictor"), group(tree, "workload")
     require("name" in model, "model.name is missing")
+    spec = group(tree, "speculative") if "speculative" in tree else {}
     num_blocks = sch.get("num_blocks")
     return dict(
         model=model["config"] if model.get("config") else model["name"],
@@ -126,6 +127,17 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         expert_parallel=read_int("cluster.ep", cl.get("ep", 1)),
         moe_imbalance=read_float("predictor.moe_imbalance", pred.get("moe_imbalance", 1.0)),
         seed=read_int("seed", tree.get("seed", _conf("", "seed"))),
+        weight_dtype=str(model.get("weight_dtype", _conf("model", "weight_dtype"))).lower(),
+        kv_cache_dtype=str(model.get("kv_cache_dtype", _conf("model", "kv_cache_dtype"))).lower(),
+        spec_tokens=read_int("speculative.num_tokens", spec.get("num_tokens", _conf("speculative", "num_tokens"))),
+        spec_acceptance=read_float(
+            "speculative.acceptance", spec.get("acceptance", _conf("speculative", "acceptance"))
+        ),
+        spec_acceptance_spread=read_float(
+            "speculative.acceptance_spread",
+            spec.get("acceptance_spread", _conf("speculative", "acceptance_spread")),
+        ),
+        spec_draft=str(spec.get("draft", _conf("speculative", "draft"))),
     )
 
 
@@ -206,11 +218,55 @@ def check_deployment(f: Mapping[str, Any]) -> None:
         f["replica_scheduler"] != "lightllm" or pp == 1,
         "replica_scheduler=lightllm does not support pipeline parallelism (num_pipeline_stages must be 1)",
     )
+    for key, name in (("weight_dtype", "model.weight_dtype"), ("kv_cache_dtype", "model.kv_cache_dtype")):
+        _one_of(name, f.get(key, "bf16"), tuple(catalog.memory.DTYPE_BYTES))
+    check_speculative(f)
     require(
         not f.get("prefix_caching") or f["replica_scheduler"] in PREFIX_CACHING_SCHEDULERS,
         f"replica_scheduler={f['replica_scheduler']} does not support prefix_caching yet "
         f"(supported: {', '.join(PREFIX_CACHING_SCHEDULERS)})",
     )
+
+
+#: replica schedulers whose speculative decoding is modelled (they never read a request's
+#: total length, which the verify-step engine counts in steps)
+SPECULATIVE_SCHEDULERS = ("vllm", "sarathi")
+
+
+def check_speculative(f: Mapping[str, Any]) -> None:
+    """Refuse bad speculative-decoding knobs (fields of :func:`deployment_fields`).
+
+    Raises:
+        ConfigError: negative k, alpha outside [0, 1), a spread no Beta distribution has,
+            pipeline parallelism, an unsupported scheduler or a draft the TP cannot split.
+    """
+    k = f.get("spec_tokens", 0)
+    require(k >= 0, f"speculative.num_tokens={k!r} must be an integer >= 0")
+    if k == 0:
+        return
+    a, s = f["spec_acceptance"], f["spec_acceptance_spread"]
+    require(0.0 <= a < 1.0, f"speculative.acceptance={a} must be in [0, 1)")
+    require(s >= 0.0, f"speculative.acceptance_spread={s} must be >= 0")
+    require(s == 0.0 or s * s < a * (1.0 - a),
+            f"speculative.acceptance_spread={s} must be below sqrt(alpha (1 - alpha)) = "
+            f"{math.sqrt(a * (1.0 - a)):.3f} (no Beta distribution has a larger spread)")
+    require(f["num_pipeline_stages"] == 1,
+            "speculative decoding is modelled without pipeline parallelism (num_pipeline_stages must be 1)")
+    require(f["replica_scheduler"] in SPECULATIVE_SCHEDULERS,
+            f"replica_scheduler={f['replica_scheduler']} does not support speculative decoding "
+            f"(supported: {', '.join(SPECULATIVE_SCHEDULERS)})")
+    if f["spec_draft"] != catalog.memory.EAGLE_DRAFT:
+        catalog.validate_parallelism(catalog.get_model(f["spec_draft"]), f["tensor_parallel_size"], 1)
+
+
+def _memory_knobs(f: Mapping[str, Any]) -> dict[str, Any]:
+    """Precision and draft keywords of the memory planner (as ``build.memory_knobs``)."""
+    out = {"weight_dtype": f.get("weight_dtype", "bf16"), "kv_dtype": f.get("kv_cache_dtype", "bf16")}
+    if f.get("spec_tokens", 0) > 0:
+        w, kv = catalog.memory.draft_memory(f["model"], f["spec_draft"], f["tensor_parallel_size"],
+                                            weight_dtype=out["weight_dtype"], kv_dtype=out["kv_dtype"])
+        out.update(extra_weight_bytes=w, extra_kv_bytes_per_token=kv)
+    return out
 
 
 def check_fits(f: Mapping[str, Any]) -> None:
@@ -230,6 +286,7 @@ def check_fits(f: Mapping[str, Any]) -> None:
         f["max_tokens"],
         f["memory_margin_fraction"],
         vidur_compat=f["vidur_compat_memory"],
+        **_memory_knobs(f),
     )
 
 

@@ -18,7 +18,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Keys each config group may hold (a typo is an error, not a silently ignored knob).
 GROUP_KEYS: dict[str, frozenset[str]] = {
-    "model": frozenset({"name", "config"}),
+    "model": frozenset({"name", "config", "weight_dtype", "kv_cache_dtype"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
     "cluster": frozenset(
         {"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance", "ep",
@@ -48,6 +48,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "s3_lookahead",
         }
     ),
+    "speculative": frozenset({"num_tokens", "acceptance", "acceptance_spread", "draft"}),
     "predictor": frozenset(
         {
             "cpu_overhead_ms",

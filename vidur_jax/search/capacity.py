@@ -49,6 +49,7 @@ import functools
 import math
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 
 import jax
@@ -597,27 +598,49 @@ class ProbeRunner:
 
     def _probe_on_device(self, lv: _Level, p: Probe, device) -> bool:
         """Run probe ``p`` alone on ``device`` (unbatched event loop); True if a
-        capacity of level ``lv`` overflowed (the probe is then left unfilled)."""
+        capacity of level ``lv`` overflowed (the probe is then left unfilled).
+
+        The params go to the device once (with the probe's full step limit); the
+        early-stop budget is the loop's own stop (``budget`` of ``_single_advance``), so
+        extending it re-sends nothing, and between budgets only the arrays the verdict
+        reads come back. The steps taken equal the lane pool's (tested).
+        """
         with self._host_lock:  # host-side bookkeeping; the simulation runs unlocked
             lane = self._lane(lv, p)
             key = (id(lv), device.id)
             if key not in self._device_tables:
                 self._device_tables[key] = jax.device_put(lv.tables, device)
             tables = self._device_tables[key]
-        budget = jax.device_put(np.int64(1 << 62), device)  # the lane's max_steps stops it
-        params = jax.device_put(build.stack_params([lane.params]), device)
+        full = dataclasses.replace(lane.params, max_steps=np.int64(lane.full_steps))
+        params = jax.device_put(build.stack_params([full]), device)
+        total = int(lane.params.num_valid)
         state = run_mod._single_init(lv.static, params)
         while True:
-            state = run_mod._single_advance(lv.static, tables, params, state, budget)
+            left = np.int64(lane.budget - int(state.step))
+            state = run_mod._single_advance(lv.static, tables, params, state, left)
+            err, step, completed = (int(x) for x in jax.device_get((state.error, state.step, state.num_completed)))
+            if err == 0 and completed < total and step < lane.full_steps:  # budget spent
+                seen = jax.device_get((state.scheduled_at, state.first_token_at, state.clock))
+                partial = types.SimpleNamespace(
+                    scheduled_at=seen[0][None], first_token_at=seen[1][None], clock=np.asarray(seen[2])[None]
+                )
+                bound = self._verdict_so_far(lane, partial, 0)
+                with self._host_lock:
+                    self.stats.calls += 1
+                    self.stats.lanes += 1
+                    if math.isnan(bound):  # verdict still open: a longer budget
+                        lane.budget = min(lane.full_steps, 2 * lane.budget)
+                        continue
+                    p.steps = float(step)
+                    p.delay_s, p.passed, p.stopped_early = bound, False, True
+                    self.stats.probes_stopped_early += 1
+                    self.stats.requests_simulated += int(lane.workload.num_requests)
+                return False
             host = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(state))
             with self._host_lock:
                 self.stats.calls += 1
                 self.stats.lanes += 1
-                verdict = self._settle(lane, host, 0)
-            if verdict != "extend":
-                return verdict == "overflow"
-            params = jax.device_put(build.stack_params([lane.params]), device)
-            state = state.replace(error=jnp.zeros_like(state.error))
+                return self._settle(lane, host, 0) == "overflow"
 
     def _run_single(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
         """Run ``todo`` one probe at a time per local device on the unbatched,

@@ -45,10 +45,12 @@ class Cluster:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerChoice:
-    """A replica scheduler of the grid: ``vllm``, or ``sarathi`` with a chunk size."""
+    """A replica scheduler of the grid: ``vllm``, or ``sarathi`` with a chunk size, and
+    optionally its speculative draft tokens ``k`` (None: the base config's)."""
 
     scheduler: str
     chunk_size: int | None = None
+    speculative_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +227,11 @@ def grid_from_dict(
         chunk = s.get("chunk_size")
         if chunk is not None:
             chunk = _ints(f"schedulers[{i}].chunk_size", chunk)[0]
-        scheds.append(SchedulerChoice(name, chunk))
+        k = s.get("speculative_tokens")
+        if k is not None:  # a speculative-decoding axis: entries differing in k
+            require(isinstance(k, int) and not isinstance(k, bool) and k >= 0,
+                    f"search.schedulers[{i}].speculative_tokens={k!r} must be an integer >= 0")
+        scheds.append(SchedulerChoice(name, chunk, k))
     return GridSpec(
         models=tuple(catalog.get_model(m).name for m in models),
         clusters=tuple(clusters),
@@ -326,6 +332,7 @@ def expand_grid(
             chunk_size=sch.chunk_size if sch.chunk_size is not None else base.chunk_size,
             batch_size_cap=cap,
             expert_parallel=ep,
+            spec_tokens=sch.speculative_tokens if sch.speculative_tokens is not None else base.spec_tokens,
         )
         reason = ""
         if node is None:
@@ -360,8 +367,8 @@ def describe(c: DeploymentConfig) -> str:
     return (
         f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
         + (f"ep{c.expert_parallel} " if c.expert_parallel > 1 else "")
-        + f"x{c.num_replicas} {sched} cap{c.batch_size_cap}{_pools(c)}"
-    )
+        + f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
+    ) + (f" spec{c.spec_tokens}" if c.spec_tokens else "") + _pools(c)
 
 
 def _pools(c: DeploymentConfig) -> str:
@@ -379,6 +386,8 @@ def label(c: DeploymentConfig) -> str:
     sched = names.get(c.replica_scheduler, c.replica_scheduler)
     if c.replica_scheduler == "sarathi":
         sched += f" chunk {c.chunk_size}"
+    if c.spec_tokens:
+        sched += f", speculative k={c.spec_tokens}"
     return f"{gpus} x {c.device.upper()} ({par}, {sched}, cap {c.batch_size_cap}){_pools(c)}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -16,8 +17,9 @@ import jax
 import numpy as np
 
 from vidur_jax import catalog
+from vidur_jax.catalog.memory import draft_memory
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import cpu_overhead, disagg, policies, s3
+from vidur_jax.sim import cpu_overhead, disagg, policies, precision, s3, speculative
 from vidur_jax.sim.conf_defaults import value as _conf
 from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
 from vidur_jax.sim.types import ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
@@ -51,7 +53,9 @@ class DeploymentConfig:
     ``max_tokens / s3_num_buckets`` output tokens; and its admission rule
     ``s3_admission``: ``dff`` (S3's decreasing first fit over the first
     ``s3_lookahead`` waiting requests) or ``fcfs`` (arrival order, stop at the first
-    request that does not fit).
+    request that does not fit). ``weight_dtype`` / ``kv_cache_dtype`` are the storage
+    formats of weights and KV cache (docs/precision.md); ``spec_*`` the speculative
+    decoding knobs of ``conf/speculative/`` (docs/speculative.md; ``spec_tokens = 0``: off).
     """
 
     model: str = _conf("model", "name")
@@ -97,11 +101,17 @@ class DeploymentConfig:
     expert_parallel: int = 1  # EP degree of a MoE model's experts (divides tp), docs/models.md
     moe_imbalance: float = 1.0  # busiest EP rank's routed tokens over the mean (>= 1)
     seed: int = _conf("", "seed")
+    weight_dtype: str = _conf("model", "weight_dtype")
+    kv_cache_dtype: str = _conf("model", "kv_cache_dtype")
+    spec_tokens: int = _conf("speculative", "num_tokens")
+    spec_acceptance: float = _conf("speculative", "acceptance")
+    spec_acceptance_spread: float = _conf("speculative", "acceptance_spread")
+    spec_draft: str = _conf("speculative", "draft")
 
     @property
     def bundle_key(self) -> tuple:
         """Identity of the timing tables this config needs."""
-        return (
+        key = (
             self.model,
             self.device,
             self.network_device,
@@ -111,6 +121,13 @@ class DeploymentConfig:
             self.expert_parallel,
             self.moe_imbalance,
         )
+        variant = self.timing_variant
+        return key if not precision.is_scaled(*variant) else (*key, variant)
+
+    @property
+    def timing_variant(self) -> tuple[str, str, int]:
+        """``(weight_dtype, kv_cache_dtype, verify queries)`` its op times are scaled to."""
+        return (self.weight_dtype, self.kv_cache_dtype, self.spec_tokens + 1)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first bad value (one clear line)."""
@@ -155,6 +172,9 @@ class DeploymentConfig:
         catalog.validate_expert_parallel(model, self.tensor_parallel_size, self.expert_parallel)
         require(self.moe_imbalance >= 1.0, f"moe_imbalance={self.moe_imbalance} must be >= 1")
         policies.get(self.replica_scheduler).validate(self)
+        precision.check_dtype("model.weight_dtype", self.weight_dtype)
+        precision.check_dtype("model.kv_cache_dtype", self.kv_cache_dtype)
+        speculative.validate(self)
         disagg.validate(self)
 
 
@@ -180,11 +200,12 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
     model = catalog.get_model(cfg.model)
     device = catalog.get_device(cfg.device)
     tp, pp = cfg.tensor_parallel_size, cfg.num_pipeline_stages
+    memory = memory_knobs(cfg)
     mbs = catalog.max_batch_size(model, device, tp, pp, cfg.max_tokens, cfg.memory_margin_fraction,
-                                 vidur_compat=cfg.vidur_compat_memory)
+                                 vidur_compat=cfg.vidur_compat_memory, **memory)
     num_blocks = cfg.num_blocks or catalog.num_kv_blocks(
         model, device, tp, pp, cfg.max_tokens, cfg.block_size, cfg.memory_margin_fraction,
-        vidur_compat=cfg.vidur_compat_memory,
+        vidur_compat=cfg.vidur_compat_memory, **memory,
     )
     require(num_blocks >= 1, f"num_blocks={num_blocks} must be >= 1")
     micro = cfg.batch_size_cap // pp
@@ -200,8 +221,20 @@ def derive(cfg: DeploymentConfig) -> DerivedConfig:
         flops_per_token=catalog.flops_per_token(model, tp),
         # QK^T and PV: 2 matmuls x 2 FLOPs x head_dim per (query, key) pair per head
         attn_flops_coef=catalog.attn_flops_coef(model, tp),
-        peak_flops=device.fp16_tflops * 1e12,
+        # MFU against the peak of the GEMMs' precision (FP8 tensor cores with FP8 weights)
+        peak_flops=(device.fp8_tflops if cfg.weight_dtype == "fp8" and device.fp8_tflops else
+                    device.fp16_tflops) * 1e12,
     )
+
+
+def memory_knobs(cfg: DeploymentConfig) -> dict:
+    """The memory planner's precision and draft-model keywords for ``cfg``."""
+    out = {"weight_dtype": cfg.weight_dtype, "kv_dtype": cfg.kv_cache_dtype}
+    if cfg.spec_tokens > 0:
+        w, kv = draft_memory(cfg.model, cfg.spec_draft, cfg.tensor_parallel_size,
+                             weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_cache_dtype)
+        out.update(extra_weight_bytes=w, extra_kv_bytes_per_token=kv)
+    return out
 
 
 def slot_bound(cfg: DeploymentConfig, derived: DerivedConfig) -> int:
@@ -212,7 +245,9 @@ def slot_bound(cfg: DeploymentConfig, derived: DerivedConfig) -> int:
 def table_spec_for(cfgs: Sequence[DeploymentConfig], num_slots: int) -> TableSpec:
     """Table extents covering every batch the configs can form (grown on overflow)."""
     max_tokens = max(c.max_tokens for c in cfgs)
-    batch_tokens = max(policies.get(c.replica_scheduler).batch_token_bound(c, num_slots) for c in cfgs)
+    # a speculative verify step carries k + 1 tokens per decode
+    batch_tokens = max(policies.get(c.replica_scheduler).batch_token_bound(c, num_slots) + num_slots * c.spec_tokens
+                       for c in cfgs)
     batch_tokens = min(batch_tokens, num_slots * max_tokens)
     return TableSpec(
         max_batch_tokens=int(batch_tokens),
@@ -251,19 +286,47 @@ def build_tables(
     spec: TableSpec,
     predictor_for: Callable[[DeploymentConfig], PredictorLike],
 ) -> tuple[TimingTables, list[int]]:
-    """Tabulate each distinct predictor bundle once; return tables and each config's row."""
+    """Tabulate each distinct predictor bundle once; return tables and each config's row.
+
+    A config at another precision or verify width gets its bundle's tables scaled
+    (:func:`vidur_jax.sim.precision.scale_slab`); a speculative config's row is a
+    :class:`TableRow` whose ``draft`` is the row timing its draft."""
     keys: dict[tuple, int] = {}
     slabs = []
-    index = []
-    for c in cfgs:
+
+    def row_of(c: DeploymentConfig, lookup: Callable[[DeploymentConfig], PredictorLike]) -> int:
         if c.bundle_key not in keys:
             keys[c.bundle_key] = len(slabs)
-            slab = _tabulated(predictor_for(c), spec, c.tensor_parallel_size, c.num_pipeline_stages)
+            slab = _tabulated(lookup(c), spec, c.tensor_parallel_size, c.num_pipeline_stages)
+            slab = precision.scale_slab(slab, (spec.token_step, spec.kv_step, spec.chunk_step), c.model, c.device,
+                                        c.tensor_parallel_size, *c.timing_variant)
+            if precision.is_scaled(*c.timing_variant):  # said where the user reads it (and in op_times)
+                warnings.warn(f"{c.model} on {c.device} tp={c.tensor_parallel_size}: op times are "
+                              f"{precision.describe(*c.timing_variant)}", stacklevel=2)
             slab["cpu_overhead"] = cpu_overhead.table(c.model, c.network_device, c.tensor_parallel_size,
                                                       spec.max_decode_batch, c.cpu_overhead_dir)
             slabs.append(slab)
-        index.append(keys[c.bundle_key])
+        return keys[c.bundle_key]
+
+    index: list[int] = []
+    for c in cfgs:
+        row = row_of(c, predictor_for)
+        if c.spec_tokens > 0:
+            row = TableRow(row, row_of(speculative.draft_config(c), speculative.draft_predictor(predictor_for)))
+        index.append(row)
     return stack_tables(slabs, spec), index
+
+
+class TableRow(int):
+    """A config's row of the timing tables (an ``int``) that also names the row timing
+    its speculative-decoding draft (``draft``; the row itself when there is none)."""
+
+    draft: int
+
+    def __new__(cls, row: int, draft: int) -> TableRow:
+        obj = super().__new__(cls, row)
+        obj.draft = int(draft)
+        return obj
 
 
 def max_steps_for(workload: Workload) -> int:
@@ -332,6 +395,8 @@ def build_params(
     for name in ("all_reduce", "send_recv"):
         op_scale[TOKEN_OPS.index(name)] = 1.0 / cfg.network_scale
     f32, i32 = np.float32, np.int32
+    spec = speculative.params_fields(cfg, decode, mask)
+    decode = spec["num_decode"]  # speculative: verify steps + 1, else unchanged
     width = s3.bucket_width(cfg.max_tokens, cfg.s3_num_buckets)
     pred = s3.predict_buckets(cfg.s3_predictor, prefill, decode, mask, width, cfg.s3_num_buckets,
                               cfg.s3_accuracy, cfg.s3_error_buckets, cfg.seed)
@@ -376,6 +441,14 @@ def build_params(
         attn_flops_coef=f32(derived.attn_flops_coef),
         peak_flops=f32(derived.peak_flops),
         max_steps=np.int64(max_steps_for(workload)),
+        spec_k=i32(cfg.spec_tokens),
+        spec_gain=np.concatenate([spec["spec_gain"], np.ones(pad, f32)]),
+        draft_table_index=i32(getattr(table_index, "draft", table_index)),
+        draft_layers=f32(speculative.draft_layers(cfg) if cfg.spec_tokens > 0 else 0),
+        draft_flops_per_token=f32(catalog.flops_per_token(catalog.get_model(speculative.draft_config(cfg).model),
+                                                          cfg.tensor_parallel_size)
+                                  if cfg.spec_tokens > 0 else 0.0),
+        draft_lm_head_scale=f32(speculative.lm_head_scale(cfg) if cfg.spec_tokens > 0 else 0.0),
     )
 
 
@@ -409,7 +482,11 @@ def make_static(
     window = int(min(window or 16, num_slots))
     # a policy may need to see more queued requests than the window would hold
     window = max([window, *(policies.get(c.replica_scheduler).min_window(c) for c in cfgs)])
+    spec = any(c.spec_tokens > 0 for c in cfgs)
     return SimStatic(
+        speculative=spec,
+        # one engine iteration per verify step: fused runs assume one token per iteration
+        **({"fuse_iters": 1} if spec else {}),
         policy=schedulers.pop(),
         router=routers.pop(),
         num_requests=int(num_requests),

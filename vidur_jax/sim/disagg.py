@@ -498,6 +498,10 @@ def validate(cfg) -> None:
         "prefill/decode pools do not support prefix caching or prefix_affinity routing yet",
     )
     require(
+        cfg.spec_tokens == 0,
+        "prefill/decode pools do not support speculative decoding yet (speculative.num_tokens must be 0)",
+    )
+    require(
         cfg.num_pipeline_stages == 1,
         "prefill/decode pools need num_pipeline_stages=1 (pp > 1 not modelled)",
     )
@@ -514,7 +518,11 @@ def param_fields(cfg) -> dict[str, np.ndarray]:
     node = catalog.get_node(cfg.network_device)
     device = catalog.get_device(cfg.device)
     kv = catalog.kv_bytes_per_token(
-        model, cfg.tensor_parallel_size, cfg.num_pipeline_stages, vidur_compat=False
+        model,
+        cfg.tensor_parallel_size,
+        cfg.num_pipeline_stages,
+        vidur_compat=False,
+        kv_dtype=cfg.kv_cache_dtype,
     )
     # a GPU without NVLink figures (link_gbps 0) moves KV at the inter-node rate
     intra = device.link_gbps if device.link_gbps > 0 else cfg.kv_inter_node_gbps

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
-from vidur_jax.sim import disagg, indexed, policies, prefix_engine, scan, timing
+from vidur_jax.sim import disagg, indexed, policies, prefix_engine, scan, speculative, timing
 from vidur_jax.sim.policies import Candidates, ReplicaView, seq_blocks
 from vidur_jax.sim.types import (
     ERR_OOM,
@@ -750,6 +750,8 @@ def _replica_view(static: SimStatic, params: SimParams, state: SimState, row: _R
     )
     if prefix_engine.on(static):
         view = view._replace(**prefix_engine.view_fields(static, params, row))
+    if speculative.on(static):  # decodes hold their KV in tokens, not verify steps
+        view = view._replace(**speculative.view_fields(static, params, row))
     return view
 
 
@@ -989,8 +991,12 @@ def _form_batch(
     def time_stage(c, rw):
         shape = _batch_shape(static, params, rw, adm)
         ntok = jnp.where(run.num_iters > 1, run.ntok1, rw.ntok)  # iteration 1's tokens
-        times = timing.batch_stage_time(tables, params, shape.in_batch, ntok, rw.processed, shape.is_prefill,
-                                        shape.seqs)
+        if speculative.on(static):  # a verify step of k + 1 tokens per decode, plus the draft's steps
+            times = speculative.batch_stage_time(tables, params, rw, shape.in_batch, ntok, shape.is_prefill,
+                                                 shape.seqs)
+        else:
+            times = timing.batch_stage_time(tables, params, shape.in_batch, ntok, rw.processed, shape.is_prefill,
+                                            shape.seqs)
         return c, (shape, times)
 
     _, (shape, times) = _region(gate, time_stage, (), row)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from vidur_jax import catalog, metrics
 from vidur_jax.errors import ConfigError
-from vidur_jax.sim import build, disagg, executables, prefix_engine
+from vidur_jax.sim import build, disagg, executables, precision, prefix_engine, speculative
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import (
     init_state,
@@ -208,6 +208,12 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     summary["batch_size_max"] = float(pick(state.batch_size_max))
     summary.update(prefix_engine.summary(cfg.prefix_caching, state, i))
     summary.update(disagg.summary(cfg, state, i, n, summary["makespan_s"]))
+    summary.update(speculative.summary(cfg, requests["num_decode"], np.isfinite(requests["completed_at"]),
+                                       speculative.params_fields(
+                                           cfg, np.where(np.asarray(wl.mask), requests["num_decode"], 0).astype(np.int32),
+                                           np.asarray(wl.mask))))
+    if precision.is_scaled(*cfg.timing_variant):  # say where op times are estimates, in the table itself
+        summary["op_times"] = precision.describe(*cfg.timing_variant)
     log = None
     if state.log_start.shape[-1] > 0:
         count = min(int(pick(state.log_count)), state.log_start.shape[-1])

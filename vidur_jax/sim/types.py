@@ -84,6 +84,9 @@ class SimStatic:
         disagg: some config of the call splits its replicas into prefill and decode
             pools (:mod:`vidur_jax.sim.disagg`; False: every pool function a no-op and
             the results those of a build without pools).
+        speculative: some config of the call decodes speculatively (``spec_k > 0``):
+            the engine's decode iterations are verify steps
+            (:mod:`vidur_jax.sim.speculative`); False = off, nothing of it traced.
     """
 
     policy: str
@@ -101,6 +104,7 @@ class SimStatic:
     prefix_blocks: int = 0
     prefix_probes: int = 8
     disagg: bool = False
+    speculative: bool = False
 
 
 @flax.struct.dataclass
@@ -196,6 +200,13 @@ class SimParams:
     attn_flops_coef: jax.Array  # () f32 attention FLOPs per (query token x kv token) per layer per device
     peak_flops: jax.Array  # () f32 device peak FLOP/s
     max_steps: jax.Array  # () i64 step budget
+    # speculative decoding (vidur_jax.sim.speculative; k = 0: off)
+    spec_k: jax.Array  # () i32 draft tokens per verify step (0 = off)
+    spec_gain: jax.Array  # (R,) f32 output tokens per verify step of each request (1 when off)
+    draft_table_index: jax.Array  # () i32 row of TimingTables timing the draft
+    draft_layers: jax.Array  # () f32 decoder layers of one draft step
+    draft_flops_per_token: jax.Array  # () f32 draft dense FLOPs per token per layer per device
+    draft_lm_head_scale: jax.Array  # () f32 draft LM-head GEMM time / its mlp_up_proj time at equal tokens (vocab / up-proj width)
 
 
 @flax.struct.dataclass
