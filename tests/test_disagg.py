@@ -315,6 +315,10 @@ def test_single_config_loop_stays_scatter_free_with_pools():
             {"prefill_replicas": 1, "decode_replicas": 1, "num_replicas": 2, "decode_batch_cap": 0},
             "decode_batch_cap",
         ),
+        (
+            {"prefill_replicas": 1, "decode_replicas": 1, "num_replicas": 2, "spec_tokens": 2},
+            "speculative",
+        ),
     ],
 )
 def test_bad_pool_setups_are_refused(kw, match):
