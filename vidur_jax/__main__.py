@@ -74,6 +74,12 @@ def main(cfg: DictConfig) -> None:
         return
     try:
         if task != "simulate":
+            if task == "search" and "VIDUR_JAX_CPU_DEVICES" not in os.environ:
+                # probes run one per XLA device (search.runner=single on CPU): one per core
+                os.environ["VIDUR_JAX_CPU_DEVICES"] = "auto"
+                import vidur_jax
+
+                vidur_jax._use_all_cpu_cores()  # before JAX starts its backend
             from vidur_jax import tasks
 
             tasks.check(task)
