@@ -288,3 +288,58 @@ def test_chunked_loop_is_still_one_kernel(store):
     if "xla_cpu_small_while_loop_byte_threshold" in os.environ.get("XLA_FLAGS", ""):
         hlo = run._single_advance.lower(static, tables, params, state, np.int64(5)).compile().as_text()
         assert "xla_cpu_small_call" in hlo
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_multi_config_run_on_a_terminal(tmp_path):
+    """Two configs with stderr on a terminal (a pty): the progress bar counts simulated
+    requests as the vmapped loop runs in ~0.25 s chunks; SIGINT then stops the run within
+    a few seconds with exit 130 and the one-line message."""
+    import os
+    import pty
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, VIDUR_JAX_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(repo), COLUMNS="160")
+    env.pop("VIDUR_JAX_COMPILE_CACHE", None)
+    cmd = [sys.executable, "-m", "vidur_jax", "+experiment=quickstart", "+sweep.qps=[2,3]",
+           "workload.num_requests=300000", "plots=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    os.close(slave)
+    seen = bytearray()
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.time() + 600
+    running = re.compile(rb"[1-9][\d,]*/300,000 requests|[1-9][\d,]*/600,000 requests")
+    while not running.search(bytes(seen)) and p.poll() is None:  # the loop is running
+        assert time.time() < deadline, bytes(seen)[-500:]
+        time.sleep(0.2)
+    assert p.poll() is None, bytes(seen)[-500:]
+    sent = time.time()
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=60)
+    latency = time.time() - sent
+    time.sleep(0.2)
+    text = bytes(seen).decode(errors="replace")
+    assert p.returncode == 130
+    assert "error: interrupted (Ctrl-C); files written before the interruption are kept" in text
+    assert "Traceback" not in text
+    assert latency < 5.0, latency

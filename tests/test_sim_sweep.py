@@ -58,7 +58,7 @@ def test_lane_pool_shrinks_to_the_last_running_configs(monkeypatch):
 
     def spy(static, n_dev):
         init, advance, reset, done = advance_of(static, n_dev)
-        return init, lambda tables, p, st, stop: (sizes.append(int(p.num_valid.shape[0])), advance(tables, p, st, stop))[1], reset, done
+        return init, lambda tables, p, st, stop, it: (sizes.append(int(p.num_valid.shape[0])), advance(tables, p, st, stop, it))[1], reset, done
 
     monkeypatch.setattr(run, "_pool_runner", spy)
     pooled = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED, chunk_configs=8)
@@ -66,6 +66,37 @@ def test_lane_pool_shrinks_to_the_last_running_configs(monkeypatch):
     for a, b in zip(whole, pooled):
         for name in a.requests:
             np.testing.assert_array_equal(a.requests[name], b.requests[name])
+        assert a.counters == b.counters
+
+
+@pytest.mark.parametrize("chunk_configs", [None, 2])
+def test_configs_on_a_terminal_run_in_short_chunks(monkeypatch, chunk_configs):
+    """With a progress bar (a terminal), several configs return to the host every few
+    iterations (here 1-3: progress, Ctrl-C) and give exactly the one-call results."""
+    from vidur_jax.sim import run
+
+    cfgs = _configs(4)
+    wls = [_workload(i, n=20 + 10 * i) for i in range(4)]
+    whole = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED)
+    monkeypatch.setattr(run, "_interactive", lambda progress: True)
+    monkeypatch.setattr(run, "FIRST_CHUNK_STEPS", 3)
+    monkeypatch.setattr(run, "MIN_CHUNK_STEPS", 1)
+    monkeypatch.setattr(run, "CHUNK_TARGET_S", 0.0)
+    calls = []
+    advance_of = run._pool_runner
+
+    def spy(static, n_dev):
+        init, advance, reset, done = advance_of(static, n_dev)
+        return init, lambda *a: (calls.append(int(a[-1])), advance(*a))[1], reset, done
+
+    monkeypatch.setattr(run, "_pool_runner", spy)
+    chunked = simulate_configs(cfgs, wls, predictor_for=lambda c: PRED, chunk_configs=chunk_configs)
+    steps = max(int(o.counters["num_steps"]) for o in whole)
+    assert calls[0] == 3 and set(calls[1:]) == {1} and len(calls) >= steps // 1 - 3
+    for a, b in zip(whole, chunked, strict=True):
+        for name in a.requests:
+            np.testing.assert_array_equal(a.requests[name], b.requests[name])
+        np.testing.assert_array_equal(a.tbt_hist, b.tbt_hist)
         assert a.counters == b.counters
 
 

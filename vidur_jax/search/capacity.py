@@ -697,7 +697,9 @@ class ProbeRunner:
         while any(x is not None for x in lanes):
             busy = sum(x is not None for x in lanes)
             stop_at = width - busy + min(refill, busy)
-            state = advance(lv.tables, params, state, jnp.asarray(np.int32(stop_at)))
+            state = advance(
+                lv.tables, params, state, jnp.asarray(np.int32(stop_at)), jnp.asarray(np.iinfo(np.int32).max)
+            )
             self.stats.calls += 1
             self.stats.lanes += width
             done = np.asarray(lane_done(params, state))

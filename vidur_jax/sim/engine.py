@@ -1141,9 +1141,11 @@ def simulate_until(
     params: SimParams,
     state: SimState,
     stop_at: jax.Array,
+    max_iters: jax.Array,
     axis_name: str | None = None,
 ) -> SimState:
-    """Advance stacked configs until all are done or at least ``stop_at`` of them are.
+    """Advance stacked configs until all are done, at least ``stop_at`` of them are, or
+    ``max_iters`` loop iterations ran.
 
     The resumable form of :func:`simulate_many` behind the host's lane pool: the host
     stops the loop once some lanes have finished, reads them out, puts pending configs in
@@ -1155,6 +1157,8 @@ def simulate_until(
         params: :class:`SimParams` with a leading lane axis L.
         state: the lanes' current :class:`SimState` (leading axis L).
         stop_at: () i32 — return once this many lanes are done (done lanes included).
+        max_iters: () i32 — return after this many iterations (steps of every lane), so
+            the host regains control (progress, Ctrl-C); resuming gives the same states.
         axis_name: inside ``shard_map``, the mapped axis: the done count (and so the
             stop) is over the lanes of all devices, which therefore stop together.
 
@@ -1170,7 +1174,7 @@ def simulate_until(
         counts = jnp.stack([done.sum(dtype=jnp.int32), jnp.int32(done.size)])
         if axis_name is not None:
             counts = jax.lax.psum(counts, axis_name)
-        return (counts[0] < counts[1]) & (counts[0] < stop_at)
+        return (counts[0] < counts[1]) & (counts[0] < stop_at) & (c[0] < max_iters)
 
     _, state = jax.lax.while_loop(
         running, lambda c: (c[0] + 1, step_all(static, tables, params, c[1], c[0] >= 0)), (jnp.int32(0), state)

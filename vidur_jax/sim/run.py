@@ -445,7 +445,7 @@ def _pool_runner(static: SimStatic, num_devices: int):
     mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("configs",))
     shard = functools.partial(jax.shard_map, mesh=mesh, out_specs=P("configs"), check_vma=False)
     return (jax.jit(shard(init, in_specs=(P("configs"),))),
-            jax.jit(shard(advance, in_specs=(P(), P("configs"), P("configs"), P()))),
+            jax.jit(shard(advance, in_specs=(P(), P("configs"), P("configs"), P(), P()))),
             jax.jit(shard(reset, in_specs=(P("configs"), P("configs"), P("configs")))), done)
 
 
@@ -485,11 +485,13 @@ def _execute(
     idle = dataclasses.replace(params[-1], num_valid=np.int32(0))  # no requests: done at once
     if lanes >= len(params):
         part = list(params) + [idle] * (lanes - len(params))
-        requests = None if progress is None else progress.requests
-        state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part), requests))
-        if progress is not None:
-            progress.configs(len(params))
-        return [(state, j) for j in range(len(params))]
+        if len(params) == 1 or not _interactive(progress):
+            requests = None if progress is None else progress.requests
+            state = jax.device_get(simulate_stacked(static, tables, build.stack_params(part), requests))
+            if progress is not None:
+                progress.configs(len(params))
+            return [(state, j) for j in range(len(params))]
+        # on a terminal, several configs run in host-visible chunks (progress, Ctrl-C)
 
     init, advance, reset, lane_done = _pool_runner(static, n_dev)
     refill_block = max(1, int(np.ceil(lanes * REFILL_FRACTION)))
@@ -510,29 +512,43 @@ def _execute(
         return small if small >= MIN_SHRINK_LANES * n_dev and small < lanes else 0
 
     for lane in range(lanes):
-        assign(lane, pending.pop())
+        if pending:
+            assign(lane, pending.pop())
     stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
     state = init(stacked)
     out: list[tuple[SimState, int] | None] = [None] * len(params)
+    chunked = _interactive(progress)
+    iters = FIRST_CHUNK_STEPS if chunked else np.iinfo(np.int32).max
+    total_requests = sum(int(p.num_valid) for p in params)
+    finished_requests = 0
     while True:
         lane_busy = lane_cfg >= 0
         small = 0 if pending else smaller_pool()
         stop_at = (~lane_busy).sum() + refill_block if pending else lanes - small
-        state = advance(tables, stacked, state, jnp.asarray(np.int32(stop_at)))
+        t0 = time.perf_counter()
+        state = advance(tables, stacked, state, jnp.asarray(np.int32(stop_at)), jnp.asarray(np.int32(iters)))
         host = jax.device_get(state)
         done = lane_busy & np.asarray(lane_done(stacked, state))
         fresh = np.zeros(lanes, bool)
         for lane in np.flatnonzero(done):
             out[lane_cfg[lane]] = (jax.tree.map(lambda x, lane=lane: np.array(x[lane:lane + 1]), host), 0)
+            finished_requests += int(np.asarray(host.num_completed)[lane])
             lane_cfg[lane] = -1
             if pending:
                 assign(lane, pending.pop())
                 fresh[lane] = True
         if progress is not None and done.any():
             progress.configs(int(done.sum()))
+        if chunked:
+            running = lane_busy & ~done
+            completed = finished_requests + int(np.asarray(host.num_completed)[running].sum())
+            progress.requests_of_all(completed, total_requests)
         busy = np.flatnonzero(lane_cfg >= 0)
         if busy.size == 0:
             return out  # type: ignore[return-value]
+        if chunked:  # next chunk sized to take ~CHUNK_TARGET_S
+            wall = max(time.perf_counter() - t0, 1e-4)
+            iters = int(min(max(iters * CHUNK_TARGET_S / wall, MIN_CHUNK_STEPS), MAX_CHUNK_STEPS))
         if fresh.any():
             stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
             state = reset(stacked, state, jnp.asarray(fresh))
@@ -546,6 +562,11 @@ def _execute(
             lanes = small
             stacked = jax.tree.unflatten(treedef, [jnp.array(x) for x in param_leaves])
             state = jax.tree.map(lambda x, rows=rows: jnp.array(x[rows]), host)
+
+
+def _interactive(progress) -> bool:
+    """Whether ``progress`` shows a bar (a terminal): then runs return to the host often."""
+    return bool(getattr(progress, "interactive", False))
 
 
 def _run_group(
@@ -704,10 +725,20 @@ class _Progress:
         self._task = None if bar is None else bar.add_task("configs", total=total_configs, sim="")
         self._single = total_configs == 1
 
+    @property
+    def interactive(self) -> bool:
+        """A bar is shown (stderr is a terminal): runs return to the host every ~0.25 s."""
+        return self._bar is not None
+
     def configs(self, n: int) -> None:
         """``n`` more configs finished."""
         if self._bar is not None and not self._single:
             self._bar.advance(self._task, n)
+
+    def requests_of_all(self, completed: int, total: int) -> None:
+        """Several configs: ``completed`` of their ``total`` requests so far."""
+        if self._bar is not None and not self._single:
+            self._bar.update(self._task, sim=f"{completed:,}/{total:,} requests")
 
     def requests(self, completed: int, total: int, clock_s: float) -> None:
         """One config's progress: ``completed`` of ``total`` requests at ``clock_s``."""
