@@ -58,7 +58,8 @@ def stores_executables() -> bool:
     ``test_store_is_bypassed_when_jax_cache_is_on``; each alone works). So the store is
     used only where the process has JAX's cache off, and
     :func:`vidur_jax.app.enable_compile_cache` leaves JAX's cache off when the store is
-    on. The default path relies on JAX's cache (XLA compile skipped, trace and lower
+    on; a process that configured or used JAX's cache never uses the store. The default
+    path relies on JAX's cache (XLA compile skipped, trace and lower
     redone); the stored predictions and capacity hints of this module stay on.
     """
     return (
@@ -69,8 +70,15 @@ def stores_executables() -> bool:
 
 
 def jax_cache_active() -> bool:
-    """Whether JAX's persistent compilation cache is on in this process."""
-    return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
+    """Whether JAX's persistent compilation cache is configured or was used in this
+    process (executables JAX loaded from it stay loaded after it is switched off)."""
+    try:
+        from jax._src import compilation_cache
+
+        used = getattr(compilation_cache, "_cache", None) is not None
+    except ImportError:  # pragma: no cover - JAX layout changed: rely on the config
+        used = False
+    return used or bool(jax.config.jax_compilation_cache_dir)
 
 
 def cache_root() -> Path:
