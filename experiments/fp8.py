@@ -29,6 +29,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+from published_sweep import flat_published, run_sweep
 
 #: Published FP8-vs-16-bit speedups: source, setup, measured speedup.
 PUBLISHED = (
@@ -150,31 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    import vidur_jax
     from vidur_jax.metrics import atomic_write_csv
 
     atomic_write_csv(pd.DataFrame(ratio_rows()), os.path.join(args.out, "ratios.csv"))
     pub = pd.DataFrame(published_rows(args.profiles_dir))
     atomic_write_csv(pub, os.path.join(args.out, "published.csv"))
-    overrides = ["+experiment=fp8", "plots=false"]
-    if args.profiles_dir:
-        overrides.append(f"profiles_dir={args.profiles_dir}")
-    if args.num_requests:
-        overrides.append(f"workload.num_requests={args.num_requests}")
-    summary, _ = vidur_jax.simulate(overrides)
-    keep = [c for c in SWEEP_COLUMNS if c in summary]
-    sweep = summary[keep]
-    atomic_write_csv(sweep, os.path.join(args.out, "sweep.csv"))
-    flat = {
-        f"published_{r['case']}_{k}": float(r[k])
-        for r in pub.to_dict("records")
-        for k in (
-            "published_speedup",
-            "sim_speedup_fp8_weights",
-            "sim_speedup_fp8_weights_kv",
-            "error_pct",
-        )
-    }
+    sweep = run_sweep("fp8", args.profiles_dir, args.num_requests, SWEEP_COLUMNS, args.out)
+    flat = flat_published(
+        pub,
+        ("published_speedup", "sim_speedup_fp8_weights", "sim_speedup_fp8_weights_kv", "error_pct"),
+    )
     for r in sweep.to_dict("records"):
         tag = (
             f"w{r.get('weight_dtype', 'bf16')}_kv{r.get('kv_cache_dtype', 'bf16')}_qps{r['qps']:g}"

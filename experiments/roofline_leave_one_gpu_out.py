@@ -36,6 +36,7 @@ import pandas as pd
 
 from vidur_jax.predictors import roofline
 from vidur_jax.profiles import loader
+from vidur_jax.sim.types import LAYER_COMPUTE_OPS
 
 DEFAULT_PROFILES = os.environ.get(
     "VIDUR_JAX_PROFILES", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -44,17 +45,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results", "roofline_leave
 #: (calibrated on, predicted) pairs
 DIRECTIONS = (("a100", "h100"), ("h100", "a100"))
 #: The token ops one layer adds up (collectives and attention kernels apart).
-LAYER_OPS = (
-    "attn_pre_proj",
-    "attn_post_proj",
-    "attn_rope",
-    "mlp_up_proj",
-    "mlp_down_proj",
-    "mlp_act",
-    "input_layernorm",
-    "post_attention_layernorm",
-    "add",
-)
+LAYER_OPS = LAYER_COMPUTE_OPS
 
 
 def _errors(pred: np.ndarray, true: np.ndarray) -> dict:

@@ -32,6 +32,7 @@ import sys
 import numpy as np
 import pandas as pd
 from fp8 import LATENCY_COLUMNS  # experiments/ is on the path when run as a script
+from published_sweep import flat_published, run_sweep
 
 #: Published speculative-decoding speedups at a stated acceptance: source, setup, result.
 PUBLISHED = (
@@ -128,25 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    import vidur_jax
     from vidur_jax.metrics import atomic_write_csv
 
     pub = pd.DataFrame(published_rows(args.profiles_dir))
     atomic_write_csv(pub, os.path.join(args.out, "published.csv"))
-    overrides = ["+experiment=speculative", "plots=false"]
-    if args.profiles_dir:
-        overrides.append(f"profiles_dir={args.profiles_dir}")
-    if args.num_requests:
-        overrides.append(f"workload.num_requests={args.num_requests}")
-    summary, _ = vidur_jax.simulate(overrides)
-    keep = [c for c in SWEEP_COLUMNS if c in summary]
-    sweep = summary[keep]
-    atomic_write_csv(sweep, os.path.join(args.out, "sweep.csv"))
-    flat = {
-        f"published_{r['case']}_{k}": float(r[k])
-        for r in pub.to_dict("records")
-        for k in ("alpha", "published_speedup", "sim_speedup", "error_pct")
-    }
+    sweep = run_sweep("speculative", args.profiles_dir, args.num_requests, SWEEP_COLUMNS, args.out)
+    flat = flat_published(pub, ("alpha", "published_speedup", "sim_speedup", "error_pct"))
     for r in sweep.to_dict("records"):
         tag = f"k{int(r.get('spec_tokens', 0))}_qps{r['qps']:g}"
         for k in ("ttft_p50", "tbt_p50", "e2e_p50", "e2e_p90", "norm_e2e_p50", "throughput_tps"):

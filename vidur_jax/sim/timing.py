@@ -17,24 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vidur_jax.sim.types import OP_INDEX, SimParams, TimingTables
+from vidur_jax.sim.types import LAYER_COMPUTE_OPS, OP_INDEX, SimParams, TimingTables
 
-_CORE_OPS = jnp.array(
-    [
-        OP_INDEX[name]
-        for name in (
-            "attn_pre_proj",
-            "attn_post_proj",
-            "attn_rope",
-            "mlp_up_proj",
-            "mlp_down_proj",
-            "mlp_act",
-            "input_layernorm",
-            "post_attention_layernorm",
-            "add",
-        )
-    ]
-)
+_CORE_OPS = jnp.array([OP_INDEX[name] for name in LAYER_COMPUTE_OPS])
 
 
 def _ceil_to(x: jax.Array, step: int) -> jax.Array:

@@ -126,8 +126,8 @@ class TimingTables:
     chunk_step: int = flax.struct.field(pytree_node=False, default=16)
 
 
-#: Per-layer token-count operations, in the column order of ``TimingTables.token_ops``.
-TOKEN_OPS = (
+#: A layer's compute ops whose time depends only on its token count (no collectives).
+LAYER_COMPUTE_OPS = (
     "attn_pre_proj",
     "attn_post_proj",
     "attn_rope",
@@ -137,9 +137,9 @@ TOKEN_OPS = (
     "input_layernorm",
     "post_attention_layernorm",
     "add",
-    "all_reduce",
-    "send_recv",
 )
+#: Per-layer token-count operations, in the column order of ``TimingTables.token_ops``.
+TOKEN_OPS = LAYER_COMPUTE_OPS + ("all_reduce", "send_recv")
 OP_INDEX = {name: i for i, name in enumerate(TOKEN_OPS)}
 
 
