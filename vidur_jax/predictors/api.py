@@ -26,7 +26,8 @@ from vidur_jax.profiles import loader
 #: Bump it whenever saved params change meaning or layout: it is part of the training
 #: cache key and is checked on load, so stale files are retrained or reported clearly.
 #: 2: single-array npz; no ``gqa_decode`` leaf (attention is the raw kernel time).
-FORMAT_VERSION = 2
+#: 3: residual-grid leaves (``grid_a``, ``grid_u0``, ``grid_u1``, ``grid_r``).
+FORMAT_VERSION = 3
 PARAMS_DIR = os.path.join(os.path.dirname(__file__), "params")
 OPS = datasets.OPS
 OP_FEATURES = datasets.OP_FEATURES

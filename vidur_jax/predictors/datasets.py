@@ -105,6 +105,14 @@ GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 #: (a search on an inner split picked worse values: the regime changes inside the range).
 TOKEN_EMPHASIS = (4.0,)
 ATTENTION_EMPHASIS = (0.25,)
+#: Residual-grid coordinates of attention (``FitJob.grid``, rows of ``log1p(A @ x)``):
+#: prefill ``(kv + chunk, chunk)`` -- the attended length and the query length, in which
+#: the profiled grid is closest to a tensor grid and held-out rows interpolate best
+#: (``(kv, chunk)`` was 0.1-0.6 points worse); decode ``(batch, kv)``.
+ATTENTION_GRID = {
+    "prefill": ((1.0, 1.0, 0.0), (0.0, 1.0, 0.0)),
+    "decode": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+}
 
 
 def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.0) -> FitJob:
@@ -135,13 +143,16 @@ def effective_heads(shape: dict, tp: int, kind: str) -> float:
     return heads / tp * head_dim / REFERENCE_HEAD_DIM
 
 
-def attention_job(rows: pd.DataFrame, kind: str, heads: np.ndarray | float) -> FitJob:
+def attention_job(
+    rows: pd.DataFrame, kind: str, heads: np.ndarray | float, grid: bool = True
+) -> FitJob:
     """Fit job for prefill/decode attention.
 
     Args:
       rows: attention rows of one kind (see ``profiles.load_attention``).
       kind: "prefill" or "decode".
       heads: effective heads per device, scalar or ``(N,)`` (transfer fits vary it).
+      grid: residual grid (:data:`ATTENTION_GRID`) instead of the MLP correction.
     """
     if kind == "prefill":
         f0, f1, y = rows["kv_cache_size"], rows["prefill_chunk_size"], rows["attn_prefill"]
@@ -159,6 +170,7 @@ def attention_job(rows: pd.DataFrame, kind: str, heads: np.ndarray | float) -> F
         np.array([0.0, 0.0, const_h]),
         basis,
         ATTENTION_EMPHASIS,
+        grid=ATTENTION_GRID[kind] if grid else None,
     )
 
 
@@ -176,7 +188,7 @@ def attention_transfer_job(rows: pd.DataFrame, kind: str, heads: np.ndarray) -> 
       kind: "prefill" or "decode".
       heads: ``(N,)`` effective heads per device (:func:`effective_heads`) of each row.
     """
-    job = attention_job(rows, kind, np.asarray(heads, np.float64))
+    job = attention_job(rows, kind, np.asarray(heads, np.float64), grid=False)
     if kind == "prefill":
         return dataclasses.replace(
             job,

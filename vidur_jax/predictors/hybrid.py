@@ -13,8 +13,9 @@ The prediction in milliseconds is::
     u         = log1p(x);   z = (u - z_mu) / z_sd
     w(x)      = exp(-dist(u, [lo, hi])**2 / tau**2)    # 1 inside the profiled box
     knots(u)  = piecewise-linear interpolation of knot_r at knot_u, in u_0 = log1p(x_0)
+    grid(x)   = bilinear interpolation of grid_r at (grid_u0 x grid_u1), in v = log1p(grid_a @ x)
     far(x)    = s(x) * log poly_coef(x) + (1 - s(x)) * log poly_coef_in(x)   # s: share above
-    log y     = w(x) * (log poly_coef_in(x) + mlp(z) + knots(u)) + (1 - w(x)) * far(x)
+    log y     = w(x) * (log poly_coef_in(x) + mlp(z) + knots(u) + grid(x)) + (1 - w(x)) * far(x)
     y         = out_scale * exp(log y)
 
 Two non-negative polynomials share one physical basis (tokens, FLOPs, bytes): ``coef_in``
@@ -28,8 +29,15 @@ there ``coef_in`` extrapolates. The MLP learns the smooth part of the log-residu
 1-feature ops the knots then carry what is left at the profiled points (GEMM wave
 quantization steps, L2-spill kinks), which a smooth network cannot follow: inside the
 range this is exactly linear interpolation between profiled points, like the neighbour
-averaging of Vidur's forests (attention and shape-transfer jobs keep zero knots). The
-composite is continuous everywhere and differentiable except at knots and the lower edge.
+averaging of Vidur's forests (attention and shape-transfer jobs keep zero knots).
+2-feature ops (attention) use the residual *grid* instead of the MLP: the log-residual
+over ``coef_in`` on a tensor grid of two log coordinates ``v = log1p(grid_a @ x)`` (prefill:
+``kv + chunk`` and ``chunk``; decode: ``batch`` and ``kv``), nodes at the profiled values,
+fitted by penalized least squares (see ``train.fit_grid``): exact at the profiled points
+up to a smoothing chosen by cross-validation, no random initialization, so the fit is a
+function of the profile rows alone. The grid holds its edge values beyond its nodes, and
+``w`` fades it out beyond the profiled box as it does the MLP. The composite is
+continuous everywhere and differentiable except at knots, grid lines and the lower edge.
 ``out_scale`` carries device transfer factors (and is 0 for
 ops that a model does not have). Predictions are raw kernel times: Vidur's GQA attention
 batching overhead is applied by the simulator, not here.
@@ -57,6 +65,10 @@ MAX_EXPONENT = 3
 
 #: Residual knots per predictor (1-feature ops; the profiles have <= ~260 points).
 NUM_KNOTS = 256
+
+#: Residual-grid nodes per axis (2-feature ops; the A100 attention profiles have <= 187
+#: distinct ``kv + chunk`` and 37 chunk sizes, 128 batch sizes and 21 KV sizes).
+GRID_SIZE = (192, 48)
 
 #: Smallest polynomial value (ms) before taking logs (keeps zero polynomials finite).
 POLY_FLOOR = 1e-9
@@ -176,6 +188,7 @@ def apply(params: Params, feats: jax.Array) -> jax.Array:
     z = (u - params["z_mu"]) / params["z_sd"]
     corr = MLP.apply({"params": params["mlp"]}, z, jnp.ones((MAX_WIDTH,), x.dtype))
     corr = corr + jnp.interp(u[..., 0], params["knot_u"], params["knot_r"])
+    corr = corr + grid_residual(params, x)
     w, s = box_weight(u, params["lo"], params["hi"], params["tau"])
     # Above the range the large-size polynomial extrapolates; below it (only constant dims
     # can be) the all-rows one does, since its constant term is the launch floor.
@@ -183,11 +196,34 @@ def apply(params: Params, feats: jax.Array) -> jax.Array:
     return params["out_scale"] * jnp.exp(w * (log_in + corr) + (1.0 - w) * log_far)
 
 
+def _cell(nodes: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Left node index and clipped fraction of ``v`` ``(N,)`` between ``nodes`` ``(G,)``."""
+    i = jnp.clip(jnp.searchsorted(nodes, v) - 1, 0, nodes.shape[0] - 2)
+    t = jnp.clip((v - nodes[i]) / (nodes[i + 1] - nodes[i]), 0.0, 1.0)
+    return i, t
+
+
+def grid_residual(params: Params, x: jax.Array) -> jax.Array:
+    """Bilinear residual-grid correction ``(N,)`` (log units) at internal features ``x`` ``(N, 3)``.
+
+    Coordinates are ``v = log1p(x @ grid_a.T)`` ``(N, 2)``; outside the nodes the edge value
+    holds. A zero ``grid_r`` (every op but fitted attention) contributes exactly 0.
+    """
+    v = jnp.log1p(jnp.maximum(x @ params["grid_a"].T, 0.0))
+    i, t = _cell(params["grid_u0"], v[..., 0])
+    j, s = _cell(params["grid_u1"], v[..., 1])
+    g = params["grid_r"]
+    return (1.0 - t) * ((1.0 - s) * g[i, j] + s * g[i, j + 1]) + t * (
+        (1.0 - s) * g[i + 1, j] + s * g[i + 1, j + 1]
+    )
+
+
 def zero_params() -> Params:
     """A predictor that always returns 0 ms (ops a model or a TP degree does not have)."""
     mlp = jax.tree_util.tree_map(
         # shapes only (eval_shape): running flax's init costs ~1 s of eager dispatch
-        lambda a: np.zeros(a.shape, np.float32), jax.eval_shape(init_mlp, jax.random.PRNGKey(0))
+        lambda a: np.zeros(a.shape, np.float32),
+        jax.eval_shape(init_mlp, jax.random.PRNGKey(0)),
     )
     return {
         "feat_scale": np.array([1.0, 1.0, 1.0], np.float32),
@@ -205,4 +241,8 @@ def zero_params() -> Params:
         "out_scale": np.array(0.0, np.float32),
         "knot_u": np.arange(NUM_KNOTS, dtype=np.float32),
         "knot_r": np.zeros(NUM_KNOTS, np.float32),
+        "grid_a": np.zeros((2, NUM_FEATURES), np.float32),
+        "grid_u0": np.arange(GRID_SIZE[0], dtype=np.float32),
+        "grid_u1": np.arange(GRID_SIZE[1], dtype=np.float32),
+        "grid_r": np.zeros(GRID_SIZE, np.float32),
     }

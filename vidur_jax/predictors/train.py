@@ -27,6 +27,13 @@ of :data:`TRAIN_BATCH`, a job trains to the same bits whichever jobs share its b
 
 Stage 3 -- knots (1-feature ops): the remaining log-residual at every profiled point,
 averaged per distinct feature value, interpolated linearly (see ``hybrid``).
+
+Jobs with a residual grid (``FitJob.grid``: attention) skip stage 2: their MLP stays 0 and
+the log-residual over the all-rows polynomial is fitted on a tensor grid of two log
+coordinates by penalized least squares (:func:`fit_grid`), the smoothing chosen by 5-fold
+cross-validation. It has no random initialization, so these jobs do not depend on the
+seed at all; on held-out profile rows it interpolates better than the seeded MLP did
+(``experiments/predictor_attention_recipe.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.sparse as sparse
 from scipy.optimize import nnls
+from scipy.sparse.linalg import spsolve
 
 from vidur_jax.predictors import hybrid
 
@@ -64,6 +73,14 @@ MAX_MLP_ROWS = ROW_BUCKETS[-1]
 #: 16 or 64 do not (results moved by ~3e-3 in the weights). So a job's parameters do not
 #: depend on which jobs are trained beside it: a one-model rebuild equals a full build.
 TRAIN_BATCH = 8
+
+#: Smoothing candidates of the residual grid (weight of the squared second differences,
+#: see :func:`fit_grid`), half-decades 10^-6.5 .. 10^-1.5, chosen per job by 5-fold
+#: cross-validation on its rows (decades only were up to 0.5 points worse on held-out
+#: decode rows; one fixed value up to 1.6 points).
+GRID_LAMBDAS: tuple[float, ...] = tuple(float(10.0 ** (k / 2)) for k in range(-13, -2))
+#: Ridge on every grid value: keeps the system regular where nodes have no rows.
+GRID_RIDGE = 1e-10
 
 #: Number of times the vmapped train loop has been traced (tests assert it compiles once).
 TRACE_COUNT = {"fit_mlps": 0}
@@ -96,6 +113,9 @@ class FitJob:
     #: keep the usual layout). E.g. attention transfer's prefill MLP sees kv, chunk and
     #: log((1 + chunk)(1 + heads)) (~ the thread-block count) instead of heads.
     mlp_inputs: tuple[tuple[float, float, float], ...] | None = None
+    #: Residual grid coordinates instead of the MLP (2-feature ops): row i of this
+    #: ``(2, 3)`` matrix A gives grid coordinate i = ``log1p(A[i] @ x)`` (see ``hybrid``).
+    grid: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
 
 
 def active_dims(x: np.ndarray) -> tuple[int, ...]:
@@ -290,6 +310,7 @@ class _Prepared:
     #: ``FitJob.mlp_inputs`` as ``inputs = z @ in_a + in_b`` (z: standardized features).
     in_a: np.ndarray | None = None
     in_b: np.ndarray | None = None
+    v_all: np.ndarray | None = None  # (M, 2) residual-grid coordinates of every row
 
 
 def fit_knots(
@@ -347,6 +368,112 @@ def merge_closest(u: np.ndarray, counts: np.ndarray, num: int) -> np.ndarray:
     group = np.zeros(len(u), np.int64)
     group[start[1:]] = 1
     return np.cumsum(group)
+
+
+def grid_nodes(v: np.ndarray, size: int) -> np.ndarray:
+    """Sorted distinct values of ``v`` ``(N,)``, neighbours merged down to ``size`` nodes.
+
+    Returns:
+      ``(k,)`` strictly increasing nodes, ``2 <= k <= size`` (the count-weighted mean of
+      each merged group, see :func:`merge_closest`).
+
+    Raises:
+      ValueError: fewer than 2 distinct values.
+    """
+    uniq, counts = np.unique(v, return_counts=True)
+    if len(uniq) < 2:
+        raise ValueError("a residual grid needs >= 2 distinct values per coordinate")
+    if len(uniq) <= size:
+        return uniq
+    group = merge_closest(uniq, counts, size)
+    w = np.bincount(group, weights=counts)
+    return np.bincount(group, weights=uniq * counts) / w
+
+
+def _cell_weights(nodes: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy twin of ``hybrid._cell``: left index ``(N,)`` and clipped fraction ``(N,)``."""
+    i = np.clip(np.searchsorted(nodes, v) - 1, 0, len(nodes) - 2)
+    return i, np.clip((v - nodes[i]) / (nodes[i + 1] - nodes[i]), 0.0, 1.0)
+
+
+def grid_design(n0: np.ndarray, n1: np.ndarray, v: np.ndarray) -> sparse.csr_matrix:
+    """Bilinear interpolation matrix ``(N, k0 * k1)`` from node values (row-major) to ``v`` ``(N, 2)``."""
+    i, t = _cell_weights(n0, v[:, 0])
+    j, s = _cell_weights(n1, v[:, 1])
+    k1 = len(n1)
+    cols = np.stack([i * k1 + j, i * k1 + j + 1, (i + 1) * k1 + j, (i + 1) * k1 + j + 1], 1)
+    w = np.stack([(1 - t) * (1 - s), (1 - t) * s, t * (1 - s), t * s], 1)
+    rows = np.repeat(np.arange(len(v)), 4)
+    return sparse.csr_matrix((w.ravel(), (rows, cols.ravel())), shape=(len(v), len(n0) * k1))
+
+
+def second_differences(nodes: np.ndarray) -> sparse.csr_matrix:
+    """``(k - 2, k)`` second derivatives at interior nodes (non-uniform spacing), each row
+    scaled by the square root of its mean spacing (a quadrature weight)."""
+    k = len(nodes)
+    if k < 3:
+        return sparse.csr_matrix((0, k))
+    h0, h1 = np.diff(nodes)[:-1], np.diff(nodes)[1:]
+    coef = np.stack([2 / (h0 * (h0 + h1)), -2 / (h0 * h1), 2 / (h1 * (h0 + h1))], 1)
+    coef *= np.sqrt((h0 + h1) / 2)[:, None]
+    rows = np.repeat(np.arange(k - 2), 3)
+    cols = (np.arange(k - 2)[:, None] + np.arange(3)[None, :]).ravel()
+    return sparse.csr_matrix((coef.ravel(), (rows, cols)), shape=(k - 2, k))
+
+
+def solve_grid(
+    n0: np.ndarray, n1: np.ndarray, v: np.ndarray, r: np.ndarray, lam: float
+) -> np.ndarray:
+    """Grid values ``(k0, k1)`` minimizing ``|B g - r|^2 + lam |D g|^2 + ridge |g|^2``.
+
+    ``B`` is the bilinear interpolation at the rows ``v`` ``(N, 2)`` (:func:`grid_design`),
+    ``D`` stacks the second differences along both axes: with nodes at the profiled values
+    and a small ``lam`` the grid passes through the rows and fills nodes without rows
+    smoothly (like a natural spline).
+    """
+    b = grid_design(n0, n1, v)
+    d0 = sparse.kron(second_differences(n0), sparse.eye(len(n1)))
+    d1 = sparse.kron(sparse.eye(len(n0)), second_differences(n1))
+    m = b.T @ b + lam * (d0.T @ d0 + d1.T @ d1) + GRID_RIDGE * sparse.eye(b.shape[1])
+    return np.asarray(spsolve(m.tocsc(), b.T @ r)).reshape(len(n0), len(n1))
+
+
+def fit_grid(
+    v: np.ndarray,
+    r: np.ndarray,
+    size: tuple[int, int] = hybrid.GRID_SIZE,
+    lambdas: tuple[float, ...] = GRID_LAMBDAS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Residual grid through rows ``v`` ``(N, 2)`` with log-residuals ``r`` ``(N,)``.
+
+    The smoothing ``lam`` is the candidate with the smallest mean absolute relative error
+    ``|exp(pred - r) - 1|`` over a 5-fold cross-validation (fold = row index mod 5); the
+    winner is refit on every row. Deterministic: a function of the rows only.
+
+    Returns:
+      ``(u0 (G0,), u1 (G1,), r (G0, G1), lam)`` float32 padded to ``size``: padding nodes
+      continue past the last node in steps of 1 and repeat its values (the edge holds).
+    """
+    n0, n1 = grid_nodes(v[:, 0], size[0]), grid_nodes(v[:, 1], size[1])
+    idx = np.arange(len(r))
+    best = (np.inf, lambdas[0])
+    if len(lambdas) > 1:
+        for lam in lambdas:
+            errs = []
+            for fold in range(5):
+                held = idx % 5 == fold
+                g = solve_grid(n0, n1, v[~held], r[~held], lam)
+                pred = grid_design(n0, n1, v[held]) @ g.ravel()
+                errs.append(np.abs(np.expm1(pred - r[held])))
+            score = float(np.mean(np.concatenate(errs)))
+            if score < best[0]:
+                best = (score, lam)
+    g = solve_grid(n0, n1, v, r, best[1])
+    pad0, pad1 = size[0] - len(n0), size[1] - len(n1)
+    u0 = np.concatenate([n0, n0[-1] + 1.0 + np.arange(pad0)])
+    u1 = np.concatenate([n1, n1[-1] + 1.0 + np.arange(pad1)])
+    g = np.pad(g, ((0, pad0), (0, pad1)), mode="edge")
+    return u0.astype(np.float32), u1.astype(np.float32), g.astype(np.float32), best[1]
 
 
 def input_map(
@@ -413,13 +540,18 @@ def _prepare(job: FitJob) -> _Prepared:
         "tau": np.array(TAU, np.float32),
         "out_scale": np.array(1.0, np.float32),
     }
-    base["knot_u"], base["knot_r"] = hybrid.zero_params()["knot_u"], hybrid.zero_params()["knot_r"]
+    zero = hybrid.zero_params()
+    for key in ("knot_u", "knot_r", "grid_a", "grid_u0", "grid_u1", "grid_r"):
+        base[key] = zero[key]
     z = (u_mlp - mu) / sd
     in_a = in_b = None
     if job.mlp_inputs is not None:
         in_a, in_b = input_map(u, mu, sd, np.asarray(job.mlp_inputs, np.float64))
         z = z @ in_a + in_b
     prep = _Prepared(base, z.astype(np.float32), r.astype(np.float32), in_a=in_a, in_b=in_b)
+    if job.grid is not None:
+        prep.v_all = np.log1p(np.maximum(x @ np.asarray(job.grid, np.float64).T, 0.0))
+        prep.r_all = r_full
     if job.knots:
         prep.u0_all = u[:, 0]
         prep.z_all = ((u - mu) / sd).astype(np.float32)
@@ -436,7 +568,7 @@ def job_seed(job: FitJob, seed: int = 0) -> int:
     order.
     """
     h = hashlib.sha256(f"{config_key()}|seed={seed}|knots={job.knots}".encode())
-    h.update(repr((job.emphasis, job.mlp_inputs)).encode())
+    h.update(repr((job.emphasis, job.mlp_inputs, job.grid)).encode())
     for a in (job.x, job.y, job.feat_scale, job.feat_const, job.basis):
         if a is not None:
             arr = np.ascontiguousarray(a, np.float64)
@@ -521,6 +653,32 @@ def fit_jobs(
 
 
 def _fit_jobs(jobs: list[FitJob], seed: int, widths: tuple[int, ...]) -> list[hybrid.Params]:
+    out: list[hybrid.Params | None] = [None] * len(jobs)
+    mlp_jobs = []
+    for i, job in enumerate(jobs):
+        if job.grid is None:
+            mlp_jobs.append(i)
+        else:
+            out[i] = _fit_grid_job(job)
+    fitted = _fit_mlp_jobs([jobs[i] for i in mlp_jobs], seed, widths)
+    for i, params in zip(mlp_jobs, fitted, strict=True):
+        out[i] = params
+    return out
+
+
+def _fit_grid_job(job: FitJob) -> hybrid.Params:
+    """Polynomial + residual grid (zero MLP): no seed enters."""
+    prep = _prepare(job)
+    params = dict(prep.base)
+    params["mlp"] = hybrid.zero_params()["mlp"]
+    params["grid_a"] = np.asarray(job.grid, np.float32)
+    params["grid_u0"], params["grid_u1"], params["grid_r"], _ = fit_grid(prep.v_all, prep.r_all)
+    return params
+
+
+def _fit_mlp_jobs(jobs: list[FitJob], seed: int, widths: tuple[int, ...]) -> list[hybrid.Params]:
+    if not jobs:
+        return []
     preps = [_prepare(j) for j in jobs]
     seeds = [job_seed(j, seed) for j in jobs]
     # Jobs with knots get a fixed small width: the knots interpolate what the MLP leaves,
@@ -564,7 +722,11 @@ def _fit_jobs(jobs: list[FitJob], seed: int, widths: tuple[int, ...]) -> list[hy
 
 def config_key() -> str:
     """Training settings that change fitted params (part of the training cache key)."""
-    return f"steps={NUM_STEPS}|widths={MLP_WIDTHS}|knot_width={KNOT_MLP_WIDTH}|knots={hybrid.NUM_KNOTS},arith,merge|lr={PEAK_LR}|tau={TAU}|rows={ROW_BUCKETS}|batch={TRAIN_BATCH}"
+    return (
+        f"steps={NUM_STEPS}|widths={MLP_WIDTHS}|knot_width={KNOT_MLP_WIDTH}"
+        f"|knots={hybrid.NUM_KNOTS},arith,merge|lr={PEAK_LR}|tau={TAU}|rows={ROW_BUCKETS}"
+        f"|batch={TRAIN_BATCH}|grid={hybrid.GRID_SIZE},{GRID_LAMBDAS},{GRID_RIDGE}"
+    )
 
 
 def widths_of(params: hybrid.Params) -> int:
