@@ -6,8 +6,8 @@ Two runs per case:
   isolates the simulation semantics: scheduling, memory, pipeline, metrics. Held to 5%
   on p50/p90 of TTFT, TBT and e2e (measured: <= 3%);
 * with vidur_jax's **shipped hybrid predictors**, whose remaining error against Vidur's
-  forests is predictor error (docs/fidelity.md); held to the error measured per case and
-  metric plus a 2-point margin.
+  forests is predictor error (docs/fidelity.md); held to the signed error measured per
+  case and metric, plus or minus a stated margin.
 """
 
 from __future__ import annotations
@@ -33,24 +33,29 @@ CASES = [
     "v6_sarathi_2rep",
 ]
 
-#: |rel_err| of the shipped hybrid predictors against Vidur, measured per case and metric
-#: (``experiments/fidelity_vs_vidur.py``, written to experiments/results/fidelity_hybrid.csv;
-#: rounded up to 0.1%), in the order of CORE. The simulation is deterministic given the
-#: shipped params, so the margin only covers platform float differences; a predictor
-#: change that moves any metric by more than MARGIN fails. The gaps are explained op by op
-#: in docs/fidelity.md: what remains (TBT p90 and e2e of the TP1 cases, up to 17%) is
-#: decode attention between the rows of the sparse attention profile, where Vidur's
-#: forest is piecewise constant and the hybrid smooth.
+#: Signed rel_err (ours - Vidur) / Vidur of the shipped hybrid predictors, measured per
+#: case and metric by ``experiments/fidelity_vs_vidur.py`` (written to
+#: experiments/results/fidelity_hybrid.csv, 4 decimals), in the order of CORE. The gaps
+#: are explained op by op in docs/fidelity.md: what remains (TBT p90 and e2e of the TP1
+#: cases, up to 16%) is decode attention between the KV lengths of the sparse attention
+#: profile, where Vidur's forest is piecewise constant and vidur_jax's grid bilinear.
 HYBRID_MEASURED = {
-    "v1_sarathi_tp1": (0.032, 0.024, 0.001, 0.167, 0.002, 0.033),
-    "v2_vllm_tp1": (0.015, 0.001, 0.002, 0.135, 0.054, 0.049),
-    "v3_orca_tp2": (0.002, 0.005, 0.002, 0.009, 0.002, 0.009),
-    "v4_vllm_arxiv": (0.021, 0.007, 0.017, 0.034, 0.002, 0.006),
-    "v5_sarathi_pp2": (0.003, 0.010, 0.017, 0.084, 0.041, 0.053),
-    "v6_sarathi_2rep": (0.027, 0.006, 0.027, 0.109, 0.062, 0.048),
+    "v1_sarathi_tp1": (-0.0174, -0.0244, +0.0047, -0.1588, -0.0053, -0.0347),
+    "v2_vllm_tp1": (-0.0036, +0.0019, +0.0012, -0.1274, -0.0576, -0.0463),
+    "v3_orca_tp2": (+0.0211, +0.0105, -0.0017, +0.0084, +0.0026, -0.0046),
+    "v4_vllm_arxiv": (-0.0164, -0.0079, +0.0252, +0.0256, +0.0035, +0.0125),
+    "v5_sarathi_pp2": (-0.0013, +0.0118, -0.0067, -0.0790, -0.0290, -0.0596),
+    "v6_sarathi_2rep": (-0.0134, -0.0067, +0.0187, -0.1286, -0.0697, -0.0537),
 }
-#: Absolute margin on rel_err (2 percentage points).
-MARGIN = 0.02
+#: Absolute margin on rel_err, both ways: the simulation is deterministic given the
+#: shipped params, which the build reproduces bit for bit on one platform; on another,
+#: retrained MLPs of token and network ops may differ in the last bits, which moves a
+#: metric by far less than a different training seed does (at most MARGIN_BASIS, the
+#: largest spread over 5 seeds of any of these metrics,
+#: experiments/results/predictor_seed_metric_spread.csv). A predictor change that moves
+#: any metric by more than MARGIN, either way, fails: re-measure and update the table.
+MARGIN_BASIS = 0.01
+MARGIN = 0.01
 
 
 def _run(case_dir: Path, predictor_for):
@@ -84,4 +89,4 @@ def test_shipped_predictors_close_to_vidur(case, reference_dir):
     out, ref, rows = _run(reference_dir / case, None)
     assert out.summary["num_completed"] == ref["num_completed"]
     for metric, measured in zip(CORE, HYBRID_MEASURED[case], strict=True):
-        assert abs(rows[metric]["rel_err"]) <= measured + MARGIN, (metric, rows[metric])
+        assert abs(rows[metric]["rel_err"] - measured) <= MARGIN, (metric, measured, rows[metric])
