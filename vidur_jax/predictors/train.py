@@ -567,8 +567,8 @@ def job_seed(job: FitJob, seed: int = 0) -> int:
     training settings, never of which other jobs are fitted in the same call or in which
     order.
     """
-    h = hashlib.sha256(f"{config_key()}|seed={seed}|knots={job.knots}".encode())
-    h.update(repr((job.emphasis, job.mlp_inputs, job.grid)).encode())
+    h = hashlib.sha256(f"{_mlp_key()}|seed={seed}|knots={job.knots}".encode())
+    h.update(repr((job.emphasis, job.mlp_inputs)).encode())
     for a in (job.x, job.y, job.feat_scale, job.feat_const, job.basis):
         if a is not None:
             arr = np.ascontiguousarray(a, np.float64)
@@ -720,13 +720,22 @@ def _fit_mlp_jobs(jobs: list[FitJob], seed: int, widths: tuple[int, ...]) -> lis
     return out
 
 
-def config_key() -> str:
-    """Training settings that change fitted params (part of the training cache key)."""
+def _mlp_key() -> str:
+    """Settings that change fitted MLPs (and, through :func:`job_seed`, their seeds)."""
     return (
         f"steps={NUM_STEPS}|widths={MLP_WIDTHS}|knot_width={KNOT_MLP_WIDTH}"
         f"|knots={hybrid.NUM_KNOTS},arith,merge|lr={PEAK_LR}|tau={TAU}|rows={ROW_BUCKETS}"
-        f"|batch={TRAIN_BATCH}|grid={hybrid.GRID_SIZE},{GRID_LAMBDAS},{GRID_RIDGE}"
+        f"|batch={TRAIN_BATCH}"
     )
+
+
+def config_key() -> str:
+    """Training settings that change fitted params (part of the training cache key).
+
+    The residual-grid settings are not part of the MLP jobs' seeds (:func:`job_seed`
+    hashes :func:`_mlp_key`): changing the grid leaves every MLP job's fit unchanged.
+    """
+    return f"{_mlp_key()}|grid={hybrid.GRID_SIZE},{GRID_LAMBDAS},{GRID_RIDGE}"
 
 
 def widths_of(params: hybrid.Params) -> int:
