@@ -437,9 +437,9 @@ def test_a_job_trains_to_the_same_bits_whatever_its_batch():
 
 
 def test_rebuilding_ops_alone_reproduces_the_shipped_params(profiles_dir):
-    """One token op, one attention op (width search) and all-reduce of a100 Llama-2-7B TP2,
-    each fitted on its own from the profiles, equal the shipped files bit for bit (they
-    were trained in one build with every other model, device and TP)."""
+    """One token op, one attention op (residual grid) and all-reduce of a100 Llama-2-7B
+    TP2, each fitted on its own from the profiles, equal the shipped files bit for bit
+    (they were trained in one build with every other model, device and TP)."""
     from vidur_jax.predictors.transfer import with_bytes_per_token
     from vidur_jax.profiles import loader
 
