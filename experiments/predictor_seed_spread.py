@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fidelity_vs_vidur import load_case  # noqa: E402
 
 from vidur_jax.metrics import atomic_write_csv  # noqa: E402
-from vidur_jax.predictors import OPS, train_predictors  # noqa: E402
+from vidur_jax.predictors import OPS, datasets, train_predictors  # noqa: E402
 from vidur_jax.sim.run import simulate_configs  # noqa: E402
 
 MODEL = "meta-llama/Llama-2-7b-hf"
@@ -124,7 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--skip-cases", action="store_true", help="only the per-op spread")
+    ap.add_argument(
+        "--no-token-mlp",
+        action="store_true",
+        help="token and network ops without their MLP (datasets.TOKEN_MLP = False); "
+        "files get the suffix _no_token_mlp",
+    )
     args = ap.parse_args(argv)
+    suffix = ""
+    if args.no_token_mlp:
+        datasets.TOKEN_MLP = False
+        suffix = "_no_token_mlp"
     tps = (1, 2)
     t0 = time.time()
     preds = [
@@ -132,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"trained {len(preds)} seeds in {time.time() - t0:.0f} s", flush=True)
     ops = op_spread(preds, tps)
-    atomic_write_csv(ops, os.path.join(args.out, "predictor_seed_spread.csv"))
+    atomic_write_csv(ops, os.path.join(args.out, f"predictor_seed_spread{suffix}.csv"))
     print(ops.round(3).to_string(index=False))
     if not args.skip_cases:
         met = metric_spread(preds, args.cases)
-        atomic_write_csv(met, os.path.join(args.out, "predictor_seed_metric_spread.csv"))
+        atomic_write_csv(met, os.path.join(args.out, f"predictor_seed_metric_spread{suffix}.csv"))
         print(met.round(4).to_string(index=False))
         print(f"max spread over reference-case p50/p90: {met.spread_pct.max():.3f}%")
     return 0

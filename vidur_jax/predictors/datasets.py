@@ -115,6 +115,12 @@ ATTENTION_GRID = {
 }
 
 
+#: Token and network ops train an MLP under their knots (``FitJob.mlp``). False is the
+#: seed-free option (knots only), measured by ``experiments/predictor_seed_spread.py
+#: --no-token-mlp``; read at call time.
+TOKEN_MLP = True
+
+
 def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.0) -> FitJob:
     """Fit job for a 1-feature op.
 
@@ -133,6 +139,7 @@ def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.
         BASIS_TOKENS,
         TOKEN_EMPHASIS,
         knots=True,
+        mlp=TOKEN_MLP,
     )
 
 
