@@ -11,8 +11,13 @@ the op's kernels reach), a per-op launch ``overhead`` (ms) and a sharpness ``p``
 ``p`` -> hard ``max``). The four constants per op are **calibrated** on profiled GPUs
 (:func:`calibrate`, a least-squares fit of ``log t`` on Vidur's tables) and then
 transferred to any GPU of the catalog through its ``fp16_tflops`` and ``hbm_gbps``.
-Collectives use the NVLink bandwidth per GPU (:data:`LINK_GBPS`) in place of HBM
-bandwidth and ring all-reduce traffic ``2 (p-1)/p x message``.
+Collectives use the bandwidth of the slowest hop of the group's ring in place of HBM
+bandwidth (:func:`ring_bandwidth`: NVLink per GPU, :data:`LINK_GBPS`, on NVSwitch boards
+and within an NVLink pair; the host PCIe link where a ring crosses it, as a 4-GPU group
+of Vidur's pairwise-NVLink nodes does; a share of the links on a mesh) and ring
+all-reduce traffic ``2 (p-1)/p x message``. The all-reduce is calibrated per hop class
+(``nvlink`` / ``pcie``) and group size on the profiled tables of that class, so a
+DGX/HGX group is never timed with a PCIe-crossing calibration.
 
 Work per op (``n`` tokens, ``E`` hidden, ``F`` MLP inner, ``d`` head dim, ``hq = H/tp``
 query heads, ``hkv = ceil(Hkv/tp)`` KV heads per worker):
@@ -121,22 +126,68 @@ def _shape(model: Any) -> dict:
 
 
 def _device(device: Any) -> dict:
-    """``{name, peak_flops (FLOP/s), hbm_bw (B/s), link_bw (B/s)}`` of a GPU."""
+    """``{name, peak_flops (FLOP/s), hbm_bw, link_bw, pcie_bw (B/s), fabric}`` of a GPU
+    (a dict may give ``pcie_gbps``, default 32, and ``fabric``, default ``nvswitch``)."""
     if isinstance(device, dict):
         name = str(device.get("name", "custom"))
         tflops, gbps = float(device["fp16_tflops"]), float(device["hbm_gbps"])
         link = float(device.get("link_gbps", LINK_GBPS.get(name, 0.0)))
+        pcie, fabric = float(device.get("pcie_gbps", 32.0)), str(device.get("fabric", "nvswitch"))
     else:
         from vidur_jax.catalog import get_device
 
         spec = get_device(device)
-        name, tflops, gbps, link = (
+        name, tflops, gbps, link, pcie, fabric = (
             spec.name,
             spec.fp16_tflops,
             spec.hbm_gbps,
             LINK_GBPS.get(spec.name, spec.link_gbps),  # else the catalog's spec sheet
+            spec.pcie_gbps,
+            spec.fabric,
         )
-    return {"name": name, "peak_flops": tflops * 1e12, "hbm_bw": gbps * 1e9, "link_bw": link * 1e9}
+    return {
+        "name": name,
+        "peak_flops": tflops * 1e12,
+        "hbm_bw": gbps * 1e9,
+        "link_bw": link * 1e9,
+        "pcie_bw": pcie * 1e9,
+        "fabric": fabric,
+    }
+
+
+#: GPUs of an Infinity Fabric mesh platform (MI300X: each GPU has 7 direct peer links).
+MESH_GPUS = 8
+
+
+def ring_bandwidth(topology: str, dev: dict, group: int) -> tuple[float, str]:
+    """Per-GPU bandwidth (B/s, one direction) of a collective over ``group`` GPUs, and
+    the hop class its calibration is fitted on (``"nvlink"`` or ``"pcie"``).
+
+    * ``nvswitch``: every GPU reaches every other at its full NVLink bandwidth.
+    * ``pairwise_nvlink``: NVLink within a pair (``group <= 2``); a larger ring crosses
+      the host PCIe link, the slowest hop, which bounds it.
+    * ``mesh``: ``link_bw`` is the sum over ``MESH_GPUS - 1`` direct links, of which a
+      group uses ``group - 1``.
+    * ``pcie``: no NVLink; the host PCIe link.
+
+    Raises:
+        ConfigError: for an unknown topology.
+    """
+    if topology == "nvswitch" or (topology == "pairwise_nvlink" and group <= 2):
+        return dev["link_bw"], "nvlink"
+    if topology == "pairwise_nvlink" or topology == "pcie":
+        return dev["pcie_bw"], "pcie"
+    if topology == "mesh":
+        return dev["link_bw"] * max(group - 1, 1) / (MESH_GPUS - 1), "nvlink"
+    raise ConfigError(
+        f"unknown topology '{topology}'; allowed: nvswitch, pairwise_nvlink, mesh, pcie"
+    )
+
+
+def all_reduce_fit(fits: dict, hop: str, group: int) -> dict:
+    """The all-reduce calibration for a ``group``-GPU ring over ``hop`` links: fitted on
+    that hop class and group size if profiled, else on that hop class, else pooled."""
+    return fits.get(f"all_reduce@{hop}@{group}", fits.get(f"all_reduce@{hop}", fits["all_reduce"]))
 
 
 def op_work(op: str, shape: dict, tp: int, **features: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +252,9 @@ def op_work(op: str, shape: dict, tp: int, **features: Any) -> tuple[np.ndarray,
 _MLA_OPS = ("attn_pre_proj", "attn_post_proj", "attn_rope", "attn_prefill", "attn_decode")
 
 
-def _mla_work(op: str, a: dict, e: float, hq: float, **features: Any) -> tuple[np.ndarray, np.ndarray]:
+def _mla_work(
+    op: str, a: dict, e: float, hq: float, **features: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """FLOPs and bytes of an attention op of multi-head latent attention (DeepSeek-V2/V3)
     on one TP worker of ``hq`` heads (see :mod:`vidur_jax.catalog.moe` for the sharding).
 
@@ -220,7 +273,9 @@ def _mla_work(op: str, a: dict, e: float, hq: float, **features: Any) -> tuple[n
         flops = 2.0 * hq * c * (kv + c) * (qk + v)
         return flops, b * (c * hq * (qk + v) + (kv + c) * hq * (qk + v))
     if op == "attn_decode":
-        bs, kv = np.broadcast_arrays(*(np.asarray(features[k], np.float64) for k in OP_FEATURES[op]))
+        bs, kv = np.broadcast_arrays(
+            *(np.asarray(features[k], np.float64) for k in OP_FEATURES[op])
+        )
         flops = 2.0 * bs * hq * kv * (lat + rope + lat)
         return flops, b * (bs * kv * (lat + rope) + 2.0 * bs * hq * (lat + rope))
     n = np.asarray(features["num_tokens"], np.float64)
@@ -349,6 +404,17 @@ def _bandwidth(op: str, dev: dict) -> float:
     return dev["link_bw"] if op in NETWORK_OPS else dev["hbm_bw"]
 
 
+def _row_bandwidth(op: str, shape: dict, tp: int, dev: dict) -> float:
+    """Bandwidth of a profiled row: a ring's slowest hop for all-reduce rows."""
+    if op == "all_reduce":
+        return ring_bandwidth(shape["topology"], dev, tp)[0]
+    return _bandwidth(op, dev)
+
+
+def _hop(shape: dict, tp: int, dev: dict) -> str:
+    return ring_bandwidth(shape["topology"], dev, tp)[1]
+
+
 #: Row filter ``keep(op, source, tp) -> bool`` of :func:`calibration_rows`; ``source`` is the
 #: ``<org>/<model>`` of a compute table or the network table's name for collectives.
 RowFilter = Callable[[str, str, int], bool]
@@ -363,10 +429,10 @@ def calibration_rows(
     """Profiled medians of ``device`` as ``{op: [(shape, tp, features, ms array), ...]}``.
 
     Token ops come from every ``mlp.csv`` of the device (all models, all TPs), attention
-    from every ``attention.csv`` (only a100 Llama-2-7B exists), collectives from
-    ``<device>_pairwise_nvlink`` (TP 2, 4; send/recv) and ``<device>_dgx`` (TP 8), the
-    tables the predictors use. ``keep`` (see :data:`RowFilter`) selects tables, e.g. to
-    hold some out.
+    from every ``attention.csv`` (only a100 Llama-2-7B exists), all-reduce from every
+    group size of ``<device>_pairwise_nvlink`` and ``<device>_dgx`` (each row's shape
+    carries its node's ``topology``), send/recv from ``<device>_pairwise_nvlink``.
+    ``keep`` (see :data:`RowFilter`) selects tables, e.g. to hold some out.
     """
     from vidur_jax.profiles import loader
 
@@ -414,6 +480,8 @@ def calibration_rows(
         "mlp_hidden_dim": 1,
         "use_gated_mlp": False,
     }  # network features are bytes: n tokens of E=1 element... x2
+    from vidur_jax.catalog import hardware
+
     for tp in (2, 4, 8):
         for net in (f"{device}_pairwise_nvlink", f"{device}_dgx"):
             try:
@@ -421,8 +489,8 @@ def calibration_rows(
             except ConfigError:
                 continue
             feats = {"num_tokens": ar["size"].to_numpy(float) / BYTES_PER_ELEMENT}
-            add("all_reduce", net, (unit, tp, feats, ar["all_reduce"].to_numpy(float)))
-            break
+            topo = {**unit, "topology": hardware.group_topology(device, net)}
+            add("all_reduce", net, (topo, tp, feats, ar["all_reduce"].to_numpy(float)))
     try:
         sr = loader.load_send_recv(profiles_dir, f"{device}_pairwise_nvlink")
         feats = {"num_tokens": sr["size"].to_numpy(float) / BYTES_PER_ELEMENT}
@@ -446,7 +514,7 @@ def _work_arrays(
         nbytes.append(by)
         y.append(ms)
         peak.append(np.full(len(ms), dev["peak_flops"]))
-        bw.append(np.full(len(ms), _bandwidth(op, dev)))
+        bw.append(np.full(len(ms), _row_bandwidth(op, shape, tp, dev)))
     return (
         np.concatenate(flops) / np.concatenate(peak),
         np.concatenate(nbytes) / np.concatenate(bw),
@@ -523,16 +591,17 @@ def calibrate(
     for op, parts in pooled.items():
         tc0, tm0, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
         ops[op] = _fit_op(op, tc0, tm0, y)
-    # all-reduce efficiency depends on the group (4 GPUs of a pairwise-NVLink node cross
-    # PCIe; 8 of a DGX use NVSwitch), so each TP degree also gets its own fit
+    # all-reduce efficiency and latency depend on the hop class of the ring (NVLink /
+    # NVSwitch, or crossing PCIe) and on the group size: fits per class and per class x size
     for name in devices:
         dev = _device(name)
         for shape, tp, feats, ms in calibration_rows(profiles_dir, name, models, keep).get(
             "all_reduce", []
         ):
-            pooled.setdefault(f"all_reduce@{tp}", []).append(
-                _work_arrays("all_reduce", [(shape, tp, feats, ms)], dev)[:3]
-            )
+            work = _work_arrays("all_reduce", [(shape, tp, feats, ms)], dev)[:3]
+            hop = _hop(shape, tp, dev)
+            pooled.setdefault(f"all_reduce@{hop}", []).append(work)
+            pooled.setdefault(f"all_reduce@{hop}@{tp}", []).append(work)
     for key in sorted(k for k in pooled if k.startswith("all_reduce@")):
         tc0, tm0, y = (np.concatenate([p[i] for p in pooled[key]]) for i in range(3))
         ops[key] = _fit_op("all_reduce", tc0, tm0, y)
@@ -610,6 +679,9 @@ class RooflinePredictor:
             :data:`CALIBRATION_PATH`).
         ep: expert-parallel degree (MoE models; divides ``tp`` and the experts).
         moe_imbalance: tokens of the busiest EP rank over the mean (>= 1; MoE models).
+        network_device: the node whose tables the config names (e.g. ``h100_dgx``); with
+            ``device`` it sets the group topology (:func:`catalog.group_topology`;
+            default: the GPU's own boards).
 
     The MLP ops of a MoE model answer for its whole feed-forward block, averaged over
     the layers (dense first layers included): ``mlp_up_proj`` = router + all-to-all
@@ -631,9 +703,16 @@ class RooflinePredictor:
         *,
         ep: int = 1,
         moe_imbalance: float = 1.0,
+        network_device: str | None = None,
     ) -> None:
         self.shape = _shape(model)
         self.device = _device(device)
+        if isinstance(device, dict):
+            self.topology = self.device["fabric"]
+        else:
+            from vidur_jax.catalog import hardware
+
+            self.topology = hardware.group_topology(self.device["name"], network_device)
         self.tp = int(tp)
         if self.tp < 1 or self.shape["num_q_heads"] % self.tp:
             raise ConfigError(f"tp={tp} does not divide num_q_heads={self.shape['num_q_heads']}")
@@ -662,6 +741,8 @@ class RooflinePredictor:
             "peak_tflops": self.device["peak_flops"] / 1e12,
             "hbm_gbps": self.device["hbm_bw"] / 1e9,
             "link_gbps": self.device["link_bw"] / 1e9,
+            "topology": self.topology,
+            "all_reduce_gbps": ring_bandwidth(self.topology, self.device, self.tp)[0] / 1e9,
             "calibrated_on": self.calibration.get("devices", []),
             "op_source": {
                 op: ("absent (0, as Vidur)" if op == "attn_kv_cache_save" else "roofline")
@@ -705,11 +786,12 @@ class RooflinePredictor:
             raise ConfigError(
                 f"roofline calibration ({cal}) has no fit for op '{op}' (no profile of it)"
             )
-        fit = fits.get(f"{op}@{self.tp}", fits[op]) if op == "all_reduce" else fits[op]
-        return roofline_ms(
-            fit, flops, nbytes, self.device["peak_flops"], _bandwidth(op, self.device)
-        )
-
+        if op == "all_reduce":
+            bw, hop = ring_bandwidth(self.topology, self.device, self.tp)
+            fit = all_reduce_fit(fits, hop, self.tp)
+        else:
+            bw, fit = _bandwidth(op, self.device), fits[op]
+        return roofline_ms(fit, flops, nbytes, self.device["peak_flops"], bw)
 
     def _fit(self, op: str) -> dict:
         fits = self.calibration.get("ops", {})
@@ -725,16 +807,15 @@ class RooflinePredictor:
         ``num_tokens`` batch tokens; absent parts are left out."""
         out = {}
         for part, fit_op in MOE_PARTS[op]:
-            work = moe_part_work(
-                part, self.shape, self.tp, self.ep, self.moe_imbalance, num_tokens
-            )
+            work = moe_part_work(part, self.shape, self.tp, self.ep, self.moe_imbalance, num_tokens)
             if work is not None:
-                out[part] = roofline_ms(
-                    self._fit(fit_op),
-                    *work,
-                    self.device["peak_flops"],
-                    _bandwidth(fit_op, self.device),
+                # the all-to-all reaches ep - 1 peers over the group's slowest hop
+                bw = (
+                    ring_bandwidth(self.topology, self.device, self.ep)[0]
+                    if fit_op in NETWORK_OPS
+                    else _bandwidth(fit_op, self.device)
                 )
+                out[part] = roofline_ms(self._fit(fit_op), *work, self.device["peak_flops"], bw)
         return out
 
     def _moe_mlp_ms(self, op: str, num_tokens: Any) -> np.ndarray:
@@ -749,6 +830,85 @@ class RooflinePredictor:
         )
         layers = self.shape["num_layers"]
         return (dense_layers * dense_ms + (layers - dense_layers) * moe_ms) / layers
+
+
+class TwinScaledPredictor:
+    """A GPU without profiles timed from a profiled *compute twin* (same die, SM count and
+    clocks: H200 from H100), as precision scales BF16 to FP8 (``sim/precision.py``)::
+
+        t(op, target) = t_twin(op) x roofline(op, target) / roofline(op, twin)
+
+    ``t_twin`` is the twin's predictor (trained on its profiles or shipped); the two
+    rooflines share one calibration and the same features, so only the datasheet numbers
+    that differ move the ratio (HBM bandwidth; the all-reduce ring's slowest hop, by
+    each side's topology). Equal compute peaks make every ratio <= 1 when the target's
+    bandwidths are >= the twin's, so the target is never slower than its twin on any op.
+
+    Args:
+        base: the twin's predictor (``predict(op, **features) -> ms``, ``meta``).
+        model: catalog name / ``ModelSpec`` / shape dict.
+        device: the target GPU (catalog name); twin: the profiled GPU.
+        tp: tensor-parallel degree.
+        network_device: the config's node (sets the target's topology).
+        calibration: roofline calibration (default: the shipped one).
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        model: Any,
+        device: str,
+        twin: str,
+        tp: int,
+        network_device: str | None = None,
+        calibration: dict | None = None,
+    ) -> None:
+        base_meta = dict(getattr(base, "meta", {}))
+        self.base = base
+        self.target = RooflinePredictor(
+            model, device, tp, calibration, network_device=network_device
+        )
+        self.twin = RooflinePredictor(
+            model, twin, tp, calibration, network_device=base_meta.get("network_device")
+        )
+        src = base_meta.get("source", "roofline")
+        name = self.target.meta["model"]
+        self.meta = {
+            **{k: v for k, v in base_meta.items() if k not in ("warning", "ranges")},
+            "source": f"scaled from {twin}",
+            "device": self.target.device["name"],
+            "twin_device": twin,
+            "twin_source": src,
+            "topology": self.target.topology,
+            "op_source": {op: f"{twin} ({src}) x roofline ratio" for op in OPS},
+            "warning": f"no profiles for {name} on {self.target.device['name']} (tp={tp}): op "
+            f"times are {twin}'s ({src}) x the calibrated roofline ratio "
+            f"{self.target.device['name']}/{twin} (same compute; memory and interconnect "
+            "from the datasheets): estimates",
+        }
+
+    def predict(self, op: str, **features: Any) -> np.ndarray:
+        """``op``'s ms on the target GPU (features as :meth:`RooflinePredictor.predict`)."""
+        base = np.asarray(self.base.predict(op, **features), np.float64)
+        num = self.target.predict(op, **features)
+        den = self.twin.predict(op, **features)
+        ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+        return base * ratio
+
+
+def load_twin_scaled(
+    base: Any, model: Any, device: str, tp: int, network_device: str | None = None
+) -> TwinScaledPredictor:
+    """:class:`TwinScaledPredictor` of ``device`` from its twin's predictor ``base``
+    (``device`` must have :attr:`DeviceSpec.compute_twin`); warns like the fallback."""
+    from vidur_jax.catalog import get_device
+
+    twin = get_device(device).compute_twin
+    if twin is None:
+        raise ConfigError(f"device '{device}' has no profiled compute twin")
+    pred = TwinScaledPredictor(base, model, device, twin, tp, network_device)
+    warnings.warn(pred.meta["warning"], stacklevel=2)
+    return pred
 
 
 def evaluate(
@@ -773,9 +933,10 @@ def evaluate(
         pred, y = [], []
         for shape, tp, feats, ms in rows:
             fits = calibration["ops"]
-            fit = fits.get(f"{op}@{tp}", fits[op]) if op == "all_reduce" else fits[op]
+            fit = all_reduce_fit(fits, _hop(shape, tp, dev), tp) if op == "all_reduce" else fits[op]
             fl, by = op_work(op, shape, tp, **feats)
-            pred.append(roofline_ms(fit, fl, by, dev["peak_flops"], _bandwidth(op, dev)))
+            bw = _row_bandwidth(op, shape, tp, dev)
+            pred.append(roofline_ms(fit, fl, by, dev["peak_flops"], bw))
             y.append(ms)
         rel = np.concatenate(pred) / np.concatenate(y) - 1.0
         ape = 100.0 * np.abs(rel)
@@ -793,14 +954,15 @@ def evaluate(
 
 
 def load_roofline(
-    model: Any, device: Any, tp: int, calibration: dict | None = None, **moe: Any
+    model: Any, device: Any, tp: int, calibration: dict | None = None, **kw: Any
 ) -> RooflinePredictor:
     """The fallback for ``predictors.load`` when no profile or shipped predictor exists,
-    and the predictor of MoE / MLA models (``moe``: ``ep``, ``moe_imbalance``).
+    and the predictor of MoE / MLA models (``kw``: ``ep``, ``moe_imbalance``,
+    ``network_device``).
 
     Emits a ``UserWarning`` with ``meta["warning"]`` so the run says it is on a fallback.
     """
-    pred = RooflinePredictor(model, device, tp, calibration, **moe)
+    pred = RooflinePredictor(model, device, tp, calibration, **kw)
     warnings.warn(pred.meta["warning"], stacklevel=2)
     return pred
 
