@@ -44,19 +44,17 @@ def _is_pos_int(x: object) -> bool:
 def validate_simulable(model: ModelSpec | str) -> None:
     """Refuse a model whose serving cost the simulator cannot compute yet.
 
-    Dense, mixture-of-experts (:mod:`vidur_jax.catalog.moe`) and multi-head latent
-    attention models are simulated. gpt-oss is refused: its experts ship in MXFP4
-    (4-bit) and half its layers attend over a 128-token sliding window, so simulated as
-    16-bit weights with full attention its memory and time would be far off.
+    Dense, mixture-of-experts (:mod:`vidur_jax.catalog.moe`; quantized experts such as
+    gpt-oss's MXFP4 at their own bits), multi-head latent attention and sliding-window
+    layers (read through the window; their KV cache counted in full) are simulated.
 
     Raises:
         ConfigError: naming the model and the part that is not modelled.
     """
     m = get_model(model)
     require(
-        m.family != "gpt_oss",
-        f"{m.name} has MXFP4 experts and alternates sliding-window and full attention "
-        "layers, which vidur_jax reads from config.json but does not simulate yet",
+        m.num_sliding_layers == 0 or m.sliding_window is not None,
+        f"{m.name} has sliding-window layers without a window size",
     )
 
 
@@ -130,8 +128,13 @@ def params_per_device(model: ModelSpec | str, tp: int, pp: int) -> int:
 def param_bytes_per_device(
     model: ModelSpec | str, tp: int, pp: int, *, weight_dtype: str = "fp16"
 ) -> int:
-    """Weight memory per GPU in bytes (``weight_dtype``: fp16 as in Vidur, or fp8)."""
-    return dtype_bytes(weight_dtype) * params_per_device(model, tp, pp)
+    """Weight memory per GPU in bytes (``weight_dtype``: fp16 as in Vidur, or fp8;
+    experts that ship quantized keep their format, :func:`moe.weight_bytes_per_device`)."""
+    m = get_model(model)
+    if m.moe is not None and m.moe.expert_bits is not None:
+        validate_parallelism(m, tp, pp)
+        return moe.weight_bytes_per_device(m, tp, pp, dtype_bytes(weight_dtype))
+    return dtype_bytes(weight_dtype) * params_per_device(m, tp, pp)
 
 
 def kv_bytes_per_token(

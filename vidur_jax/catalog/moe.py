@@ -89,6 +89,35 @@ def params_per_device(m: ModelSpec, tp: int, pp: int) -> int:
     )
 
 
+def routed_expert_params_per_worker(m: ModelSpec, tp: int, layer: int) -> int:
+    """Routed-expert weights of layer ``layer`` on one GPU (elements; 0 in a dense layer)."""
+    if not is_moe_layer(m, layer):
+        return 0
+    return m.moe.num_experts * 3 * m.embedding_dim * m.moe.expert_hidden_dim // tp
+
+
+def weight_bytes_per_device(m: ModelSpec, tp: int, pp: int, bytes_per_weight: int) -> int:
+    """Weight bytes on the fullest GPU of a ``tp x pp`` replica: routed experts at
+    ``m.moe.expert_bits`` when they ship quantized (gpt-oss: MXFP4, 4.25 bits), every
+    other weight at ``bytes_per_weight``."""
+    bits = m.moe.expert_bits if m.moe is not None else None
+    per_stage = m.num_layers // pp
+
+    def layer_bytes(i: int) -> float:
+        total = layer_params_per_worker(m, tp, i)
+        if bits is None:
+            return float(bytes_per_weight * total)
+        experts = routed_expert_params_per_worker(m, tp, i)
+        return bytes_per_weight * (total - experts) + experts * bits / 8.0
+
+    return int(
+        max(
+            sum(layer_bytes(i) for i in range(s * per_stage, (s + 1) * per_stage))
+            for s in range(pp)
+        )
+    )
+
+
 def kv_elements_per_token_layer(m: ModelSpec, tp: int) -> int:
     """KV-cache elements one token stores per layer on one TP worker."""
     if m.mla is not None:

@@ -122,6 +122,10 @@ def _shape(model: Any) -> dict:
         shape["moe"] = dataclasses.asdict(spec.moe)
     if spec.mla is not None:
         shape["mla"] = dataclasses.asdict(spec.mla)
+    if spec.num_sliding_layers:
+        shape["num_layers"] = spec.num_layers
+        shape["sliding_window"] = spec.sliding_window
+        shape["num_sliding_layers"] = spec.num_sliding_layers
     return shape
 
 
@@ -375,7 +379,11 @@ def moe_part_work(
     if part.endswith("_act"):
         return zero, b * 3.0 * rows * width
     k, m = (e, 2.0 * width) if part.endswith("_up") else (width, e)
-    return 2.0 * rows * k * m, b * (rows * k + touched * k * m + rows * m)
+    # quantized experts (gpt-oss MXFP4) stream fewer weight bytes; their GEMMs run at the
+    # 16-bit peak (dequantized in the kernel: no FP4 tensor-core path is assumed)
+    bits = moe.get("expert_bits") if part.startswith("expert_") else None
+    wb = b if bits is None else bits / 8.0
+    return 2.0 * rows * k * m, b * (rows * k + rows * m) + wb * touched * k * m
 
 
 def roofline_ms(
@@ -667,6 +675,23 @@ def __getattr__(name: str) -> Any:
 # ----------------------------------------------------------------------------- predictor
 
 
+def _format_notes(shape: dict) -> str:
+    """Warning text for parts of a model timed or sized as stated bounds/estimates."""
+    notes = ""
+    bits = (shape.get("moe") or {}).get("expert_bits")
+    if bits is not None:
+        notes += (
+            f"; experts stored at {bits:g} bits/weight (MXFP4), their GEMMs at the 16-bit peak"
+        )
+    if shape.get("num_sliding_layers"):
+        notes += (
+            f"; {shape['num_sliding_layers']} of {shape['num_layers']} layers attend over a "
+            f"{shape['sliding_window']}-token window, but their KV cache is counted for every "
+            "token (an upper bound on KV memory: fewer requests fit than in vLLM)"
+        )
+    return notes
+
+
 class RooflinePredictor:
     """Duck-typed predictor (``predict(op, **features) -> ms``) from the roofline.
 
@@ -757,7 +782,8 @@ class RooflinePredictor:
                 f"; MoE all-to-all at ep={self.ep}: link-bandwidth roofline estimate"
                 if self.ep > 1
                 else ""
-            ),
+            )
+            + _format_notes(self.shape),
         }
 
     def predict(self, op: str, **features: Any) -> np.ndarray:
@@ -779,6 +805,8 @@ class RooflinePredictor:
             return np.zeros(np.shape(features["num_tokens"]), np.float64)
         if "moe" in self.shape and op in MOE_PARTS:
             return self._moe_mlp_ms(op, features["num_tokens"])
+        if op in ATTENTION_OPS and self.shape.get("num_sliding_layers"):
+            return self._sliding_attention_ms(op, features)
         flops, nbytes = op_work(op, self.shape, self.tp, **features)
         fits = self.calibration.get("ops", {})
         if op not in fits:
@@ -792,6 +820,41 @@ class RooflinePredictor:
         else:
             bw, fit = _bandwidth(op, self.device), fits[op]
         return roofline_ms(fit, flops, nbytes, self.device["peak_flops"], bw)
+
+    def _sliding_attention_ms(self, op: str, features: dict) -> np.ndarray:
+        """Attention ms averaged over the full and the sliding-window layers.
+
+        A sliding layer's query attends to at most ``window`` keys: decode reads
+        ``min(kv, window)`` cached tokens; a prefill chunk of ``c`` queries after ``kv``
+        cached tokens computes ``c x min(kv + c, window)`` scores and reads the K/V of
+        the last ``min(kv + c, window + c)`` tokens (tile granularity is not counted).
+        """
+        layers, sliding = self.shape["num_layers"], self.shape["num_sliding_layers"]
+        window = float(self.shape["sliding_window"])
+        fit, peak, bw = self._fit(op), self.device["peak_flops"], self.device["hbm_bw"]
+        full = roofline_ms(fit, *op_work(op, self.shape, self.tp, **features), peak, bw)
+        if op == "attn_decode":
+            kv = np.minimum(np.asarray(features["kv_cache_size"], np.float64), window)
+            near = op_work(
+                op, self.shape, self.tp, batch_size=features["batch_size"], kv_cache_size=kv
+            )
+        else:
+            kv, c = np.broadcast_arrays(
+                *(np.asarray(features[k], np.float64) for k in OP_FEATURES[op])
+            )
+            d = float(
+                self.shape.get("head_dim", self.shape["embedding_dim"] / self.shape["num_q_heads"])
+            )
+            hq = float(self.shape["num_q_heads"] // self.tp)
+            hkv = float(math.ceil(self.shape["num_kv_heads"] / self.tp))
+            keys = np.minimum(kv + c, window)
+            near = (
+                4.0 * hq * d * c * keys,
+                BYTES_PER_ELEMENT
+                * (2.0 * c * hq * d + 2.0 * np.minimum(kv + c, window + c) * hkv * d),
+            )
+        slid = roofline_ms(fit, *near, peak, bw)
+        return ((layers - sliding) * full + sliding * slid) / layers
 
     def _fit(self, op: str) -> dict:
         fits = self.calibration.get("ops", {})
