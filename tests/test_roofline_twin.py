@@ -45,11 +45,11 @@ def _config(model: str, device: str, tp: int, network: str) -> SimpleNamespace:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_h200_never_slower_than_h100_on_any_op(model):
-    """Each op at every feature point, TP 1/2/4 (shipped predictors, the default), each
+    """Each op at every feature point, TP 1/2/4/8 (shipped predictors, the default), each
     GPU on its shipped node and both on the same DGX node."""
     predictor_for = default_predictor_for(None)
     spec = catalog.get_model(model)
-    for tp in (1, 2, 4):
+    for tp in (1, 2, 4, 8):
         if spec.num_q_heads % tp or spec.num_kv_heads % tp:
             continue
         for h100_net, h200_net in (("h100_pairwise_nvlink", "h100_dgx"), ("h100_dgx", "h100_dgx")):
