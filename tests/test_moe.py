@@ -448,7 +448,7 @@ def test_tiny_gpt_oss_simulation_vmap_equals_loop(tmp_path):
 # setups). Error measured when the MoE timing was written: Mixtral-8x7B TP2 batch-of-8
 # latency +5.3% on H100 and -0.0% on H200 (vLLM nightly benchmark). Margin: 5 points, for
 # table-grid and calibration changes that move the roofline; the dense models of the same
-# runs err by -28% to +12%, so the MoE cases' small error is partly luck, not a bound.
+# runs err by -28% to +6%, so the MoE cases' small error is partly luck, not a bound.
 PUBLISHED_ERROR_PCT = {
     ("mixtral-8x7b-instruct-v0.1", "h100"): 5.3,
     ("mixtral-8x7b-instruct-v0.1", "h200"): -0.0,

@@ -115,3 +115,45 @@ def test_dgx_tables_predicted_with_nvswitch_topology(profiles_dir):
             pred = roofline.RooflinePredictor(UNIT, device, tp, cal, network_device=f"{device}_dgx")
             mape = 100.0 * np.mean(np.abs(pred.predict("all_reduce", num_tokens=n) / y - 1.0))
             assert mape < bound + MARGIN_PCT, (device, tp, mape)
+
+
+def test_shipped_predictor_on_another_topology_rescales_its_all_reduce(profiles_dir):
+    """Shipped H100 parameters carry the pairwise-NVLink all-reduce at TP4; on a DGX the
+    simulator scales it by the roofline's topology ratio (measured 23.6% MAPE on the
+    h100_dgx TP4 table, 399% unscaled; bound + 3 points). Compute ops are unchanged, the
+    pairwise config is the shipped predictor itself, and H200 on the DGX tables gets the
+    same all-reduce as H100 there."""
+    import warnings
+    from types import SimpleNamespace
+
+    from vidur_jax import predictors
+    from vidur_jax.sim.run import default_predictor_for
+
+    def cfg(device, net):
+        return SimpleNamespace(
+            model="meta-llama/Llama-2-70b-hf",
+            device=device,
+            tensor_parallel_size=4,
+            network_device=net,
+            expert_parallel=1,
+            moe_imbalance=1.0,
+        )
+
+    ar = loader.load_all_reduce(str(profiles_dir), "h100_dgx", 4)
+    n, y = ar["size"].to_numpy(float) / 2.0 / 8192, ar["all_reduce"].to_numpy(float)
+    pf = default_predictor_for(None)
+    shipped = predictors.load("meta-llama/Llama-2-70b-hf", "h100", 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dgx, pair = pf(cfg("h100", "h100_dgx")), pf(cfg("h100", "h100_pairwise_nvlink"))
+        h200 = pf(cfg("h200", "h100_dgx"))
+        got = dgx.predict("all_reduce", num_tokens=n)
+        assert 100.0 * np.mean(np.abs(got / y - 1.0)) < 23.6 + 3.0
+        np.testing.assert_array_equal(h200.predict("all_reduce", num_tokens=n), got)
+        for op in ("mlp_up_proj", "all_reduce"):
+            np.testing.assert_array_equal(
+                pair.predict(op, num_tokens=n), shipped.predict(op, num_tokens=n)
+            )
+        np.testing.assert_array_equal(
+            dgx.predict("mlp_up_proj", num_tokens=n), shipped.predict("mlp_up_proj", num_tokens=n)
+        )

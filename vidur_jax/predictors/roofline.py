@@ -680,9 +680,7 @@ def _format_notes(shape: dict) -> str:
     notes = ""
     bits = (shape.get("moe") or {}).get("expert_bits")
     if bits is not None:
-        notes += (
-            f"; experts stored at {bits:g} bits/weight (MXFP4), their GEMMs at the 16-bit peak"
-        )
+        notes += f"; experts stored at {bits:g} bits/weight (MXFP4), their GEMMs at the 16-bit peak"
     if shape.get("num_sliding_layers"):
         notes += (
             f"; {shape['num_sliding_layers']} of {shape['num_layers']} layers attend over a "
@@ -970,6 +968,32 @@ def load_twin_scaled(
     if twin is None:
         raise ConfigError(f"device '{device}' has no profiled compute twin")
     pred = TwinScaledPredictor(base, model, device, twin, tp, network_device)
+    warnings.warn(pred.meta["warning"], stacklevel=2)
+    return pred
+
+
+def load_network_scaled(
+    base: Any, model: Any, device: str, tp: int, network_device: str
+) -> TwinScaledPredictor:
+    """``base`` (fitted on another node's collective tables, ``meta["network_device"]``)
+    with its all-reduce scaled to ``network_device``'s topology by the roofline ratio;
+    every other op is unchanged (same GPU: ratio exactly 1). Warns that it is an
+    estimate. Used when shipped parameters lack the requested node's tables (e.g. H100
+    TP4 fitted on the pairwise-NVLink node, run on a DGX)."""
+    pred = TwinScaledPredictor(base, model, device, device, tp, network_device)
+    fitted = dict(getattr(base, "meta", {})).get("network_device")
+    name = pred.target.meta["model"]
+    pred.meta.update(
+        source=dict(getattr(base, "meta", {})).get("source", "trained"),
+        network_device=network_device,  # what its all-reduce now stands for
+        network_scaled_from=fitted,
+        op_source={
+            **dict(getattr(base, "meta", {})).get("op_source", {}),
+            "all_reduce": f"{fitted} fit x roofline ratio to {network_device}",
+        },
+        warning=f"{name} on {device} (tp={tp}): all-reduce fitted on {fitted}, scaled to "
+        f"{network_device} ({pred.target.topology}) by the calibrated roofline ratio: estimate",
+    )
     warnings.warn(pred.meta["warning"], stacklevel=2)
     return pred
 

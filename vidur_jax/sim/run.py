@@ -75,7 +75,15 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
         from vidur_jax import predictors
 
         try:
-            return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+            pred = predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+            fitted = pred.meta.get("network_device")
+            if tp > 1 and fitted and catalog.group_topology(device, fitted) != catalog.group_topology(
+                device, network
+            ):  # fitted on another topology's tables: rescale the all-reduce to this one
+                from vidur_jax.predictors import roofline
+
+                return roofline.load_network_scaled(pred, model, device, tp, network)
+            return pred
         except ConfigError:
             from vidur_jax.predictors import roofline
 
