@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from vidur_jax import catalog
+from vidur_jax.errors import ConfigError
 from vidur_jax.predictors import roofline
 from vidur_jax.sim.run import default_predictor_for
 
@@ -95,3 +96,26 @@ def test_twin_scaling_by_hand():
         tp2 = roofline.load_twin_scaled(Const(), shape, "h200", 2, "h100_dgx")
     np.testing.assert_allclose(tp2.predict("all_reduce", num_tokens=n), 1.0, rtol=1e-12)
     assert pred.meta["source"] == "scaled from h100" and "estimates" in pred.meta["warning"]
+
+
+def test_h200_from_h100_profiles_when_profiles_dir_is_set(profiles_dir):
+    """With profiles (CI), H200 is H100's profile-trained predictor x the roofline ratio;
+    a model H100 has no profile of fails with one line naming both GPUs."""
+    predictor_for = default_predictor_for(str(profiles_dir))
+    feats = {"num_tokens": np.array([1.0, 64.0, 4096.0])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h100 = predictor_for(_config("meta-llama/Llama-2-7b-hf", "h100", 2, "h100_dgx"))
+        h200 = predictor_for(_config("meta-llama/Llama-2-7b-hf", "h200", 2, "h100_dgx"))
+        assert h200.meta["source"] == "scaled from h100"
+        for op in ("attn_pre_proj", "mlp_up_proj", "mlp_act", "add", "all_reduce"):
+            a, b = h100.predict(op, **feats), h200.predict(op, **feats)
+            assert np.all(b <= a) and np.all(b > 0), (op, a, b)
+        np.testing.assert_array_equal(
+            h200.predict("all_reduce", **feats), h100.predict("all_reduce", **feats)
+        )
+        with pytest.raises(ConfigError, match="h200 is timed from its compute twin h100") as err:
+            predictor_for(_config("meta-llama/Meta-Llama-3-8B", "h200", 1, "h100_dgx")).predict(
+                "add", **feats
+            )
+    assert "\n" not in str(err.value)

@@ -90,7 +90,10 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
             twin = catalog.get_device(device).compute_twin
             if twin is not None:  # same compute as a profiled GPU: its times x roofline ratio
                 twin_net = network if catalog.is_node_of(network, twin) else None
-                base = _load(model, twin, tp, twin_net)
+                try:
+                    base = _load(model, twin, tp, twin_net)
+                except ConfigError as err:
+                    raise ConfigError(f"{device} is timed from its compute twin {twin}: {err}") from None
                 return roofline.load_twin_scaled(base, model, device, tp, network)
             if profiles_dir is not None:
                 raise
