@@ -63,6 +63,48 @@ def test_tiny_moe_weights_per_gpu_by_hand():
     assert catalog.kv_bytes_per_token(TINY_MOE, 2) == 16
 
 
+def test_attention_dp_weights_per_gpu_by_hand():
+    """Attention DP 2 at tp=1 (experts over 2 GPUs, ep=2): attention 192 and the dense
+    layer 288 stay whole on each GPU; MoE layer: router 32 + experts 576/2 + shared 96/2
+    = 368. Per GPU 192 * 2 + 288 + 368 = 1040 elements (1376 without attention DP)."""
+    assert catalog.params_per_device(TINY_MOE, 1, 1, attention_dp=2) == 192 * 2 + 288 + 368 == 1040
+    assert catalog.param_bytes_per_device(TINY_MOE, 1, 1, attention_dp=2) == 2 * 1040
+    moe.validate_expert_parallel(TINY_MOE, 1, 2, attention_dp=2)
+    # KV is per attention rank: unchanged
+    assert catalog.kv_bytes_per_token(TINY_MOE, 1) == 32
+    for tp, ep, dp, needle in (
+        (1, 1, 2, "needs ep = attention_dp x tp = 2"),
+        (2, 2, 2, "needs ep = attention_dp x tp = 4"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            moe.validate_expert_parallel(TINY_MOE, tp, ep, attention_dp=dp)
+    with pytest.raises(ConfigError, match="needs a mixture-of-experts model"):
+        moe.validate_expert_parallel(catalog.get_model("llama2-7b"), 1, 2, attention_dp=2)
+
+
+def test_attention_dp_moe_block_is_the_expert_group_on_all_ranks_tokens():
+    """A rank of attention DP d at tp=1 with n tokens times its MoE block as the d-GPU
+    expert group (tp=d, ep=d) on d x n tokens, exactly; attention ops stay at tp=1."""
+    n = np.array([1.0, 8.0, 100.0, 2048.0])
+    for d in (2, 4):
+        dp = roofline.RooflinePredictor(TINY_MOE, "h100", 1, ep=d, attention_dp=d)
+        group = roofline.RooflinePredictor(TINY_MOE, "h100", d, ep=d)
+        one = roofline.RooflinePredictor(TINY_MOE, "h100", 1)
+        for op in roofline.MOE_PARTS:
+            got, ref = dp.moe_parts(op, n), group.moe_parts(op, d * n)
+            assert got.keys() == ref.keys() and "dispatch" in dp.moe_parts("mlp_up_proj", n)
+            for part in got:
+                np.testing.assert_array_equal(got[part], ref[part])
+        for op in ("attn_pre_proj", "attn_post_proj", "input_layernorm"):
+            np.testing.assert_array_equal(
+                dp.predict(op, num_tokens=n), one.predict(op, num_tokens=n)
+            )
+        np.testing.assert_array_equal(
+            dp.predict("attn_decode", batch_size=n, kv_cache_size=n),
+            one.predict("attn_decode", batch_size=n, kv_cache_size=n),
+        )
+
+
 def test_tiny_moe_flops_per_token_by_hand():
     # tp=1, per layer on average: attention 192 + (dense 288 + MoE (router 32 + top-2
     # experts 2*144 + shared 96 = 416)) / 2 = 544 weights -> 1088 FLOPs
@@ -442,6 +484,39 @@ def test_tiny_gpt_oss_simulation_vmap_equals_loop(tmp_path):
     for slid, full in ((batched[0], batched[2]), (batched[1], batched[3])):
         assert np.all(slid.requests["completed_at"] <= full.requests["completed_at"])
         assert slid.requests["completed_at"].max() < full.requests["completed_at"].max()
+
+
+def test_attention_dp_simulation_vmap_equals_loop(tmp_path):
+    """Attention DP is a per-config knob inside the one vmapped simulation; off (1) is
+    the default, and a bad combination is one line before anything runs."""
+    model = _tiny_mixtral(tmp_path)
+    base = DeploymentConfig(
+        model=model,
+        device="h100",
+        tensor_parallel_size=1,
+        num_replicas=2,
+        replica_scheduler="vllm",
+        max_tokens=256,
+        seed=0,
+    )
+    cfgs = [
+        base,
+        dataclasses.replace(base, expert_parallel=2, attention_dp=2),
+        dataclasses.replace(base, expert_parallel=4, attention_dp=4, num_replicas=4),
+    ]
+    wls = [_workload(0) for _ in cfgs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "op times are roofline estimates"
+        batched = simulate_configs(cfgs, wls)
+        for cfg, wl, out in zip(cfgs, wls, batched, strict=True):
+            (alone,) = simulate_configs([cfg], [wl])
+            for key in ("scheduled_at", "first_token_at", "completed_at", "num_restarts"):
+                np.testing.assert_array_equal(alone.requests[key], out.requests[key])
+    assert DeploymentConfig().attention_dp == 1
+    with pytest.raises(ConfigError, match="multiple of attention_dp=2"):
+        dataclasses.replace(base, expert_parallel=2, attention_dp=2, num_replicas=3).validate()
+    with pytest.raises(ConfigError, match="needs ep = attention_dp x tp = 2"):
+        dataclasses.replace(base, attention_dp=2).validate()
 
 
 # Published measurements (experiments/moe_published.py holds the cases, their sources and

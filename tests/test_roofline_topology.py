@@ -137,6 +137,7 @@ def test_shipped_predictor_on_another_topology_rescales_its_all_reduce(profiles_
             network_device=net,
             expert_parallel=1,
             moe_imbalance=1.0,
+            attention_dp=1,
         )
 
     ar = loader.load_all_reduce(str(profiles_dir), "h100_dgx", 4)

@@ -41,6 +41,7 @@ def _config(model: str, device: str, tp: int, network: str) -> SimpleNamespace:
         network_device=network,
         expert_parallel=1,
         moe_imbalance=1.0,
+        attention_dp=1,
     )
 
 

@@ -705,6 +705,10 @@ class RooflinePredictor:
         network_device: the node whose tables the config names (e.g. ``h100_dgx``); with
             ``device`` it sets the group topology (:func:`catalog.group_topology`;
             default: the GPU's own boards).
+        attention_dp: attention data-parallel ranks (replicas of ``tp`` GPUs) sharing one
+            expert group of ``attention_dp x tp`` GPUs with ``ep = attention_dp x tp``
+            (DeepSeek style; 1 = off). The MoE block then runs on the tokens of every
+            rank, assumed equal to this rank's (``attention_dp x num_tokens``).
 
     The MLP ops of a MoE model answer for its whole feed-forward block, averaged over
     the layers (dense first layers included): ``mlp_up_proj`` = router + all-to-all
@@ -727,6 +731,7 @@ class RooflinePredictor:
         ep: int = 1,
         moe_imbalance: float = 1.0,
         network_device: str | None = None,
+        attention_dp: int = 1,
     ) -> None:
         self.shape = _shape(model)
         self.device = _device(device)
@@ -740,8 +745,20 @@ class RooflinePredictor:
         if self.tp < 1 or self.shape["num_q_heads"] % self.tp:
             raise ConfigError(f"tp={tp} does not divide num_q_heads={self.shape['num_q_heads']}")
         self.ep, self.moe_imbalance = int(ep), float(moe_imbalance)
+        self.attention_dp = int(attention_dp)
+        #: GPUs over which the experts are spread
+        self.moe_group = self.tp * self.attention_dp
         moe = self.shape.get("moe")
-        if self.ep != 1 and (moe is None or self.tp % self.ep or moe["num_experts"] % self.ep):
+        if self.attention_dp > 1 and (
+            moe is None or self.ep != self.moe_group or moe["num_experts"] % self.ep
+        ):
+            raise ConfigError(
+                f"attention_dp={attention_dp} needs a MoE model and ep = attention_dp x tp "
+                f"= {self.moe_group} dividing its experts (got ep={ep})"
+            )
+        if self.ep != 1 and (
+            moe is None or self.moe_group % self.ep or moe["num_experts"] % self.ep
+        ):
             raise ConfigError(f"ep={ep} must be 1, or divide tp={tp} and the model's experts")
         if not self.moe_imbalance >= 1.0:
             raise ConfigError(f"moe_imbalance={moe_imbalance} must be >= 1 (busiest rank / mean)")
@@ -773,6 +790,7 @@ class RooflinePredictor:
             },
             "ep": self.ep,
             "moe_imbalance": self.moe_imbalance,
+            "attention_dp": self.attention_dp,
             "shape": self.shape,
             "warning": f"no profiles for {name} on {self.device['name']} (tp={self.tp}): op times are "
             f"roofline estimates (efficiencies calibrated on {cal}); expect 10-40% error"
@@ -781,7 +799,13 @@ class RooflinePredictor:
                 if self.ep > 1
                 else ""
             )
-            + _format_notes(self.shape),
+            + _format_notes(self.shape)
+            + (
+                f"; attention data parallelism over {self.attention_dp} ranks: the MoE block "
+                "assumes every rank holds as many tokens, ranks are not run in lock-step"
+                if self.attention_dp > 1
+                else ""
+            ),
         }
 
     def predict(self, op: str, **features: Any) -> np.ndarray:
@@ -865,10 +889,14 @@ class RooflinePredictor:
 
     def moe_parts(self, op: str, num_tokens: Any) -> dict[str, np.ndarray]:
         """Per-part ms of one MoE layer's ``op`` (a key of :data:`MOE_PARTS`) at
-        ``num_tokens`` batch tokens; absent parts are left out."""
+        ``num_tokens`` batch tokens (of this attention rank); absent parts are left out."""
         out = {}
+        # attention DP: the expert group's GPUs serve the tokens of all its ranks
+        tokens = np.asarray(num_tokens, np.float64) * self.attention_dp
         for part, fit_op in MOE_PARTS[op]:
-            work = moe_part_work(part, self.shape, self.tp, self.ep, self.moe_imbalance, num_tokens)
+            work = moe_part_work(
+                part, self.shape, self.moe_group, self.ep, self.moe_imbalance, tokens
+            )
             if work is not None:
                 # the all-to-all reaches ep - 1 peers over the group's slowest hop
                 bw = (

@@ -109,18 +109,20 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
         return StoredPredictions(load)
 
     @functools.cache
-    def _roofline(model: str, device: str, tp: int, ep: int, imbalance: float, network: str) -> PredictorLike:
+    def _roofline(model: str, device: str, tp: int, ep: int, imbalance: float, network: str,
+                  attention_dp: int = 1) -> PredictorLike:
         from vidur_jax.predictors import roofline
 
         return roofline.load_roofline(
-            model, device, tp, ep=ep, moe_imbalance=imbalance, network_device=network
+            model, device, tp, ep=ep, moe_imbalance=imbalance, network_device=network,
+            attention_dp=attention_dp,
         )
 
     def predictor_for(c: DeploymentConfig) -> PredictorLike:
         # MoE / MLA / unusual head sizes: no profile has their op shapes (catalog/moe.py)
         if catalog.needs_roofline(catalog.get_model(c.model)):
             return _roofline(c.model, c.device, c.tensor_parallel_size, c.expert_parallel, c.moe_imbalance,
-                             c.network_device)
+                             c.network_device, c.attention_dp)
         return _stored(c.model, c.device, c.tensor_parallel_size, c.network_device)
 
     return predictor_for
