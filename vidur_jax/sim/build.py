@@ -484,7 +484,7 @@ def make_static(
         )
     if num_slots is None:
         # start small (per-step cost is O(slots)); the host doubles it on overflow
-        num_slots = max(slot_bound(c, d) for c, d in zip(cfgs, derived))
+        num_slots = max(slot_bound(c, d) for c, d in zip(cfgs, derived, strict=True))
         num_slots = int(min(num_slots, num_requests, initial_slots))
     num_slots = max(8, int(math.ceil(num_slots / 8) * 8))
     window = int(min(window or 16, num_slots))
