@@ -484,7 +484,8 @@ def load(
     key = io.files_hash(
         _profile_files(profiles_dir, device, model, network_device),
         f"v{FORMAT_VERSION}|{model}|{device}|{tp}|{network_device}|{train.config_key()}"
-        f"|attn_transfer={tr.ATTENTION_TRANSFER_VERSION}",
+        f"|attn_transfer={tr.ATTENTION_TRANSFER_VERSION}"
+        + ("" if datasets.TOKEN_MLP else "|token_mlp=0"),
     )
     base = os.path.join(io.cache_dir(), "predictors", key)
     if os.path.isfile(base + ".npz") or os.path.isfile(base + ".json"):

@@ -400,9 +400,16 @@ def main() -> None:
     parser.add_argument("--forest-grid", action="store_true")
     parser.add_argument("--skip-transfer", action="store_true")
     parser.add_argument(
+        "--no-token-mlp",
+        action="store_true",
+        help="token and network ops without their MLP (the option datasets.TOKEN_MLP = False)",
+    )
+    parser.add_argument(
         "--transfer-only", action="store_true", help="only predictor_transfer_eval.csv"
     )
     args = parser.parse_args()
+    if args.no_token_mlp:
+        datasets.TOKEN_MLP = False
     if args.transfer_only:
         t = run_transfer_eval(
             args.profiles_dir, os.path.join(args.out, "predictor_transfer_eval.csv"), args.devices
