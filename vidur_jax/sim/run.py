@@ -207,7 +207,8 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     summary["recomputed_tokens"] = counters["restart_tokens"]  # KV discarded by preemptions
     summary["batch_size_max"] = float(pick(state.batch_size_max))
     summary.update(prefix_engine.summary(cfg.prefix_caching, state, i))
-    summary.update(disagg.summary(cfg, state, i, n, summary["makespan_s"]))
+    summary.update(disagg.summary(cfg, state, i, n, summary["makespan_s"], lambda c: build.derive(c).peak_flops))
+    requests.update(disagg.request_fields(cfg, state, i, n))
     summary.update(speculative.summary(cfg, requests["num_decode"], np.isfinite(requests["completed_at"]),
                                        speculative.params_fields(
                                            cfg, np.where(np.asarray(wl.mask), requests["num_decode"], 0).astype(np.int32),
@@ -776,4 +777,7 @@ def _stderr_console():
 
 def requests_frame(outputs: Sequence[ConfigOutput]) -> pd.DataFrame:
     """``requests.parquet`` table: one row per request per config."""
-    return pd.concat([metrics.requests_frame(i, o.requests) for i, o in enumerate(outputs)], ignore_index=True)
+    frames = [metrics.requests_frame(i, o.requests) for i, o in enumerate(outputs)]
+    for df, o in zip(frames, outputs, strict=True):  # disaggregated pools: per-request KV transfer time
+        df["kv_transfer_s"] = o.requests["kv_transfer_s"][df["request_id"].to_numpy()]
+    return pd.concat(frames, ignore_index=True)
