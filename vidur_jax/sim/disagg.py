@@ -649,6 +649,8 @@ def derive_pools(cfg, derive) -> None:
         return
     for pool in disagg_pools.POOLS:
         pc = disagg_pools.pool_config(cfg, pool)
+        if pc is cfg:  # on the config's own hardware: derived with it
+            continue
         try:
             derive(pc)
         except ConfigError as err:

@@ -27,22 +27,27 @@ from vidur_jax.errors import require
 POOLS = ("prefill", "decode")
 
 
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+    """Field ``name`` of a ``DeploymentConfig`` or of a mapping of its field names."""
+    return cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(cfg, name, default)
+
+
 def pool_device(cfg: Any, pool: str) -> str:
     """GPU type of ``pool``'s replicas: ``<pool>_device``, else the config's ``device``."""
-    return getattr(cfg, f"{pool}_device", None) or cfg.device
+    return _get(cfg, f"{pool}_device") or _get(cfg, "device")
 
 
 def pool_tp(cfg: Any, pool: str) -> int:
     """TP degree of ``pool``'s replicas: ``<pool>_tp``, else ``tensor_parallel_size``."""
-    tp = getattr(cfg, f"{pool}_tp", None)
-    return cfg.tensor_parallel_size if tp is None else tp
+    tp = _get(cfg, f"{pool}_tp")
+    return _get(cfg, "tensor_parallel_size") if tp is None else tp
 
 
 def has_pool_hardware(cfg: Any) -> bool:
-    """Some pool key is set to something other than the config's own GPU / TP."""
-    return cfg.prefill_replicas > 0 and any(
-        (pool_device(cfg, p), pool_tp(cfg, p)) != (cfg.device, cfg.tensor_parallel_size) for p in POOLS
-    )
+    """A pooled config (or mapping of its fields) whose pools' GPU or TP differ from its
+    own ``device`` / ``tensor_parallel_size``."""
+    own = (_get(cfg, "device"), _get(cfg, "tensor_parallel_size"))
+    return _get(cfg, "prefill_replicas", 0) > 0 and any((pool_device(cfg, p), pool_tp(cfg, p)) != own for p in POOLS)
 
 
 def pool_node(cfg: Any, pool: str) -> str:
@@ -87,25 +92,23 @@ def pools_share_nodes(cfg: Any) -> bool:
     return pool_node(cfg, "prefill") == pool_node(cfg, "decode") if has_pool_hardware(cfg) else True
 
 
-def num_gpus(fields: Mapping[str, Any]) -> int:
-    """GPUs of a deployment given as ``DeploymentConfig`` field names (a mapping):
-    ``P x TP_prefill + D x TP_decode`` for pools (PP 1), else TP x PP x replicas."""
-    if fields.get("prefill_replicas", 0) > 0:
-        tp = fields["tensor_parallel_size"]
-        return sum(fields[f"{p}_replicas"] * (fields.get(f"{p}_tp") or tp) for p in POOLS)
-    return fields["tensor_parallel_size"] * fields["num_pipeline_stages"] * fields["num_replicas"]
+def num_gpus(fields: Any) -> int:
+    """GPUs of a deployment (a ``DeploymentConfig`` or a mapping of its field names):
+    ``P x TP_prefill + D x TP_decode`` for pools with their own hardware (PP 1), else
+    TP x PP x replicas."""
+    if has_pool_hardware(fields):
+        return sum(_get(fields, f"{p}_replicas") * pool_tp(fields, p) for p in POOLS)
+    return _get(fields, "tensor_parallel_size") * _get(fields, "num_pipeline_stages") * _get(fields, "num_replicas")
 
 
-def cost_per_hour(fields: Mapping[str, Any], price_of: Callable[[str], float]) -> float:
-    """$ per hour of a deployment (field names as :func:`num_gpus`): each pool's GPUs at
-    ``price_of(its device)``; a colocated one's at ``price_of(device)``."""
-    if fields.get("prefill_replicas", 0) > 0:
-        tp, dev = fields["tensor_parallel_size"], fields["device"]
-        return float(sum(
-            fields[f"{p}_replicas"] * (fields.get(f"{p}_tp") or tp) * price_of(fields.get(f"{p}_device") or dev)
-            for p in POOLS
-        ))
-    return float(num_gpus(fields) * price_of(fields["device"]))
+def cost_per_hour(fields: Any, price_of: Callable[[str], float]) -> float:
+    """$ per hour of a deployment (as :func:`num_gpus`): each pool's GPUs at
+    ``price_of(its device)`` for pools with their own hardware, else
+    ``num_gpus x price_of(device)``."""
+    if has_pool_hardware(fields):
+        return float(sum(_get(fields, f"{p}_replicas") * pool_tp(fields, p) * price_of(pool_device(fields, p))
+                         for p in POOLS))
+    return num_gpus(fields) * price_of(_get(fields, "device"))
 
 
 def describe_pools(cfg: Any) -> str:
