@@ -253,3 +253,44 @@ def test_bad_pool_hardware_is_refused_with_one_line(kw, match):
     with pytest.raises(ConfigError, match=match) as err:
         build.derive(pooled(**kw))
     assert "\n" not in str(err.value)
+
+
+def test_search_grid_adds_per_pool_hardware_points():
+    """search.pd_pools x pd_splits on an 8-GPU A100 cluster: share 0.5 with prefill TP2
+    gives P = round(0.5 x 8 / 2) = 2 prefill replicas (4 GPUs) and D = 4 // 1 = 4 decode
+    replicas of TP1; share 0.25 gives P = 1, D = 6. An H100 prefill pool pays the H100
+    price: 4 x $4.25 + 4 x $2.21 = $25.84/h over 8 GPUs. A decode TP that does not divide
+    the heads is kept with its one-line reason; a prefill TP wider than the cluster
+    leaves no decode replica and is not part of the grid."""
+    from vidur_jax.search import grid as grid_mod
+
+    spec = grid_mod.grid_from_dict(
+        {
+            "gpus": ["a100"], "max_gpus": 8, "tp": [1], "pp": [1], "schedulers": ["vllm"], "batch_caps": [64],
+            "pd_splits": [0.25, 0.5],
+            "pd_pools": [
+                {"prefill_tp": 2, "decode_tp": 1},
+                {"prefill_device": "h100", "prefill_tp": 2, "decode_tp": 1},
+                {"prefill_tp": 1, "decode_tp": 3},
+                {"prefill_tp": 16},
+            ],
+        },
+        "meta-llama/Llama-2-7b-hf", "a100",
+    )
+    hw = [c for c in grid_mod.expand_grid(spec, DeploymentConfig()) if disagg_pools.has_pool_hardware(c.config)]
+    names = [grid_mod.describe(c.config) for c in hw]
+    assert names == [
+        "a100 tp2 pp1 x7 vllm cap64 1P(a100 tp2):6D(a100 tp1)",
+        "a100 tp2 pp1 x6 vllm cap64 2P(a100 tp2):4D(a100 tp1)",
+        "h100 tp2 pp1 x7 vllm cap64 1P(h100 tp2):6D(a100 tp1)",
+        "h100 tp2 pp1 x6 vllm cap64 2P(h100 tp2):4D(a100 tp1)",
+        "a100 tp1 pp1 x4 vllm cap64 2P(a100 tp1):2D(a100 tp3)",
+        "a100 tp1 pp1 x5 vllm cap64 4P(a100 tp1):1D(a100 tp3)",
+    ]
+    assert all(c.feasible for c in hw[:4]) and all(c.num_gpus == 8 for c in hw[:4])
+    h = hw[3]
+    assert h.cost_per_hour == pytest.approx(4 * 4.25 + 4 * 2.21, rel=1e-12)
+    assert grid_mod.label(h.config) == "2 prefill (H100 TP2) : 4 decode (A100 TP1) (vLLM, cap 64)"
+    assert not hw[4].feasible and "divide" in hw[4].reason and "\n" not in hw[4].reason
+    with pytest.raises(ConfigError, match="pd_pools"):
+        grid_mod.grid_from_dict({"pd_pools": [{"prefill_gpu": "h100"}]}, "meta-llama/Llama-2-7b-hf", "a100")

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_caps": [32, 64, 128],
     "ep": [1],
     "pd_splits": [],
+    "pd_pools": [],
     "slos": [],
     "top": 5,
     "num_requests": 300,
