@@ -2,16 +2,19 @@
 
 A pooled config (``SimParams.prefill_replicas`` P > 0) splits its ``num_replicas``
 replicas into a **prefill pool** (replicas ``0..P-1``) and a **decode pool** (replicas
-``P..N-1``), same GPU, model, TP and scheduler. A request's life:
+``P..N-1``), same model and scheduler; each pool may have its own GPU type and TP
+degree (:mod:`vidur_jax.sim.disagg_pools`: its replicas read their pool's timing-table
+row, KV blocks and FLOPs, :func:`pool_params`). A request's life:
 
 1. it arrives and is routed (the config's global scheduler) to a prefill replica, whose
    policy prefills it as usual; its prefill's last iteration gives its first token
    (``first_token_at``: TTFT ends in the prefill pool);
 2. at that moment the least loaded decode replica is chosen (fewest running + waiting +
    incoming requests; ties to the lowest index) and its KV transfer starts: it takes
-   ``latency + bytes / bandwidth`` seconds, ``bytes`` the prompt's KV on one GPU of the
-   replica (every TP worker sends its shard in parallel), over NVLink when both
-   replicas sit in one node, else over the inter-node link. The prefill slot keeps its
+   ``latency + bytes / bandwidth`` seconds on the slower side, ``bytes`` the prompt's
+   KV on one GPU of the sending or of the receiving replica (every TP worker moves its
+   shard in parallel, :func:`transfer_seconds`), over NVLink when both replicas sit in
+   one node, else over the inter-node link. The prefill slot keeps its
    KV blocks until the transfer completes (it is out of every batch meanwhile);
 3. when the transfer completes the prefill slot frees its blocks and the request joins
    the decode replica's waiting queue (``kv_ready_at``); the decode replica admits
