@@ -585,7 +585,10 @@ def validate(cfg) -> None:
         )
         if device is not None:
             catalog.get_device(device)
-        catalog.validate_parallelism(model_of(cfg), disagg_pools.pool_tp(cfg, pool), 1)
+        try:
+            catalog.validate_parallelism(model_of(cfg), disagg_pools.pool_tp(cfg, pool), 1)
+        except ConfigError as err:
+            raise ConfigError(f"{pool} pool: {err}") from None
         disagg_pools.pool_node(cfg, pool)
 
 
