@@ -95,7 +95,8 @@ def test_prefill_on_h100_tp2_decode_on_a100_tp1(policy):
     assert out.summary["kv_transfer_time_p50"] == pytest.approx(x, rel=1e-9)
     np.testing.assert_allclose(out.requests["kv_transfer_s"], [x], rtol=1e-9)
     s = out.summary
-    assert (s["prefill_device"], s["prefill_tp"], s["decode_device"], s["decode_tp"]) == ("h100", 2, "a100", 1)
+    hw = ("prefill_pool_device", "prefill_pool_tp", "decode_pool_device", "decode_pool_tp")
+    assert tuple(s[k] for k in hw) == ("h100", 2, "a100", 1)
     makespan = a + x + 2 * it_a100(1)
     assert s["prefill_busy_fraction"] == pytest.approx(a / makespan, rel=RTOL)
     assert s["decode_busy_fraction"] == pytest.approx(2 * it_a100(1) / makespan, rel=RTOL)

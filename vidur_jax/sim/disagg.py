@@ -424,7 +424,7 @@ COLUMNS = (
     "decode_kv_util_mean",
 )
 #: summary.csv columns of the pools' hardware (empty for a colocated config)
-HARDWARE_COLUMNS = ("prefill_device", "prefill_tp", "decode_device", "decode_tp")
+HARDWARE_COLUMNS = ("prefill_pool_device", "prefill_pool_tp", "decode_pool_device", "decode_pool_tp")
 
 
 def summary(
@@ -443,7 +443,7 @@ def summary(
     (``kv_transfers`` of them; nan when none was); ``*_busy_fraction``: busy seconds of the
     pool's replicas / (replicas x ``makespan_s``); ``*_batch_size_mean`` and
     ``*_kv_util_mean``: per batch launched in the pool; ``*_batch_cap``: the pools' caps;
-    ``*_device``, ``*_tp``: the pools' hardware. Pools on their own GPUs also replace
+    ``*_pool_device``, ``*_pool_tp``: the pools' hardware. Pools on their own GPUs also replace
     ``mfu_mean`` (:func:`pools_mfu`; ``peak_flops``: ``pool config -> peak FLOP/s``). A
     colocated config (``prefill_replicas`` 0) has 0 replicas in both pools and nan (or
     empty) for the rest.
@@ -490,8 +490,8 @@ def summary(
         out[f"{name}_busy_fraction"] = float(frac)
         out[f"{name}_batch_size_mean"] = per_batch(size, sl)
         out[f"{name}_kv_util_mean"] = per_batch(kv, sl)
-        out[f"{name}_device"] = disagg_pools.pool_device(cfg, name)
-        out[f"{name}_tp"] = float(disagg_pools.pool_tp(cfg, name))
+        out[f"{name}_pool_device"] = disagg_pools.pool_device(cfg, name)
+        out[f"{name}_pool_tp"] = float(disagg_pools.pool_tp(cfg, name))
     if disagg_pools.has_pool_hardware(cfg):  # each pool's FLOPs against its own GPU's peak
         out["mfu_mean"] = pools_mfu(cfg, pick(state.rep_flops_sum), busy, peak_flops)
     return out

@@ -777,7 +777,4 @@ def _stderr_console():
 
 def requests_frame(outputs: Sequence[ConfigOutput]) -> pd.DataFrame:
     """``requests.parquet`` table: one row per request per config."""
-    frames = [metrics.requests_frame(i, o.requests) for i, o in enumerate(outputs)]
-    for df, o in zip(frames, outputs, strict=True):  # disaggregated pools: per-request KV transfer time
-        df["kv_transfer_s"] = o.requests["kv_transfer_s"][df["request_id"].to_numpy()]
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([metrics.requests_frame(i, o.requests) for i, o in enumerate(outputs)], ignore_index=True)
