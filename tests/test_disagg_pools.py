@@ -148,8 +148,13 @@ def test_each_pool_keeps_its_own_watermark():
     """vLLM's watermark (1% of the blocks) is per pool: int(0.01 x 16,640) = 166 on the
     H100 TP2 prefill pool, int(0.01 x 7,424) = 74 on the A100 TP1 decode pool."""
     cfg = pooled(prefill_device="h100", prefill_tp=2)
-    params = build.build_params(cfg, build.derive(cfg), make_workload(np.zeros(1), np.array([8]), np.array([2])),
-                                build.TableRow(0, 0, (0, 1)), 1)
+    params = build.build_params(
+        cfg,
+        build.derive(cfg),
+        make_workload(np.zeros(1), np.array([8]), np.array([2])),
+        build.TableRow(0, 0, (0, 1)),
+        1,
+    )
     np.testing.assert_array_equal(params.pool_watermark_blocks, [166, 74])
     np.testing.assert_array_equal(params.pool_table_index, [0, 1])
 
@@ -168,9 +173,20 @@ def test_cost_per_hour_of_a_mixed_deployment():
 
     tree = {
         "model": {"name": "meta-llama/Llama-2-7b-hf"},
-        "hardware": {"device": "a100", "network_device": "a100_pairwise_nvlink", "price_per_hour": 2.0},
-        "cluster": {"tp": 1, "pp": 1, "num_replicas": 8, "prefill_replicas": 3, "decode_replicas": 5,
-                    "prefill_device": "h100", "prefill_tp": 2},
+        "hardware": {
+            "device": "a100",
+            "network_device": "a100_pairwise_nvlink",
+            "price_per_hour": 2.0,
+        },
+        "cluster": {
+            "tp": 1,
+            "pp": 1,
+            "num_replicas": 8,
+            "prefill_replicas": 3,
+            "decode_replicas": 5,
+            "prefill_device": "h100",
+            "prefill_tp": 2,
+        },
     }
     (point,) = check_config(_compose(tree))
     assert point.labels["num_gpus"] == 11
@@ -195,7 +211,9 @@ def test_pools_on_the_configs_own_hardware_equal_no_pool_keys_bit_for_bit():
     and transfer, bit for bit (requests, TBT, transfers)."""
     wl = _random_workload(seed=3)
     plain = pooled(2, 2, num_blocks=64, global_scheduler="lor")
-    same = dataclasses.replace(plain, prefill_device="a100", prefill_tp=1, decode_device="a100", decode_tp=1)
+    same = dataclasses.replace(
+        plain, prefill_device="a100", prefill_tp=1, decode_device="a100", decode_tp=1
+    )
     a, b = run([plain], [wl])[0], run([same], [wl])[0]
     for k in ("scheduled_at", "first_token_at", "completed_at", "num_restarts", "kv_transfer_s"):
         np.testing.assert_array_equal(a.requests[k], b.requests[k])
@@ -216,9 +234,20 @@ def test_batched_equals_single_config_path_with_pool_hardware():
     both = run(cfgs, [wl] * len(cfgs))
     for cfg, b in zip(cfgs, both, strict=True):
         (one,) = run([cfg], [wl])
-        for k in ("scheduled_at", "first_token_at", "completed_at", "num_restarts", "kv_transfer_s"):
+        for k in (
+            "scheduled_at",
+            "first_token_at",
+            "completed_at",
+            "num_restarts",
+            "kv_transfer_s",
+        ):
             np.testing.assert_allclose(one.requests[k], b.requests[k], rtol=1e-12)
-        for k in ("kv_transfer_time_p50", "prefill_busy_fraction", "decode_busy_fraction", "mfu_mean"):
+        for k in (
+            "kv_transfer_time_p50",
+            "prefill_busy_fraction",
+            "decode_busy_fraction",
+            "mfu_mean",
+        ):
             np.testing.assert_allclose(one.summary[k], b.summary[k], rtol=1e-12)
     assert both[0].summary["num_completed"] == wl.num_requests
     # the H100 pool is faster at prefill than the A100 pools: earlier first tokens
@@ -230,8 +259,13 @@ def test_requests_parquet_kv_transfer_column():
     """requests.parquet gets kv_transfer_s: the transfer of each transferred request,
     NaN for a colocated config and for a request with one output token."""
     wl = make_workload(np.array([0.0, 0.1]), np.array([16, 24]), np.array([3, 1]))
-    outs = run([pooled(prefill_device="h100", prefill_tp=2),
-                DeploymentConfig(replica_scheduler="vllm", num_replicas=2)], [wl, wl])
+    outs = run(
+        [
+            pooled(prefill_device="h100", prefill_tp=2),
+            DeploymentConfig(replica_scheduler="vllm", num_replicas=2),
+        ],
+        [wl, wl],
+    )
     df = requests_frame(outs)
     pooled_rows = df[df.config_id == 0].kv_transfer_s.to_numpy()
     assert pooled_rows[0] == pytest.approx(LATENCY + 16 * KV_BYTES / 25e9, rel=1e-9)
@@ -246,8 +280,10 @@ def test_requests_parquet_kv_transfer_column():
         ({"decode_device": "tpu9"}, "tpu9"),
         ({"decode_tp": 0}, "decode_tp"),
         ({"prefill_tp": 16}, "no a100 node type holds 16"),
-        ({"model": "meta-llama/Llama-2-70b-hf", "tensor_parallel_size": 4, "decode_tp": 1},
-         r"decode pool \(a100 tp=1\).*fit"),
+        (
+            {"model": "meta-llama/Llama-2-70b-hf", "tensor_parallel_size": 4, "decode_tp": 1},
+            r"decode pool \(a100 tp=1\).*fit",
+        ),
     ],
 )
 def test_bad_pool_hardware_is_refused_with_one_line(kw, match):
@@ -267,7 +303,12 @@ def test_search_grid_adds_per_pool_hardware_points():
 
     spec = grid_mod.grid_from_dict(
         {
-            "gpus": ["a100"], "max_gpus": 8, "tp": [1], "pp": [1], "schedulers": ["vllm"], "batch_caps": [64],
+            "gpus": ["a100"],
+            "max_gpus": 8,
+            "tp": [1],
+            "pp": [1],
+            "schedulers": ["vllm"],
+            "batch_caps": [64],
             "pd_splits": [0.25, 0.5],
             "pd_pools": [
                 {"prefill_tp": 2, "decode_tp": 1},
@@ -276,9 +317,14 @@ def test_search_grid_adds_per_pool_hardware_points():
                 {"prefill_tp": 16},
             ],
         },
-        "meta-llama/Llama-2-7b-hf", "a100",
+        "meta-llama/Llama-2-7b-hf",
+        "a100",
     )
-    hw = [c for c in grid_mod.expand_grid(spec, DeploymentConfig()) if disagg_pools.has_pool_hardware(c.config)]
+    hw = [
+        c
+        for c in grid_mod.expand_grid(spec, DeploymentConfig())
+        if disagg_pools.has_pool_hardware(c.config)
+    ]
     names = [grid_mod.describe(c.config) for c in hw]
     assert names == [
         "a100 tp2 pp1 x7 vllm cap64 1P(a100 tp2):6D(a100 tp1)",
@@ -294,4 +340,6 @@ def test_search_grid_adds_per_pool_hardware_points():
     assert grid_mod.label(h.config) == "2 prefill (H100 TP2) : 4 decode (A100 TP1) (vLLM, cap 64)"
     assert not hw[4].feasible and "divide" in hw[4].reason and "\n" not in hw[4].reason
     with pytest.raises(ConfigError, match="pd_pools"):
-        grid_mod.grid_from_dict({"pd_pools": [{"prefill_gpu": "h100"}]}, "meta-llama/Llama-2-7b-hf", "a100")
+        grid_mod.grid_from_dict(
+            {"pd_pools": [{"prefill_gpu": "h100"}]}, "meta-llama/Llama-2-7b-hf", "a100"
+        )

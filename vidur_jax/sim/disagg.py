@@ -157,9 +157,9 @@ def transfer_seconds(
     bw_dst = jnp.where(intra, params.kv_link_intra[1], params.kv_link_inter)
     b = params.kv_bytes_per_token
     recv = b[1] * bw_src > b[0] * bw_dst  # the receiver's side is slower
-    return params.kv_latency_s + tokens.astype(jnp.float64) * jnp.where(recv, b[1], b[0]) / jnp.where(
-        recv, bw_dst, bw_src
-    )
+    return params.kv_latency_s + tokens.astype(jnp.float64) * jnp.where(
+        recv, b[1], b[0]
+    ) / jnp.where(recv, bw_dst, bw_src)
 
 
 def _decode_load(
@@ -424,7 +424,12 @@ COLUMNS = (
     "decode_kv_util_mean",
 )
 #: summary.csv columns of the pools' hardware (empty for a colocated config)
-HARDWARE_COLUMNS = ("prefill_pool_device", "prefill_pool_tp", "decode_pool_device", "decode_pool_tp")
+HARDWARE_COLUMNS = (
+    "prefill_pool_device",
+    "prefill_pool_tp",
+    "decode_pool_device",
+    "decode_pool_tp",
+)
 
 
 def summary(
@@ -580,7 +585,8 @@ def validate(cfg) -> None:
     for pool in disagg_pools.POOLS:
         tp, device = getattr(cfg, f"{pool}_tp"), getattr(cfg, f"{pool}_device")
         require(
-            tp is None or (isinstance(tp, (int, np.integer)) and not isinstance(tp, bool) and tp >= 1),
+            tp is None
+            or (isinstance(tp, (int, np.integer)) and not isinstance(tp, bool) and tp >= 1),
             f"cluster.{pool}_tp={tp!r} must be null or an integer >= 1",
         )
         if device is not None:
@@ -620,11 +626,15 @@ def param_fields(cfg, derived, table_index, derive) -> dict[str, np.ndarray]:
 
     def kv_bytes(pc) -> float:
         return catalog.kv_bytes_per_token(
-            model, pc.tensor_parallel_size, pc.num_pipeline_stages, vidur_compat=False,
+            model,
+            pc.tensor_parallel_size,
+            pc.num_pipeline_stages,
+            vidur_compat=False,
             kv_dtype=cfg.kv_cache_dtype,
         )
 
-    def intra(pc) -> float:  # a GPU without NVLink figures (link_gbps 0) moves KV at the inter-node rate
+    def intra(pc) -> float:
+        # a GPU without NVLink figures (link_gbps 0) moves KV at the inter-node rate
         link = catalog.get_device(pc.device).link_gbps
         return (link if link > 0 else cfg.kv_inter_node_gbps) * 1e9
 
@@ -635,9 +645,13 @@ def param_fields(cfg, derived, table_index, derive) -> dict[str, np.ndarray]:
         "kv_link_intra": np.array([intra(pc) for pc in pools], f64),
         "kv_link_inter": f64(cfg.kv_inter_node_gbps * 1e9),
         "kv_latency_s": f64(cfg.kv_transfer_latency_s),
-        "gpus_per_replica": np.array([pc.tensor_parallel_size * pc.num_pipeline_stages for pc in pools], i32),
+        "gpus_per_replica": np.array(
+            [pc.tensor_parallel_size * pc.num_pipeline_stages for pc in pools], i32
+        ),
         "gpus_per_node": i32(node.devices_per_node),
-        "pools_share_nodes": np.bool_(disagg_pools.pools_share_nodes(cfg) if cfg.prefill_replicas > 0 else True),
+        "pools_share_nodes": np.bool_(
+            disagg_pools.pools_share_nodes(cfg) if cfg.prefill_replicas > 0 else True
+        ),
         "pool_table_index": np.array(rows, i32),
         "pool_num_blocks": np.array([d.num_blocks for d in derived], i32),
         "pool_watermark_blocks": np.array([d.watermark_blocks for d in derived], i32),

@@ -47,7 +47,9 @@ def has_pool_hardware(cfg: Any) -> bool:
     """A pooled config (or mapping of its fields) whose pools' GPU or TP differ from its
     own ``device`` / ``tensor_parallel_size``."""
     own = (_get(cfg, "device"), _get(cfg, "tensor_parallel_size"))
-    return _get(cfg, "prefill_replicas", 0) > 0 and any((pool_device(cfg, p), pool_tp(cfg, p)) != own for p in POOLS)
+    return _get(cfg, "prefill_replicas", 0) > 0 and any(
+        (pool_device(cfg, p), pool_tp(cfg, p)) != own for p in POOLS
+    )
 
 
 def pool_node(cfg: Any, pool: str) -> str:
@@ -98,7 +100,11 @@ def num_gpus(fields: Any) -> int:
     TP x PP x replicas."""
     if has_pool_hardware(fields):
         return sum(_get(fields, f"{p}_replicas") * pool_tp(fields, p) for p in POOLS)
-    return _get(fields, "tensor_parallel_size") * _get(fields, "num_pipeline_stages") * _get(fields, "num_replicas")
+    return (
+        _get(fields, "tensor_parallel_size")
+        * _get(fields, "num_pipeline_stages")
+        * _get(fields, "num_replicas")
+    )
 
 
 def cost_per_hour(fields: Any, price_of: Callable[[str], float]) -> float:
@@ -106,8 +112,14 @@ def cost_per_hour(fields: Any, price_of: Callable[[str], float]) -> float:
     ``price_of(its device)`` for pools with their own hardware, else
     ``num_gpus x price_of(device)``."""
     if has_pool_hardware(fields):
-        return float(sum(_get(fields, f"{p}_replicas") * pool_tp(fields, p) * price_of(pool_device(fields, p))
-                         for p in POOLS))
+        return float(
+            sum(
+                _get(fields, f"{p}_replicas")
+                * pool_tp(fields, p)
+                * price_of(pool_device(fields, p))
+                for p in POOLS
+            )
+        )
     return num_gpus(fields) * price_of(_get(fields, "device"))
 
 
