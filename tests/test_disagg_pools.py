@@ -343,3 +343,47 @@ def test_search_grid_adds_per_pool_hardware_points():
         grid_mod.grid_from_dict(
             {"pd_pools": [{"prefill_gpu": "h100"}]}, "meta-llama/Llama-2-7b-hf", "a100"
         )
+
+
+@pytest.mark.slow
+def test_search_measures_a_pool_hardware_point():
+    """A 2-GPU A100 search with pd_pools [{prefill_device: h100}] and pd_splits [0.5]:
+    the colocated pair, its 1P:1D pool and the H100-prefill pool (1 H100 + 1 A100) are
+    all measured; the last costs $4.25 + $2.21 per hour and its QPS per dollar is its
+    capacity over that."""
+    from vidur_jax import app
+    from vidur_jax.search.task import run_search
+
+    cfg = app.to_container(
+        app.compose(
+            [
+                "task=search",
+                "workload=synthetic_conv",
+                "search.gpus=[a100]",
+                "search.max_gpus=2",
+                "search.tp=[1]",
+                "search.pp=[1]",
+                "search.schedulers=[{scheduler: vllm}]",
+                "search.batch_caps=[32]",
+                "search.pd_splits=[0.5]",
+                "search.pd_pools=[{prefill_device: h100}]",
+                "search.num_requests=60",
+                "search.max_requests=240",
+                "search.width=8",
+                "search.slo.ttft_p90_s=1.0",
+                "search.slo.tbt_p99_s=0.1",
+                "profiles_dir=null",
+            ]
+        )
+    )
+    res = run_search(cfg, log=lambda msg: None)
+    t = res["table"]
+    assert t["name"].tolist()[2] == "h100 tp1 pp1 x2 vllm cap32 1P(h100 tp1):1D(a100 tp1)"
+    row = t.iloc[2]
+    assert (row["prefill_device"], row["decode_device"], row["num_gpus"]) == ("h100", "a100", 2)
+    assert row["cost_per_hour"] == pytest.approx(4.25 + 2.21, rel=1e-12)
+    assert row["search_status"] == "ok"
+    assert row["qps_per_dollar"] == pytest.approx(
+        row["capacity_qps"] / row["cost_per_hour"], rel=1e-12
+    )
+    assert row["ttft_p90"] <= 1.0 + 1e-12 and row["tbt_p99"] <= 0.1 + 1e-12
