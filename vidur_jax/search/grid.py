@@ -63,12 +63,16 @@ class Candidate:
         num_gpus: GPUs the deployment uses (tp * pp * replicas).
         price_per_hour: $ per GPU-hour.
         reason: why the point cannot run, or ``""`` when it is feasible.
+        cluster: the cluster it was drawn from, when its ``config.device`` need not be
+            that cluster's GPU (pools with their own hardware); None: the cluster of
+            ``config.device``.
     """
 
     config: DeploymentConfig
     num_gpus: int
     price_per_hour: float
     reason: str = ""
+    cluster: Cluster | None = None
 
     @property
     def feasible(self) -> bool:
@@ -433,7 +437,7 @@ def _pool_hardware_points(spec: GridSpec, base: DeploymentConfig) -> list[Candid
             )
             gpus = disagg_pools.num_gpus(cfg)
             price = disagg_pools.cost_per_hour(cfg, price_of) / gpus
-            out.append(Candidate(cfg, gpus, price, _reason(cfg, cfg.network_device, "")))
+            out.append(Candidate(cfg, gpus, price, _reason(cfg, cfg.network_device, ""), cl))
     return out
 
 
