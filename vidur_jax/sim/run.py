@@ -75,14 +75,30 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
         from vidur_jax import predictors
 
         try:
-            return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+            pred = predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+            fitted = pred.meta.get("network_device")
+            if tp > 1 and fitted and catalog.group_topology(device, fitted) != catalog.group_topology(
+                device, network
+            ):  # fitted on another topology's tables: rescale the all-reduce to this one
+                from vidur_jax.predictors import roofline
+
+                return roofline.load_network_scaled(pred, model, device, tp, network)
+            return pred
         except ConfigError:
+            from vidur_jax.predictors import roofline
+
+            twin = catalog.get_device(device).compute_twin
+            if twin is not None:  # same compute as a profiled GPU: its times x roofline ratio
+                twin_net = network if catalog.is_node_of(network, twin) else None
+                try:
+                    base = _load(model, twin, tp, twin_net)
+                except ConfigError as err:
+                    raise ConfigError(f"{device} is timed from its compute twin {twin}: {err}") from None
+                return roofline.load_twin_scaled(base, model, device, tp, network)
             if profiles_dir is not None:
                 raise
             # nothing trained or transferable for this (model, device): roofline estimates
-            from vidur_jax.predictors import roofline
-
-            return roofline.load_roofline(model, device, tp)
+            return roofline.load_roofline(model, device, tp, network_device=network)
 
     @functools.cache
     def _stored(model: str, device: str, tp: int, network: str) -> PredictorLike:
@@ -93,15 +109,20 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
         return StoredPredictions(load)
 
     @functools.cache
-    def _roofline(model: str, device: str, tp: int, ep: int, imbalance: float) -> PredictorLike:
+    def _roofline(model: str, device: str, tp: int, ep: int, imbalance: float, network: str,
+                  attention_dp: int = 1) -> PredictorLike:
         from vidur_jax.predictors import roofline
 
-        return roofline.load_roofline(model, device, tp, ep=ep, moe_imbalance=imbalance)
+        return roofline.load_roofline(
+            model, device, tp, ep=ep, moe_imbalance=imbalance, network_device=network,
+            attention_dp=attention_dp,
+        )
 
     def predictor_for(c: DeploymentConfig) -> PredictorLike:
         # MoE / MLA / unusual head sizes: no profile has their op shapes (catalog/moe.py)
         if catalog.needs_roofline(catalog.get_model(c.model)):
-            return _roofline(c.model, c.device, c.tensor_parallel_size, c.expert_parallel, c.moe_imbalance)
+            return _roofline(c.model, c.device, c.tensor_parallel_size, c.expert_parallel, c.moe_imbalance,
+                             c.network_device, c.attention_dp)
         return _stored(c.model, c.device, c.tensor_parallel_size, c.network_device)
 
     return predictor_for
