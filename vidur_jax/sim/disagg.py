@@ -582,6 +582,10 @@ def validate(cfg) -> None:
         cfg.num_pipeline_stages == 1,
         "prefill/decode pools need num_pipeline_stages=1 (pp > 1 not modelled)",
     )
+    require(
+        getattr(cfg, "attention_dp", 1) == 1,
+        "prefill/decode pools need cluster.attention_dp=1 (attention data parallelism in pools not modelled)",
+    )
     for pool in disagg_pools.POOLS:
         tp, device = getattr(cfg, f"{pool}_tp"), getattr(cfg, f"{pool}_device")
         require(
