@@ -423,13 +423,6 @@ COLUMNS = (
     "prefill_kv_util_mean",
     "decode_kv_util_mean",
 )
-#: summary.csv columns of the pools' hardware (empty for a colocated config)
-HARDWARE_COLUMNS = (
-    "prefill_pool_device",
-    "prefill_pool_tp",
-    "decode_pool_device",
-    "decode_pool_tp",
-)
 
 
 def summary(
@@ -448,7 +441,7 @@ def summary(
     (``kv_transfers`` of them; nan when none was); ``*_busy_fraction``: busy seconds of the
     pool's replicas / (replicas x ``makespan_s``); ``*_batch_size_mean`` and
     ``*_kv_util_mean``: per batch launched in the pool; ``*_batch_cap``: the pools' caps;
-    ``*_pool_device``, ``*_pool_tp``: the pools' hardware. Pools on their own GPUs also replace
+    ``*_pool_device``, ``*_pool_tp``: the pools' hardware (pooled configs only). Pools on their own GPUs also replace
     ``mfu_mean`` (:func:`pools_mfu`; ``peak_flops``: ``pool config -> peak FLOP/s``). A
     colocated config (``prefill_replicas`` 0) has 0 replicas in both pools and nan (or
     empty) for the rest.
@@ -456,7 +449,6 @@ def summary(
     if cfg.prefill_replicas <= 0:
         return {
             **dict.fromkeys(COLUMNS, float("nan")),
-            **dict.fromkeys(HARDWARE_COLUMNS, None),
             "prefill_replicas": 0.0,
             "decode_replicas": 0.0,
         }
