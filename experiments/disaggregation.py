@@ -5,13 +5,16 @@ Usage::
     python experiments/disaggregation.py [--out experiments/results/disaggregation] [--num-requests 500]
 
 Llama-2-7B on 4 A100s (TP1, one 4-GPU ``a100_pairwise_nvlink`` node: every KV transfer
-over NVLink), shipped predictors, the ``synthetic_conv`` lengths (Zipf, prompts ~4x the
+over NVLink), and pools of 4 GPUs whose prefill pool has its own hardware (1 or 2 H100s
+feeding A100 decode replicas, on separate nodes, so their KV crosses the 25 GB/s
+inter-node link; or one A100 TP2 prefill replica), shipped predictors, the ``synthetic_conv`` lengths (Zipf, prompts ~4x the
 outputs, 64-2048 tokens), Poisson arrivals at a grid of rates (the same requests for
 every deployment at a rate). Deployments: 4 colocated replicas with ``vllm`` and with
 ``sarathi`` (chunk 512), and pools of vLLM replicas split 1:3, 2:2 and 3:1
 (prefill:decode), all behind least-outstanding-requests routing (a pooled deployment
 routes arrivals over its prefill pool). Per deployment and rate: TTFT p90, TBT p99,
-KV-transfer times, pool busy fractions; per deployment its **SLO capacity**: the
+KV-transfer times, pool busy fractions; per deployment its GPUs, $/hour (catalog
+prices, each pool's GPUs at their own) and **SLO capacity** (and capacity per $/hour): the
 highest rate of the grid at which TTFT p90 and TBT p99 both meet the SLO (two SLOs: a
 tight, DistServe-style one and the search's default). A deployment that misses the SLO
 at every rate has no capacity (empty, status ``none``, never 0 or best); one that meets
@@ -34,21 +37,39 @@ import time
 import jax
 import pandas as pd
 
-from vidur_jax import workload
+from vidur_jax import catalog, workload
 from vidur_jax.metrics import atomic_write_csv
+from vidur_jax.sim import disagg_pools
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.run import simulate_configs
 
 QPS = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0, 40.0)
 GPUS = 4
-#: name -> DeploymentConfig knobs (all on GPUS single-GPU replicas)
+#: name -> DeploymentConfig knobs: 4 single-A100 replicas, or pools of 4 GPUs whose
+#: prefill pool has its own hardware (H100s, or A100 TP2)
 DEPLOYMENTS = {
     "colocated_vllm": dict(replica_scheduler="vllm"),
     "colocated_sarathi": dict(replica_scheduler="sarathi"),
     "pool_1p3d": dict(replica_scheduler="vllm", prefill_replicas=1, decode_replicas=3),
     "pool_2p2d": dict(replica_scheduler="vllm", prefill_replicas=2, decode_replicas=2),
     "pool_3p1d": dict(replica_scheduler="vllm", prefill_replicas=3, decode_replicas=1),
+    "pool_1p3d_h100_prefill": dict(replica_scheduler="vllm", prefill_replicas=1, decode_replicas=3,
+                                   prefill_device="h100"),
+    "pool_2p2d_h100_prefill": dict(replica_scheduler="vllm", prefill_replicas=2, decode_replicas=2,
+                                   prefill_device="h100"),
+    "pool_1p2d_tp2_prefill": dict(replica_scheduler="vllm", prefill_replicas=1, decode_replicas=2,
+                                  prefill_tp=2),
 }
+
+
+def deployment(knobs: dict) -> DeploymentConfig:
+    """The deployment of ``knobs``: 4 colocated replicas, or its P + D pool replicas."""
+    p, d = knobs.get("prefill_replicas", 0), knobs.get("decode_replicas", 0)
+    return DeploymentConfig(num_replicas=p + d if p else GPUS, global_scheduler="lor", **knobs)
+
+
+def price_of(device: str) -> float:
+    return catalog.get_device(device).price_per_hour
 #: SLOs (seconds): TTFT p90 and TBT p99 bounds
 SLOS = {"tight": (0.5, 0.025), "default": (2.0, 0.2)}
 METRICS = (
@@ -104,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.time()
     for name, knobs in DEPLOYMENTS.items():  # one vmapped call per deployment (all rates)
-        cfgs = [DeploymentConfig(num_replicas=GPUS, global_scheduler="lor", **knobs) for _ in QPS]
+        cfgs = [deployment(knobs) for _ in QPS]
         outs = simulate_configs(cfgs, [_workload(q, args.num_requests) for q in QPS])
         for q, o in zip(QPS, outs, strict=True):
             rows.append(
@@ -119,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     caps = []
     for name, g in df.groupby("deployment", sort=False):
+        cfg = deployment(DEPLOYMENTS[name])
+        gpus, cost = disagg_pools.num_gpus(cfg), disagg_pools.cost_per_hour(cfg, price_of)
         for slo, (ttft, tbt) in SLOS.items():
             cap, capped = capacity(g, ttft, tbt)
             caps.append(
@@ -127,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                     "slo": slo,
                     "ttft_p90_s": ttft,
                     "tbt_p99_s": tbt,
+                    "num_gpus": gpus,
+                    "cost_per_hour": cost,
                     "capacity_qps": cap,
-                    "capacity_qps_per_gpu": cap / GPUS,
+                    "capacity_qps_per_gpu": cap / gpus,
+                    "qps_per_dollar": cap / cost,
                     "capped": capped,
                     "status": "none" if math.isnan(cap) else ("capped" if capped else "ok"),
                 }

@@ -31,7 +31,8 @@ REQUEST_FIELDS = (
     "completed_at",
     "num_restarts",
 )
-REQUEST_COLUMNS = ("config_id", "request_id", *REQUEST_FIELDS)
+#: ``kv_transfer_s``: disaggregated pools' KV transfer per request (NaN when colocated)
+REQUEST_COLUMNS = ("config_id", "request_id", *REQUEST_FIELDS, "kv_transfer_s")
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 LATENCY_METRICS = ("ttft", "tbt", "e2e", "norm_e2e", "sched_delay")
 PASS_THROUGH = ("mfu", "kv_util", "batch_size")
@@ -198,7 +199,9 @@ def requests_frame(config_id: int, requests: Mapping[str, np.ndarray]) -> pd.Dat
 
     Returns:
         DataFrame with columns ``config_id, request_id, arrived_at, num_prefill,
-        num_decode, scheduled_at, first_token_at, completed_at, num_restarts``;
+        num_decode, scheduled_at, first_token_at, completed_at, num_restarts,
+        kv_transfer_s`` (disaggregated pools: first token to KV landed on the decode
+        replica; NaN when not transferred or colocated);
         ``request_id`` is the row index in the (arrival-sorted) request table; times in
         seconds, NaN where the event never happened.
     """
@@ -215,6 +218,7 @@ def requests_frame(config_id: int, requests: Mapping[str, np.ndarray]) -> pd.Dat
             "first_token_at": a["first_token_at"][idx],
             "completed_at": a["completed_at"][idx],
             "num_restarts": np.nan_to_num(a["num_restarts"][idx]).astype(np.int64),
+            "kv_transfer_s": np.asarray(requests.get("kv_transfer_s", a["arrived_at"] * np.nan), np.float64)[idx],
         }
     )
     return df[list(REQUEST_COLUMNS)]

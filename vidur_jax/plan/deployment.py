@@ -160,6 +160,10 @@ def _pool_fields(cl: Mapping[str, Any]) -> dict[str, Any]:
     for pool in ("prefill", "decode"):
         cap = cl.get(f"{pool}_batch_cap", _conf("cluster", f"{pool}_batch_cap"))
         out[f"{pool}_batch_cap"] = None if cap is None else read_int(f"cluster.{pool}_batch_cap", cap)
+        tp = cl.get(f"{pool}_tp", _conf("cluster", f"{pool}_tp"))
+        out[f"{pool}_tp"] = None if tp is None else read_int(f"cluster.{pool}_tp", tp)
+        device = cl.get(f"{pool}_device", _conf("cluster", f"{pool}_device"))
+        out[f"{pool}_device"] = None if device is None else str(device).lower()
     return out
 
 

@@ -17,6 +17,7 @@ from vidur_jax.plan.deployment import check_deployment, check_fits, deployment_f
 from vidur_jax.plan.sweep import expand_sweep
 from vidur_jax.plan.tree import read_float, to_container
 from vidur_jax.plan.workloads import RATE_ARRIVALS, build_workload, workload_spec
+from vidur_jax.sim import disagg_pools  # JAX-free
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +64,18 @@ def _labels(tree: Mapping[str, Any], fields: Mapping[str, Any], spec: Mapping[st
         price = catalog.get_device(fields["device"]).price_per_hour
     price = read_float("hardware.price_per_hour", price)
     require(price >= 0, f"hardware.price_per_hour={price} must be >= 0")
-    num_gpus = (
-        fields["tensor_parallel_size"] * fields["num_pipeline_stages"] * fields["num_replicas"]
-    )
+    num_gpus = disagg_pools.num_gpus(fields)
+    # pools on other GPUs pay their own GPU's catalog price; the label is the mean per GPU
+    cost = disagg_pools.cost_per_hour(
+        fields, lambda d: price if d == fields["device"] else catalog.get_device(d).price_per_hour)
     arrival = spec.get("arrival") or {}
     rate_driven = spec["kind"] == "synthetic" and arrival.get("kind") in RATE_ARRIVALS
     return {
         "qps": spec["qps"] if rate_driven else float("nan"),
         "workload": spec["name"],
         "num_gpus": num_gpus,
-        "price_per_hour": price,
-        "cost_per_hour": price * num_gpus,
+        "price_per_hour": cost / num_gpus if disagg_pools.has_pool_hardware(fields) else price,
+        "cost_per_hour": cost,
     }
 
 

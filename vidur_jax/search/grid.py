@@ -21,7 +21,7 @@ from typing import Any
 
 from vidur_jax import catalog
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import disagg
+from vidur_jax.sim import disagg, disagg_pools
 from vidur_jax.sim.build import DeploymentConfig, derive
 
 
@@ -63,12 +63,16 @@ class Candidate:
         num_gpus: GPUs the deployment uses (tp * pp * replicas).
         price_per_hour: $ per GPU-hour.
         reason: why the point cannot run, or ``""`` when it is feasible.
+        cluster: the cluster it was drawn from, when its ``config.device`` need not be
+            that cluster's GPU (pools with their own hardware); None: the cluster of
+            ``config.device``.
     """
 
     config: DeploymentConfig
     num_gpus: int
     price_per_hour: float
     reason: str = ""
+    cluster: Cluster | None = None
 
     @property
     def feasible(self) -> bool:
@@ -79,6 +83,17 @@ class Candidate:
     def cost_per_hour(self) -> float:
         """$ per hour of the whole deployment."""
         return self.num_gpus * self.price_per_hour
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolChoice:
+    """Hardware of a disaggregated deployment's two pools (docs/disaggregation.md):
+    each pool's TP degree and GPU type (None: the cluster's GPU)."""
+
+    prefill_tp: int = 1
+    decode_tp: int = 1
+    prefill_device: str | None = None
+    decode_device: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +113,10 @@ class GridSpec:
             prefill/decode pools besides the colocated point (``()`` = colocated only;
             docs/disaggregation.md): share s gives ``P = round(s x replicas)`` prefill
             replicas (at least 1, leaving at least 1 decode replica).
+        pd_pools: pool hardware to try with each ``pd_splits`` share, besides the
+            colocated TP: per cluster of G GPUs, share s gives ``P = round(s x G /
+            prefill_tp)`` prefill replicas (at least 1) and ``D = (G - P x prefill_tp) //
+            decode_tp`` decode replicas (at least 1, else the point is not part of the grid).
     """
 
     models: tuple[str, ...]
@@ -111,6 +130,7 @@ class GridSpec:
     batch_caps: tuple[int, ...] = (32, 64, 128)
     ep: tuple[int, ...] = (1,)
     pd_splits: tuple[float, ...] = ()
+    pd_pools: tuple[PoolChoice, ...] = ()
 
     @property
     def size(self) -> int:
@@ -241,7 +261,23 @@ def grid_from_dict(
         batch_caps=_ints("batch_caps", block.get("batch_caps", [32, 64, 128])),
         ep=_ints("ep", block.get("ep", [1])),
         pd_splits=_shares(block.get("pd_splits") or []),
+        pd_pools=_pool_choices(block.get("pd_pools") or []),
     )
+
+
+def _pool_choices(values: Any) -> tuple[PoolChoice, ...]:
+    """``search.pd_pools`` entries ``{prefill_tp, decode_tp, prefill_device, decode_device}``."""
+    require(isinstance(values, (list, tuple)), f"search.pd_pools={values!r} must be a list")
+    out = []
+    for i, v in enumerate(values):
+        require(isinstance(v, Mapping), f"search.pd_pools[{i}]={v!r} must be a mapping")
+        unknown = sorted(set(v) - {f.name for f in dataclasses.fields(PoolChoice)})
+        require(not unknown, f"search.pd_pools[{i}] has unknown keys {unknown}; allowed: prefill_tp, decode_tp, "
+                "prefill_device, decode_device")
+        tps = {k: _ints(f"pd_pools[{i}].{k}", v.get(k, 1))[0] for k in ("prefill_tp", "decode_tp")}
+        devices = {k: v.get(k) and catalog.get_device(v[k]).name for k in ("prefill_device", "decode_device")}
+        out.append(PoolChoice(**tps, **devices))
+    return tuple(out)
 
 
 def _shares(values: Any) -> tuple[float, ...]:
@@ -347,6 +383,61 @@ def expand_grid(
             for p, d in pool_splits(replicas, spec.pd_splits):
                 pooled = dataclasses.replace(cfg, prefill_replicas=p, decode_replicas=d)
                 out.append(Candidate(pooled, tp * pp * replicas, float(price), _reason(pooled, node, reason)))
+    if not per_replica:
+        out += _pool_hardware_points(spec, base)
+    return out
+
+
+def pool_hardware_splits(gpus: int, choice: PoolChoice, shares: Sequence[float]) -> list[tuple[int, int]]:
+    """Distinct ``(prefill, decode)`` replica counts of ``choice`` on ``gpus`` GPUs for
+    prefill ``shares`` of the GPUs (:attr:`GridSpec.pd_pools`); none that leaves no
+    decode replica."""
+    out = []
+    for s in shares:
+        p = max(round(s * gpus / choice.prefill_tp), 1)
+        d = (gpus - p * choice.prefill_tp) // choice.decode_tp
+        if d >= 1 and (p, d) not in out:
+            out.append((p, d))
+    return out
+
+
+def _pool_hardware_points(spec: GridSpec, base: DeploymentConfig) -> list[Candidate]:
+    """The grid's pooled points with per-pool hardware (``spec.pd_pools`` x ``pd_splits``)
+    for every model, cluster, pool-capable scheduler and batch cap. A point's GPUs are
+    its pools' GPUs and its price their mean price (each pool's GPU at its own price)."""
+    out = []
+    schedulers = [s for s in spec.schedulers if s.scheduler in disagg.SCHEDULERS]
+    for model, cl, sch, cap, choice in itertools.product(
+        spec.models, spec.clusters, schedulers, spec.batch_caps, spec.pd_pools
+    ):
+        pre_dev = choice.prefill_device or cl.device
+        node = node_for_tp(cl.network_device, choice.prefill_tp) if pre_dev == cl.device else None
+
+        def price_of(device: str, cl=cl) -> float:
+            own = device == cl.device and cl.price_per_hour is not None
+            return float(cl.price_per_hour if own else catalog.get_device(device).price_per_hour)
+
+        for p, d in pool_hardware_splits(cl.num_gpus, choice, spec.pd_splits):
+            cfg = dataclasses.replace(
+                base,
+                model=model,
+                device=pre_dev,
+                network_device=node or _default_node(pre_dev),
+                tensor_parallel_size=choice.prefill_tp,
+                num_pipeline_stages=1,
+                num_replicas=p + d,
+                prefill_replicas=p,
+                decode_replicas=d,
+                decode_device=choice.decode_device or cl.device,
+                decode_tp=choice.decode_tp,
+                replica_scheduler=sch.scheduler,
+                chunk_size=sch.chunk_size if sch.chunk_size is not None else base.chunk_size,
+                batch_size_cap=cap,
+                spec_tokens=0,
+            )
+            gpus = disagg_pools.num_gpus(cfg)
+            price = disagg_pools.cost_per_hour(cfg, price_of) / gpus
+            out.append(Candidate(cfg, gpus, price, _reason(cfg, cfg.network_device, ""), cl))
     return out
 
 
@@ -372,12 +463,24 @@ def describe(c: DeploymentConfig) -> str:
 
 
 def _pools(c: DeploymentConfig) -> str:
-    """`` 1P:3D`` for a disaggregated deployment, else empty."""
-    return f" {c.prefill_replicas}P:{c.decode_replicas}D" if c.prefill_replicas > 0 else ""
+    """`` 1P:3D`` for a disaggregated deployment (`` 3P(h100 tp2):5D(a100 tp1)`` when its
+    pools have their own hardware), else empty."""
+    return disagg_pools.describe_pools(c)
+
+
+def pool_hardware(c: DeploymentConfig) -> dict[str, Any]:
+    """``search.csv`` columns of a pooled deployment's pools (None when colocated)."""
+    pooled = c.prefill_replicas > 0
+    return {
+        f"{p}_{k}": (f(c, p) if pooled else None)
+        for p in disagg_pools.POOLS
+        for k, f in (("device", disagg_pools.pool_device), ("tp", disagg_pools.pool_tp))
+    }
 
 
 def label(c: DeploymentConfig) -> str:
-    """A deployment's replica in words, e.g. ``1 x H100 (TP1, Sarathi chunk 1024, cap 128)``."""
+    """A deployment's replica in words, e.g. ``1 x H100 (TP1, Sarathi chunk 1024, cap 128)``;
+    pools with their own hardware: ``3 prefill (H100 TP2) : 5 decode (A100 TP1) (vLLM, cap 64)``."""
     gpus = c.tensor_parallel_size * c.num_pipeline_stages
     par = f"TP{c.tensor_parallel_size}" + (
         f" PP{c.num_pipeline_stages}" if c.num_pipeline_stages > 1 else ""
@@ -388,6 +491,11 @@ def label(c: DeploymentConfig) -> str:
         sched += f" chunk {c.chunk_size}"
     if c.spec_tokens:
         sched += f", speculative k={c.spec_tokens}"
+    if disagg_pools.has_pool_hardware(c):
+        pools = " : ".join(
+            f"{getattr(c, f'{p}_replicas')} {p} ({disagg_pools.pool_device(c, p).upper()} "
+            f"TP{disagg_pools.pool_tp(c, p)})" for p in disagg_pools.POOLS)
+        return f"{pools} ({sched}, cap {c.batch_size_cap})"
     return f"{gpus} x {c.device.upper()} ({par}, {sched}, cap {c.batch_size_cap}){_pools(c)}"
 
 

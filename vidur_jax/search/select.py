@@ -17,7 +17,7 @@ import pandas as pd
 
 from vidur_jax.errors import ConfigError, require
 from vidur_jax.search.capacity import CapacityResult
-from vidur_jax.search.grid import Candidate, describe, label
+from vidur_jax.search.grid import Candidate, describe, label, pool_hardware
 
 # Vidur's analyzer thresholds (vidur/config_optimizer/analyzer/bottleneck_cases.py).
 NEAR_SLO = 0.8  # a latency above 80% of its SLO is a violation risk
@@ -248,6 +248,7 @@ def search_table(
             "replicas": c.num_replicas,
             "prefill_replicas": c.prefill_replicas,
             "decode_replicas": c.decode_replicas,
+            **pool_hardware(c),
             "scheduler": c.replica_scheduler,
             "chunk_size": c.chunk_size if c.replica_scheduler == "sarathi" else np.nan,
             "batch_cap": c.batch_size_cap,

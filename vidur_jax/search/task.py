@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_caps": [32, 64, 128],
     "ep": [1],
     "pd_splits": [],
+    "pd_pools": [],
     "slos": [],
     "top": 5,
     "num_requests": 300,
@@ -166,7 +167,7 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
     cands = grid_mod.expand_grid(spec, base, per_replica=target is not None)
     max_gpus = {}
     for i, c in enumerate(cands):
-        cl = next(x for x in spec.clusters if x.device == c.config.device)
+        cl = c.cluster or next(x for x in spec.clusters if x.device == c.config.device)
         max_gpus[i] = cl.num_gpus
     feas = grid_mod.feasible_configs(cands)
     log(

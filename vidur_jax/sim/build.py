@@ -19,7 +19,7 @@ import numpy as np
 from vidur_jax import catalog
 from vidur_jax.catalog.memory import draft_memory
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import cpu_overhead, disagg, policies, precision, s3, speculative
+from vidur_jax.sim import cpu_overhead, disagg, disagg_pools, policies, precision, s3, speculative
 from vidur_jax.sim.conf_defaults import value as _conf
 from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
 from vidur_jax.sim.types import ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
@@ -72,6 +72,10 @@ class DeploymentConfig:
     kv_transfer_latency_s: float = _conf("cluster", "kv_transfer_latency_s")
     prefill_batch_cap: int | None = _conf("cluster", "prefill_batch_cap")
     decode_batch_cap: int | None = _conf("cluster", "decode_batch_cap")
+    prefill_device: str | None = _conf("cluster", "prefill_device")
+    prefill_tp: int | None = _conf("cluster", "prefill_tp")
+    decode_device: str | None = _conf("cluster", "decode_device")
+    decode_tp: int | None = _conf("cluster", "decode_tp")
     replica_scheduler: str = _conf("scheduler", "replica_scheduler")
     batch_size_cap: int = _conf("scheduler", "batch_size_cap")
     block_size: int = _conf("scheduler", "block_size")
@@ -203,6 +207,7 @@ class DerivedConfig:
 def derive(cfg: DeploymentConfig) -> DerivedConfig:
     """Vidur's memory planner and per-device sizes for ``cfg`` (validated first)."""
     cfg.validate()
+    disagg.derive_pools(cfg, derive)
     model = catalog.get_model(cfg.model)
     device = catalog.get_device(cfg.device)
     tp, pp = cfg.tensor_parallel_size, cfg.num_pipeline_stages
@@ -321,19 +326,25 @@ def build_tables(
         row = row_of(c, predictor_for)
         if c.spec_tokens > 0:
             row = TableRow(row, row_of(speculative.draft_config(c), speculative.draft_predictor(predictor_for)))
+        if disagg_pools.has_pool_hardware(c):  # each pool's replicas read their pool's row
+            row = TableRow(row, row, tuple(row_of(disagg_pools.pool_config(c, p), predictor_for)
+                                           for p in disagg_pools.POOLS))
         index.append(row)
     return stack_tables(slabs, spec), index
 
 
 class TableRow(int):
     """A config's row of the timing tables (an ``int``) that also names the row timing
-    its speculative-decoding draft (``draft``; the row itself when there is none)."""
+    its speculative-decoding draft (``draft``; the row itself when there is none) and the
+    rows of its prefill and decode pools (``pools``; empty without pool hardware)."""
 
     draft: int
+    pools: tuple[int, ...]
 
-    def __new__(cls, row: int, draft: int) -> TableRow:
+    def __new__(cls, row: int, draft: int, pools: tuple[int, ...] = ()) -> TableRow:
         obj = super().__new__(cls, row)
         obj.draft = int(draft)
+        obj.pools = tuple(int(p) for p in pools)
         return obj
 
 
@@ -421,7 +432,7 @@ def build_params(
         num_stages=i32(cfg.num_pipeline_stages),
         layers_per_stage=f32(derived.layers_per_stage),
         table_index=i32(table_index),
-        **disagg.param_fields(cfg),
+        **disagg.param_fields(cfg, derived, table_index, derive),
         batch_cap=i32(cfg.batch_size_cap),
         max_batch_size=i32(derived.max_batch_size),
         max_micro_batch=i32(derived.max_micro_batch),

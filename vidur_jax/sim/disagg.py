@@ -2,16 +2,19 @@
 
 A pooled config (``SimParams.prefill_replicas`` P > 0) splits its ``num_replicas``
 replicas into a **prefill pool** (replicas ``0..P-1``) and a **decode pool** (replicas
-``P..N-1``), same GPU, model, TP and scheduler. A request's life:
+``P..N-1``), same model and scheduler; each pool may have its own GPU type and TP
+degree (:mod:`vidur_jax.sim.disagg_pools`: its replicas read their pool's timing-table
+row, KV blocks and FLOPs, :func:`pool_params`). A request's life:
 
 1. it arrives and is routed (the config's global scheduler) to a prefill replica, whose
    policy prefills it as usual; its prefill's last iteration gives its first token
    (``first_token_at``: TTFT ends in the prefill pool);
 2. at that moment the least loaded decode replica is chosen (fewest running + waiting +
    incoming requests; ties to the lowest index) and its KV transfer starts: it takes
-   ``latency + bytes / bandwidth`` seconds, ``bytes`` the prompt's KV on one GPU of the
-   replica (every TP worker sends its shard in parallel), over NVLink when both
-   replicas sit in one node, else over the inter-node link. The prefill slot keeps its
+   ``latency + bytes / bandwidth`` seconds on the slower side, ``bytes`` the prompt's
+   KV on one GPU of the sending or of the receiving replica (every TP worker moves its
+   shard in parallel, :func:`transfer_seconds`), over NVLink when both replicas sit in
+   one node, else over the inter-node link. The prefill slot keeps its
    KV blocks until the transfer completes (it is out of every batch meanwhile);
 3. when the transfer completes the prefill slot frees its blocks and the request joins
    the decode replica's waiting queue (``kv_ready_at``); the decode replica admits
@@ -41,8 +44,8 @@ import numpy as np
 from jax import lax
 
 from vidur_jax import catalog
-from vidur_jax.errors import require
-from vidur_jax.sim import scan
+from vidur_jax.errors import ConfigError, require
+from vidur_jax.sim import disagg_pools, scan
 from vidur_jax.sim.indexed import update
 from vidur_jax.sim.types import ERR_SLOTS, ERR_WINDOW, SimParams, SimState, SimStatic
 
@@ -111,33 +114,52 @@ def next_event(static: SimStatic, row: _Row, nxt: jax.Array) -> jax.Array:
     return jnp.minimum(nxt, jnp.min(row.xfer_end, initial=jnp.inf))
 
 
+def _first_gpu(params: SimParams, r: jax.Array) -> jax.Array:
+    """i32 index of replica ``r``'s first GPU: replicas are packed in index order, the
+    prefill pool's (``gpus_per_replica[0]`` GPUs each) first, then the decode pool's."""
+    g, p = params.gpus_per_replica, params.prefill_replicas
+    return jnp.where(r < p, r * g[0], p * g[0] + (r - p) * g[1])
+
+
 def transfer_seconds(
     params: SimParams, tokens: jax.Array, src: jax.Array, dst: jax.Array
 ) -> jax.Array:
-    """Seconds to move the KV of ``tokens`` prompt tokens from replica ``src`` to ``dst``.
+    """Seconds to move the KV of ``tokens`` prompt tokens from prefill replica ``src`` to
+    decode replica ``dst``.
 
-    Each GPU of the replica sends its TP shard (``kv_bytes_per_token`` bytes per token)
-    in parallel: ``latency + tokens x kv_bytes_per_token / bandwidth``, NVLink
-    (``kv_link_intra``) when both replicas lie inside one node, else ``kv_link_inter``.
-    Replicas are packed on nodes in index order, ``gpus_per_replica`` GPUs each.
+    Model: every GPU of the sender holds its TP shard of the prompt's KV
+    (``kv_bytes_per_token[0]`` bytes per token) and every GPU of the receiver needs its
+    own shard (``kv_bytes_per_token[1]``); all GPUs' links move data in parallel, so the
+    transfer takes as long as the slower side: ``latency + tokens x max(bytes_side /
+    bandwidth_side)`` over the two sides. Per GPU the bandwidth is the pool's GPU
+    NVLink (``kv_link_intra``) when both replicas lie inside one node (pools on one node
+    type only, ``pools_share_nodes``), else ``kv_link_inter``. E.g. a TP2 prefill
+    replica feeding a TP1 decode replica: each sender GPU sends half the KV, the one
+    receiver GPU takes all of it, so the receiver's link sets the time.
 
     Args:
         tokens: i32 KV tokens (any shape, broadcast with ``src``/``dst``).
-        src, dst: i32 replica ids.
+        src, dst: i32 replica ids (``src`` in the prefill pool, ``dst`` in the decode pool).
 
     Returns:
         f64 seconds, the broadcast shape.
     """
-    g, n = params.gpus_per_replica, params.gpus_per_node
+    n = params.gpus_per_node
 
-    def nodes(r):
-        return (r * g) // n, (r * g + g - 1) // n
+    def nodes(r, g):
+        first = _first_gpu(params, r)
+        return first // n, (first + g - 1) // n
 
-    s0, s1 = nodes(src)
-    d0, d1 = nodes(dst)
-    intra = (s0 == s1) & (d0 == d1) & (s0 == d0)
-    bw = jnp.where(intra, params.kv_link_intra, params.kv_link_inter)
-    return params.kv_latency_s + tokens.astype(jnp.float64) * params.kv_bytes_per_token / bw
+    s0, s1 = nodes(src, params.gpus_per_replica[0])
+    d0, d1 = nodes(dst, params.gpus_per_replica[1])
+    intra = params.pools_share_nodes & (s0 == s1) & (d0 == d1) & (s0 == d0)
+    bw_src = jnp.where(intra, params.kv_link_intra[0], params.kv_link_inter)
+    bw_dst = jnp.where(intra, params.kv_link_intra[1], params.kv_link_inter)
+    b = params.kv_bytes_per_token
+    recv = b[1] * bw_src > b[0] * bw_dst  # the receiver's side is slower
+    return params.kv_latency_s + tokens.astype(jnp.float64) * jnp.where(
+        recv, b[1], b[0]
+    ) / jnp.where(recv, bw_dst, bw_src)
 
 
 def _decode_load(
@@ -327,15 +349,17 @@ def count_batch(
     seconds: jax.Array,
     size: jax.Array,
     kv_util: jax.Array,
+    flops: jax.Array,
 ) -> SimState:
     """Per-replica batch statistics (for the per-pool summary): busy seconds, batches,
-    requests per batch and KV utilization at launch (a no-op when off).
+    requests per batch, KV utilization at launch and FLOPs (a no-op when off).
 
     Args:
         launched: () bool a batch was launched.
         seconds: () f64 its last stage's time (the replica's busy time, as ``busy_s``).
         size: () i32 requests in it.
         kv_util: () f64 fraction of the replica's blocks allocated at launch.
+        flops: () FLOPs per device of the batch (as ``flops_sum``).
     """
     if not on(static):
         return state
@@ -348,6 +372,7 @@ def count_batch(
             state.rep_batch_size_sum, r_w, size.astype(jnp.float64), "add", sf
         ),
         rep_kv_util_sum=update(state.rep_kv_util_sum, r_w, kv_util, "add", sf),
+        rep_flops_sum=update(state.rep_flops_sum, r_w, flops.astype(jnp.float64), "add", sf),
     )
 
 
@@ -365,7 +390,19 @@ def init_fields(static: SimStatic) -> dict[str, jax.Array]:
         "rep_batches": jnp.zeros(reps, jnp.int64),
         "rep_batch_size_sum": jnp.zeros(reps, f64),
         "rep_kv_util_sum": jnp.zeros(reps, f64),
+        "rep_flops_sum": jnp.zeros(reps, f64),
     }
+
+
+def initial_blocks(static: SimStatic, params: SimParams) -> jax.Array:
+    """(N,) i32 free KV blocks of each replica at the start: its pool's ``num_blocks``
+    (every replica the config's when colocated or when pools are off)."""
+    n = static.max_replicas
+    if not on(static):
+        return jnp.full(n, params.num_blocks, jnp.int32)
+    decode = jnp.arange(n) >= params.prefill_replicas
+    pool = jnp.where(decode, params.pool_num_blocks[1], params.pool_num_blocks[0])
+    return jnp.where(pooled(params), pool, params.num_blocks).astype(jnp.int32)
 
 
 #: summary.csv columns (nan for a colocated config)
@@ -394,6 +431,7 @@ def summary(
     i: int,
     num_requests: int,
     makespan_s: float,
+    peak_flops=None,
 ) -> dict[str, float]:
     """Per-pool summary of config ``i`` (its ``DeploymentConfig`` ``cfg``) of a finished
     (stacked) state.
@@ -402,9 +440,11 @@ def summary(
     its KV landing on its decode replica, over the requests that were transferred
     (``kv_transfers`` of them; nan when none was); ``*_busy_fraction``: busy seconds of the
     pool's replicas / (replicas x ``makespan_s``); ``*_batch_size_mean`` and
-    ``*_kv_util_mean``: per batch launched in the pool; ``*_batch_cap``: the pools' caps. A
-    colocated config (``prefill_replicas`` 0) has 0 replicas in both pools and nan for the
-    rest.
+    ``*_kv_util_mean``: per batch launched in the pool; ``*_batch_cap``: the pools' caps;
+    ``*_pool_device``, ``*_pool_tp``: the pools' hardware (pooled configs only). Pools on their own GPUs also replace
+    ``mfu_mean`` (:func:`pools_mfu`; ``peak_flops``: ``pool config -> peak FLOP/s``). A
+    colocated config (``prefill_replicas`` 0) has 0 replicas in both pools and nan (or
+    empty) for the rest.
     """
     if cfg.prefill_replicas <= 0:
         return {
@@ -447,7 +487,36 @@ def summary(
         out[f"{name}_busy_fraction"] = float(frac)
         out[f"{name}_batch_size_mean"] = per_batch(size, sl)
         out[f"{name}_kv_util_mean"] = per_batch(kv, sl)
+        out[f"{name}_pool_device"] = disagg_pools.pool_device(cfg, name)
+        out[f"{name}_pool_tp"] = float(disagg_pools.pool_tp(cfg, name))
+    if disagg_pools.has_pool_hardware(cfg):  # each pool's FLOPs against its own GPU's peak
+        out["mfu_mean"] = pools_mfu(cfg, pick(state.rep_flops_sum), busy, peak_flops)
     return out
+
+
+def pools_mfu(cfg, flops: np.ndarray, busy: np.ndarray, peak_flops) -> float:
+    """MFU of a pooled config whose pools run on different GPUs: each replica's FLOPs
+    per device over its pool's peak, summed, over the replicas' busy seconds summed.
+
+    Args:
+        flops, busy: (N,) FLOPs per device and busy seconds per replica.
+        peak_flops: ``pool config -> peak FLOP/s`` (``build.derive(c).peak_flops``).
+    """
+    p, n = int(cfg.prefill_replicas), int(cfg.num_replicas)
+    peaks = [peak_flops(disagg_pools.pool_config(cfg, x)) for x in disagg_pools.POOLS]
+    achieved = flops[:p].sum() / peaks[0] + flops[p:n].sum() / peaks[1]
+    total = busy[:n].sum()
+    return float(achieved / total) if total > 0 else float("nan")
+
+
+def request_fields(cfg, state: SimState, i: int, num_requests: int) -> dict[str, np.ndarray]:
+    """``requests.parquet`` column of config ``i``: ``kv_transfer_s`` (R,) f64 seconds
+    from the request's first token to its KV landing on its decode replica; nan for a
+    request not transferred (one output token, not finished) and for a colocated config."""
+    if cfg.prefill_replicas <= 0 or np.shape(state.kv_ready_at)[-1] == 0:
+        return {"kv_transfer_s": np.full(num_requests, np.nan)}
+    ready = np.asarray(state.kv_ready_at[i])[:num_requests]
+    return {"kv_transfer_s": ready - np.asarray(state.first_token_at[i])[:num_requests]}
 
 
 #: replica schedulers that run in pools (on-demand paged memory; their admission rule
@@ -505,6 +574,29 @@ def validate(cfg) -> None:
         cfg.num_pipeline_stages == 1,
         "prefill/decode pools need num_pipeline_stages=1 (pp > 1 not modelled)",
     )
+    require(
+        getattr(cfg, "attention_dp", 1) == 1,
+        "prefill/decode pools need cluster.attention_dp=1 (attention data parallelism in pools not modelled)",
+    )
+    for pool in disagg_pools.POOLS:
+        tp, device = getattr(cfg, f"{pool}_tp"), getattr(cfg, f"{pool}_device")
+        require(
+            tp is None
+            or (isinstance(tp, (int, np.integer)) and not isinstance(tp, bool) and tp >= 1),
+            f"cluster.{pool}_tp={tp!r} must be null or an integer >= 1",
+        )
+        if device is not None:
+            catalog.get_device(device)
+        try:
+            catalog.validate_parallelism(model_of(cfg), disagg_pools.pool_tp(cfg, pool), 1)
+        except ConfigError as err:
+            raise ConfigError(f"{pool} pool: {err}") from None
+        disagg_pools.pool_node(cfg, pool)
+
+
+def model_of(cfg):
+    """The catalog model of a ``DeploymentConfig``."""
+    return catalog.get_model(cfg.model)
 
 
 def entry_count(cfg) -> int:
@@ -512,31 +604,75 @@ def entry_count(cfg) -> int:
     return cfg.prefill_replicas if cfg.prefill_replicas > 0 else cfg.num_replicas
 
 
-def param_fields(cfg) -> dict[str, np.ndarray]:
-    """The :class:`SimParams` pool fields of a ``DeploymentConfig`` (numpy scalars)."""
+def param_fields(cfg, derived, table_index, derive) -> dict[str, np.ndarray]:
+    """The :class:`SimParams` pool fields of a ``DeploymentConfig`` (numpy values).
+
+    Args:
+        cfg: the config.
+        derived: its ``DerivedConfig``.
+        table_index: its row of the timing tables; a ``TableRow`` with ``pools`` (the
+            rows of its prefill and decode pools) when the pools have their own hardware.
+        derive: ``vidur_jax.sim.build.derive`` (KV blocks, FLOPs of each pool's config).
+    """
+    pools = [disagg_pools.pool_config(cfg, p) for p in disagg_pools.POOLS]
+    derived = [derived if pc is cfg else derive(pc) for pc in pools]
+    rows = getattr(table_index, "pools", ()) or (int(table_index), int(table_index))
     model = catalog.get_model(cfg.model)
-    node = catalog.get_node(cfg.network_device)
-    device = catalog.get_device(cfg.device)
-    kv = catalog.kv_bytes_per_token(
-        model,
-        cfg.tensor_parallel_size,
-        cfg.num_pipeline_stages,
-        vidur_compat=False,
-        kv_dtype=cfg.kv_cache_dtype,
-    )
-    # a GPU without NVLink figures (link_gbps 0) moves KV at the inter-node rate
-    intra = device.link_gbps if device.link_gbps > 0 else cfg.kv_inter_node_gbps
+    node = catalog.get_node(pools[0].network_device)
+
+    def kv_bytes(pc) -> float:
+        return catalog.kv_bytes_per_token(
+            model,
+            pc.tensor_parallel_size,
+            pc.num_pipeline_stages,
+            vidur_compat=False,
+            kv_dtype=cfg.kv_cache_dtype,
+        )
+
+    def intra(pc) -> float:
+        # a GPU without NVLink figures (link_gbps 0) moves KV at the inter-node rate
+        link = catalog.get_device(pc.device).link_gbps
+        return (link if link > 0 else cfg.kv_inter_node_gbps) * 1e9
+
+    f64, i32, f32 = np.float64, np.int32, np.float32
     return {
-        "prefill_replicas": np.int32(cfg.prefill_replicas),
-        "kv_bytes_per_token": np.float64(kv),
-        "kv_link_intra": np.float64(intra * 1e9),
-        "kv_link_inter": np.float64(cfg.kv_inter_node_gbps * 1e9),
-        "kv_latency_s": np.float64(cfg.kv_transfer_latency_s),
-        "gpus_per_replica": np.int32(cfg.tensor_parallel_size * cfg.num_pipeline_stages),
-        "gpus_per_node": np.int32(node.devices_per_node),
-        "prefill_batch_cap": np.int32(pool_cap(cfg, "prefill")),
-        "decode_batch_cap": np.int32(pool_cap(cfg, "decode")),
+        "prefill_replicas": i32(cfg.prefill_replicas),
+        "kv_bytes_per_token": np.array([kv_bytes(pc) for pc in pools], f64),
+        "kv_link_intra": np.array([intra(pc) for pc in pools], f64),
+        "kv_link_inter": f64(cfg.kv_inter_node_gbps * 1e9),
+        "kv_latency_s": f64(cfg.kv_transfer_latency_s),
+        "gpus_per_replica": np.array(
+            [pc.tensor_parallel_size * pc.num_pipeline_stages for pc in pools], i32
+        ),
+        "gpus_per_node": i32(node.devices_per_node),
+        "pools_share_nodes": np.bool_(
+            disagg_pools.pools_share_nodes(cfg) if cfg.prefill_replicas > 0 else True
+        ),
+        "pool_table_index": np.array(rows, i32),
+        "pool_num_blocks": np.array([d.num_blocks for d in derived], i32),
+        "pool_watermark_blocks": np.array([d.watermark_blocks for d in derived], i32),
+        "pool_flops_per_token": np.array([d.flops_per_token for d in derived], f32),
+        "pool_attn_flops_coef": np.array([d.attn_flops_coef for d in derived], f32),
+        "prefill_batch_cap": i32(pool_cap(cfg, "prefill")),
+        "decode_batch_cap": i32(pool_cap(cfg, "decode")),
     }
+
+
+def derive_pools(cfg, derive) -> None:
+    """Derive each pool config with hardware of its own (memory planner, parallelism),
+    refusing a pool that cannot run with one line naming the pool."""
+    if not disagg_pools.has_pool_hardware(cfg):
+        return
+    for pool in disagg_pools.POOLS:
+        pc = disagg_pools.pool_config(cfg, pool)
+        if pc is cfg:  # on the config's own hardware: derived with it
+            continue
+        try:
+            derive(pc)
+        except ConfigError as err:
+            raise ConfigError(
+                f"{pool} pool ({pc.device} tp={pc.tensor_parallel_size}): {err}"
+            ) from None
 
 
 def pool_cap(cfg, pool: str) -> int:
@@ -552,7 +688,8 @@ def slot_bound(cfg) -> int:
 
 def pool_params(static: SimStatic, params: SimParams, r: jax.Array) -> SimParams:
     """``params`` as replica ``r`` sees them: its pool's batch cap (``batch_cap`` and,
-    with one pipeline stage, ``max_micro_batch``); unchanged for colocated configs."""
+    with one pipeline stage, ``max_micro_batch``) and its pool's hardware (timing-table
+    row, KV blocks and watermark, FLOPs per token); unchanged for colocated configs."""
     if not on(static):
         return params
     cap = jnp.where(r < params.prefill_replicas, params.prefill_batch_cap, params.decode_batch_cap)
@@ -560,4 +697,17 @@ def pool_params(static: SimStatic, params: SimParams, r: jax.Array) -> SimParams
     micro = jnp.where(pooled(params), cap, params.max_micro_batch).astype(
         params.max_micro_batch.dtype
     )
-    return params.replace(batch_cap=cap, max_micro_batch=micro)
+    pool = (r >= params.prefill_replicas).astype(jnp.int32)
+
+    def own(field: jax.Array, per_pool: jax.Array) -> jax.Array:
+        return jnp.where(pooled(params), per_pool[pool], field).astype(field.dtype)
+
+    return params.replace(
+        batch_cap=cap,
+        max_micro_batch=micro,
+        table_index=own(params.table_index, params.pool_table_index),
+        num_blocks=own(params.num_blocks, params.pool_num_blocks),
+        watermark_blocks=own(params.watermark_blocks, params.pool_watermark_blocks),
+        flops_per_token=own(params.flops_per_token, params.pool_flops_per_token),
+        attn_flops_coef=own(params.attn_flops_coef, params.pool_attn_flops_coef),
+    )

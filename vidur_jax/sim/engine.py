@@ -117,7 +117,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         slot_last_done=jnp.zeros((n, s), f64),
         slot_group=jnp.full((n, s), -1, i32),
         slot_held=jnp.zeros((n, s if prefix_engine.on(static) else 0), i32),
-        free_blocks=jnp.full(n, params.num_blocks, i32),
+        free_blocks=disagg.initial_blocks(static, params),
         pc_hash=jnp.full((n, static.prefix_capacity), -1, jnp.int64),
         pc_refs=jnp.zeros((n, static.prefix_capacity), i32),
         pc_last=jnp.zeros((n, static.prefix_capacity), f64),
@@ -937,7 +937,8 @@ def _launch(
         error=state.error | err,
     )
     state = disagg.count_batch(static, state, r, launched, last_s, n_in,
-                               (params.num_blocks - row.free_blocks) / params.num_blocks)
+                               (params.num_blocks - row.free_blocks) / params.num_blocks,
+                               jnp.where(fused, run.flops, flops))
     state = _log_batch(static, state, launched, r, t, cur, n_in, prefill_tokens, tokens - prefill_tokens, k)
     return state, row
 

@@ -236,7 +236,8 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     summary["recomputed_tokens"] = counters["restart_tokens"]  # KV discarded by preemptions
     summary["batch_size_max"] = float(pick(state.batch_size_max))
     summary.update(prefix_engine.summary(cfg.prefix_caching, state, i))
-    summary.update(disagg.summary(cfg, state, i, n, summary["makespan_s"]))
+    summary.update(disagg.summary(cfg, state, i, n, summary["makespan_s"], lambda c: build.derive(c).peak_flops))
+    requests.update(disagg.request_fields(cfg, state, i, n))
     summary.update(speculative.summary(cfg, requests["num_decode"], np.isfinite(requests["completed_at"]),
                                        speculative.params_fields(
                                            cfg, np.where(np.asarray(wl.mask), requests["num_decode"], 0).astype(np.int32),

@@ -163,12 +163,18 @@ class SimParams:
     table_index: jax.Array  # () i32 row of TimingTables
     # disaggregated pools (vidur_jax.sim.disagg; prefill_replicas 0 = colocated)
     prefill_replicas: jax.Array  # () i32 P: replicas 0..P-1 prefill, P..num_replicas-1 decode
-    kv_bytes_per_token: jax.Array  # () f64 bytes of KV per prompt token on one GPU of a replica (its TP shard)
-    kv_link_intra: jax.Array  # () f64 bytes/s per GPU between replicas in one node (NVLink)
+    kv_bytes_per_token: jax.Array  # (2,) f64 bytes of KV per prompt token on one GPU (its TP shard), per pool (prefill, decode)
+    kv_link_intra: jax.Array  # (2,) f64 bytes/s per GPU between replicas in one node (NVLink), per pool
     kv_link_inter: jax.Array  # () f64 bytes/s per GPU between nodes
     kv_latency_s: jax.Array  # () f64 s fixed cost per KV transfer
-    gpus_per_replica: jax.Array  # () i32 TP x PP (replicas packed on nodes in index order)
+    gpus_per_replica: jax.Array  # (2,) i32 TP x PP per pool (replicas packed on nodes in index order)
     gpus_per_node: jax.Array  # () i32
+    pools_share_nodes: jax.Array  # () bool both pools on one node type (else every transfer crosses nodes)
+    pool_table_index: jax.Array  # (2,) i32 row of TimingTables per pool (= table_index without pool hardware)
+    pool_num_blocks: jax.Array  # (2,) i32 KV blocks per replica of each pool
+    pool_watermark_blocks: jax.Array  # (2,) i32
+    pool_flops_per_token: jax.Array  # (2,) f32 dense FLOPs per token per layer per device, per pool
+    pool_attn_flops_coef: jax.Array  # (2,) f32
     prefill_batch_cap: jax.Array  # () i32 batch_cap of the prefill pool's replicas
     decode_batch_cap: jax.Array  # () i32 batch_cap of the decode pool's replicas
     # replica scheduler
@@ -254,6 +260,7 @@ class SimState:
     rep_batches: jax.Array  # (N,) i64 batches launched per replica
     rep_batch_size_sum: jax.Array  # (N,) f64 requests per batch, summed per replica
     rep_kv_util_sum: jax.Array  # (N,) f64 fraction of blocks allocated at launch, summed per replica
+    rep_flops_sum: jax.Array  # (N,) f64 FLOPs per device summed per replica (MFU of pools on other GPUs)
     # --- metrics accumulators
     tbt_hist: jax.Array  # (H,) i32 counts of TBT samples per bin
     tbt_sum: jax.Array  # () f64 s
