@@ -239,6 +239,7 @@ def test_bottleneck_names_the_violated_slo():
         "batch_cap": 64,
         "pp": 1,
         "scheduler": "sarathi",
+        "chunk_size": 512,
         "ttft_p90": 3.5,
         "tbt_p99": 0.17,
         "tbt_p50": 0.05,
@@ -246,7 +247,10 @@ def test_bottleneck_names_the_violated_slo():
     }
     hint = select.bottleneck(row, slo)
     assert "TTFT P90 3.5 s exceeds the SLO 2 s (1.8x)" in hint
-    assert "TBT P99 0.17 s is 85% of the SLO 0.2 s" in hint
+    assert "TBT P99 0.17 s is 85% of the SLO 0.2 s: large chunk size, lower it" in hint
+    # a policy without chunked prefills (empty chunk_size) gets the non-chunked advice
+    unchunked = select.bottleneck({**row, "scheduler": "vllm", "chunk_size": float("nan")}, slo)
+    assert "prefills stall decodes (non-chunked scheduler)" in unchunked
     assert select.bottleneck({**row, "search_status": "capped"}, slo) == "not measured (capped)"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from vidur_jax import catalog
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import disagg, disagg_pools
+from vidur_jax.sim import disagg, disagg_pools, policies
 from vidur_jax.sim.build import DeploymentConfig, derive
 
 
@@ -454,7 +454,8 @@ def _reason(cfg: DeploymentConfig, node: str | None, colocated_reason: str) -> s
 
 def describe(c: DeploymentConfig) -> str:
     """Short human-readable name of a deployment, e.g. ``a100 tp2 pp1 x8 sarathi512 cap64``."""
-    sched = c.replica_scheduler + (str(c.chunk_size) if c.replica_scheduler == "sarathi" else "")
+    chunk = policies.get(c.replica_scheduler).prefill_chunk(c)
+    sched = c.replica_scheduler + (str(chunk) if chunk else "")
     return (
         f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
         + (f"ep{c.expert_parallel} " if c.expert_parallel > 1 else "")
@@ -485,10 +486,10 @@ def label(c: DeploymentConfig) -> str:
     par = f"TP{c.tensor_parallel_size}" + (
         f" PP{c.num_pipeline_stages}" if c.num_pipeline_stages > 1 else ""
     ) + (f" EP{c.expert_parallel}" if c.expert_parallel > 1 else "")
-    names = {"vllm": "vLLM", "sarathi": "Sarathi", "orca": "Orca", "lightllm": "LightLLM"}
-    sched = names.get(c.replica_scheduler, c.replica_scheduler)
-    if c.replica_scheduler == "sarathi":
-        sched += f" chunk {c.chunk_size}"
+    policy = policies.get(c.replica_scheduler)
+    sched = policy.title or policy.name
+    if policy.prefill_chunk(c):
+        sched += f" chunk {policy.prefill_chunk(c)}"
     if c.spec_tokens:
         sched += f", speculative k={c.spec_tokens}"
     if disagg_pools.has_pool_hardware(c):

@@ -18,6 +18,7 @@ import pandas as pd
 from vidur_jax.errors import ConfigError, require
 from vidur_jax.search.capacity import CapacityResult
 from vidur_jax.search.grid import Candidate, describe, label, pool_hardware
+from vidur_jax.sim import policies
 
 # Vidur's analyzer thresholds (vidur/config_optimizer/analyzer/bottleneck_cases.py).
 NEAR_SLO = 0.8  # a latency above 80% of its SLO is a violation risk
@@ -130,7 +131,7 @@ def bottleneck(row: Mapping[str, Any], slo: Slo) -> str:
     if r_tbt > NEAR_SLO:
         if row.get("tbt_p50", 0) > EXEC_LATENCY * slo.tbt_p99_s:
             fix = "slow model execution" + (" (pipeline bubbles)" if bubbles else ", raise TP")
-        elif row["scheduler"] == "sarathi":
+        elif pd.notna(row.get("chunk_size")):  # a policy that chunks prefills
             fix = "large chunk size, lower it"
         else:
             fix = "prefills stall decodes (non-chunked scheduler)"
@@ -250,7 +251,7 @@ def search_table(
             "decode_replicas": c.decode_replicas,
             **pool_hardware(c),
             "scheduler": c.replica_scheduler,
-            "chunk_size": c.chunk_size if c.replica_scheduler == "sarathi" else np.nan,
+            "chunk_size": policies.get(c.replica_scheduler).prefill_chunk(c) or np.nan,
             "batch_cap": c.batch_size_cap,
             "num_gpus": cand.num_gpus,
             "price_per_hour": cand.price_per_hour,

@@ -177,6 +177,8 @@ class Policy:
 
     #: Vidur's ``replica_scheduler`` name (and the YAML file ``conf/scheduler/<name>.yaml``).
     name: str = ""
+    #: how tables and sentences name it (e.g. ``Sarathi``); default: :attr:`name`
+    title: str = ""
     #: Scheduler knobs (``DeploymentConfig`` fields beyond ``batch_size_cap`` and
     #: ``block_size``) this policy reads; summary tables leave the others empty for it.
     knobs: tuple[str, ...] = ()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 class FasterTransformer(Policy):
     name = "faster_transformer"
+    title = "FasterTransformer"
     memory = MaxLength()
 
     def plan(self, view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:

@@ -19,6 +19,7 @@ from vidur_jax.sim.types import SimParams
 
 class LightLLM(Policy):
     name = "lightllm"
+    title = "LightLLM"
     knobs = ("max_tokens_in_batch", "max_waiting_iters")
     memory = OnDemand()
     pipeline = False

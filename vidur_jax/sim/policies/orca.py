@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 class Orca(Policy):
     name = "orca"
+    title = "Orca"
     memory = MaxLength()
 
     def plan(self, view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:

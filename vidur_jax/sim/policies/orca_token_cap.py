@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 class OrcaTokenCap(Policy):
     name = "orca_token_cap"
+    title = "Orca (token cap)"
     knobs = ("max_tokens_in_batch",)
     memory = MaxLength()  # reserve max_tokens per sequence at admission, as Orca
 

@@ -81,6 +81,7 @@ def first_fit_decreasing(
 
 class S3(Policy):
     name = "s3"
+    title = "S3"
     knobs = ("s3_predictor", "s3_accuracy", "s3_error_buckets", "s3_num_buckets", "s3_admission", "s3_lookahead")
     memory = Predicted()
     skips_queue = True

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 class Sarathi(Policy):
     name = "sarathi"
+    title = "Sarathi"
     knobs = ("chunk_size", "watermark_blocks_fraction")
     memory = OnDemand()
     prefix_caching = True

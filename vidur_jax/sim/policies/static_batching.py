@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class StaticBatching(Policy):
     name = "static_batching"
+    title = "static batching"
     knobs = ("batch_timeout_s", "batch_max_tokens")
     memory = MaxLength()
     closed_batches = True

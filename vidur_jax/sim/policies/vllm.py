@@ -27,6 +27,7 @@ from vidur_jax.sim.types import SimParams
 
 class Vllm(Policy):
     name = "vllm"
+    title = "vLLM"
     knobs = ("max_tokens_in_batch", "watermark_blocks_fraction")
     memory = OnDemand()
     prefix_caching = True
