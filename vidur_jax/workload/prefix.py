@@ -177,6 +177,8 @@ class SessionTable:
         think_time_s: (R,) f64 s between the previous answer's completion and this
             turn's arrival (0 for first turns).
         segments: the prompts' segments (system prompt, then user messages and answers).
+        answer_id: (R,) i64 content id of each turn's answer (the segment later turns'
+            prompts hold after this turn's prompt).
     """
 
     arrived_at: np.ndarray
@@ -187,6 +189,7 @@ class SessionTable:
     session_prev: np.ndarray
     think_time_s: np.ndarray
     segments: Segments
+    answer_id: np.ndarray
 
 
 def _turn_counts(rng: np.random.Generator, n: int, turns: Mapping[str, Any]) -> np.ndarray:
@@ -270,7 +273,7 @@ def sessions(
             t_earliest = t_earliest + gap
             ids.append((1 << 41) + 2 * used)  # the user message: unique content
             lens.append(u)
-            rows.append((t_earliest, sum(lens), a, sid, t, prev, gap))
+            rows.append((t_earliest, sum(lens), a, sid, t, prev, gap, (1 << 41) + 2 * used + 1))
             seg_rows.append((list(ids), list(lens)))
             ids.append((1 << 41) + 2 * used + 1)  # the answer joins later prompts
             lens.append(a)
@@ -299,7 +302,73 @@ def sessions(
         session_prev=session_prev.astype(np.int64),
         think_time_s=table[order, 6].astype(np.float64),
         segments=Segments(seg_ids, seg_lens),
+        answer_id=table[order, 7].astype(np.int64),
     )
+
+
+def conversation_hashes(segments: Segments, answer_id: np.ndarray, num_decode: np.ndarray,
+                        block_size: int) -> np.ndarray:
+    """Block hashes of each request's prompt *and* output (R, K), K covering the longest.
+
+    vLLM caches full blocks of output tokens too; a later turn whose prompt repeats this
+    turn's conversation (prompt + answer, segment ``answer_id``) hits them. Blocks past
+    the prompt are only published when the request completes (its output's last token
+    has no KV: ``(prompt + output - 1) // block_size`` full blocks).
+    """
+    ids = np.concatenate([segments.ids, np.asarray(answer_id, np.int64)[:, None]], axis=1)
+    lens = np.concatenate([segments.lens, np.asarray(num_decode, np.int64)[:, None]], axis=1)
+    k = max(int(((lens.sum(axis=1) - 1) // check_count("block_size", block_size)).max(initial=1)), 1)
+    return block_hashes(Segments(ids, lens), block_size, k)
+
+
+def session_workload(table: SessionTable, block_size: int = 16):
+    """The :class:`~vidur_jax.workload.Workload` of a :class:`SessionTable`: its turns as
+    requests with closed-loop fields (``session_prev``, ``think_time_s``) and the block
+    hashes of their conversations (:func:`conversation_hashes`)."""
+    import jax.numpy as jnp
+
+    from vidur_jax.workload.build import make_workload
+
+    wl = make_workload(table.arrived_at, table.num_prefill, table.num_decode, source="sessions")
+    hashes = conversation_hashes(table.segments, table.answer_id, table.num_decode, block_size)
+    return wl.replace(
+        prefix_hashes=jnp.asarray(hashes, jnp.int64),
+        prefix_block_size=int(block_size),
+        session_id=jnp.asarray(table.session_id, jnp.int64),
+        session_prev=jnp.asarray(table.session_prev, jnp.int32),
+        think_time_s=jnp.asarray(table.think_time_s, jnp.float64),
+    )
+
+
+def sessions_from(workload, key, num_sessions: int, turns: Mapping[str, Any], think_time_s: float,
+                  max_tokens: int, block_size: int = 16, system_prompt_tokens: int = 0,
+                  num_system_prompts: int = 1):
+    """Multi-turn sessions drawn from a synthetic or replayed workload's rows.
+
+    The first ``num_sessions`` arrival times start the sessions (so the workload's rate is
+    the session start rate); its prompt and output lengths, in row order, are the user
+    messages and answers of the turns.
+
+    Args:
+        workload: the base requests (at least ``num_sessions`` rows and as many as turns).
+        key: PRNG key (turn counts, think times, system prompt choice).
+        num_sessions, turns, think_time_s, max_tokens, system_prompt_tokens,
+            num_system_prompts: as :func:`sessions`.
+        block_size: tokens per KV block of the hashes.
+
+    Returns:
+        The session :class:`~vidur_jax.workload.Workload` (:func:`session_workload`).
+    """
+    mask = np.asarray(workload.mask)
+    n = check_count("sessions.num_sessions", num_sessions)
+    require(n <= int(mask.sum()),
+            f"sessions.num_sessions={n} exceeds workload.num_requests={int(mask.sum())} (one row per session start)")
+    starts = np.asarray(workload.arrived_at, np.float64)[mask][:n]
+    user = np.asarray(workload.num_prefill, np.int64)[mask]
+    answer = np.asarray(workload.num_decode, np.int64)[mask]
+    table = sessions(key, starts, turns, user, answer, think_time_s, max_tokens,
+                     system_prompt_tokens, num_system_prompts)
+    return session_workload(table, block_size)
 
 
 def hashes_from_trace_blocks(
