@@ -461,3 +461,73 @@ def with_system_prompts(
         prefix_hashes=jnp.asarray(np.where(mask[:, None], hashes, NO_BLOCK), jnp.int64),
         prefix_block_size=int(block_size),
     )
+
+
+def trace_sessions(workload, session_id: np.ndarray, think_time_s: np.ndarray | None = None,
+                   block_size: int = 16):
+    """A replayed trace whose rows carry session ids, as multi-turn sessions.
+
+    Rows of one session, in row (arrival) order, are its turns; a turn's prompt starts
+    with the previous turn's whole conversation (its prompt + answer; where the trace's
+    prompt is shorter, as much of it as fits before the turn's last token), followed by
+    new tokens. With ``think_time_s`` a later turn arrives that long after the previous
+    one completes (closed loop); without it every row keeps its trace arrival time
+    (open loop) and only the prefixes are shared.
+
+    Args:
+        workload: the replayed requests (no padding).
+        session_id: (R,) int session of each row (any integers).
+        think_time_s: (R,) f64 s think time of each row (first turns: ignored), or None.
+        block_size: tokens per KV block of the hashes.
+
+    Returns:
+        The workload with ``prefix_hashes`` and, with think times, the closed-loop fields.
+    """
+    import jax.numpy as jnp
+
+    sid = np.asarray(session_id, np.int64)
+    prefill = np.asarray(workload.num_prefill, np.int64)
+    decode = np.asarray(workload.num_decode, np.int64)
+    r = prefill.size
+    require(sid.shape == (r,), f"trace session_id has {sid.size} values for {r} requests")
+    prev = np.full(r, -1, np.int64)
+    last: dict[int, int] = {}
+    conv: list[tuple[list[int], list[int]]] = []  # each row's conversation (prompt + answer) segments
+    ids = np.full((r, 1), -1, np.int64)
+    seg_rows = []
+    for i in range(r):
+        p = last.get(int(sid[i]), -1)
+        prev[i] = p
+        s_ids, s_lens = ([], []) if p < 0 else (list(conv[p][0]), list(conv[p][1]))
+        keep = int(prefill[i]) - 1 if p >= 0 and sum(s_lens) >= prefill[i] else sum(s_lens)
+        cut_ids, cut_lens, used = [], [], 0  # the shared part: the parent's conversation, cut to fit
+        for c_id, c_len in zip(s_ids, s_lens, strict=True):
+            take = min(c_len, keep - used)
+            if take <= 0:
+                break
+            cut_ids.append(c_id)
+            cut_lens.append(take)
+            used += take
+        cut_ids.append((1 << 43) + 2 * i)  # the new user message
+        cut_lens.append(int(prefill[i]) - used)
+        seg_rows.append((cut_ids, cut_lens))
+        conv.append((cut_ids + [(1 << 43) + 2 * i + 1], cut_lens + [int(decode[i])]))
+        last[int(sid[i])] = i
+    width = max(len(s[0]) for s in seg_rows)
+    ids = np.full((r, width), -1, np.int64)
+    lens = np.zeros((r, width), np.int64)
+    for i, (a, b) in enumerate(seg_rows):
+        ids[i, : len(a)], lens[i, : len(b)] = a, b
+    answer = (1 << 43) + 2 * np.arange(r) + 1
+    hashes = conversation_hashes(Segments(ids, lens), answer, decode, block_size)
+    out = workload.replace(prefix_hashes=jnp.asarray(hashes, jnp.int64), prefix_block_size=int(block_size))
+    if think_time_s is None:
+        return out
+    think = np.asarray(think_time_s, np.float64)
+    require(think.shape == (r,) and bool(np.all(np.isfinite(think) & (think >= 0))),
+            "trace think_time_s must be one finite value >= 0 per row")
+    return out.replace(
+        session_id=jnp.asarray(sid, jnp.int64),
+        session_prev=jnp.asarray(prev, jnp.int32),
+        think_time_s=jnp.asarray(np.where(prev >= 0, think, 0.0), jnp.float64),
+    )
