@@ -48,7 +48,7 @@ from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.run import simulate_configs
 from vidur_jax.workload import prefix
 
-QPS = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0)
+QPS = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0)
 ROUTERS = ("round_robin", "lor", "prefix_affinity")
 REPLICAS = 2
 TTFT_SLO_S = 1.0

@@ -42,7 +42,7 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
     }
     require(spec["num_requests"] >= 1, f"workload.num_requests={spec['num_requests']} must be >= 1")
     spec["system_prompt"] = _system_prompt_spec(tree, wl.get("system_prompt"))
-    spec["sessions"] = _sessions_spec(tree, wl.get("sessions"), spec["system_prompt"])
+    spec["sessions"] = _sessions_spec(tree, wl.get("sessions"))
     qps = wl.get("qps")
     if qps is not None:
         qps = read_float("workload.qps", qps)
@@ -95,9 +95,9 @@ def _system_prompt_spec(tree: Mapping[str, Any], sp: Any) -> dict[str, Any] | No
     return out
 
 
-def _sessions_spec(tree: Mapping[str, Any], ss: Any, system_prompt: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _sessions_spec(tree: Mapping[str, Any], ss: Any) -> dict[str, Any] | None:
     """Checked ``workload.sessions``: ``{num_sessions, turns, think_time_s}`` (None = none);
-    a ``workload.system_prompt`` then opens every session (``fraction`` must be 1)."""
+    a ``workload.system_prompt`` then opens a ``fraction`` of the sessions."""
     if ss is None:
         return None
     require(isinstance(ss, Mapping), f"workload.sessions must be a mapping, got {ss!r}")
@@ -110,8 +110,6 @@ def _sessions_spec(tree: Mapping[str, Any], ss: Any, system_prompt: Mapping[str,
     }
     require(out["num_sessions"] >= 1, f"workload.sessions.num_sessions={out['num_sessions']} must be >= 1")
     require(out["think_time_s"] >= 0, f"workload.sessions.think_time_s={out['think_time_s']} must be >= 0")
-    require(system_prompt is None or system_prompt["fraction"] == 1.0,
-            "workload.system_prompt.fraction must be 1 with workload.sessions (the prompt opens every session)")
     sched = tree.get("scheduler") if isinstance(tree.get("scheduler"), Mapping) else {}
     out["block_size"] = read_int("scheduler.block_size", sched.get("block_size", _conf("scheduler", "block_size")))
     return out
@@ -149,7 +147,7 @@ def _build_sessions(spec: Mapping[str, Any], base):
     return prefix.sessions_from(
         base, jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 13), max_tokens=spec["max_tokens"],
         system_prompt_tokens=sp.get("tokens", 0), num_system_prompts=sp.get("num_prompts", 1),
-        **spec["sessions"])
+        system_prompt_fraction=sp.get("fraction", 1.0), **spec["sessions"])
 
 
 #: Optional replay-trace columns: a session id per row (its turns share their

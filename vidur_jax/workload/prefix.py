@@ -219,6 +219,7 @@ def sessions(
     max_tokens: int,
     system_prompt_tokens: int = 0,
     num_system_prompts: int = 1,
+    system_prompt_fraction: float = 1.0,
 ) -> SessionTable:
     """Multi-turn conversations as rows of turns (closed loop: see the module doc).
 
@@ -236,6 +237,7 @@ def sessions(
         system_prompt_tokens: tokens of a shared system prompt opening every session
             (0: none).
         num_system_prompts: distinct system prompts, chosen uniformly per session.
+        system_prompt_fraction: share of sessions that open with one, in [0, 1].
 
     Returns:
         :class:`SessionTable` sorted by earliest arrival (ties: session, then turn).
@@ -257,12 +259,16 @@ def sessions(
         f"sessions: need {int(counts.sum())} user/answer lengths, got {user.size}",
     )
     which_sys = rng.integers(0, check_count("num_system_prompts", num_system_prompts), size=n)
+    frac = float(system_prompt_fraction)
+    require(0.0 <= frac <= 1.0, f"system prompt fraction={system_prompt_fraction!r} must be in [0, 1]")
+    # its own stream, so that fraction 1 draws exactly what it drew without the knob
+    has_sys = np.ones(n, bool) if frac >= 1.0 else numpy_rng(jax.random.fold_in(key, 1)).random(n) < frac
     rows: list[tuple] = []
     seg_rows: list[tuple[list[int], list[int]]] = []
     used = 0
     for sid in range(n):
-        ids: list[int] = [int(which_sys[sid])] if sys_len else []
-        lens: list[int] = [sys_len] if sys_len else []
+        ids: list[int] = [int(which_sys[sid])] if sys_len and has_sys[sid] else []
+        lens: list[int] = [sys_len] if sys_len and has_sys[sid] else []
         t_earliest, prev = starts[sid], -1
         for t in range(int(counts[sid])):
             u, a = int(user[used]), int(answer[used])
@@ -342,7 +348,7 @@ def session_workload(table: SessionTable, block_size: int = 16):
 
 def sessions_from(workload, key, num_sessions: int, turns: Mapping[str, Any], think_time_s: float,
                   max_tokens: int, block_size: int = 16, system_prompt_tokens: int = 0,
-                  num_system_prompts: int = 1):
+                  num_system_prompts: int = 1, system_prompt_fraction: float = 1.0):
     """Multi-turn sessions drawn from a synthetic or replayed workload's rows.
 
     The first ``num_sessions`` arrival times start the sessions (so the workload's rate is
@@ -353,7 +359,7 @@ def sessions_from(workload, key, num_sessions: int, turns: Mapping[str, Any], th
         workload: the base requests (at least ``num_sessions`` rows and as many as turns).
         key: PRNG key (turn counts, think times, system prompt choice).
         num_sessions, turns, think_time_s, max_tokens, system_prompt_tokens,
-            num_system_prompts: as :func:`sessions`.
+            num_system_prompts, system_prompt_fraction: as :func:`sessions`.
         block_size: tokens per KV block of the hashes.
 
     Returns:
@@ -367,7 +373,7 @@ def sessions_from(workload, key, num_sessions: int, turns: Mapping[str, Any], th
     user = np.asarray(workload.num_prefill, np.int64)[mask]
     answer = np.asarray(workload.num_decode, np.int64)[mask]
     table = sessions(key, starts, turns, user, answer, think_time_s, max_tokens,
-                     system_prompt_tokens, num_system_prompts)
+                     system_prompt_tokens, num_system_prompts, system_prompt_fraction)
     return session_workload(table, block_size)
 
 
