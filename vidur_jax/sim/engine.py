@@ -26,7 +26,16 @@ import jax
 import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
-from vidur_jax.sim import disagg, indexed, policies, prefix_engine, scan, sessions, speculative, timing
+from vidur_jax.sim import (
+    disagg,
+    indexed,
+    policies,
+    prefix_engine,
+    scan,
+    sessions,
+    speculative,
+    timing,
+)
 from vidur_jax.sim.policies import Candidates, ReplicaView, seq_blocks
 from vidur_jax.sim.types import (
     ERR_OOM,

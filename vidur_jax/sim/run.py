@@ -22,7 +22,15 @@ import pandas as pd
 
 from vidur_jax import catalog, metrics
 from vidur_jax.errors import ConfigError
-from vidur_jax.sim import build, disagg, executables, precision, prefix_engine, sessions, speculative
+from vidur_jax.sim import (
+    build,
+    disagg,
+    executables,
+    precision,
+    prefix_engine,
+    sessions,
+    speculative,
+)
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import (
     init_state,
