@@ -62,6 +62,7 @@ def imbalance_sweep() -> pd.DataFrame:
         knobs = {
             "model.name": "deepseek-ai/DeepSeek-V2-Lite",
             "hardware": "h100",
+            "hardware.network_device": "h100_dgx",  # 8 GPUs on NVSwitch, as the search's TP8
             "cluster.tp": 8,
             "cluster.ep": ep,
             "scheduler": "sarathi",

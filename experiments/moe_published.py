@@ -11,6 +11,8 @@ Source of every case: vLLM's nightly "Performance Benchmark" (Buildkite), "Laten
 tests": input 32 tokens, output 128 tokens, a fixed batch of 8 requests
 (``benchmark_latency.py``: the 8 prompts go in together and the run's end-to-end
 latency is timed), BF16 weights, vLLM's default scheduler, "8xH100" and "H200" runners.
+Both runners are 8-GPU SXM boards whose GPUs meet on NVSwitch, so every case runs on the
+``h100_dgx`` node's topology (``hardware.network_device``; H200 uses it by default).
 
 Usage::
 
@@ -37,6 +39,10 @@ H100_PAGE = (
     "Performance Benchmark page, 'Latency tests', 8xH100)"
 )
 H200_PAGE = "https://buildkite.com/vllm/performance-benchmark/builds/9515 ('Latency tests', H200)"
+
+
+#: node of both runners (8 GPUs on NVSwitch)
+NETWORK = "h100_dgx"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ def predict_ms(case: Case) -> float:
     overrides = {
         "model.name": case.model,
         "hardware": case.gpu,
+        "hardware.network_device": NETWORK,
         "cluster.tp": case.tp,
         "scheduler": "vllm",
         "workload": "synthetic_fixed",
@@ -94,6 +101,7 @@ def run() -> pd.DataFrame:
                 "model": case.model,
                 "gpu": case.gpu,
                 "tp": case.tp,
+                "network_device": NETWORK,
                 "batch": case.batch,
                 "prompt_tokens": case.prompt_tokens,
                 "output_tokens": case.output_tokens,

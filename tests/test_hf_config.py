@@ -164,16 +164,16 @@ def test_missing_or_broken_file(tmp_path):
         catalog.get_model(str(tmp_path / "bad.json"))
 
 
-@pytest.mark.parametrize("alias", ["gpt-oss-20b", "gpt-oss-120b"])
-def test_unsimulated_parts_are_refused_not_simulated_as_dense(alias):
-    with pytest.raises(ConfigError, match="does not simulate yet"):
-        catalog.validate_parallelism(alias, 1, 1)
+@pytest.mark.parametrize(("alias", "sliding"), [("gpt-oss-20b", 12), ("gpt-oss-120b", 18)])
+def test_gpt_oss_windows_and_mxfp4_are_read(alias, sliding):
+    # config.json: 128-token window on alternate layers, experts in MXFP4 (4.25 bits)
+    m = catalog.get_model(alias)
+    assert (m.sliding_window, m.num_sliding_layers, m.num_layers) == (128, sliding, 2 * sliding)
+    assert m.moe.expert_bits == 4.25
 
 
-@pytest.mark.parametrize(
-    "alias", sorted(a for a in PUBLISHED if not a.startswith("gpt-oss"))
-)
-def test_every_other_shipped_config_is_simulable(alias):
+@pytest.mark.parametrize("alias", sorted(PUBLISHED))
+def test_every_shipped_config_is_simulable(alias):
     m = catalog.get_model(alias)
     tp = max(t for t in catalog.allowed_tp(m, 8))
     catalog.validate_parallelism(m, tp, 1)
@@ -210,7 +210,9 @@ def test_model_config_key_reads_a_config_json(tmp_path):
     assert deployment_fields(tree)["model"] == str(tmp_path)
     assert catalog.get_model(deployment_fields(tree)["model"]).name == "Qwen/Qwen2.5-7B-Instruct"
     # unset, the catalog name is used
-    assert deployment_fields(app.to_container(app.compose([])))["model"] == "meta-llama/Llama-2-7b-hf"
+    assert (
+        deployment_fields(app.to_container(app.compose([])))["model"] == "meta-llama/Llama-2-7b-hf"
+    )
 
 
 def test_roofline_uses_the_spec_sheet_link_of_a_new_gpu():

@@ -11,6 +11,8 @@ from vidur_jax.catalog.hardware import (
     NodeSpec,
     get_device,
     get_node,
+    group_topology,
+    is_node_of,
     list_devices,
     list_nodes,
 )
@@ -67,6 +69,8 @@ __all__ = [
     "needs_roofline",
     "validate_expert_parallel",
     "get_device",
+    "group_topology",
+    "is_node_of",
     "get_model",
     "load_hf_config",
     "parameter_count",

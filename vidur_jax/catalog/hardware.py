@@ -25,8 +25,17 @@ Sources:
     * Prices of B200, L40S and MI300X are **estimates** of 2025 on-demand cloud list
       prices (B200 1.5 x H100; L40S 0.45 x H100; MI300X 0.6 x H100): set
       ``hardware.price_per_hour`` from a real quote before acting on a cost answer.
+    * ``pcie_gbps`` (host PCIe x16 bandwidth per direction, GB/s): PCIe 4.0 32 (A40,
+      A100, L40S), PCIe 5.0 64 (H100, H200, B200, MI300X); datasheets.
     * Nodes: Vidur's ``vidur/config/node_sku_config.py``. ``network_device`` names the
       ``profiling/network/<network_device>/`` folder with that node's collective timings.
+    * Topology (:data:`TOPOLOGIES`) of a GPU group, which sets the bandwidth of a
+      collective (:func:`group_topology`): Vidur's ``*_pairwise_nvlink`` nodes pair their
+      GPUs with NVLink bridges and join the pairs over PCIe (a 4-GPU ring crosses PCIe);
+      ``*_dgx`` nodes (and HGX H200/B200 boards) connect every GPU to NVSwitches at full
+      NVLink bandwidth; an MI300X platform links each of its 8 GPUs directly to the 7
+      others (Infinity Fabric mesh: a group of ``p`` GPUs uses ``p - 1`` of the 7 links);
+      L40S has no NVLink (PCIe only).
 """
 
 from __future__ import annotations
@@ -50,6 +59,12 @@ class DeviceSpec:
         fp8_tflops: peak dense FP8 tensor TFLOP/s, or None without FP8 tensor cores.
         link_gbps: GPU-to-GPU interconnect bandwidth per direction, GB/s.
         price_is_estimate: True when ``price_per_hour`` is our estimate, not a quote.
+        pcie_gbps: host PCIe bandwidth per direction, GB/s.
+        fabric: topology of this GPU's own boards (:data:`TOPOLOGIES`), used when a
+            config's network tables are another GPU's stand-in.
+        compute_twin: a profiled GPU with the same compute die, SM count and clocks
+            (same dense BF16/FP8 peaks), or None; unprofiled ops are then its profiled
+            times scaled by the roofline ratio of the two GPUs.
     """
 
     name: str
@@ -61,6 +76,9 @@ class DeviceSpec:
     fp8_tflops: float | None = None
     link_gbps: float = 0.0
     price_is_estimate: bool = False
+    pcie_gbps: float = 32.0
+    fabric: str = "nvswitch"
+    compute_twin: str | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -77,12 +95,14 @@ class NodeSpec:
         device: the GPU SKU name (a key of :data:`DEVICES`).
         devices_per_node: GPUs in one node.
         network_device: folder name under ``profiling/network/`` for collective timings.
+        topology: how its GPUs are connected (:data:`TOPOLOGIES`).
     """
 
     name: str
     device: str
     devices_per_node: int
     network_device: str
+    topology: str = "nvswitch"
 
     @property
     def device_spec(self) -> DeviceSpec:
@@ -93,8 +113,26 @@ class NodeSpec:
 DEVICES: dict[str, DeviceSpec] = {
     d.name: d
     for d in (
-        DeviceSpec("a40", 45, 149.7, 696.0, 1.28, vidur_fp16_tflops=150, link_gbps=56.25),
-        DeviceSpec("a100", 80, 312.0, 2039.0, 2.21, vidur_fp16_tflops=312, link_gbps=300.0),
+        DeviceSpec(
+            "a40",
+            45,
+            149.7,
+            696.0,
+            1.28,
+            vidur_fp16_tflops=150,
+            link_gbps=56.25,
+            fabric="pairwise_nvlink",
+        ),
+        DeviceSpec(
+            "a100",
+            80,
+            312.0,
+            2039.0,
+            2.21,
+            vidur_fp16_tflops=312,
+            link_gbps=300.0,
+            fabric="pairwise_nvlink",
+        ),
         DeviceSpec(
             "h100",
             80,
@@ -104,6 +142,8 @@ DEVICES: dict[str, DeviceSpec] = {
             vidur_fp16_tflops=1000,
             fp8_tflops=1978.9,
             link_gbps=450.0,
+            pcie_gbps=64.0,
+            fabric="pairwise_nvlink",
         ),
         DeviceSpec(
             "h200",
@@ -114,6 +154,8 @@ DEVICES: dict[str, DeviceSpec] = {
             fp8_tflops=1978.9,
             link_gbps=450.0,
             price_is_estimate=True,
+            pcie_gbps=64.0,
+            compute_twin="h100",
         ),
         DeviceSpec(
             "b200",
@@ -124,6 +166,7 @@ DEVICES: dict[str, DeviceSpec] = {
             fp8_tflops=4500.0,
             link_gbps=900.0,
             price_is_estimate=True,
+            pcie_gbps=64.0,
         ),
         DeviceSpec(
             "l40s",
@@ -134,6 +177,7 @@ DEVICES: dict[str, DeviceSpec] = {
             fp8_tflops=733.0,
             link_gbps=32.0,
             price_is_estimate=True,
+            fabric="pcie",
         ),
         DeviceSpec(
             "mi300x",
@@ -144,6 +188,8 @@ DEVICES: dict[str, DeviceSpec] = {
             fp8_tflops=2614.9,
             link_gbps=448.0,
             price_is_estimate=True,
+            pcie_gbps=64.0,
+            fabric="mesh",
         ),
     )
 }
@@ -151,9 +197,9 @@ DEVICES: dict[str, DeviceSpec] = {
 NODES: dict[str, NodeSpec] = {
     n.name: n
     for n in (
-        NodeSpec("a100_pairwise_nvlink", "a100", 4, "a100_pairwise_nvlink"),
-        NodeSpec("h100_pairwise_nvlink", "h100", 4, "h100_pairwise_nvlink"),
-        NodeSpec("a40_pairwise_nvlink", "a40", 8, "a40_pairwise_nvlink"),
+        NodeSpec("a100_pairwise_nvlink", "a100", 4, "a100_pairwise_nvlink", "pairwise_nvlink"),
+        NodeSpec("h100_pairwise_nvlink", "h100", 4, "h100_pairwise_nvlink", "pairwise_nvlink"),
+        NodeSpec("a40_pairwise_nvlink", "a40", 8, "a40_pairwise_nvlink", "pairwise_nvlink"),
         NodeSpec("a100_dgx", "a100", 8, "a100_dgx"),
         NodeSpec("h100_dgx", "h100", 8, "h100_dgx"),
     )
@@ -167,6 +213,30 @@ _DEVICE_ALIASES = {
     "b200-sxm": "b200",
     "mi300": "mi300x",
 }
+
+
+#: GPU-group topologies a collective's bandwidth depends on (see the module docstring).
+TOPOLOGIES: tuple[str, ...] = ("nvswitch", "pairwise_nvlink", "mesh", "pcie")
+
+
+def group_topology(device: str, network_device: str | None = None) -> str:
+    """Topology of the GPUs of one replica stage of ``device`` on ``network_device``.
+
+    The node's topology when ``network_device`` is a node of this GPU (``a100_dgx`` ->
+    ``nvswitch``, ``h100_pairwise_nvlink`` -> ``pairwise_nvlink``); otherwise (no node
+    given, or another GPU's tables standing in, e.g. H200 on ``h100_dgx``) the GPU's own
+    boards (:attr:`DeviceSpec.fabric`).
+    """
+    spec = get_device(device)
+    if is_node_of(network_device, spec.name):
+        return NODES[str(network_device).strip().lower()].topology
+    return spec.fabric
+
+
+def is_node_of(network_device: str | None, device: str) -> bool:
+    """Whether ``network_device`` names a node SKU of ``device``'s GPUs (its own tables)."""
+    node = NODES.get(str(network_device).strip().lower()) if network_device else None
+    return node is not None and node.device == get_device(device).name
 
 
 def list_devices() -> list[str]:

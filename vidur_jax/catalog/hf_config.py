@@ -170,6 +170,7 @@ def _moe_spec(cfg: Mapping[str, Any], family: str, source: str) -> MoESpec | Non
             expert_hidden_dim=_int(cfg, "intermediate_size", source),
             router_bias=True,
             expert_bias=True,
+            expert_bits=_expert_bits(cfg, source),
         )
     if family in ("qwen2_moe", "qwen3_moe"):
         shared = _int(cfg, "shared_expert_intermediate_size", source, default=0)
@@ -194,6 +195,50 @@ def _moe_spec(cfg: Mapping[str, Any], family: str, source: str) -> MoESpec | Non
             router_bias=family == "deepseek_v3",
         )
     return None
+
+
+#: Bits per weight of a quantized expert format: MXFP4 stores 4-bit values with one
+#: 8-bit (E8M0) scale per block of 32 (OCP Microscaling spec), 4 + 8/32 = 4.25.
+EXPERT_FORMAT_BITS = {"mxfp4": 4.25}
+
+
+def _expert_bits(cfg: Mapping[str, Any], source: str) -> float | None:
+    """Bits per routed-expert weight from gpt-oss's ``quantization_config`` (None: 16-bit
+    experts, e.g. a dequantized upload). Attention, router, embeddings and LM head stay
+    16-bit (its ``modules_to_not_convert``)."""
+    quant = cfg.get("quantization_config")
+    if quant is None:
+        return None
+    method = quant.get("quant_method") if isinstance(quant, Mapping) else None
+    if method not in EXPERT_FORMAT_BITS:
+        raise ConfigError(
+            f"{source}: quantization_config quant_method={method!r} is not modelled "
+            f"(supported: {', '.join(EXPERT_FORMAT_BITS)})"
+        )
+    return EXPERT_FORMAT_BITS[method]
+
+
+def _sliding_layers(cfg: Mapping[str, Any], source: str) -> tuple[int | None, int]:
+    """``(window, number of sliding-window layers)`` from ``layer_types`` (gpt-oss
+    alternates ``sliding_attention`` and ``full_attention``); ``(None, 0)`` without it."""
+    types = cfg.get("layer_types")
+    if not types:
+        return None, 0
+    allowed = ("sliding_attention", "full_attention")
+    bad = [t for t in types if t not in allowed]
+    if bad:
+        raise ConfigError(
+            f"{source}: layer_types entry {bad[0]!r} is not modelled (allowed: {', '.join(allowed)})"
+        )
+    if len(types) != _int(cfg, "num_hidden_layers", source):
+        raise ConfigError(f"{source}: layer_types has {len(types)} entries, not num_hidden_layers")
+    sliding = sum(t == "sliding_attention" for t in types)
+    if sliding == 0:
+        return None, 0
+    window = _int(cfg, "sliding_window", source)
+    if window < 1:
+        raise ConfigError(f"{source}: 'sliding_window'={window!r} must be >= 1 with sliding layers")
+    return window, sliding
 
 
 def _mla_spec(cfg: Mapping[str, Any], family: str, source: str) -> MLASpec | None:
@@ -243,6 +288,7 @@ def spec_from_hf_config(config: Mapping[str, Any], name: str | None = None) -> M
     dense_mlp = _int(config, "intermediate_size", source, default=0)
     tie = bool(config.get("tie_word_embeddings", False))
     bias = bool(config.get("attention_bias", False)) or family in ("qwen2", "qwen2_moe")
+    window, sliding = _sliding_layers(config, source)
     return ModelSpec(
         name=name or str(config.get("_name_or_path") or family),
         num_layers=_int(config, "num_hidden_layers", source),
@@ -260,6 +306,8 @@ def spec_from_hf_config(config: Mapping[str, Any], name: str | None = None) -> M
         tie_word_embeddings=tie,
         attention_bias=bias or family == "gpt_oss",
         family=family,
+        sliding_window=window,
+        num_sliding_layers=sliding,
     )
 
 

@@ -44,19 +44,17 @@ def _is_pos_int(x: object) -> bool:
 def validate_simulable(model: ModelSpec | str) -> None:
     """Refuse a model whose serving cost the simulator cannot compute yet.
 
-    Dense, mixture-of-experts (:mod:`vidur_jax.catalog.moe`) and multi-head latent
-    attention models are simulated. gpt-oss is refused: its experts ship in MXFP4
-    (4-bit) and half its layers attend over a 128-token sliding window, so simulated as
-    16-bit weights with full attention its memory and time would be far off.
+    Dense, mixture-of-experts (:mod:`vidur_jax.catalog.moe`; quantized experts such as
+    gpt-oss's MXFP4 at their own bits), multi-head latent attention and sliding-window
+    layers (read through the window; their KV cache counted in full) are simulated.
 
     Raises:
         ConfigError: naming the model and the part that is not modelled.
     """
     m = get_model(model)
     require(
-        m.family != "gpt_oss",
-        f"{m.name} has MXFP4 experts and alternates sliding-window and full attention "
-        "layers, which vidur_jax reads from config.json but does not simulate yet",
+        m.num_sliding_layers == 0 or m.sliding_window is not None,
+        f"{m.name} has sliding-window layers without a window size",
     )
 
 
@@ -118,20 +116,26 @@ def params_per_layer(model: ModelSpec | str, tp: int) -> int:
     return attn + mlp
 
 
-def params_per_device(model: ModelSpec | str, tp: int, pp: int) -> int:
-    """Weights held by one GPU: :func:`params_per_layer` x layers per stage (elements)."""
+def params_per_device(model: ModelSpec | str, tp: int, pp: int, *, attention_dp: int = 1) -> int:
+    """Weights held by one GPU: :func:`params_per_layer` x layers per stage (elements;
+    experts spread over ``attention_dp x tp`` GPUs, :mod:`vidur_jax.catalog.moe`)."""
     m = get_model(model)
     validate_parallelism(m, tp, pp)
     if m.moe is not None or m.mla is not None:
-        return moe.params_per_device(m, tp, pp)
+        return moe.params_per_device(m, tp, pp, attention_dp * tp)
     return params_per_layer(m, tp) * m.layers_per_stage(pp)
 
 
 def param_bytes_per_device(
-    model: ModelSpec | str, tp: int, pp: int, *, weight_dtype: str = "fp16"
+    model: ModelSpec | str, tp: int, pp: int, *, weight_dtype: str = "fp16", attention_dp: int = 1
 ) -> int:
-    """Weight memory per GPU in bytes (``weight_dtype``: fp16 as in Vidur, or fp8)."""
-    return dtype_bytes(weight_dtype) * params_per_device(model, tp, pp)
+    """Weight memory per GPU in bytes (``weight_dtype``: fp16 as in Vidur, or fp8;
+    experts that ship quantized keep their format, :func:`moe.weight_bytes_per_device`)."""
+    m = get_model(model)
+    if m.moe is not None and m.moe.expert_bits is not None:
+        validate_parallelism(m, tp, pp)
+        return moe.weight_bytes_per_device(m, tp, pp, dtype_bytes(weight_dtype), attention_dp * tp)
+    return dtype_bytes(weight_dtype) * params_per_device(m, tp, pp, attention_dp=attention_dp)
 
 
 def kv_bytes_per_token(
@@ -178,6 +182,7 @@ def max_batch_size(
     kv_dtype: str = "fp16",
     extra_weight_bytes: int = 0,
     extra_kv_bytes_per_token: int = 0,
+    attention_dp: int = 1,
 ) -> int:
     """Requests whose full ``max_tokens`` KV cache fits next to the weights (per stage).
 
@@ -194,6 +199,8 @@ def max_batch_size(
         extra_weight_bytes: further weights per GPU (a speculative-decoding draft model).
         extra_kv_bytes_per_token: further KV bytes per token per GPU (the draft's cache,
             which holds the same tokens as the target's).
+        attention_dp: attention data-parallel ranks sharing one expert group (the
+            experts are spread over ``attention_dp x tp`` GPUs; 1 = off).
 
     Returns:
         ``floor((mem * (1 - margin) - weight_bytes) / (kv_bytes_per_token * max_tokens))``.
@@ -204,7 +211,9 @@ def max_batch_size(
     m, d = get_model(model), get_device(device)
     _check_memory_args(max_tokens, memory_margin_fraction)
     available = d.memory_gb * 1024**3 * (1.0 - float(memory_margin_fraction))
-    weights = param_bytes_per_device(m, tp, pp, weight_dtype=weight_dtype) + int(extra_weight_bytes)
+    weights = param_bytes_per_device(
+        m, tp, pp, weight_dtype=weight_dtype, attention_dp=attention_dp
+    ) + int(extra_weight_bytes)
     per_request = (
         kv_bytes_per_token(m, tp, pp, vidur_compat=vidur_compat, kv_dtype=kv_dtype)
         + int(extra_kv_bytes_per_token)
@@ -234,6 +243,7 @@ def max_request_slots(
     kv_dtype: str = "fp16",
     extra_weight_bytes: int = 0,
     extra_kv_bytes_per_token: int = 0,
+    attention_dp: int = 1,
 ) -> int:
     """Concurrent requests per replica: :func:`max_batch_size` x pp (one batch per stage)."""
     return pp * max_batch_size(
@@ -248,6 +258,7 @@ def max_request_slots(
         kv_dtype=kv_dtype,
         extra_weight_bytes=extra_weight_bytes,
         extra_kv_bytes_per_token=extra_kv_bytes_per_token,
+        attention_dp=attention_dp,
     )
 
 
@@ -265,6 +276,7 @@ def num_kv_blocks(
     kv_dtype: str = "fp16",
     extra_weight_bytes: int = 0,
     extra_kv_bytes_per_token: int = 0,
+    attention_dp: int = 1,
 ) -> int:
     """KV-cache blocks per replica, as Vidur sizes them when ``num_blocks`` is unset.
 
@@ -297,6 +309,7 @@ def num_kv_blocks(
         kv_dtype=kv_dtype,
         extra_weight_bytes=extra_weight_bytes,
         extra_kv_bytes_per_token=extra_kv_bytes_per_token,
+        attention_dp=attention_dp,
     )
     return (max_tokens // block_size) * slots
 

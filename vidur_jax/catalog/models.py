@@ -34,6 +34,9 @@ class MoESpec:
         router_bias: True when the router has a bias (gpt-oss) or a correction bias
             (DeepSeek-V3's ``e_score_correction_bias``).
         expert_bias: True when expert projections carry biases (gpt-oss).
+        expert_bits: bits per routed-expert weight when the experts ship quantized apart
+            from the rest (gpt-oss: MXFP4, 4-bit values + one 8-bit scale per 32 = 4.25);
+            None = the deployment's ``weight_dtype`` like every other weight.
     """
 
     num_experts: int
@@ -45,6 +48,7 @@ class MoESpec:
     shared_expert_gate: bool = False
     router_bias: bool = False
     expert_bias: bool = False
+    expert_bits: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class ModelSpec:
         attention_bias: True when the Q/K/V projections carry biases (Qwen2, gpt-oss).
         family: Hugging Face ``model_type`` the spec was read from ("llama" for the
             Vidur catalog entries).
+        sliding_window: tokens a sliding-window layer attends to (gpt-oss: 128), or None.
+        num_sliding_layers: layers with sliding-window attention (the rest attend to
+            the whole context); 0 without a window.
     """
 
     name: str
@@ -117,6 +124,8 @@ class ModelSpec:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     family: str = "llama"
+    sliding_window: int | None = None
+    num_sliding_layers: int = 0
 
     @property
     def head_dim(self) -> int:

@@ -15,6 +15,10 @@ embeddings, norms or biases in the per-device weights):
   ``ep`` is, so memory does not depend on ``ep``. Shared experts and the dense MLP of
   the first ``first_dense_layers`` layers are split ``tp`` ways; the router
   (``H x E``) is replicated.
+* **Attention data parallelism** (``attention_dp = d``, DeepSeek/SGLang style): each
+  replica is one attention rank of ``tp`` GPUs, and ``d`` ranks share one expert-parallel
+  group of ``G = d x tp`` GPUs (``ep = G``): routed and shared experts are spread over
+  the ``G`` GPUs (``group``), attention weights and dense first layers stay per rank.
 * **KV cache** per token and layer: ``2 x head_dim x ceil(kv_heads / tp)`` for standard
   attention; ``kv_lora_rank + qk_rope_head_dim`` for MLA, which has one latent "head"
   that every TP worker stores whole (as vLLM does).
@@ -51,13 +55,14 @@ def dense_mlp_params_per_worker(m: ModelSpec, tp: int) -> int:
     return (3 if m.use_gated_mlp else 2) * m.embedding_dim * m.mlp_hidden_dim // tp
 
 
-def moe_mlp_params_per_worker(m: ModelSpec, tp: int) -> int:
+def moe_mlp_params_per_worker(m: ModelSpec, tp: int, group: int | None = None) -> int:
     """Weights of one MoE layer's feed-forward part on one GPU (elements): router
-    (replicated) + all routed experts spread over ``tp`` GPUs + shared experts / tp."""
-    e, h = m.moe, m.embedding_dim
+    (replicated) + routed and shared experts spread over the ``group`` GPUs that hold
+    them (default ``tp``; ``attention_dp x tp`` under attention data parallelism)."""
+    e, h, g = m.moe, m.embedding_dim, group or tp
     router = h * e.num_experts if e.num_experts > 1 else 0
-    routed = e.num_experts * 3 * h * e.expert_hidden_dim // tp
-    shared = 3 * h * e.shared_expert_hidden_dim // tp
+    routed = e.num_experts * 3 * h * e.expert_hidden_dim // g
+    shared = 3 * h * e.shared_expert_hidden_dim // g
     return router + routed + shared
 
 
@@ -66,26 +71,64 @@ def is_moe_layer(m: ModelSpec, layer: int) -> bool:
     return m.moe is not None and layer >= m.moe.first_dense_layers
 
 
-def layer_params_per_worker(m: ModelSpec, tp: int, layer: int) -> int:
-    """All projection weights of layer ``layer`` on one GPU (elements)."""
+def layer_params_per_worker(m: ModelSpec, tp: int, layer: int, group: int | None = None) -> int:
+    """All projection weights of layer ``layer`` on one GPU (elements; ``group``: GPUs
+    holding the experts, default ``tp``)."""
     mlp = (
-        moe_mlp_params_per_worker(m, tp)
+        moe_mlp_params_per_worker(m, tp, group)
         if is_moe_layer(m, layer)
         else dense_mlp_params_per_worker(m, tp)
     )
     return attention_params_per_worker(m, tp) + mlp
 
 
-def params_per_device(m: ModelSpec, tp: int, pp: int) -> int:
-    """Weights on the fullest GPU of a ``tp x pp`` replica (elements).
+def params_per_device(m: ModelSpec, tp: int, pp: int, group: int | None = None) -> int:
+    """Weights on the fullest GPU of a ``tp x pp`` replica (elements; ``group``: GPUs
+    holding the experts, default ``tp``).
 
     Stage ``s`` holds layers ``[s L/pp, (s+1) L/pp)``; with dense first layers the last
     stages are the fullest, and they size the KV cache of every stage.
     """
     per_stage = m.num_layers // pp
     return max(
-        sum(layer_params_per_worker(m, tp, i) for i in range(s * per_stage, (s + 1) * per_stage))
+        sum(
+            layer_params_per_worker(m, tp, i, group)
+            for i in range(s * per_stage, (s + 1) * per_stage)
+        )
         for s in range(pp)
+    )
+
+
+def routed_expert_params_per_worker(
+    m: ModelSpec, tp: int, layer: int, group: int | None = None
+) -> int:
+    """Routed-expert weights of layer ``layer`` on one GPU (elements; 0 in a dense layer)."""
+    if not is_moe_layer(m, layer):
+        return 0
+    return m.moe.num_experts * 3 * m.embedding_dim * m.moe.expert_hidden_dim // (group or tp)
+
+
+def weight_bytes_per_device(
+    m: ModelSpec, tp: int, pp: int, bytes_per_weight: int, group: int | None = None
+) -> int:
+    """Weight bytes on the fullest GPU of a ``tp x pp`` replica: routed experts at
+    ``m.moe.expert_bits`` when they ship quantized (gpt-oss: MXFP4, 4.25 bits), every
+    other weight at ``bytes_per_weight``."""
+    bits = m.moe.expert_bits if m.moe is not None else None
+    per_stage = m.num_layers // pp
+
+    def layer_bytes(i: int) -> float:
+        total = layer_params_per_worker(m, tp, i, group)
+        if bits is None:
+            return float(bytes_per_weight * total)
+        experts = routed_expert_params_per_worker(m, tp, i, group)
+        return bytes_per_weight * (total - experts) + experts * bits / 8.0
+
+    return int(
+        max(
+            sum(layer_bytes(i) for i in range(s * per_stage, (s + 1) * per_stage))
+            for s in range(pp)
+        )
     )
 
 
@@ -135,18 +178,32 @@ def attn_flops_coef(m: ModelSpec, tp: int) -> float:
     return 4.0 * m.head_dim * hq
 
 
-def validate_expert_parallel(m: ModelSpec, tp: int, ep: int) -> None:
+def validate_expert_parallel(m: ModelSpec, tp: int, ep: int, attention_dp: int = 1) -> None:
     """Check an expert-parallel degree for ``m`` at tensor parallelism ``tp``.
 
     Raises:
         ConfigError: ``ep`` not a positive integer; ``ep > 1`` on a dense model; ``ep``
             not dividing ``tp`` (EP ranks are the GPUs of a stage) or the experts; an
-            expert inner size that ``tp / ep`` does not divide.
+            expert inner size that ``tp / ep`` does not divide. With ``attention_dp > 1``:
+            a dense model, or ``ep`` other than ``attention_dp x tp``.
     """
     require(
         isinstance(ep, int) and not isinstance(ep, bool) and ep >= 1,
         f"expert parallel degree ep={ep!r} must be an integer >= 1",
     )
+    require(
+        isinstance(attention_dp, int) and not isinstance(attention_dp, bool) and attention_dp >= 1,
+        f"attention_dp={attention_dp!r} must be an integer >= 1",
+    )
+    if attention_dp > 1:
+        require(m.moe is not None, f"attention_dp={attention_dp} needs a mixture-of-experts model")
+        require(
+            ep == attention_dp * tp,
+            f"attention_dp={attention_dp} needs ep = attention_dp x tp = {attention_dp * tp} "
+            f"(experts spread over the group's GPUs), got ep={ep}",
+        )
+        require(m.moe.num_experts % ep == 0, f"ep={ep} must divide {m.name}'s {m.moe.num_experts} experts")
+        return
     if m.moe is None:
         require(ep == 1, f"ep={ep} needs a mixture-of-experts model; {m.name} is dense")
         return

@@ -125,6 +125,7 @@ def deployment_fields(tree: Mapping[str, Any]) -> dict[str, Any]:
         compute_scale=read_float("predictor.compute_scale", pred["compute_scale"]),
         network_scale=read_float("predictor.network_scale", pred["network_scale"]),
         expert_parallel=read_int("cluster.ep", cl.get("ep", 1)),
+        attention_dp=read_int("cluster.attention_dp", cl.get("attention_dp", 1)),
         moe_imbalance=read_float("predictor.moe_imbalance", pred.get("moe_imbalance", 1.0)),
         seed=read_int("seed", tree.get("seed", _conf("", "seed"))),
         weight_dtype=str(model.get("weight_dtype", _conf("model", "weight_dtype"))).lower(),
@@ -209,7 +210,7 @@ def check_deployment(f: Mapping[str, Any]) -> None:
     tp, pp = f["tensor_parallel_size"], f["num_pipeline_stages"]
     catalog.validate_parallelism(model, tp, pp)
     catalog.validate_max_tokens(model, f["max_tokens"])
-    catalog.validate_expert_parallel(model, tp, f.get("expert_parallel", 1))
+    catalog.validate_expert_parallel(model, tp, f.get("expert_parallel", 1), f.get("attention_dp", 1))
     require(
         f.get("moe_imbalance", 1.0) >= 1.0,
         f"predictor.moe_imbalance={f.get('moe_imbalance')} must be >= 1 (busiest EP rank / mean)",

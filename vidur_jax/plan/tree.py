@@ -21,7 +21,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "config", "weight_dtype", "kv_cache_dtype"}),
     "hardware": frozenset({"device", "network_device", "price_per_hour"}),
     "cluster": frozenset(
-        {"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance", "ep",
+        {"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance", "ep", "attention_dp",
          "prefill_replicas", "decode_replicas", "kv_inter_node_gbps", "kv_transfer_latency_s",
          "prefill_batch_cap", "decode_batch_cap"}
     ),

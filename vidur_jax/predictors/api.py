@@ -461,7 +461,7 @@ def load(
     if _needs_roofline(model):  # MoE / MLA op shapes: no profile or transfer covers them
         from vidur_jax.predictors import roofline
 
-        return roofline.load_roofline(model, device, tp)
+        return roofline.load_roofline(model, device, tp, network_device=network_device)
     if profiles_dir is None:
         base = shipped_base(device, model, tp)
         if os.path.isfile(base + ".npz"):

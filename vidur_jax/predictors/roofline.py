@@ -11,8 +11,13 @@ the op's kernels reach), a per-op launch ``overhead`` (ms) and a sharpness ``p``
 ``p`` -> hard ``max``). The four constants per op are **calibrated** on profiled GPUs
 (:func:`calibrate`, a least-squares fit of ``log t`` on Vidur's tables) and then
 transferred to any GPU of the catalog through its ``fp16_tflops`` and ``hbm_gbps``.
-Collectives use the NVLink bandwidth per GPU (:data:`LINK_GBPS`) in place of HBM
-bandwidth and ring all-reduce traffic ``2 (p-1)/p x message``.
+Collectives use the bandwidth of the slowest hop of the group's ring in place of HBM
+bandwidth (:func:`ring_bandwidth`: NVLink per GPU, :data:`LINK_GBPS`, on NVSwitch boards
+and within an NVLink pair; the host PCIe link where a ring crosses it, as a 4-GPU group
+of Vidur's pairwise-NVLink nodes does; a share of the links on a mesh) and ring
+all-reduce traffic ``2 (p-1)/p x message``. The all-reduce is calibrated per hop class
+(``nvlink`` / ``pcie``) and group size on the profiled tables of that class, so a
+DGX/HGX group is never timed with a PCIe-crossing calibration.
 
 Work per op (``n`` tokens, ``E`` hidden, ``F`` MLP inner, ``d`` head dim, ``hq = H/tp``
 query heads, ``hkv = ceil(Hkv/tp)`` KV heads per worker):
@@ -117,26 +122,76 @@ def _shape(model: Any) -> dict:
         shape["moe"] = dataclasses.asdict(spec.moe)
     if spec.mla is not None:
         shape["mla"] = dataclasses.asdict(spec.mla)
+    if spec.num_sliding_layers:
+        shape["num_layers"] = spec.num_layers
+        shape["sliding_window"] = spec.sliding_window
+        shape["num_sliding_layers"] = spec.num_sliding_layers
     return shape
 
 
 def _device(device: Any) -> dict:
-    """``{name, peak_flops (FLOP/s), hbm_bw (B/s), link_bw (B/s)}`` of a GPU."""
+    """``{name, peak_flops (FLOP/s), hbm_bw, link_bw, pcie_bw (B/s), fabric}`` of a GPU
+    (a dict may give ``pcie_gbps``, default 32, and ``fabric``, default ``nvswitch``)."""
     if isinstance(device, dict):
         name = str(device.get("name", "custom"))
         tflops, gbps = float(device["fp16_tflops"]), float(device["hbm_gbps"])
         link = float(device.get("link_gbps", LINK_GBPS.get(name, 0.0)))
+        pcie, fabric = float(device.get("pcie_gbps", 32.0)), str(device.get("fabric", "nvswitch"))
     else:
         from vidur_jax.catalog import get_device
 
         spec = get_device(device)
-        name, tflops, gbps, link = (
+        name, tflops, gbps, link, pcie, fabric = (
             spec.name,
             spec.fp16_tflops,
             spec.hbm_gbps,
             LINK_GBPS.get(spec.name, spec.link_gbps),  # else the catalog's spec sheet
+            spec.pcie_gbps,
+            spec.fabric,
         )
-    return {"name": name, "peak_flops": tflops * 1e12, "hbm_bw": gbps * 1e9, "link_bw": link * 1e9}
+    return {
+        "name": name,
+        "peak_flops": tflops * 1e12,
+        "hbm_bw": gbps * 1e9,
+        "link_bw": link * 1e9,
+        "pcie_bw": pcie * 1e9,
+        "fabric": fabric,
+    }
+
+
+#: GPUs of an Infinity Fabric mesh platform (MI300X: each GPU has 7 direct peer links).
+MESH_GPUS = 8
+
+
+def ring_bandwidth(topology: str, dev: dict, group: int) -> tuple[float, str]:
+    """Per-GPU bandwidth (B/s, one direction) of a collective over ``group`` GPUs, and
+    the hop class its calibration is fitted on (``"nvlink"`` or ``"pcie"``).
+
+    * ``nvswitch``: every GPU reaches every other at its full NVLink bandwidth.
+    * ``pairwise_nvlink``: NVLink within a pair (``group <= 2``); a larger ring crosses
+      the host PCIe link, the slowest hop, which bounds it.
+    * ``mesh``: ``link_bw`` is the sum over ``MESH_GPUS - 1`` direct links, of which a
+      group uses ``group - 1``.
+    * ``pcie``: no NVLink; the host PCIe link.
+
+    Raises:
+        ConfigError: for an unknown topology.
+    """
+    if topology == "nvswitch" or (topology == "pairwise_nvlink" and group <= 2):
+        return dev["link_bw"], "nvlink"
+    if topology == "pairwise_nvlink" or topology == "pcie":
+        return dev["pcie_bw"], "pcie"
+    if topology == "mesh":
+        return dev["link_bw"] * max(group - 1, 1) / (MESH_GPUS - 1), "nvlink"
+    raise ConfigError(
+        f"unknown topology '{topology}'; allowed: nvswitch, pairwise_nvlink, mesh, pcie"
+    )
+
+
+def all_reduce_fit(fits: dict, hop: str, group: int) -> dict:
+    """The all-reduce calibration for a ``group``-GPU ring over ``hop`` links: fitted on
+    that hop class and group size if profiled, else on that hop class, else pooled."""
+    return fits.get(f"all_reduce@{hop}@{group}", fits.get(f"all_reduce@{hop}", fits["all_reduce"]))
 
 
 def op_work(op: str, shape: dict, tp: int, **features: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +256,9 @@ def op_work(op: str, shape: dict, tp: int, **features: Any) -> tuple[np.ndarray,
 _MLA_OPS = ("attn_pre_proj", "attn_post_proj", "attn_rope", "attn_prefill", "attn_decode")
 
 
-def _mla_work(op: str, a: dict, e: float, hq: float, **features: Any) -> tuple[np.ndarray, np.ndarray]:
+def _mla_work(
+    op: str, a: dict, e: float, hq: float, **features: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """FLOPs and bytes of an attention op of multi-head latent attention (DeepSeek-V2/V3)
     on one TP worker of ``hq`` heads (see :mod:`vidur_jax.catalog.moe` for the sharding).
 
@@ -220,7 +277,9 @@ def _mla_work(op: str, a: dict, e: float, hq: float, **features: Any) -> tuple[n
         flops = 2.0 * hq * c * (kv + c) * (qk + v)
         return flops, b * (c * hq * (qk + v) + (kv + c) * hq * (qk + v))
     if op == "attn_decode":
-        bs, kv = np.broadcast_arrays(*(np.asarray(features[k], np.float64) for k in OP_FEATURES[op]))
+        bs, kv = np.broadcast_arrays(
+            *(np.asarray(features[k], np.float64) for k in OP_FEATURES[op])
+        )
         flops = 2.0 * bs * hq * kv * (lat + rope + lat)
         return flops, b * (bs * kv * (lat + rope) + 2.0 * bs * hq * (lat + rope))
     n = np.asarray(features["num_tokens"], np.float64)
@@ -320,7 +379,11 @@ def moe_part_work(
     if part.endswith("_act"):
         return zero, b * 3.0 * rows * width
     k, m = (e, 2.0 * width) if part.endswith("_up") else (width, e)
-    return 2.0 * rows * k * m, b * (rows * k + touched * k * m + rows * m)
+    # quantized experts (gpt-oss MXFP4) stream fewer weight bytes; their GEMMs run at the
+    # 16-bit peak (dequantized in the kernel: no FP4 tensor-core path is assumed)
+    bits = moe.get("expert_bits") if part.startswith("expert_") else None
+    wb = b if bits is None else bits / 8.0
+    return 2.0 * rows * k * m, b * (rows * k + rows * m) + wb * touched * k * m
 
 
 def roofline_ms(
@@ -349,6 +412,17 @@ def _bandwidth(op: str, dev: dict) -> float:
     return dev["link_bw"] if op in NETWORK_OPS else dev["hbm_bw"]
 
 
+def _row_bandwidth(op: str, shape: dict, tp: int, dev: dict) -> float:
+    """Bandwidth of a profiled row: a ring's slowest hop for all-reduce rows."""
+    if op == "all_reduce":
+        return ring_bandwidth(shape["topology"], dev, tp)[0]
+    return _bandwidth(op, dev)
+
+
+def _hop(shape: dict, tp: int, dev: dict) -> str:
+    return ring_bandwidth(shape["topology"], dev, tp)[1]
+
+
 #: Row filter ``keep(op, source, tp) -> bool`` of :func:`calibration_rows`; ``source`` is the
 #: ``<org>/<model>`` of a compute table or the network table's name for collectives.
 RowFilter = Callable[[str, str, int], bool]
@@ -363,10 +437,10 @@ def calibration_rows(
     """Profiled medians of ``device`` as ``{op: [(shape, tp, features, ms array), ...]}``.
 
     Token ops come from every ``mlp.csv`` of the device (all models, all TPs), attention
-    from every ``attention.csv`` (only a100 Llama-2-7B exists), collectives from
-    ``<device>_pairwise_nvlink`` (TP 2, 4; send/recv) and ``<device>_dgx`` (TP 8), the
-    tables the predictors use. ``keep`` (see :data:`RowFilter`) selects tables, e.g. to
-    hold some out.
+    from every ``attention.csv`` (only a100 Llama-2-7B exists), all-reduce from every
+    group size of ``<device>_pairwise_nvlink`` and ``<device>_dgx`` (each row's shape
+    carries its node's ``topology``), send/recv from ``<device>_pairwise_nvlink``.
+    ``keep`` (see :data:`RowFilter`) selects tables, e.g. to hold some out.
     """
     from vidur_jax.profiles import loader
 
@@ -414,6 +488,8 @@ def calibration_rows(
         "mlp_hidden_dim": 1,
         "use_gated_mlp": False,
     }  # network features are bytes: n tokens of E=1 element... x2
+    from vidur_jax.catalog import hardware
+
     for tp in (2, 4, 8):
         for net in (f"{device}_pairwise_nvlink", f"{device}_dgx"):
             try:
@@ -421,8 +497,8 @@ def calibration_rows(
             except ConfigError:
                 continue
             feats = {"num_tokens": ar["size"].to_numpy(float) / BYTES_PER_ELEMENT}
-            add("all_reduce", net, (unit, tp, feats, ar["all_reduce"].to_numpy(float)))
-            break
+            topo = {**unit, "topology": hardware.group_topology(device, net)}
+            add("all_reduce", net, (topo, tp, feats, ar["all_reduce"].to_numpy(float)))
     try:
         sr = loader.load_send_recv(profiles_dir, f"{device}_pairwise_nvlink")
         feats = {"num_tokens": sr["size"].to_numpy(float) / BYTES_PER_ELEMENT}
@@ -446,7 +522,7 @@ def _work_arrays(
         nbytes.append(by)
         y.append(ms)
         peak.append(np.full(len(ms), dev["peak_flops"]))
-        bw.append(np.full(len(ms), _bandwidth(op, dev)))
+        bw.append(np.full(len(ms), _row_bandwidth(op, shape, tp, dev)))
     return (
         np.concatenate(flops) / np.concatenate(peak),
         np.concatenate(nbytes) / np.concatenate(bw),
@@ -523,16 +599,17 @@ def calibrate(
     for op, parts in pooled.items():
         tc0, tm0, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
         ops[op] = _fit_op(op, tc0, tm0, y)
-    # all-reduce efficiency depends on the group (4 GPUs of a pairwise-NVLink node cross
-    # PCIe; 8 of a DGX use NVSwitch), so each TP degree also gets its own fit
+    # all-reduce efficiency and latency depend on the hop class of the ring (NVLink /
+    # NVSwitch, or crossing PCIe) and on the group size: fits per class and per class x size
     for name in devices:
         dev = _device(name)
         for shape, tp, feats, ms in calibration_rows(profiles_dir, name, models, keep).get(
             "all_reduce", []
         ):
-            pooled.setdefault(f"all_reduce@{tp}", []).append(
-                _work_arrays("all_reduce", [(shape, tp, feats, ms)], dev)[:3]
-            )
+            work = _work_arrays("all_reduce", [(shape, tp, feats, ms)], dev)[:3]
+            hop = _hop(shape, tp, dev)
+            pooled.setdefault(f"all_reduce@{hop}", []).append(work)
+            pooled.setdefault(f"all_reduce@{hop}@{tp}", []).append(work)
     for key in sorted(k for k in pooled if k.startswith("all_reduce@")):
         tc0, tm0, y = (np.concatenate([p[i] for p in pooled[key]]) for i in range(3))
         ops[key] = _fit_op("all_reduce", tc0, tm0, y)
@@ -598,6 +675,21 @@ def __getattr__(name: str) -> Any:
 # ----------------------------------------------------------------------------- predictor
 
 
+def _format_notes(shape: dict) -> str:
+    """Warning text for parts of a model timed or sized as stated bounds/estimates."""
+    notes = ""
+    bits = (shape.get("moe") or {}).get("expert_bits")
+    if bits is not None:
+        notes += f"; experts stored at {bits:g} bits/weight (MXFP4), their GEMMs at the 16-bit peak"
+    if shape.get("num_sliding_layers"):
+        notes += (
+            f"; {shape['num_sliding_layers']} of {shape['num_layers']} layers attend over a "
+            f"{shape['sliding_window']}-token window, but their KV cache is counted for every "
+            "token (an upper bound on KV memory: fewer requests fit than in vLLM)"
+        )
+    return notes
+
+
 class RooflinePredictor:
     """Duck-typed predictor (``predict(op, **features) -> ms``) from the roofline.
 
@@ -610,6 +702,13 @@ class RooflinePredictor:
             :data:`CALIBRATION_PATH`).
         ep: expert-parallel degree (MoE models; divides ``tp`` and the experts).
         moe_imbalance: tokens of the busiest EP rank over the mean (>= 1; MoE models).
+        network_device: the node whose tables the config names (e.g. ``h100_dgx``); with
+            ``device`` it sets the group topology (:func:`catalog.group_topology`;
+            default: the GPU's own boards).
+        attention_dp: attention data-parallel ranks (replicas of ``tp`` GPUs) sharing one
+            expert group of ``attention_dp x tp`` GPUs with ``ep = attention_dp x tp``
+            (DeepSeek style; 1 = off). The MoE block then runs on the tokens of every
+            rank, assumed equal to this rank's (``attention_dp x num_tokens``).
 
     The MLP ops of a MoE model answer for its whole feed-forward block, averaged over
     the layers (dense first layers included): ``mlp_up_proj`` = router + all-to-all
@@ -631,15 +730,35 @@ class RooflinePredictor:
         *,
         ep: int = 1,
         moe_imbalance: float = 1.0,
+        network_device: str | None = None,
+        attention_dp: int = 1,
     ) -> None:
         self.shape = _shape(model)
         self.device = _device(device)
+        if isinstance(device, dict):
+            self.topology = self.device["fabric"]
+        else:
+            from vidur_jax.catalog import hardware
+
+            self.topology = hardware.group_topology(self.device["name"], network_device)
         self.tp = int(tp)
         if self.tp < 1 or self.shape["num_q_heads"] % self.tp:
             raise ConfigError(f"tp={tp} does not divide num_q_heads={self.shape['num_q_heads']}")
         self.ep, self.moe_imbalance = int(ep), float(moe_imbalance)
+        self.attention_dp = int(attention_dp)
+        #: GPUs over which the experts are spread
+        self.moe_group = self.tp * self.attention_dp
         moe = self.shape.get("moe")
-        if self.ep != 1 and (moe is None or self.tp % self.ep or moe["num_experts"] % self.ep):
+        if self.attention_dp > 1 and (
+            moe is None or self.ep != self.moe_group or moe["num_experts"] % self.ep
+        ):
+            raise ConfigError(
+                f"attention_dp={attention_dp} needs a MoE model and ep = attention_dp x tp "
+                f"= {self.moe_group} dividing its experts (got ep={ep})"
+            )
+        if self.ep != 1 and (
+            moe is None or self.moe_group % self.ep or moe["num_experts"] % self.ep
+        ):
             raise ConfigError(f"ep={ep} must be 1, or divide tp={tp} and the model's experts")
         if not self.moe_imbalance >= 1.0:
             raise ConfigError(f"moe_imbalance={moe_imbalance} must be >= 1 (busiest rank / mean)")
@@ -662,6 +781,8 @@ class RooflinePredictor:
             "peak_tflops": self.device["peak_flops"] / 1e12,
             "hbm_gbps": self.device["hbm_bw"] / 1e9,
             "link_gbps": self.device["link_bw"] / 1e9,
+            "topology": self.topology,
+            "all_reduce_gbps": ring_bandwidth(self.topology, self.device, self.tp)[0] / 1e9,
             "calibrated_on": self.calibration.get("devices", []),
             "op_source": {
                 op: ("absent (0, as Vidur)" if op == "attn_kv_cache_save" else "roofline")
@@ -669,12 +790,20 @@ class RooflinePredictor:
             },
             "ep": self.ep,
             "moe_imbalance": self.moe_imbalance,
+            "attention_dp": self.attention_dp,
             "shape": self.shape,
             "warning": f"no profiles for {name} on {self.device['name']} (tp={self.tp}): op times are "
             f"roofline estimates (efficiencies calibrated on {cal}); expect 10-40% error"
             + (
                 f"; MoE all-to-all at ep={self.ep}: link-bandwidth roofline estimate"
                 if self.ep > 1
+                else ""
+            )
+            + _format_notes(self.shape)
+            + (
+                f"; attention data parallelism over {self.attention_dp} ranks: the MoE block "
+                "assumes every rank holds as many tokens, ranks are not run in lock-step"
+                if self.attention_dp > 1
                 else ""
             ),
         }
@@ -698,6 +827,8 @@ class RooflinePredictor:
             return np.zeros(np.shape(features["num_tokens"]), np.float64)
         if "moe" in self.shape and op in MOE_PARTS:
             return self._moe_mlp_ms(op, features["num_tokens"])
+        if op in ATTENTION_OPS and self.shape.get("num_sliding_layers"):
+            return self._sliding_attention_ms(op, features)
         flops, nbytes = op_work(op, self.shape, self.tp, **features)
         fits = self.calibration.get("ops", {})
         if op not in fits:
@@ -705,11 +836,47 @@ class RooflinePredictor:
             raise ConfigError(
                 f"roofline calibration ({cal}) has no fit for op '{op}' (no profile of it)"
             )
-        fit = fits.get(f"{op}@{self.tp}", fits[op]) if op == "all_reduce" else fits[op]
-        return roofline_ms(
-            fit, flops, nbytes, self.device["peak_flops"], _bandwidth(op, self.device)
-        )
+        if op == "all_reduce":
+            bw, hop = ring_bandwidth(self.topology, self.device, self.tp)
+            fit = all_reduce_fit(fits, hop, self.tp)
+        else:
+            bw, fit = _bandwidth(op, self.device), fits[op]
+        return roofline_ms(fit, flops, nbytes, self.device["peak_flops"], bw)
 
+    def _sliding_attention_ms(self, op: str, features: dict) -> np.ndarray:
+        """Attention ms averaged over the full and the sliding-window layers.
+
+        A sliding layer's query attends to at most ``window`` keys: decode reads
+        ``min(kv, window)`` cached tokens; a prefill chunk of ``c`` queries after ``kv``
+        cached tokens computes ``c x min(kv + c, window)`` scores and reads the K/V of
+        the last ``min(kv + c, window + c)`` tokens (tile granularity is not counted).
+        """
+        layers, sliding = self.shape["num_layers"], self.shape["num_sliding_layers"]
+        window = float(self.shape["sliding_window"])
+        fit, peak, bw = self._fit(op), self.device["peak_flops"], self.device["hbm_bw"]
+        full = roofline_ms(fit, *op_work(op, self.shape, self.tp, **features), peak, bw)
+        if op == "attn_decode":
+            kv = np.minimum(np.asarray(features["kv_cache_size"], np.float64), window)
+            near = op_work(
+                op, self.shape, self.tp, batch_size=features["batch_size"], kv_cache_size=kv
+            )
+        else:
+            kv, c = np.broadcast_arrays(
+                *(np.asarray(features[k], np.float64) for k in OP_FEATURES[op])
+            )
+            d = float(
+                self.shape.get("head_dim", self.shape["embedding_dim"] / self.shape["num_q_heads"])
+            )
+            hq = float(self.shape["num_q_heads"] // self.tp)
+            hkv = float(math.ceil(self.shape["num_kv_heads"] / self.tp))
+            keys = np.minimum(kv + c, window)
+            near = (
+                4.0 * hq * d * c * keys,
+                BYTES_PER_ELEMENT
+                * (2.0 * c * hq * d + 2.0 * np.minimum(kv + c, window + c) * hkv * d),
+            )
+        slid = roofline_ms(fit, *near, peak, bw)
+        return ((layers - sliding) * full + sliding * slid) / layers
 
     def _fit(self, op: str) -> dict:
         fits = self.calibration.get("ops", {})
@@ -722,19 +889,22 @@ class RooflinePredictor:
 
     def moe_parts(self, op: str, num_tokens: Any) -> dict[str, np.ndarray]:
         """Per-part ms of one MoE layer's ``op`` (a key of :data:`MOE_PARTS`) at
-        ``num_tokens`` batch tokens; absent parts are left out."""
+        ``num_tokens`` batch tokens (of this attention rank); absent parts are left out."""
         out = {}
+        # attention DP: the expert group's GPUs serve the tokens of all its ranks
+        tokens = np.asarray(num_tokens, np.float64) * self.attention_dp
         for part, fit_op in MOE_PARTS[op]:
             work = moe_part_work(
-                part, self.shape, self.tp, self.ep, self.moe_imbalance, num_tokens
+                part, self.shape, self.moe_group, self.ep, self.moe_imbalance, tokens
             )
             if work is not None:
-                out[part] = roofline_ms(
-                    self._fit(fit_op),
-                    *work,
-                    self.device["peak_flops"],
-                    _bandwidth(fit_op, self.device),
+                # the all-to-all reaches ep - 1 peers over the group's slowest hop
+                bw = (
+                    ring_bandwidth(self.topology, self.device, self.ep)[0]
+                    if fit_op in NETWORK_OPS
+                    else _bandwidth(fit_op, self.device)
                 )
+                out[part] = roofline_ms(self._fit(fit_op), *work, self.device["peak_flops"], bw)
         return out
 
     def _moe_mlp_ms(self, op: str, num_tokens: Any) -> np.ndarray:
@@ -749,6 +919,111 @@ class RooflinePredictor:
         )
         layers = self.shape["num_layers"]
         return (dense_layers * dense_ms + (layers - dense_layers) * moe_ms) / layers
+
+
+class TwinScaledPredictor:
+    """A GPU without profiles timed from a profiled *compute twin* (same die, SM count and
+    clocks: H200 from H100), as precision scales BF16 to FP8 (``sim/precision.py``)::
+
+        t(op, target) = t_twin(op) x roofline(op, target) / roofline(op, twin)
+
+    ``t_twin`` is the twin's predictor (trained on its profiles or shipped); the two
+    rooflines share one calibration and the same features, so only the datasheet numbers
+    that differ move the ratio (HBM bandwidth; the all-reduce ring's slowest hop, by
+    each side's topology). Equal compute peaks make every ratio <= 1 when the target's
+    bandwidths are >= the twin's, so the target is never slower than its twin on any op.
+
+    Args:
+        base: the twin's predictor (``predict(op, **features) -> ms``, ``meta``).
+        model: catalog name / ``ModelSpec`` / shape dict.
+        device: the target GPU (catalog name); twin: the profiled GPU.
+        tp: tensor-parallel degree.
+        network_device: the config's node (sets the target's topology).
+        calibration: roofline calibration (default: the shipped one).
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        model: Any,
+        device: str,
+        twin: str,
+        tp: int,
+        network_device: str | None = None,
+        calibration: dict | None = None,
+    ) -> None:
+        base_meta = dict(getattr(base, "meta", {}))
+        self.base = base
+        self.target = RooflinePredictor(
+            model, device, tp, calibration, network_device=network_device
+        )
+        self.twin = RooflinePredictor(
+            model, twin, tp, calibration, network_device=base_meta.get("network_device")
+        )
+        src = base_meta.get("source", "roofline")
+        name = self.target.meta["model"]
+        self.meta = {
+            **{k: v for k, v in base_meta.items() if k not in ("warning", "ranges")},
+            "source": f"scaled from {twin}",
+            "device": self.target.device["name"],
+            "twin_device": twin,
+            "twin_source": src,
+            "topology": self.target.topology,
+            "op_source": {op: f"{twin} ({src}) x roofline ratio" for op in OPS},
+            "warning": f"no profiles for {name} on {self.target.device['name']} (tp={tp}): op "
+            f"times are {twin}'s ({src}) x the calibrated roofline ratio "
+            f"{self.target.device['name']}/{twin} (same compute; memory and interconnect "
+            "from the datasheets): estimates",
+        }
+
+    def predict(self, op: str, **features: Any) -> np.ndarray:
+        """``op``'s ms on the target GPU (features as :meth:`RooflinePredictor.predict`)."""
+        base = np.asarray(self.base.predict(op, **features), np.float64)
+        num = self.target.predict(op, **features)
+        den = self.twin.predict(op, **features)
+        ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+        return base * ratio
+
+
+def load_twin_scaled(
+    base: Any, model: Any, device: str, tp: int, network_device: str | None = None
+) -> TwinScaledPredictor:
+    """:class:`TwinScaledPredictor` of ``device`` from its twin's predictor ``base``
+    (``device`` must have :attr:`DeviceSpec.compute_twin`); warns like the fallback."""
+    from vidur_jax.catalog import get_device
+
+    twin = get_device(device).compute_twin
+    if twin is None:
+        raise ConfigError(f"device '{device}' has no profiled compute twin")
+    pred = TwinScaledPredictor(base, model, device, twin, tp, network_device)
+    warnings.warn(pred.meta["warning"], stacklevel=2)
+    return pred
+
+
+def load_network_scaled(
+    base: Any, model: Any, device: str, tp: int, network_device: str
+) -> TwinScaledPredictor:
+    """``base`` (fitted on another node's collective tables, ``meta["network_device"]``)
+    with its all-reduce scaled to ``network_device``'s topology by the roofline ratio;
+    every other op is unchanged (same GPU: ratio exactly 1). Warns that it is an
+    estimate. Used when shipped parameters lack the requested node's tables (e.g. H100
+    TP4 fitted on the pairwise-NVLink node, run on a DGX)."""
+    pred = TwinScaledPredictor(base, model, device, device, tp, network_device)
+    fitted = dict(getattr(base, "meta", {})).get("network_device")
+    name = pred.target.meta["model"]
+    pred.meta.update(
+        source=dict(getattr(base, "meta", {})).get("source", "trained"),
+        network_device=network_device,  # what its all-reduce now stands for
+        network_scaled_from=fitted,
+        op_source={
+            **dict(getattr(base, "meta", {})).get("op_source", {}),
+            "all_reduce": f"{fitted} fit x roofline ratio to {network_device}",
+        },
+        warning=f"{name} on {device} (tp={tp}): all-reduce fitted on {fitted}, scaled to "
+        f"{network_device} ({pred.target.topology}) by the calibrated roofline ratio: estimate",
+    )
+    warnings.warn(pred.meta["warning"], stacklevel=2)
+    return pred
 
 
 def evaluate(
@@ -773,9 +1048,10 @@ def evaluate(
         pred, y = [], []
         for shape, tp, feats, ms in rows:
             fits = calibration["ops"]
-            fit = fits.get(f"{op}@{tp}", fits[op]) if op == "all_reduce" else fits[op]
+            fit = all_reduce_fit(fits, _hop(shape, tp, dev), tp) if op == "all_reduce" else fits[op]
             fl, by = op_work(op, shape, tp, **feats)
-            pred.append(roofline_ms(fit, fl, by, dev["peak_flops"], _bandwidth(op, dev)))
+            bw = _row_bandwidth(op, shape, tp, dev)
+            pred.append(roofline_ms(fit, fl, by, dev["peak_flops"], bw))
             y.append(ms)
         rel = np.concatenate(pred) / np.concatenate(y) - 1.0
         ape = 100.0 * np.abs(rel)
@@ -793,14 +1069,15 @@ def evaluate(
 
 
 def load_roofline(
-    model: Any, device: Any, tp: int, calibration: dict | None = None, **moe: Any
+    model: Any, device: Any, tp: int, calibration: dict | None = None, **kw: Any
 ) -> RooflinePredictor:
     """The fallback for ``predictors.load`` when no profile or shipped predictor exists,
-    and the predictor of MoE / MLA models (``moe``: ``ep``, ``moe_imbalance``).
+    and the predictor of MoE / MLA models (``kw``: ``ep``, ``moe_imbalance``,
+    ``network_device``).
 
     Emits a ``UserWarning`` with ``meta["warning"]`` so the run says it is on a fallback.
     """
-    pred = RooflinePredictor(model, device, tp, calibration, **moe)
+    pred = RooflinePredictor(model, device, tp, calibration, **kw)
     warnings.warn(pred.meta["warning"], stacklevel=2)
     return pred
 

@@ -58,7 +58,7 @@ import numpy as np
 
 from vidur_jax import workload as wl_mod
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import build, timing
+from vidur_jax.sim import build, policies, timing
 from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.run import _config_output, default_predictor_for
@@ -732,8 +732,9 @@ class ProbeRunner:
 def estimate_capacity(runner: ProbeRunner) -> list[float]:
     """Analytic capacity estimate of every config (cluster QPS) from its timing tables.
 
-    A saturated replica holds ``B = min(batch cap, memory limit)`` requests: Sarathi
-    runs ``B - 1`` decodes plus a ``chunk``-token prefill piece per iteration, so it
+    A saturated replica holds ``B = min(batch cap, memory limit)`` requests: a policy
+    that chunks prefills (``Policy.prefill_chunk``, Sarathi) runs ``B - 1`` decodes plus
+    a ``chunk``-token prefill piece per iteration, so it
     completes ``min(B / (D + P / chunk), chunk / P)`` requests per iteration; other
     schedulers alternate a prefill of one prompt with decode iterations of ``B``. With
     ``PP`` stages, ``PP`` micro-batches are in flight. ``P``, ``D``: mean prompt and
@@ -754,7 +755,7 @@ def estimate_capacity(runner: ProbeRunner) -> list[float]:
         for i in idx:
             c, d = runner.sim_cfgs[i], runner.derived[i]
             b = max(1, min(c.batch_size_cap, d.max_batch_size))
-            chunk = c.chunk_size if c.replica_scheduler == "sarathi" else 0
+            chunk = policies.get(c.replica_scheduler).prefill_chunk(c) or 0
             kv = int(p_mean + d_mean / 2)
             rows.append((b, chunk, kv))
         b = np.array([r[0] for r in rows], np.int32)
@@ -782,7 +783,7 @@ def estimate_capacity(runner: ProbeRunner) -> list[float]:
                 continue
             c = runner.sim_cfgs[i]
             pp = c.num_pipeline_stages
-            if c.replica_scheduler == "sarathi":
+            if chunk[k] > 0:  # chunked prefills ride along the decodes
                 per_iter = min(b[k] / (d_mean + p_mean / chunk[k]), chunk[k] / p_mean)
                 rate = per_iter / float(t_mixed[k])
             else:

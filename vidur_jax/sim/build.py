@@ -100,6 +100,7 @@ class DeploymentConfig:
     network_scale: float = _conf("predictor", "network_scale")
     expert_parallel: int = 1  # EP degree of a MoE model's experts (divides tp), docs/models.md
     moe_imbalance: float = 1.0  # busiest EP rank's routed tokens over the mean (>= 1)
+    attention_dp: int = 1  # replicas (attention ranks) per expert group, docs/models.md; 1 = off
     seed: int = _conf("", "seed")
     weight_dtype: str = _conf("model", "weight_dtype")
     kv_cache_dtype: str = _conf("model", "kv_cache_dtype")
@@ -122,6 +123,8 @@ class DeploymentConfig:
             self.moe_imbalance,
         )
         variant = self.timing_variant
+        if self.attention_dp > 1:
+            key = (*key, ("attention_dp", self.attention_dp))
         return key if not precision.is_scaled(*variant) else (*key, variant)
 
     @property
@@ -169,7 +172,10 @@ class DeploymentConfig:
         require(self.cpu_overhead_ms >= 0, f"cpu_overhead_ms={self.cpu_overhead_ms} must be >= 0")
         catalog.validate_parallelism(model, self.tensor_parallel_size, self.num_pipeline_stages)
         catalog.validate_max_tokens(model, self.max_tokens)
-        catalog.validate_expert_parallel(model, self.tensor_parallel_size, self.expert_parallel)
+        catalog.validate_expert_parallel(model, self.tensor_parallel_size, self.expert_parallel,
+                                         self.attention_dp)
+        require(self.num_replicas % self.attention_dp == 0,
+                f"num_replicas={self.num_replicas} must be a multiple of attention_dp={self.attention_dp}")
         require(self.moe_imbalance >= 1.0, f"moe_imbalance={self.moe_imbalance} must be >= 1")
         policies.get(self.replica_scheduler).validate(self)
         precision.check_dtype("model.weight_dtype", self.weight_dtype)
@@ -234,6 +240,8 @@ def memory_knobs(cfg: DeploymentConfig) -> dict:
         w, kv = draft_memory(cfg.model, cfg.spec_draft, cfg.tensor_parallel_size,
                              weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_cache_dtype)
         out.update(extra_weight_bytes=w, extra_kv_bytes_per_token=kv)
+    if cfg.attention_dp > 1:  # experts spread over the expert group (catalog/moe.py)
+        out["attention_dp"] = cfg.attention_dp
     return out
 
 
@@ -479,7 +487,7 @@ def make_static(
         )
     if num_slots is None:
         # start small (per-step cost is O(slots)); the host doubles it on overflow
-        num_slots = max(slot_bound(c, d) for c, d in zip(cfgs, derived))
+        num_slots = max(slot_bound(c, d) for c, d in zip(cfgs, derived, strict=True))
         num_slots = int(min(num_slots, num_requests, initial_slots))
     num_slots = max(8, int(math.ceil(num_slots / 8) * 8))
     window = int(min(window or 16, num_slots))

@@ -26,6 +26,7 @@ from vidur_jax.sim import (
     build,
     disagg,
     executables,
+    policies,
     precision,
     prefix_engine,
     sessions,
@@ -75,14 +76,30 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
         from vidur_jax import predictors
 
         try:
-            return predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+            pred = predictors.load(model, device, tp, profiles_dir=profiles_dir, network_device=network)
+            fitted = pred.meta.get("network_device")
+            if tp > 1 and fitted and catalog.group_topology(device, fitted) != catalog.group_topology(
+                device, network
+            ):  # fitted on another topology's tables: rescale the all-reduce to this one
+                from vidur_jax.predictors import roofline
+
+                return roofline.load_network_scaled(pred, model, device, tp, network)
+            return pred
         except ConfigError:
+            from vidur_jax.predictors import roofline
+
+            twin = catalog.get_device(device).compute_twin
+            if twin is not None:  # same compute as a profiled GPU: its times x roofline ratio
+                twin_net = network if catalog.is_node_of(network, twin) else None
+                try:
+                    base = _load(model, twin, tp, twin_net)
+                except ConfigError as err:
+                    raise ConfigError(f"{device} is timed from its compute twin {twin}: {err}") from None
+                return roofline.load_twin_scaled(base, model, device, tp, network)
             if profiles_dir is not None:
                 raise
             # nothing trained or transferable for this (model, device): roofline estimates
-            from vidur_jax.predictors import roofline
-
-            return roofline.load_roofline(model, device, tp)
+            return roofline.load_roofline(model, device, tp, network_device=network)
 
     @functools.cache
     def _stored(model: str, device: str, tp: int, network: str) -> PredictorLike:
@@ -93,15 +110,20 @@ def default_predictor_for(profiles_dir: str | None) -> Callable[[DeploymentConfi
         return StoredPredictions(load)
 
     @functools.cache
-    def _roofline(model: str, device: str, tp: int, ep: int, imbalance: float) -> PredictorLike:
+    def _roofline(model: str, device: str, tp: int, ep: int, imbalance: float, network: str,
+                  attention_dp: int = 1) -> PredictorLike:
         from vidur_jax.predictors import roofline
 
-        return roofline.load_roofline(model, device, tp, ep=ep, moe_imbalance=imbalance)
+        return roofline.load_roofline(
+            model, device, tp, ep=ep, moe_imbalance=imbalance, network_device=network,
+            attention_dp=attention_dp,
+        )
 
     def predictor_for(c: DeploymentConfig) -> PredictorLike:
         # MoE / MLA / unusual head sizes: no profile has their op shapes (catalog/moe.py)
         if catalog.needs_roofline(catalog.get_model(c.model)):
-            return _roofline(c.model, c.device, c.tensor_parallel_size, c.expert_parallel, c.moe_imbalance)
+            return _roofline(c.model, c.device, c.tensor_parallel_size, c.expert_parallel, c.moe_imbalance,
+                             c.network_device, c.attention_dp)
         return _stored(c.model, c.device, c.tensor_parallel_size, c.network_device)
 
     return predictor_for
@@ -463,15 +485,15 @@ def _pool_runner(static: SimStatic, num_devices: int):
 def estimated_steps(cfg: DeploymentConfig, wl: Workload) -> float:
     """Rough event count of a config, to start long configs first in the lane pool.
 
-    Prefill iterations (one per ``chunk_size`` prompt tokens under Sarathi, one per
-    prompt otherwise) plus decode runs, which arrivals and completions cut more often the
+    Prefill iterations (one per :meth:`Policy.prefill_chunk` prompt tokens where the
+    policy chunks prefills, as Sarathi does; one per prompt otherwise) plus decode runs, which arrivals and completions cut more often the
     lighter the load. Only the order matters; on the bench_sweep grid its Spearman rank
     correlation with the measured steps is 0.94.
     """
     mask = np.asarray(wl.mask, bool)
     prefill = np.asarray(wl.num_prefill)[mask]
     n = max(int(mask.sum()), 1)
-    chunk = cfg.chunk_size if cfg.replica_scheduler == "sarathi" else max(int(prefill.max(initial=1)), 1)
+    chunk = policies.get(cfg.replica_scheduler).prefill_chunk(cfg) or max(int(prefill.max(initial=1)), 1)
     duration = float(np.asarray(wl.arrived_at)[mask].max(initial=0.0))
     rate = n / duration if duration > 0 else float(n)
     return float(np.ceil(prefill / chunk).sum() + np.asarray(wl.num_decode)[mask].sum() / (50.0 * rate))

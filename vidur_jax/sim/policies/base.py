@@ -209,6 +209,11 @@ class Policy:
         """
         return None
 
+    def prefill_chunk(self, cfg: DeploymentConfig) -> int | None:
+        """Most prompt tokens of one request one iteration prefills, or None: a prompt
+        is prefilled whole in one iteration (used to estimate a config's event count)."""
+        return None
+
     def batch_token_bound(self, cfg: DeploymentConfig, num_slots: int) -> int:
         """Most tokens one batch can hold (the timing tables' extent)."""
         return max(cfg.max_tokens_in_batch, num_slots)
@@ -229,5 +234,13 @@ class Policy:
         )
         require(
             self.prefix_caching or not cfg.prefix_caching,
-            f"replica_scheduler={self.name} does not support prefix_caching yet (supported: vllm, sarathi)",
+            f"replica_scheduler={self.name} does not support prefix_caching yet "
+            f"(supported: {', '.join(_prefix_caching_policies())})",
         )
+
+
+def _prefix_caching_policies() -> list[str]:
+    """Names of the registered policies that support prefix caching, sorted."""
+    from vidur_jax.sim.policies import REGISTRY
+
+    return sorted(name for name, p in REGISTRY.items() if p.prefix_caching)

@@ -37,6 +37,9 @@ class Sarathi(Policy):
     memory = OnDemand()
     prefix_caching = True
 
+    def prefill_chunk(self, cfg: DeploymentConfig) -> int | None:
+        return cfg.chunk_size
+
     def plan(self, view: ReplicaView, cands: Candidates, params: SimParams) -> BatchPlan:
         """Sarathi-Serve: decodes first, then partial prefills, then new requests, in a
         token budget of ``chunk_size`` per iteration (chunked prefill)."""
