@@ -75,6 +75,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "time_scale_factor",
             "num_seqs",
             "system_prompt",
+            "sessions",
         }
     ),
 }

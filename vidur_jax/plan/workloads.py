@@ -42,6 +42,7 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
     }
     require(spec["num_requests"] >= 1, f"workload.num_requests={spec['num_requests']} must be >= 1")
     spec["system_prompt"] = _system_prompt_spec(tree, wl.get("system_prompt"))
+    spec["sessions"] = _sessions_spec(tree, wl.get("sessions"))
     qps = wl.get("qps")
     if qps is not None:
         qps = read_float("workload.qps", qps)
@@ -49,6 +50,8 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
     spec["qps"] = qps
     if kind == "replay":
         spec["path"] = path(wl.get("path"), "workload.path")
+        sched = tree.get("scheduler") if isinstance(tree.get("scheduler"), Mapping) else {}
+        spec["block_size"] = read_int("scheduler.block_size", sched.get("block_size", _conf("scheduler", "block_size")))
         for k in ("prefill_scale_factor", "decode_scale_factor", "time_scale_factor"):
             spec[k] = read_float(f"workload.{k}", wl.get(k, 1.0))
             require(spec[k] > 0, f"workload.{k}={spec[k]} must be > 0")
@@ -92,6 +95,26 @@ def _system_prompt_spec(tree: Mapping[str, Any], sp: Any) -> dict[str, Any] | No
     return out
 
 
+def _sessions_spec(tree: Mapping[str, Any], ss: Any) -> dict[str, Any] | None:
+    """Checked ``workload.sessions``: ``{num_sessions, turns, think_time_s}`` (None = none);
+    a ``workload.system_prompt`` then opens a ``fraction`` of the sessions."""
+    if ss is None:
+        return None
+    require(isinstance(ss, Mapping), f"workload.sessions must be a mapping, got {ss!r}")
+    unknown = set(ss) - {"num_sessions", "turns", "think_time_s"}
+    require(not unknown, f"workload.sessions: unknown keys {sorted(unknown)}; allowed: num_sessions, turns, think_time_s")
+    out = {
+        "num_sessions": read_int("workload.sessions.num_sessions", ss.get("num_sessions")),
+        "turns": dict(ss.get("turns") or {"kind": "fixed", "n": 1}),
+        "think_time_s": read_float("workload.sessions.think_time_s", ss.get("think_time_s", 0.0)),
+    }
+    require(out["num_sessions"] >= 1, f"workload.sessions.num_sessions={out['num_sessions']} must be >= 1")
+    require(out["think_time_s"] >= 0, f"workload.sessions.think_time_s={out['think_time_s']} must be >= 0")
+    sched = tree.get("scheduler") if isinstance(tree.get("scheduler"), Mapping) else {}
+    out["block_size"] = read_int("scheduler.block_size", sched.get("block_size", _conf("scheduler", "block_size")))
+    return out
+
+
 def build_workload(spec: Mapping[str, Any]):
     """The :class:`~vidur_jax.workload.Workload` of a :func:`workload_spec` (imports JAX)."""
     import jax
@@ -102,10 +125,49 @@ def build_workload(spec: Mapping[str, Any]):
     if spec.get("num_seqs") is not None:
         key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 7)
         wl = workload.with_num_seqs(wl, spec["num_seqs"], key)
+    if spec.get("sessions") is not None:
+        return _build_sessions(spec, wl)
+    if spec["kind"] == "replay":
+        wl = _trace_sessions(spec, wl)
+        require(wl.prefix_hashes is None or spec.get("system_prompt") is None,
+                "workload.system_prompt cannot be added to a trace with session_id (its prompts hold their own prefixes)")
     if spec.get("system_prompt") is not None:
         key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 11)
         wl = workload.with_system_prompts(wl, key, max_tokens=spec["max_tokens"], **spec["system_prompt"])
     return wl
+
+
+def _build_sessions(spec: Mapping[str, Any], base):
+    """Multi-turn sessions over ``base``'s rows (starts, then message lengths)."""
+    import jax
+
+    from vidur_jax.workload import prefix
+
+    sp = spec.get("system_prompt") or {}
+    return prefix.sessions_from(
+        base, jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 13), max_tokens=spec["max_tokens"],
+        system_prompt_tokens=sp.get("tokens", 0), num_system_prompts=sp.get("num_prompts", 1),
+        system_prompt_fraction=sp.get("fraction", 1.0), **spec["sessions"])
+
+
+#: Optional replay-trace columns: a session id per row (its turns share their
+#: conversation's prefix) and the think time before a later turn (then closed loop).
+SESSION_COLUMNS = ("session_id", "think_time_s")
+
+
+def _trace_sessions(spec: Mapping[str, Any], wl):
+    """The replayed workload with the trace's sessions, when it has a ``session_id`` column."""
+    import pandas as pd
+
+    from vidur_jax.workload import prefix
+    from vidur_jax.workload._common import read_trace_csv
+
+    cols = [c for c in SESSION_COLUMNS if c in pd.read_csv(spec["path"], nrows=0).columns]
+    if "session_id" not in cols:
+        return wl
+    df = read_trace_csv(spec["path"], cols).iloc[: wl.num_requests]
+    think = df["think_time_s"].to_numpy() if "think_time_s" in cols else None
+    return prefix.trace_sessions(wl, df["session_id"].to_numpy().astype("int64"), think, spec["block_size"])
 
 
 def _build_requests(spec: Mapping[str, Any]):

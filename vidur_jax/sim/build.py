@@ -19,7 +19,16 @@ import numpy as np
 from vidur_jax import catalog
 from vidur_jax.catalog.memory import draft_memory
 from vidur_jax.errors import ConfigError, require
-from vidur_jax.sim import cpu_overhead, disagg, disagg_pools, policies, precision, s3, speculative
+from vidur_jax.sim import (
+    cpu_overhead,
+    disagg,
+    disagg_pools,
+    policies,
+    precision,
+    s3,
+    sessions,
+    speculative,
+)
 from vidur_jax.sim.conf_defaults import value as _conf
 from vidur_jax.sim.tables import PredictorLike, TableSpec, stack_tables, tabulate_one
 from vidur_jax.sim.types import ROUTERS, TOKEN_OPS, SimParams, SimStatic, TimingTables
@@ -395,9 +404,11 @@ def build_params(
     table_index: int,
     num_requests: int,
     prefix_blocks: int = 0,
+    with_sessions: bool = False,
 ) -> SimParams:
     """Host-side :class:`SimParams` (numpy leaves) of one config, padded to ``num_requests``
-    (``prefix_blocks``: K, columns of ``prefix_hashes``; ``SimStatic.prefix_blocks``)."""
+    (``prefix_blocks``: K, columns of ``prefix_hashes``; ``SimStatic.prefix_blocks``;
+    ``with_sessions``: ``SimStatic.session_capacity > 0``)."""
     n = workload.num_requests
     require(n <= num_requests, f"workload has {n} requests > capacity {num_requests}")
     pad = num_requests - n
@@ -428,6 +439,7 @@ def build_params(
         random_route=route,
         affinity_imbalance=i32(cfg.affinity_imbalance),
         prefix_hashes=_prefix_hashes(cfg, workload, num_requests, prefix_blocks),
+        **sessions.param_fields(workload, num_requests, with_sessions),
         num_replicas=i32(cfg.num_replicas),
         num_stages=i32(cfg.num_pipeline_stages),
         layers_per_stage=f32(derived.layers_per_stage),

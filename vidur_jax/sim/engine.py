@@ -26,7 +26,16 @@ import jax
 import jax.numpy as jnp
 
 from vidur_jax.metrics.histogram import tbt_bin_index
-from vidur_jax.sim import disagg, indexed, policies, prefix_engine, scan, speculative, timing
+from vidur_jax.sim import (
+    disagg,
+    indexed,
+    policies,
+    prefix_engine,
+    scan,
+    sessions,
+    speculative,
+    timing,
+)
 from vidur_jax.sim.policies import Candidates, ReplicaView, seq_blocks
 from vidur_jax.sim.types import (
     ERR_OOM,
@@ -104,6 +113,7 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
         num_restarts=jnp.zeros(r, i32),
         restart_tokens=jnp.array(0, jnp.int64),
         next_arrival=jnp.array(0, i32),
+        **sessions.init_fields(static),
         **queues,
         q_head=jnp.zeros(n, i32),
         q_tail=jnp.zeros(n, i32),
@@ -156,6 +166,11 @@ def init_state(static: SimStatic, params: SimParams) -> SimState:
     )
 
 
+def _prerouted(static: SimStatic) -> bool:
+    """Requests are routed up front (static routers; with sessions every router decides at arrival)."""
+    return static.router in STATIC_ROUTERS and not sessions.on(static)
+
+
 def _prerouted_queues(static: SimStatic, params: SimParams) -> dict[str, jax.Array]:
     """Per-replica request lists (and their arrival times) for static routers.
 
@@ -166,7 +181,7 @@ def _prerouted_queues(static: SimStatic, params: SimParams) -> dict[str, jax.Arr
     """
     n, r = static.max_replicas, static.num_requests
     empty = {"queue": jnp.full((n, r), -1, jnp.int32), "queue_arrival": jnp.full((n, r), _INF, jnp.float64)}
-    if static.router not in STATIC_ROUTERS:
+    if not _prerouted(static):
         return empty
     idx = jnp.arange(r, dtype=jnp.int32)
     valid = jnp.isfinite(params.arrived_at)
@@ -206,11 +221,10 @@ def _next_arrival_at(static: SimStatic, params: SimParams, state: SimState, r: j
     Static routers: the next request of r's own list. LOR: the next arrival anywhere
     (routing is decided on arrival).
     """
-    if static.router in STATIC_ROUTERS:
+    if _prerouted(static):
         k = jnp.minimum(state.q_tail[r], static.num_requests - 1)
         return jnp.where(state.q_tail[r] < static.num_requests, state.queue_arrival[r, k], _INF)
-    i = jnp.minimum(state.next_arrival, static.num_requests - 1)
-    return jnp.where(state.next_arrival < static.num_requests, params.arrived_at[i], _INF)
+    return sessions.next_arrival(static, params, state).at
 
 
 def is_done(params: SimParams, state: SimState) -> jax.Array:
@@ -242,8 +256,8 @@ def _route(static: SimStatic, params: SimParams, state: SimState, i: jax.Array) 
 def _arrival_update(static: SimStatic, params: SimParams, state: SimState, apply: jax.Array) -> SimState:
     """Route the next arriving request (no-op unless ``apply``)."""
     n = static.max_replicas
-    i = state.next_arrival
-    t = params.arrived_at[jnp.minimum(i, static.num_requests - 1)]
+    arr = sessions.next_arrival(static, params, state)
+    i, t = arr.req, arr.at
     rep = _route(static, params, state, i)
     rep_w = jnp.where(apply, rep, n)  # out of bounds -> dropped
     inflight = jnp.isfinite(state.inflight_end[rep]).sum()
@@ -251,7 +265,7 @@ def _arrival_update(static: SimStatic, params: SimParams, state: SimState, apply
     return state.replace(
         queue=_put(static, state.queue, (rep_w, state.q_tail[rep]), i),
         q_tail=_put(static, state.q_tail, rep_w, 1, "add"),
-        next_arrival=state.next_arrival + apply.astype(jnp.int32),
+        **sessions.arrived(static, state, arr, apply),
         next_event=_put(static, state.next_event, jnp.where(wake, rep, n), t, "min"),
     )
 
@@ -368,9 +382,10 @@ def _end_batch(
         tbt_bin_sum=_put(static, state.tbt_bin_sum, bins_w, gap, "add"),
         tbt_count=state.tbt_count + is_decode_iter.sum(),
     )
-    if prefix_engine.on(static):  # prompts computed by now are published
+    state = sessions.spawn(static, params, state, row.req, finished)  # their next turns are due
+    if prefix_engine.on(static):  # prompts computed by now are published (completions: their output too)
         row = prefix_engine.publish(static, params, row, row.req, (row.req >= 0) & ~row.restarted
-                                    & (processed >= row.prefill), t)
+                                    & (processed >= row.prefill), t, finished)
     row = row._replace(
         req=jnp.where(finished, -1, row.req),
         processed=jnp.where(finished, 0, processed),
@@ -435,7 +450,7 @@ def _candidates(static: SimStatic, params: SimParams, state: SimState, row: _Row
         total=jnp.where(valid, total, 0),
         src_slot=jnp.where(use_restarted & rs_valid, order, -1),
         valid=valid,
-        arrived_at=jnp.where(valid, params.arrived_at[safe], _INF),
+        arrived_at=jnp.where(valid, sessions.arrival_time(static, params, state, safe), _INF),
         seqs=jnp.where(valid, params.num_seqs[safe], 1),
         prompt=jnp.where(valid, params.num_prefill[safe], 0),
         bucket=_s3_reserve_bucket(params, state, safe),
@@ -654,6 +669,8 @@ def _fused_run(
     same_batch = jnp.where(prefill_mode & ~after_prefill, (chunks > 0) & (full | (~waiting & no_change)),
                            decoding & (~waiting | ~prefill_mode))
     run_ok = same_batch & ((iters <= mem_k) | (iters == 1))
+    if sessions.on(static):  # a completion that sends a session's next turn ends the run
+        run_ok = run_ok & (iters <= sessions.run_limit(static, params, row.req, run_decodes, run_remaining, j_max))
     k = jnp.where(ok, jnp.maximum(scan.prefix_true(run_ok).sum(), 1), 1).astype(jnp.int32)
     in_run = iters <= k
     fused = k > 1
@@ -1063,7 +1080,7 @@ def _replica_update(
     again = launched & (n_inflight < params.num_stages)
     nxt = jnp.where(again, t, jnp.minimum(jnp.min(row.inflight_end), wake_at))
     nxt = disagg.next_event(static, row, nxt)
-    if static.router in STATIC_ROUTERS:
+    if _prerouted(static):
         # an arrival wakes the replica when a pipeline slot is free (Vidur's arrival event)
         wake_arrival = jnp.where(n_inflight < params.num_stages, _next_arrival_at(static, params, state, r), _INF)
         nxt = jnp.minimum(nxt, wake_arrival)
@@ -1084,20 +1101,19 @@ def step(
     active = ~is_done(params, state)
     r = jnp.argmin(state.next_event).astype(jnp.int32)
     t_rep = state.next_event[r]
-    if static.router in STATIC_ROUTERS:
+    if _prerouted(static):
         # requests routed up front: the replica's arrived requests join its queue now
         is_arrival = jnp.array(False)
         t_arr = _INF
         _, tail = _region(gate, lambda c, st: (c, _arrived_count(static, st, r, t_rep)), (), state)
         state = state.replace(q_tail=_put(static, state.q_tail, jnp.where(active, r, static.max_replicas), tail, "max"))
     else:
-        i = jnp.minimum(state.next_arrival, static.num_requests - 1)
-        t_arr = jnp.where(state.next_arrival < static.num_requests, params.arrived_at[i], _INF)
+        t_arr = sessions.next_arrival(static, params, state).at
         is_arrival = active & (t_arr <= t_rep) & jnp.isfinite(t_arr)
     is_replica = active & ~is_arrival & jnp.isfinite(t_rep)
     stalled = active & ~is_arrival & ~is_replica
 
-    if static.router not in STATIC_ROUTERS:
+    if not _prerouted(static):
         state, _ = _region(gate, lambda st: (_arrival_update(static, params, st, is_arrival), ()), state)
     state = _replica_update(static, tables, params, state, r, t_rep, is_replica, gate)
     t = jnp.where(is_arrival, t_arr, jnp.where(is_replica, t_rep, state.clock))

@@ -176,18 +176,25 @@ def admit(
 
 
 def publish(
-    static: SimStatic, params: SimParams, row: _Row, req: jax.Array, computed: jax.Array, t
+    static: SimStatic, params: SimParams, row: _Row, req: jax.Array, computed: jax.Array, t,
+    completed: jax.Array | None = None,
 ) -> _Row:
     """Slots whose prompt is ``computed`` (prefill complete, possibly inside a fused run;
     ``req`` their ids) publish the full prompt blocks they do not hold through the table
     yet, slot by slot (:func:`prefix_cache.insert`). A block that found no table entry
-    (its probe window full of referenced blocks) is tried again at the next event."""
+    (its probe window full of referenced blocks) is tried again at the next event.
+
+    Slots ``completed`` also publish the full blocks of their output, as vLLM
+    caches every full block of computed tokens (prompt + output but its last token,
+    whose KV is never computed), where the workload hashes them (a session's answer,
+    which the next turn's prompt repeats)."""
     s = row.req.shape[0]
     hashes = _hashes(static, params, req)
-    stop = jnp.minimum(
-        params.num_prefill[jnp.clip(req, 0, static.num_requests - 1)] // params.block_size,
-        static.prefix_blocks,
-    )
+    safe = jnp.clip(req, 0, static.num_requests - 1)
+    tokens = params.num_prefill[safe]
+    if completed is not None:
+        tokens = jnp.where(completed, tokens + params.num_decode[safe] - 1, tokens)
+    stop = jnp.minimum(tokens // params.block_size, static.prefix_blocks)
     stop = jnp.minimum(stop, (hashes >= 0).sum(axis=1))  # hashes end at the first partial block
     done = computed & (row.held < stop)
     # visit only the done slots: their indices compacted to the front

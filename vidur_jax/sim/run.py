@@ -29,6 +29,7 @@ from vidur_jax.sim import (
     policies,
     precision,
     prefix_engine,
+    sessions,
     speculative,
 )
 from vidur_jax.sim.build import DeploymentConfig
@@ -206,7 +207,9 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     n = wl.num_requests
     pick = lambda x: np.asarray(x[i])  # noqa: E731
     requests = {
-        "arrived_at": np.where(np.asarray(wl.mask), np.asarray(wl.arrived_at, np.float64), np.nan),
+        "arrived_at": sessions.request_arrivals(
+            state.sess_arrived.shape[-1] > 0, state, i, n,
+            np.where(np.asarray(wl.mask), np.asarray(wl.arrived_at, np.float64), np.nan)),
         "num_prefill": np.asarray(wl.num_prefill),
         "num_decode": np.asarray(wl.num_decode),
         "scheduled_at": pick(state.scheduled_at)[:n],
@@ -236,6 +239,7 @@ def _config_output(cfg: DeploymentConfig, wl: Workload, state: SimState, i: int)
     summary["recomputed_tokens"] = counters["restart_tokens"]  # KV discarded by preemptions
     summary["batch_size_max"] = float(pick(state.batch_size_max))
     summary.update(prefix_engine.summary(cfg.prefix_caching, state, i))
+    summary.update(sessions.summary(wl, requests))
     summary.update(disagg.summary(cfg, state, i, n, summary["makespan_s"], lambda c: build.derive(c).peak_flops))
     requests.update(disagg.request_fields(cfg, state, i, n))
     summary.update(speculative.summary(cfg, requests["num_decode"], np.isfinite(requests["completed_at"]),
@@ -620,7 +624,8 @@ def _run_group(
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots, window=window)
     static = dataclasses.replace(static, trace_capacity=int(trace_capacity),
-                                 **build.prefix_static(cfgs, derived, workloads))
+                                 **build.prefix_static(cfgs, derived, workloads),
+                                 session_capacity=sessions.capacity(workloads))
     slot_cap = max(8, max(build.slot_bound(c, d) for c, d in zip(cfgs, derived, strict=True)))
     spec = build.table_spec_for(cfgs, static.num_slots)
     hint_key = _capacity_hint_key(cfgs, workloads, static) if len(cfgs) == 1 else None
@@ -639,7 +644,8 @@ def _run_group(
         sub = [cfgs[i] for i in pending]
         tables, index = build.build_tables(sub, spec, predictor_for)
         params = [
-            build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests, static.prefix_blocks)
+            build.build_params(cfgs[i], derived[i], workloads[i], k, num_requests, static.prefix_blocks,
+                               sessions.on(static))
             for i, k in zip(pending, index, strict=True)
         ]
         lanes = plan_chunk(static, len(params), chunk_configs)

@@ -87,6 +87,8 @@ class SimStatic:
         speculative: some config of the call decodes speculatively (``spec_k > 0``):
             the engine's decode iterations are verify steps
             (:mod:`vidur_jax.sim.speculative`); False = off, nothing of it traced.
+        session_capacity: P, pending-turn table entries of closed-loop sessions
+            (:mod:`vidur_jax.sim.sessions`); 0 = no sessions, nothing of it traced.
     """
 
     policy: str
@@ -105,6 +107,7 @@ class SimStatic:
     prefix_probes: int = 8
     disagg: bool = False
     speculative: bool = False
+    session_capacity: int = 0
 
 
 @flax.struct.dataclass
@@ -156,6 +159,9 @@ class SimParams:
     random_route: jax.Array  # (R,) i32 replica id per request for router="random"
     affinity_imbalance: jax.Array  # () i32 prefix_affinity router: outstanding requests above the least loaded replica it tolerates
     prefix_hashes: jax.Array  # (R, K) i64 hash of each full prompt KV block (-1 = none; K = 0: caching off)
+    session_next: jax.Array  # (R,) i32 row of the request's next session turn (-1 = none); (0,) no sessions
+    think_s: jax.Array  # (R,) f64 s a turn's think time after its previous turn completes; (0,) no sessions
+    open_next: jax.Array  # (R,) i32 first row >= i arriving open loop (not a later turn; R = none); (0,) no sessions
     # deployment
     num_replicas: jax.Array  # () i32, <= SimStatic.max_replicas
     num_stages: jax.Array  # () i32 pipeline stages, <= SimStatic.max_stages
@@ -227,6 +233,9 @@ class SimState:
     restart_tokens: jax.Array  # () i64 tokens discarded by preemptions (recomputed on restart)
     # --- routing / waiting queues: queue[r, head:tail] are request ids waiting at replica r
     next_arrival: jax.Array  # () i32 index of the next request to arrive
+    sess_req: jax.Array  # (P,) i32 pending session turns (sim/sessions.py), -1 = empty; (0,) off
+    sess_at: jax.Array  # (P,) f64 s their arrival time (inf = empty)
+    sess_arrived: jax.Array  # (R,) f64 s arrival time of each request (nan = not yet); (0,) off
     queue: jax.Array  # (N, R) i32 request ids, -1 = empty
     queue_arrival: jax.Array  # (N, R) f64 s arrival of queue[r, k] (inf = none); static routers
     q_head: jax.Array  # (N,) i32

@@ -177,6 +177,8 @@ class SessionTable:
         think_time_s: (R,) f64 s between the previous answer's completion and this
             turn's arrival (0 for first turns).
         segments: the prompts' segments (system prompt, then user messages and answers).
+        answer_id: (R,) i64 content id of each turn's answer (the segment later turns'
+            prompts hold after this turn's prompt).
     """
 
     arrived_at: np.ndarray
@@ -187,6 +189,7 @@ class SessionTable:
     session_prev: np.ndarray
     think_time_s: np.ndarray
     segments: Segments
+    answer_id: np.ndarray
 
 
 def _turn_counts(rng: np.random.Generator, n: int, turns: Mapping[str, Any]) -> np.ndarray:
@@ -216,6 +219,7 @@ def sessions(
     max_tokens: int,
     system_prompt_tokens: int = 0,
     num_system_prompts: int = 1,
+    system_prompt_fraction: float = 1.0,
 ) -> SessionTable:
     """Multi-turn conversations as rows of turns (closed loop: see the module doc).
 
@@ -233,6 +237,7 @@ def sessions(
         system_prompt_tokens: tokens of a shared system prompt opening every session
             (0: none).
         num_system_prompts: distinct system prompts, chosen uniformly per session.
+        system_prompt_fraction: share of sessions that open with one, in [0, 1].
 
     Returns:
         :class:`SessionTable` sorted by earliest arrival (ties: session, then turn).
@@ -254,12 +259,16 @@ def sessions(
         f"sessions: need {int(counts.sum())} user/answer lengths, got {user.size}",
     )
     which_sys = rng.integers(0, check_count("num_system_prompts", num_system_prompts), size=n)
+    frac = float(system_prompt_fraction)
+    require(0.0 <= frac <= 1.0, f"system prompt fraction={system_prompt_fraction!r} must be in [0, 1]")
+    # its own stream, so that fraction 1 draws exactly what it drew without the knob
+    has_sys = np.ones(n, bool) if frac >= 1.0 else numpy_rng(jax.random.fold_in(key, 1)).random(n) < frac
     rows: list[tuple] = []
     seg_rows: list[tuple[list[int], list[int]]] = []
     used = 0
     for sid in range(n):
-        ids: list[int] = [int(which_sys[sid])] if sys_len else []
-        lens: list[int] = [sys_len] if sys_len else []
+        ids: list[int] = [int(which_sys[sid])] if sys_len and has_sys[sid] else []
+        lens: list[int] = [sys_len] if sys_len and has_sys[sid] else []
         t_earliest, prev = starts[sid], -1
         for t in range(int(counts[sid])):
             u, a = int(user[used]), int(answer[used])
@@ -270,7 +279,7 @@ def sessions(
             t_earliest = t_earliest + gap
             ids.append((1 << 41) + 2 * used)  # the user message: unique content
             lens.append(u)
-            rows.append((t_earliest, sum(lens), a, sid, t, prev, gap))
+            rows.append((t_earliest, sum(lens), a, sid, t, prev, gap, (1 << 41) + 2 * used + 1))
             seg_rows.append((list(ids), list(lens)))
             ids.append((1 << 41) + 2 * used + 1)  # the answer joins later prompts
             lens.append(a)
@@ -299,7 +308,73 @@ def sessions(
         session_prev=session_prev.astype(np.int64),
         think_time_s=table[order, 6].astype(np.float64),
         segments=Segments(seg_ids, seg_lens),
+        answer_id=table[order, 7].astype(np.int64),
     )
+
+
+def conversation_hashes(segments: Segments, answer_id: np.ndarray, num_decode: np.ndarray,
+                        block_size: int) -> np.ndarray:
+    """Block hashes of each request's prompt *and* output (R, K), K covering the longest.
+
+    vLLM caches full blocks of output tokens too; a later turn whose prompt repeats this
+    turn's conversation (prompt + answer, segment ``answer_id``) hits them. Blocks past
+    the prompt are only published when the request completes (its output's last token
+    has no KV: ``(prompt + output - 1) // block_size`` full blocks).
+    """
+    ids = np.concatenate([segments.ids, np.asarray(answer_id, np.int64)[:, None]], axis=1)
+    lens = np.concatenate([segments.lens, np.asarray(num_decode, np.int64)[:, None]], axis=1)
+    k = max(int(((lens.sum(axis=1) - 1) // check_count("block_size", block_size)).max(initial=1)), 1)
+    return block_hashes(Segments(ids, lens), block_size, k)
+
+
+def session_workload(table: SessionTable, block_size: int = 16):
+    """The :class:`~vidur_jax.workload.Workload` of a :class:`SessionTable`: its turns as
+    requests with closed-loop fields (``session_prev``, ``think_time_s``) and the block
+    hashes of their conversations (:func:`conversation_hashes`)."""
+    import jax.numpy as jnp
+
+    from vidur_jax.workload.build import make_workload
+
+    wl = make_workload(table.arrived_at, table.num_prefill, table.num_decode, source="sessions")
+    hashes = conversation_hashes(table.segments, table.answer_id, table.num_decode, block_size)
+    return wl.replace(
+        prefix_hashes=jnp.asarray(hashes, jnp.int64),
+        prefix_block_size=int(block_size),
+        session_id=jnp.asarray(table.session_id, jnp.int64),
+        session_prev=jnp.asarray(table.session_prev, jnp.int32),
+        think_time_s=jnp.asarray(table.think_time_s, jnp.float64),
+    )
+
+
+def sessions_from(workload, key, num_sessions: int, turns: Mapping[str, Any], think_time_s: float,
+                  max_tokens: int, block_size: int = 16, system_prompt_tokens: int = 0,
+                  num_system_prompts: int = 1, system_prompt_fraction: float = 1.0):
+    """Multi-turn sessions drawn from a synthetic or replayed workload's rows.
+
+    The first ``num_sessions`` arrival times start the sessions (so the workload's rate is
+    the session start rate); its prompt and output lengths, in row order, are the user
+    messages and answers of the turns.
+
+    Args:
+        workload: the base requests (at least ``num_sessions`` rows and as many as turns).
+        key: PRNG key (turn counts, think times, system prompt choice).
+        num_sessions, turns, think_time_s, max_tokens, system_prompt_tokens,
+            num_system_prompts, system_prompt_fraction: as :func:`sessions`.
+        block_size: tokens per KV block of the hashes.
+
+    Returns:
+        The session :class:`~vidur_jax.workload.Workload` (:func:`session_workload`).
+    """
+    mask = np.asarray(workload.mask)
+    n = check_count("sessions.num_sessions", num_sessions)
+    require(n <= int(mask.sum()),
+            f"sessions.num_sessions={n} exceeds workload.num_requests={int(mask.sum())} (one row per session start)")
+    starts = np.asarray(workload.arrived_at, np.float64)[mask][:n]
+    user = np.asarray(workload.num_prefill, np.int64)[mask]
+    answer = np.asarray(workload.num_decode, np.int64)[mask]
+    table = sessions(key, starts, turns, user, answer, think_time_s, max_tokens,
+                     system_prompt_tokens, num_system_prompts, system_prompt_fraction)
+    return session_workload(table, block_size)
 
 
 def hashes_from_trace_blocks(
@@ -391,4 +466,74 @@ def with_system_prompts(
         num_prefill=jnp.asarray(prefill, jnp.int32),
         prefix_hashes=jnp.asarray(np.where(mask[:, None], hashes, NO_BLOCK), jnp.int64),
         prefix_block_size=int(block_size),
+    )
+
+
+def trace_sessions(workload, session_id: np.ndarray, think_time_s: np.ndarray | None = None,
+                   block_size: int = 16):
+    """A replayed trace whose rows carry session ids, as multi-turn sessions.
+
+    Rows of one session, in row (arrival) order, are its turns; a turn's prompt starts
+    with the previous turn's whole conversation (its prompt + answer; where the trace's
+    prompt is shorter, as much of it as fits before the turn's last token), followed by
+    new tokens. With ``think_time_s`` a later turn arrives that long after the previous
+    one completes (closed loop); without it every row keeps its trace arrival time
+    (open loop) and only the prefixes are shared.
+
+    Args:
+        workload: the replayed requests (no padding).
+        session_id: (R,) int session of each row (any integers).
+        think_time_s: (R,) f64 s think time of each row (first turns: ignored), or None.
+        block_size: tokens per KV block of the hashes.
+
+    Returns:
+        The workload with ``prefix_hashes`` and, with think times, the closed-loop fields.
+    """
+    import jax.numpy as jnp
+
+    sid = np.asarray(session_id, np.int64)
+    prefill = np.asarray(workload.num_prefill, np.int64)
+    decode = np.asarray(workload.num_decode, np.int64)
+    r = prefill.size
+    require(sid.shape == (r,), f"trace session_id has {sid.size} values for {r} requests")
+    prev = np.full(r, -1, np.int64)
+    last: dict[int, int] = {}
+    conv: list[tuple[list[int], list[int]]] = []  # each row's conversation (prompt + answer) segments
+    ids = np.full((r, 1), -1, np.int64)
+    seg_rows = []
+    for i in range(r):
+        p = last.get(int(sid[i]), -1)
+        prev[i] = p
+        s_ids, s_lens = ([], []) if p < 0 else (list(conv[p][0]), list(conv[p][1]))
+        keep = int(prefill[i]) - 1 if p >= 0 and sum(s_lens) >= prefill[i] else sum(s_lens)
+        cut_ids, cut_lens, used = [], [], 0  # the shared part: the parent's conversation, cut to fit
+        for c_id, c_len in zip(s_ids, s_lens, strict=True):
+            take = min(c_len, keep - used)
+            if take <= 0:
+                break
+            cut_ids.append(c_id)
+            cut_lens.append(take)
+            used += take
+        cut_ids.append((1 << 43) + 2 * i)  # the new user message
+        cut_lens.append(int(prefill[i]) - used)
+        seg_rows.append((cut_ids, cut_lens))
+        conv.append((cut_ids + [(1 << 43) + 2 * i + 1], cut_lens + [int(decode[i])]))
+        last[int(sid[i])] = i
+    width = max(len(s[0]) for s in seg_rows)
+    ids = np.full((r, width), -1, np.int64)
+    lens = np.zeros((r, width), np.int64)
+    for i, (a, b) in enumerate(seg_rows):
+        ids[i, : len(a)], lens[i, : len(b)] = a, b
+    answer = (1 << 43) + 2 * np.arange(r) + 1
+    hashes = conversation_hashes(Segments(ids, lens), answer, decode, block_size)
+    out = workload.replace(prefix_hashes=jnp.asarray(hashes, jnp.int64), prefix_block_size=int(block_size))
+    if think_time_s is None:
+        return out
+    think = np.asarray(think_time_s, np.float64)
+    require(think.shape == (r,) and bool(np.all(np.isfinite(think) & (think >= 0))),
+            "trace think_time_s must be one finite value >= 0 per row")
+    return out.replace(
+        session_id=jnp.asarray(sid, jnp.int64),
+        session_prev=jnp.asarray(prev, jnp.int32),
+        think_time_s=jnp.asarray(np.where(prev >= 0, think, 0.0), jnp.float64),
     )
