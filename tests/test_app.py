@@ -157,11 +157,20 @@ def test_no_data_experiments_plan(name):
     assert len(plan.configs) == len(plan.workloads) == len(plan.labels) >= 1
 
 
+#: experiments with multi-turn sessions: their turns must fill the 20 rows (5 sessions x 4)
+SESSION_ROWS = {
+    "prefix_caching": [
+        "workload.sessions.num_sessions=5",
+        "workload.sessions.turns.min=4",
+        "workload.sessions.turns.max=4",
+    ]
+}
+
+
 @pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - set(NO_DATA)))
 def test_data_experiments_plan(name, data_dir):
-    plan = app.plan_from_config(
-        app.compose([f"+experiment={name}", f"data_dir={data_dir}", "workload.num_requests=20"])
-    )
+    overrides = [f"+experiment={name}", f"data_dir={data_dir}", "workload.num_requests=20"]
+    plan = app.plan_from_config(app.compose(overrides + SESSION_ROWS.get(name, [])))
     assert all(w.num_requests == 20 for w in plan.workloads)
 
 
