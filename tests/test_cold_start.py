@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_sim_invariants import PRED, random_workload, small_config
@@ -29,7 +31,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDUR_JAX_CACHE", str(tmp_path))
     monkeypatch.delenv("VIDUR_JAX_COMPILE_CACHE", raising=False)
     monkeypatch.setenv("VIDUR_JAX_EXECUTABLE_STORE", "1")  # opt-in (executables.stores_executables)
-    monkeypatch.setattr(executables, "_LOADED", {})
+    monkeypatch.setattr(executables, "_LOADED", OrderedDict())
     return tmp_path
 
 
@@ -80,6 +82,7 @@ _ONE_PROCESS = """
 import os, sys
 sys.path.insert(0, {tests!r})
 import jax
+import jax.numpy as jnp
 if os.environ.get("JAX_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -352,3 +355,26 @@ def test_ctrl_c_stops_a_multi_config_run_on_a_terminal(tmp_path):
     assert "error: interrupted (Ctrl-C); files written before the interruption are kept" in text
     assert "Traceback" not in text
     assert latency < 5.0, latency
+
+
+def test_loaded_executables_are_bounded_least_recently_used_first(monkeypatch):
+    """At most ``MAX_LOADED`` executables stay in memory (each maps hundreds of regions; an
+    unbounded table took the test process past vm.max_map_count); the least recently
+    used one goes first and is compiled again when asked for."""
+    monkeypatch.setenv("VIDUR_JAX_EXECUTABLE_STORE", "0")
+    monkeypatch.setattr(executables, "_LOADED", OrderedDict())
+    monkeypatch.setattr(executables, "MAX_LOADED", 2)
+    scale = jax.jit(lambda k, x: x * k, static_argnums=0)
+    x = jnp.ones(3)
+
+    def get(k):
+        exe = executables.compiled("scale", scale, k, x)
+        return executables.LAST_SOURCE["scale"], float(exe(x)[0])
+
+    assert get(2) == ("compiled", 2.0)
+    assert get(3) == ("compiled", 3.0)
+    assert get(2) == ("memory", 2.0)  # 2 is now the most recent
+    assert get(4) == ("compiled", 4.0)  # evicts 3, the least recently used
+    assert len(executables._LOADED) == 2
+    assert get(2) == ("memory", 2.0)
+    assert get(3) == ("compiled", 3.0)

@@ -29,17 +29,6 @@ def it(tokens: int) -> float:
     return (10.0 + 0.1 * t8) * 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_persistent_cache_writes():
-    """This module's executables stay out of JAX's persistent compile cache: a full CI run
-    segfaulted inside jax's ``put_executable_and_time`` while writing the vmapped sessions
-    executable (not reproduced alone; under investigation)."""
-    before = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", before)
-
-
 def run(cfgs, wls, capture=None):
     if capture is not None:  # keep every config's final state (invariants)
         orig = run_mod._config_output

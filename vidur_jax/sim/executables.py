@@ -32,6 +32,7 @@ import json
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,15 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-#: In-process executables by key (a process deserializes or compiles each once).
-_LOADED: dict[str, Callable] = {}
+#: In-process executables by key, least recently used first (a process deserializes or
+#: compiles each once while it stays here).
+_LOADED: OrderedDict[str, Callable] = OrderedDict()
+#: At most this many executables stay loaded. Each XLA:CPU executable of the event loop
+#: maps hundreds of memory regions (~750 for a prefix-caching loop, measured with
+#: ``/proc/self/maps``), and a process past ``vm.max_map_count`` (65,530 by default)
+#: segfaults inside XLA while compiling or serializing; an unbounded table did that
+#: to the full test suite after ~80 executables.
+MAX_LOADED = 16
 #: What the last :func:`compiled` call did, per key: "memory", "disk" or "compiled".
 LAST_SOURCE: dict[str, str] = {}
 
@@ -203,13 +211,14 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
     key = key_for(name, static, args)
     exe = _LOADED.get(key)
     if exe is not None:
+        _LOADED.move_to_end(key)
         LAST_SOURCE[name] = "memory"
         return exe
     path = cache_root() / "executables" / f"{key}.bin"
     if stores_executables() and path.exists():
         exe = _load(path)
         if exe is not None:
-            _LOADED[key] = exe
+            _keep_loaded(key, exe)
             LAST_SOURCE[name] = "disk"
             return exe
     exe = jitted.lower(static, *args).compile()
@@ -226,8 +235,21 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
             )
         except (OSError, pickle.PicklingError, TypeError, ValueError):
             pass  # a read-only or full cache dir costs the next process a compile, nothing else
-    _LOADED[key] = exe
+    _keep_loaded(key, exe)
     return exe
+
+
+def _keep_loaded(key: str, exe: Callable) -> None:
+    """Remember ``exe`` under ``key``, dropping the least recently used past ``MAX_LOADED``."""
+    _LOADED[key] = exe
+    _LOADED.move_to_end(key)
+    while len(_LOADED) > MAX_LOADED:
+        _LOADED.popitem(last=False)
+
+
+def clear_loaded() -> None:
+    """Drop every in-process executable (with :func:`jax.clear_caches`, frees their memory)."""
+    _LOADED.clear()
 
 
 # ------------------------------------------------------------------ capacity hints
