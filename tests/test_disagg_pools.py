@@ -387,3 +387,117 @@ def test_search_measures_a_pool_hardware_point():
         row["capacity_qps"] / row["cost_per_hour"], rel=1e-12
     )
     assert row["ttft_p90"] <= 1.0 + 1e-12 and row["tbt_p99"] <= 0.1 + 1e-12
+
+
+# --- per-pool pipeline parallelism ---------------------------------------------------------
+
+
+def test_decode_pool_with_two_pipeline_stages():
+    """1 prefill replica A100 TP1 PP1, 1 decode replica A100 TP1 PP2 with batch cap 2
+    (Vidur's micro-batch cap 2 // 2 = 1: one request per micro-batch). Two requests at 0,
+    16-token prompts, 3 output tokens each.
+
+    Prefill: one 32-token batch, a = it_a100(32) = 13.2 ms (both first tokens). The decode
+    replica takes GPUs 1-2 of the 4-GPU node, so the KV moves over NVLink (300 GB/s) and
+    the sender (524,288 B per token on its one GPU) is slower than each receiver GPU
+    (262,144 B: half the layers): x = 0.1 ms + 16 x 524,288 / 300e9, both land at
+    t0 = a + x. A PP2 stage holds 16 of the 32 layers: h = it_a100(1) / 2 = 5.4 ms (the
+    linear predictor has no send/recv cost). Micro-batch {A} runs stage 0 [t0, t0+h],
+    stage 1 [t0+h, t0+2h]; {B} follows at once: [t0+h, t0+2h], [t0+2h, t0+3h]. A's second
+    iteration starts at t0+2h: stage 0 [t0+2h, t0+3h], stage 1 [t0+3h, t0+4h] -> A done at
+    t0+4h; B's: [t0+3h, t0+4h], [t0+4h, t0+5h] -> B done at t0+5h. (With a PP1 decode
+    replica both would decode in one batch and finish at t0 + 2 it_a100(2) = t0+4h.)"""
+    wl = make_workload(np.array([0.0, 0.0]), np.array([16, 16]), np.array([3, 3]))
+    cfg = pooled(decode_pp=2, decode_batch_cap=2)
+    (out,) = run([cfg], [wl])
+    a = it_a100(32)
+    assert a == pytest.approx(13.2e-3, rel=1e-12)
+    x = LATENCY + 16 * KV_BYTES / 300e9
+    t0, h = a + x, it_a100(1) / 2
+    assert h == pytest.approx(5.4e-3, rel=1e-12)
+    check(out, [0.0, 0.0], [a, a], [t0 + 4 * h, t0 + 5 * h])
+    np.testing.assert_allclose(out.requests["kv_transfer_s"], [x, x], rtol=1e-9)
+    s = out.summary
+    assert (s["prefill_pool_pp"], s["decode_pool_pp"]) == (1, 2)
+    assert s["decode_batch_size_mean"] == 1.0  # four micro-batches of one request
+    assert disagg_pools.num_gpus(cfg) == 3
+    assert disagg_pools.describe_pools(cfg) == " 1P(a100 tp1):1D(a100 tp1 pp2)"
+
+
+def test_pp2_pool_has_the_blocks_of_half_the_layers():
+    """Vidur's planner on a PP2 A100 replica, as for a colocated PP2 replica: one stage's
+    weights per GPU, 202,375,168 x 16 layers x 2 B = 6,476,005,376 B, leave 77,309,411,328
+    - 6,476,005,376 = 70,833,405,952 B; Vidur counts every layer's KV per request,
+    524,288 x 4096 = 2,147,483,648 B -> 32 requests per stage x 2 stages = 64 requests =
+    16,384 blocks (the TP1 PP1 prefill pool: 7,424); each pool's watermark is 1% of its
+    blocks; the decode pool sees 2 stages of 16 layers on 2 GPUs."""
+    cfg = pooled(decode_pp=2)
+    wl = make_workload(np.zeros(1), np.array([8]), np.array([2]))
+    d = build.derive(cfg)
+    tables, index = build.build_tables([cfg], build.table_spec_for([cfg], 8), predictor_for)
+    params = build.build_params(cfg, d, wl, index[0], 1)
+    np.testing.assert_array_equal(params.pool_num_blocks, [7424, 16384])
+    np.testing.assert_array_equal(params.pool_watermark_blocks, [74, 163])
+    np.testing.assert_array_equal(params.pool_num_stages, [1, 2])
+    np.testing.assert_array_equal(params.pool_layers_per_stage, [32, 16])
+    np.testing.assert_array_equal(params.gpus_per_replica, [1, 2])
+    assert build.make_static([cfg], [d], 1, num_slots=8).max_stages == 2
+
+
+def test_pool_pp_invariants_and_equivalences():
+    """Random traffic on 2 prefill (PP2) : 2 decode (PP2) replicas: every request completes,
+    TTFT <= e2e, every KV block comes back. Pools on the config's own PP (keys 1 on a PP1
+    config) equal no keys bit for bit; a PP2 cluster with no pool keys equals a PP1 cluster
+    whose two pools say pp 2 (same tables, blocks and stages) bit for bit; the vmapped call
+    (PP pools, TP pools, colocated) equals each config alone."""
+    wl = _random_workload(seed=5)
+    keys = ("scheduled_at", "first_token_at", "completed_at", "num_restarts", "kv_transfer_s")
+    base = pooled(2, 2, num_blocks=None, global_scheduler="lor")
+    pp_pools = dataclasses.replace(base, prefill_pp=2, decode_pp=2)
+    states = []
+    (out,) = run([pp_pools], [wl], capture=states)
+    r = out.requests
+    assert out.summary["num_completed"] == wl.num_requests
+    assert np.all(r["first_token_at"] <= r["completed_at"])
+    _, st, i = states[-1]
+    np.testing.assert_array_equal(np.asarray(st.free_blocks[i]), [16384] * 4)
+
+    cluster_pp2 = dataclasses.replace(base, num_pipeline_stages=2)
+    for a, b in (
+        (base, dataclasses.replace(base, prefill_pp=1, decode_pp=1)),
+        (cluster_pp2, pp_pools),
+    ):
+        oa, ob = run([a], [wl])[0], run([b], [wl])[0]
+        for k in keys:
+            np.testing.assert_array_equal(oa.requests[k], ob.requests[k])
+        assert oa.counters["tbt_sum_s"] == ob.counters["tbt_sum_s"]
+
+    cfgs = [
+        dataclasses.replace(base, decode_pp=2, prefill_device="h100"),
+        pp_pools,
+        pooled(1, 3, decode_tp=2, global_scheduler="lor"),
+        DeploymentConfig(replica_scheduler="vllm", num_replicas=4, global_scheduler="lor"),
+    ]
+    both = run(cfgs, [wl] * len(cfgs))
+    for cfg, b in zip(cfgs, both, strict=True):
+        (one,) = run([cfg], [wl])
+        for k in keys:
+            np.testing.assert_allclose(one.requests[k], b.requests[k], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"decode_pp": 0}, "cluster.decode_pp=0 must be null or an integer >= 1"),
+        ({"prefill_pp": 3}, r"prefill pool: .*3"),
+        (
+            {"decode_pp": 4, "decode_batch_cap": 2},
+            "decode pool: batch cap 2 must be >= its pipeline stages 4",
+        ),
+        ({"decode_pp": 1.5}, "decode_pp=1.5"),
+    ],
+)
+def test_bad_pool_pp_is_refused_with_one_line(kw, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        build.derive(pooled(**kw))
+    assert "\n" not in str(err.value)

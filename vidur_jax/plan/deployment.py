@@ -162,6 +162,8 @@ def _pool_fields(cl: Mapping[str, Any]) -> dict[str, Any]:
         out[f"{pool}_batch_cap"] = None if cap is None else read_int(f"cluster.{pool}_batch_cap", cap)
         tp = cl.get(f"{pool}_tp", _conf("cluster", f"{pool}_tp"))
         out[f"{pool}_tp"] = None if tp is None else read_int(f"cluster.{pool}_tp", tp)
+        pp = cl.get(f"{pool}_pp", _conf("cluster", f"{pool}_pp"))
+        out[f"{pool}_pp"] = None if pp is None else read_int(f"cluster.{pool}_pp", pp)
         device = cl.get(f"{pool}_device", _conf("cluster", f"{pool}_device"))
         out[f"{pool}_device"] = None if device is None else str(device).lower()
     return out

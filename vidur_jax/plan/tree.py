@@ -24,7 +24,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
         {"tp", "pp", "num_replicas", "global_scheduler", "affinity_imbalance", "ep", "attention_dp",
          "prefill_replicas", "decode_replicas", "kv_inter_node_gbps", "kv_transfer_latency_s",
          "prefill_batch_cap", "decode_batch_cap", "prefill_device", "prefill_tp", "decode_device",
-         "decode_tp"}
+         "decode_tp", "prefill_pp", "decode_pp"}
     ),
     "scheduler": frozenset(
         {

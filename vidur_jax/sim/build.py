@@ -83,8 +83,10 @@ class DeploymentConfig:
     decode_batch_cap: int | None = _conf("cluster", "decode_batch_cap")
     prefill_device: str | None = _conf("cluster", "prefill_device")
     prefill_tp: int | None = _conf("cluster", "prefill_tp")
+    prefill_pp: int | None = _conf("cluster", "prefill_pp")
     decode_device: str | None = _conf("cluster", "decode_device")
     decode_tp: int | None = _conf("cluster", "decode_tp")
+    decode_pp: int | None = _conf("cluster", "decode_pp")
     replica_scheduler: str = _conf("scheduler", "replica_scheduler")
     batch_size_cap: int = _conf("scheduler", "batch_size_cap")
     block_size: int = _conf("scheduler", "block_size")
@@ -523,7 +525,7 @@ def make_static(
         num_requests=int(num_requests),
         num_slots=num_slots,
         max_replicas=max(c.num_replicas for c in cfgs),
-        max_stages=max(c.num_pipeline_stages for c in cfgs),
+        max_stages=max(disagg_pools.max_pp(c) for c in cfgs),
         num_tbt_bins=num_tbt_bins,
         window=window,
         disagg=any(c.prefill_replicas > 0 for c in cfgs),

@@ -3,8 +3,8 @@
 A pooled config (``SimParams.prefill_replicas`` P > 0) splits its ``num_replicas``
 replicas into a **prefill pool** (replicas ``0..P-1``) and a **decode pool** (replicas
 ``P..N-1``), same model and scheduler; each pool may have its own GPU type and TP
-degree (:mod:`vidur_jax.sim.disagg_pools`: its replicas read their pool's timing-table
-row, KV blocks and FLOPs, :func:`pool_params`). A request's life:
+degree and its own pipeline stages (:mod:`vidur_jax.sim.disagg_pools`: its replicas
+read their pool's timing-table row, KV blocks, stages and FLOPs, :func:`pool_params`). A request's life:
 
 1. it arrives and is routed (the config's global scheduler) to a prefill replica, whose
    policy prefills it as usual; its prefill's last iteration gives its first token
@@ -239,7 +239,7 @@ def _land(
         i = order[j]
         d, q = row.xfer_dst[i], row.req[i]
         tail = st.q_tail[d]
-        free_stage = jnp.isfinite(st.inflight_end[d]).sum() < params.num_stages
+        free_stage = jnp.isfinite(st.inflight_end[d]).sum() < params.pool_num_stages[1]
         return st.replace(
             queue=update(st.queue, (d, tail), q, "set", sf),
             queue_arrival=update(st.queue_arrival, (d, tail), row.xfer_end[i], "set", sf),
@@ -441,7 +441,7 @@ def summary(
     (``kv_transfers`` of them; nan when none was); ``*_busy_fraction``: busy seconds of the
     pool's replicas / (replicas x ``makespan_s``); ``*_batch_size_mean`` and
     ``*_kv_util_mean``: per batch launched in the pool; ``*_batch_cap``: the pools' caps;
-    ``*_pool_device``, ``*_pool_tp``: the pools' hardware (pooled configs only). Pools on their own GPUs also replace
+    ``*_pool_device``, ``*_pool_tp``, ``*_pool_pp``: the pools' hardware (pooled configs only). Pools on their own GPUs also replace
     ``mfu_mean`` (:func:`pools_mfu`; ``peak_flops``: ``pool config -> peak FLOP/s``). A
     colocated config (``prefill_replicas`` 0) has 0 replicas in both pools and nan (or
     empty) for the rest.
@@ -489,6 +489,7 @@ def summary(
         out[f"{name}_kv_util_mean"] = per_batch(kv, sl)
         out[f"{name}_pool_device"] = disagg_pools.pool_device(cfg, name)
         out[f"{name}_pool_tp"] = float(disagg_pools.pool_tp(cfg, name))
+        out[f"{name}_pool_pp"] = float(disagg_pools.pool_pp(cfg, name))
     if disagg_pools.has_pool_hardware(cfg):  # each pool's FLOPs against its own GPU's peak
         out["mfu_mean"] = pools_mfu(cfg, pick(state.rep_flops_sum), busy, peak_flops)
     return out
@@ -571,26 +572,30 @@ def validate(cfg) -> None:
         "prefill/decode pools do not support speculative decoding yet (speculative.num_tokens must be 0)",
     )
     require(
-        cfg.num_pipeline_stages == 1,
-        "prefill/decode pools need num_pipeline_stages=1 (pp > 1 not modelled)",
-    )
-    require(
         getattr(cfg, "attention_dp", 1) == 1,
         "prefill/decode pools need cluster.attention_dp=1 (attention data parallelism in pools not modelled)",
     )
     for pool in disagg_pools.POOLS:
-        tp, device = getattr(cfg, f"{pool}_tp"), getattr(cfg, f"{pool}_device")
-        require(
-            tp is None
-            or (isinstance(tp, (int, np.integer)) and not isinstance(tp, bool) and tp >= 1),
-            f"cluster.{pool}_tp={tp!r} must be null or an integer >= 1",
-        )
+        for key in ("tp", "pp"):
+            v = getattr(cfg, f"{pool}_{key}")
+            require(
+                v is None
+                or (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1),
+                f"cluster.{pool}_{key}={v!r} must be null or an integer >= 1",
+            )
+        device = getattr(cfg, f"{pool}_device")
         if device is not None:
             catalog.get_device(device)
+        tp, pp = disagg_pools.pool_tp(cfg, pool), disagg_pools.pool_pp(cfg, pool)
         try:
-            catalog.validate_parallelism(model_of(cfg), disagg_pools.pool_tp(cfg, pool), 1)
+            catalog.validate_parallelism(model_of(cfg), tp, pp)
         except ConfigError as err:
             raise ConfigError(f"{pool} pool: {err}") from None
+        require(
+            pool_cap(cfg, pool) >= pp,
+            f"{pool} pool: batch cap {pool_cap(cfg, pool)} must be >= its pipeline stages {pp} "
+            f"(cluster.{pool}_batch_cap / scheduler.batch_size_cap vs cluster.{pool}_pp)",
+        )
         disagg_pools.pool_node(cfg, pool)
 
 
@@ -653,6 +658,8 @@ def param_fields(cfg, derived, table_index, derive) -> dict[str, np.ndarray]:
         "pool_watermark_blocks": np.array([d.watermark_blocks for d in derived], i32),
         "pool_flops_per_token": np.array([d.flops_per_token for d in derived], f32),
         "pool_attn_flops_coef": np.array([d.attn_flops_coef for d in derived], f32),
+        "pool_num_stages": np.array([pc.num_pipeline_stages for pc in pools], i32),
+        "pool_layers_per_stage": np.array([d.layers_per_stage for d in derived], f32),
         "prefill_batch_cap": i32(pool_cap(cfg, "prefill")),
         "decode_batch_cap": i32(pool_cap(cfg, "decode")),
     }
@@ -670,8 +677,9 @@ def derive_pools(cfg, derive) -> None:
         try:
             derive(pc)
         except ConfigError as err:
+            pp = f" pp={pc.num_pipeline_stages}" if pc.num_pipeline_stages > 1 else ""
             raise ConfigError(
-                f"{pool} pool ({pc.device} tp={pc.tensor_parallel_size}): {err}"
+                f"{pool} pool ({pc.device} tp={pc.tensor_parallel_size}{pp}): {err}"
             ) from None
 
 
@@ -686,15 +694,26 @@ def slot_bound(cfg) -> int:
     return max(pool_cap(cfg, "prefill"), pool_cap(cfg, "decode")) if cfg.prefill_replicas > 0 else 0
 
 
+def num_stages(static: SimStatic, params: SimParams, r: jax.Array) -> jax.Array:
+    """() i32 pipeline stages of replica ``r``: its pool's, or the config's."""
+    if not on(static):
+        return params.num_stages
+    pool = (r >= params.prefill_replicas).astype(jnp.int32)
+    own = params.pool_num_stages[pool]
+    return jnp.where(pooled(params), own, params.num_stages).astype(params.num_stages.dtype)
+
+
 def pool_params(static: SimStatic, params: SimParams, r: jax.Array) -> SimParams:
-    """``params`` as replica ``r`` sees them: its pool's batch cap (``batch_cap`` and,
-    with one pipeline stage, ``max_micro_batch``) and its pool's hardware (timing-table
-    row, KV blocks and watermark, FLOPs per token); unchanged for colocated configs."""
+    """``params`` as replica ``r`` sees them: its pool's batch cap (``batch_cap`` and
+    ``max_micro_batch`` = cap // its pool's stages, as Vidur's) and its pool's hardware
+    (timing-table row, pipeline stages and layers per stage, KV blocks and watermark,
+    FLOPs per token); unchanged for colocated configs."""
     if not on(static):
         return params
+    stages = num_stages(static, params, r)
     cap = jnp.where(r < params.prefill_replicas, params.prefill_batch_cap, params.decode_batch_cap)
     cap = jnp.where(pooled(params), cap, params.batch_cap).astype(params.batch_cap.dtype)
-    micro = jnp.where(pooled(params), cap, params.max_micro_batch).astype(
+    micro = jnp.where(pooled(params), cap // stages, params.max_micro_batch).astype(
         params.max_micro_batch.dtype
     )
     pool = (r >= params.prefill_replicas).astype(jnp.int32)
@@ -705,6 +724,8 @@ def pool_params(static: SimStatic, params: SimParams, r: jax.Array) -> SimParams
     return params.replace(
         batch_cap=cap,
         max_micro_batch=micro,
+        num_stages=stages,
+        layers_per_stage=own(params.layers_per_stage, params.pool_layers_per_stage),
         table_index=own(params.table_index, params.pool_table_index),
         num_blocks=own(params.num_blocks, params.pool_num_blocks),
         watermark_blocks=own(params.watermark_blocks, params.pool_watermark_blocks),

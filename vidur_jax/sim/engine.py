@@ -261,7 +261,7 @@ def _arrival_update(static: SimStatic, params: SimParams, state: SimState, apply
     rep = _route(static, params, state, i)
     rep_w = jnp.where(apply, rep, n)  # out of bounds -> dropped
     inflight = jnp.isfinite(state.inflight_end[rep]).sum()
-    wake = apply & (inflight < params.num_stages)
+    wake = apply & (inflight < disagg.num_stages(static, params, rep))
     return state.replace(
         queue=_put(static, state.queue, (rep_w, state.q_tail[rep]), i),
         q_tail=_put(static, state.q_tail, rep_w, 1, "add"),

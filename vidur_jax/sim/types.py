@@ -181,6 +181,8 @@ class SimParams:
     pool_watermark_blocks: jax.Array  # (2,) i32
     pool_flops_per_token: jax.Array  # (2,) f32 dense FLOPs per token per layer per device, per pool
     pool_attn_flops_coef: jax.Array  # (2,) f32
+    pool_num_stages: jax.Array  # (2,) i32 pipeline stages of each pool's replicas
+    pool_layers_per_stage: jax.Array  # (2,) f32 layers per pipeline stage, per pool
     prefill_batch_cap: jax.Array  # () i32 batch_cap of the prefill pool's replicas
     decode_batch_cap: jax.Array  # () i32 batch_cap of the decode pool's replicas
     # replica scheduler
