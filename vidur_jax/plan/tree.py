@@ -73,6 +73,7 @@ GROUP_KEYS: dict[str, frozenset[str]] = {
             "prefill_scale_factor",
             "decode_scale_factor",
             "time_scale_factor",
+            "hash_block_tokens",
             "num_seqs",
             "system_prompt",
             "sessions",

@@ -55,6 +55,8 @@ def workload_spec(tree: Mapping[str, Any], check_files: bool = True) -> dict[str
         for k in ("prefill_scale_factor", "decode_scale_factor", "time_scale_factor"):
             spec[k] = read_float(f"workload.{k}", wl.get(k, 1.0))
             require(spec[k] > 0, f"workload.{k}={spec[k]} must be > 0")
+        spec["hash_block_tokens"] = read_int("workload.hash_block_tokens", wl.get("hash_block_tokens", 512))
+        require(spec["hash_block_tokens"] >= 1, f"workload.hash_block_tokens={spec['hash_block_tokens']} must be >= 1")
         return spec
     arrival = dict(wl.get("arrival") or {})
     lengths = dict(wl.get("lengths") or {})
@@ -128,9 +130,10 @@ def build_workload(spec: Mapping[str, Any]):
     if spec.get("sessions") is not None:
         return _build_sessions(spec, wl)
     if spec["kind"] == "replay":
-        wl = _trace_sessions(spec, wl)
+        wl = _trace_block_ids(spec, _trace_sessions(spec, wl))
         require(wl.prefix_hashes is None or spec.get("system_prompt") is None,
-                "workload.system_prompt cannot be added to a trace with session_id (its prompts hold their own prefixes)")
+                "workload.system_prompt cannot be added to a trace with session_id or hash_ids "
+                "(its prompts hold their own prefixes)")
     if spec.get("system_prompt") is not None:
         key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), 11)
         wl = workload.with_system_prompts(wl, key, max_tokens=spec["max_tokens"], **spec["system_prompt"])
@@ -168,6 +171,39 @@ def _trace_sessions(spec: Mapping[str, Any], wl):
     df = read_trace_csv(spec["path"], cols).iloc[: wl.num_requests]
     think = df["think_time_s"].to_numpy() if "think_time_s" in cols else None
     return prefix.trace_sessions(wl, df["session_id"].to_numpy().astype("int64"), think, spec["block_size"])
+
+
+#: Optional replay-trace column (the Mooncake trace format): per row, the ids of its
+#: prompt's ``workload.hash_block_tokens``-token blocks, e.g. ``"[12, 13, 40]"``.
+HASH_IDS_COLUMN = "hash_ids"
+
+
+def parse_hash_ids(cells, path: str) -> list[list[int]]:
+    """Block ids of each ``hash_ids`` cell: the integers it lists, in order (``"[1, 2]"``,
+    ``"1 2"``; an empty cell lists none). A cell with anything else is refused."""
+    import re
+
+    out = []
+    for i, cell in enumerate(cells):
+        text = "" if cell is None or (isinstance(cell, float) and cell != cell) else str(cell)
+        require(re.fullmatch(r"[\s\[\],0-9]*", text) is not None,
+                f"trace file {path!r} data row {i}: hash_ids={text!r} must list integers >= 0, e.g. [1, 2, 3]")
+        out.append([int(x) for x in re.findall(r"[0-9]+", text)])
+    return out
+
+
+def _trace_block_ids(spec: Mapping[str, Any], wl):
+    """The replayed workload with block hashes from the trace's ``hash_ids`` column, when it
+    has one (they replace the hashes a ``session_id`` column gives; its closed loop stays)."""
+    import pandas as pd
+
+    from vidur_jax.workload import prefix
+
+    if HASH_IDS_COLUMN not in pd.read_csv(spec["path"], nrows=0).columns:
+        return wl
+    cells = pd.read_csv(spec["path"], usecols=[HASH_IDS_COLUMN], dtype=str)[HASH_IDS_COLUMN]
+    ids = parse_hash_ids(cells.iloc[: wl.num_requests].tolist(), spec["path"])
+    return prefix.with_trace_blocks(wl, ids, spec["hash_block_tokens"], spec["block_size"])
 
 
 def _build_requests(spec: Mapping[str, Any]):

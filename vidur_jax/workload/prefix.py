@@ -21,8 +21,9 @@ Generators here add prefix structure to request tables:
   arrival of a later turn depends on the simulation, so rows carry ``session_prev``
   (the previous turn's row) and ``think_time_s``; their ``arrived_at`` is the earliest
   possible time (previous arrival + think time), a lower bound the simulator replaces;
-* :func:`hashes_from_trace_blocks` -- traces that publish per-request block hash ids
-  (the Mooncake trace format: ``hash_ids`` per ``hash_block_tokens``-token block).
+* :func:`hashes_from_trace_blocks` / :func:`with_trace_blocks` -- traces that publish
+  per-request block hash ids (the Mooncake trace format: ``hash_ids`` per
+  ``hash_block_tokens``-token block; a replay CSV's ``hash_ids`` column).
 """
 
 from __future__ import annotations
@@ -417,6 +418,26 @@ def hashes_from_trace_blocks(
         if p[i] > covered:
             ids[i, len(hs)], lens[i, len(hs)] = (1 << 42) + i, p[i] - covered
     return block_hashes(Segments(ids, lens), block_size, max_blocks)
+
+
+def with_trace_blocks(workload, hash_ids: Sequence[Sequence[int]], hash_block_tokens: int,
+                      block_size: int = 16):
+    """A replayed workload (no padding) with the prefix hashes of its trace's block ids
+    (:func:`hashes_from_trace_blocks`), K covering its longest prompt's full blocks.
+
+    Args:
+        workload: the replayed requests.
+        hash_ids: per row, the trace's block ids (one list per request).
+        hash_block_tokens: tokens per trace block (Mooncake: 512).
+        block_size: the simulator's KV block size.
+    """
+    import jax.numpy as jnp
+
+    prefill = np.asarray(workload.num_prefill, np.int64)
+    require(len(hash_ids) == prefill.size, f"trace hash_ids has {len(hash_ids)} rows for {prefill.size} requests")
+    k = max(int((prefill // check_count("block_size", block_size)).max(initial=1)), 1)
+    hashes = hashes_from_trace_blocks(hash_ids, prefill, hash_block_tokens, block_size, k)
+    return workload.replace(prefix_hashes=jnp.asarray(hashes, jnp.int64), prefix_block_size=int(block_size))
 
 
 def with_system_prompts(
