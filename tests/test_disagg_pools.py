@@ -501,3 +501,43 @@ def test_bad_pool_pp_is_refused_with_one_line(kw, match):
     with pytest.raises(ConfigError, match=match) as err:
         build.derive(pooled(**kw))
     assert "\n" not in str(err.value)
+
+
+def test_search_grid_splits_gpus_by_each_pools_tp_x_pp():
+    """search.pd_pools with pool PP on an 8-GPU A100 cluster: {decode_pp: 2} at share 0.25
+    gives P = round(0.25 x 8 / 1) = 2 prefill replicas and D = (8 - 2) // (1 x 2) = 3
+    decode replicas of 2 GPUs; at 0.5, P = 4 and D = 2. {prefill_tp: 2, prefill_pp: 2}:
+    4 GPUs per prefill replica, P = max(round(0.5), 1) = 1 at 0.25 and round(1) = 1 at 0.5
+    (one point), D = 4. search.csv names each pool's PP."""
+    from vidur_jax.search import grid as grid_mod
+
+    spec = grid_mod.grid_from_dict(
+        {
+            "gpus": ["a100"],
+            "max_gpus": 8,
+            "tp": [1],
+            "pp": [1],
+            "schedulers": ["vllm"],
+            "batch_caps": [64],
+            "pd_splits": [0.25, 0.5],
+            "pd_pools": [{"decode_pp": 2}, {"prefill_tp": 2, "prefill_pp": 2}],
+        },
+        "meta-llama/Llama-2-7b-hf",
+        "a100",
+    )
+    hw = [
+        c
+        for c in grid_mod.expand_grid(spec, DeploymentConfig())
+        if disagg_pools.has_pool_hardware(c.config)
+    ]
+    assert [grid_mod.describe(c.config) for c in hw] == [
+        "a100 tp1 pp1 x5 vllm cap64 2P(a100 tp1):3D(a100 tp1 pp2)",
+        "a100 tp1 pp1 x6 vllm cap64 4P(a100 tp1):2D(a100 tp1 pp2)",
+        "a100 tp2 pp2 x5 vllm cap64 1P(a100 tp2 pp2):4D(a100 tp1)",
+    ]
+    assert all(c.feasible and c.num_gpus == 8 for c in hw)
+    assert (
+        grid_mod.label(hw[2].config)
+        == "1 prefill (A100 TP2 PP2) : 4 decode (A100 TP1) (vLLM, cap 64)"
+    )
+    assert grid_mod.pool_hardware(hw[0].config)["decode_pp"] == 2

@@ -88,12 +88,18 @@ class Candidate:
 @dataclasses.dataclass(frozen=True)
 class PoolChoice:
     """Hardware of a disaggregated deployment's two pools (docs/disaggregation.md):
-    each pool's TP degree and GPU type (None: the cluster's GPU)."""
+    each pool's TP and PP degree and GPU type (None: the cluster's GPU)."""
 
     prefill_tp: int = 1
     decode_tp: int = 1
     prefill_device: str | None = None
     decode_device: str | None = None
+    prefill_pp: int = 1
+    decode_pp: int = 1
+
+    def gpus(self, pool: str) -> int:
+        """GPUs of one replica of ``pool``: its TP x PP."""
+        return getattr(self, f"{pool}_tp") * getattr(self, f"{pool}_pp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +121,9 @@ class GridSpec:
             replicas (at least 1, leaving at least 1 decode replica).
         pd_pools: pool hardware to try with each ``pd_splits`` share, besides the
             colocated TP: per cluster of G GPUs, share s gives ``P = round(s x G /
-            prefill_tp)`` prefill replicas (at least 1) and ``D = (G - P x prefill_tp) //
-            decode_tp`` decode replicas (at least 1, else the point is not part of the grid).
+            (prefill_tp x prefill_pp))`` prefill replicas (at least 1) and ``D = (G - P x
+            prefill_tp x prefill_pp) // (decode_tp x decode_pp)`` decode replicas (at least
+            1, else the point is not part of the grid).
     """
 
     models: tuple[str, ...]
@@ -273,8 +280,9 @@ def _pool_choices(values: Any) -> tuple[PoolChoice, ...]:
         require(isinstance(v, Mapping), f"search.pd_pools[{i}]={v!r} must be a mapping")
         unknown = sorted(set(v) - {f.name for f in dataclasses.fields(PoolChoice)})
         require(not unknown, f"search.pd_pools[{i}] has unknown keys {unknown}; allowed: prefill_tp, decode_tp, "
-                "prefill_device, decode_device")
-        tps = {k: _ints(f"pd_pools[{i}].{k}", v.get(k, 1))[0] for k in ("prefill_tp", "decode_tp")}
+                "prefill_pp, decode_pp, prefill_device, decode_device")
+        tps = {k: _ints(f"pd_pools[{i}].{k}", v.get(k, 1))[0]
+               for k in ("prefill_tp", "decode_tp", "prefill_pp", "decode_pp")}
         devices = {k: v.get(k) and catalog.get_device(v[k]).name for k in ("prefill_device", "decode_device")}
         out.append(PoolChoice(**tps, **devices))
     return tuple(out)
@@ -394,8 +402,8 @@ def pool_hardware_splits(gpus: int, choice: PoolChoice, shares: Sequence[float])
     decode replica."""
     out = []
     for s in shares:
-        p = max(round(s * gpus / choice.prefill_tp), 1)
-        d = (gpus - p * choice.prefill_tp) // choice.decode_tp
+        p = max(round(s * gpus / choice.gpus("prefill")), 1)
+        d = (gpus - p * choice.gpus("prefill")) // choice.gpus("decode")
         if d >= 1 and (p, d) not in out:
             out.append((p, d))
     return out
@@ -424,12 +432,13 @@ def _pool_hardware_points(spec: GridSpec, base: DeploymentConfig) -> list[Candid
                 device=pre_dev,
                 network_device=node or _default_node(pre_dev),
                 tensor_parallel_size=choice.prefill_tp,
-                num_pipeline_stages=1,
+                num_pipeline_stages=choice.prefill_pp,
                 num_replicas=p + d,
                 prefill_replicas=p,
                 decode_replicas=d,
                 decode_device=choice.decode_device or cl.device,
                 decode_tp=choice.decode_tp,
+                decode_pp=choice.decode_pp,
                 replica_scheduler=sch.scheduler,
                 chunk_size=sch.chunk_size if sch.chunk_size is not None else base.chunk_size,
                 batch_size_cap=cap,
@@ -475,7 +484,7 @@ def pool_hardware(c: DeploymentConfig) -> dict[str, Any]:
     return {
         f"{p}_{k}": (f(c, p) if pooled else None)
         for p in disagg_pools.POOLS
-        for k, f in (("device", disagg_pools.pool_device), ("tp", disagg_pools.pool_tp))
+        for k, f in (("device", disagg_pools.pool_device), ("tp", disagg_pools.pool_tp), ("pp", disagg_pools.pool_pp))
     }
 
 
@@ -495,7 +504,9 @@ def label(c: DeploymentConfig) -> str:
     if disagg_pools.has_pool_hardware(c):
         pools = " : ".join(
             f"{getattr(c, f'{p}_replicas')} {p} ({disagg_pools.pool_device(c, p).upper()} "
-            f"TP{disagg_pools.pool_tp(c, p)})" for p in disagg_pools.POOLS)
+            f"TP{disagg_pools.pool_tp(c, p)}"
+            + (f" PP{disagg_pools.pool_pp(c, p)}" if disagg_pools.pool_pp(c, p) > 1 else "") + ")"
+            for p in disagg_pools.POOLS)
         return f"{pools} ({sched}, cap {c.batch_size_cap})"
     return f"{gpus} x {c.device.upper()} ({par}, {sched}, cap {c.batch_size_cap}){_pools(c)}"
 
