@@ -11,68 +11,23 @@ Replicas are packed on ``a100_pairwise_nvlink`` nodes of 4 GPUs in index order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
 import pytest
+import toy_configs as toy
+from toy_configs import PRED, RTOL, it, pooled, run, xfer
 
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build
-from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import make_simulator
-from vidur_jax.sim.run import simulate_configs
-from vidur_jax.sim.tables import LinearPredictor
 from vidur_jax.workload import make_workload
 
-PRED = LinearPredictor(per_token_ms=0.1 / 32, fixed_ms=10.0 / 32)
-KV_BYTES = 2 * 2 * 128 * 32 * 32  # per token, Llama-2-7B, TP1
-LATENCY = 1e-4
-
-
-def it(tokens: int) -> float:
-    """Iteration seconds for a batch of ``tokens`` tokens."""
-    t8 = -(-tokens // 8) * 8
-    return (10.0 + 0.1 * t8) * 1e-3
-
-
-def xfer(tokens: int, gbps: float = 300.0) -> float:
-    """KV transfer seconds of a ``tokens``-token prompt."""
-    return LATENCY + tokens * KV_BYTES / (gbps * 1e9)
-
-
-def pooled(p: int = 1, d: int = 1, **kw) -> DeploymentConfig:
-    kw.setdefault("replica_scheduler", "vllm")
-    return DeploymentConfig(num_replicas=p + d, prefill_replicas=p, decode_replicas=d, **kw)
-
-
-def run(cfgs, wls, capture=None):
-    if capture is not None:  # keep every config's final state
-        orig = run_mod._config_output
-
-        def keep(cfg, wl, state, i):
-            capture.append((cfg, state, i))
-            return orig(cfg, wl, state, i)
-
-        run_mod._config_output = keep
-    try:
-        return simulate_configs(list(cfgs), list(wls), predictor_for=lambda c: PRED)
-    finally:
-        if capture is not None:
-            run_mod._config_output = orig
-
-
-#: iteration times come from float32 timing tables: measured relative error 7e-8 on
-#: these timestamps, checked at 1e-6 (as tests/test_sim_toy.py); transfer times are
+#: timestamps checked at toy_configs.RTOL (float32 timing tables); transfer times are
 #: float64 differences, checked at 1e-9
-RTOL = 1e-6
-
-
-def check(out, scheduled, first, completed):
-    r = out.requests
-    np.testing.assert_allclose(r["scheduled_at"], scheduled, rtol=RTOL, atol=1e-12)
-    np.testing.assert_allclose(r["first_token_at"], first, rtol=RTOL, atol=1e-12)
-    np.testing.assert_allclose(r["completed_at"], completed, rtol=RTOL, atol=1e-12)
+check = functools.partial(toy.check, atol=1e-12)
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
@@ -146,7 +101,7 @@ def test_decode_admission_waits_for_decode_pool_memory():
     done_a = a + x + 19 * it(1)
     check(out, [0.0, a], [a, 2 * a], [done_a, done_a + it(1)])
     assert out.summary["num_restarts"] == 0
-    _, st, i = states[-1]
+    _, _, st, i = states[-1]
     assert (np.asarray(st.free_blocks[i])[:2] == 6).all()  # all memory returned
     assert (np.asarray(st.slot_req[i]) == -1).all()
 

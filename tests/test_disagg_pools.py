@@ -12,26 +12,24 @@ token, split over the TP GPUs of a replica (262,144 per GPU at TP2).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
+import toy_configs as toy
+from toy_configs import KV_BYTES, LATENCY, RTOL
 
 from vidur_jax.errors import ConfigError
 from vidur_jax.sim import build, disagg_pools
-from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.engine import make_simulator
-from vidur_jax.sim.run import requests_frame, simulate_configs
+from vidur_jax.sim.run import requests_frame
 from vidur_jax.sim.tables import LinearPredictor
 from vidur_jax.workload import make_workload
 
-A100 = LinearPredictor(per_token_ms=0.1 / 32, fixed_ms=10.0 / 32)
+A100 = toy.PRED
 H100 = LinearPredictor(per_token_ms=0.05 / 32, fixed_ms=5.0 / 32)
-KV_BYTES = 2 * 2 * 128 * 32 * 32  # per token, Llama-2-7B, whole model
-LATENCY = 1e-4
 NCCL_MS = 32 * 2 * 0.02  # per iteration at TP > 1
-#: float32 timing tables: timestamps within 1e-6 relative (as tests/test_disagg.py)
-RTOL = 1e-6
 
 
 def predictor_for(c):
@@ -49,32 +47,15 @@ def it_h100(tokens: int, tp: int = 1) -> float:
 
 
 def pooled(p: int = 1, d: int = 1, **kw) -> DeploymentConfig:
-    kw.setdefault("replica_scheduler", "vllm")
     kw.setdefault("max_tokens", 4096)
-    return DeploymentConfig(num_replicas=p + d, prefill_replicas=p, decode_replicas=d, **kw)
+    return toy.pooled(p, d, **kw)
 
 
 def run(cfgs, wls, capture=None):
-    if capture is not None:  # keep every config's final state
-        orig = run_mod._config_output
-
-        def keep(cfg, wl, state, i):
-            capture.append((cfg, state, i))
-            return orig(cfg, wl, state, i)
-
-        run_mod._config_output = keep
-    try:
-        return simulate_configs(list(cfgs), list(wls), predictor_for=predictor_for)
-    finally:
-        if capture is not None:
-            run_mod._config_output = orig
+    return toy.run(cfgs, wls, capture, predictor_for=predictor_for)
 
 
-def check(out, scheduled, first, completed):
-    r = out.requests
-    np.testing.assert_allclose(r["scheduled_at"], scheduled, rtol=RTOL, atol=1e-12)
-    np.testing.assert_allclose(r["first_token_at"], first, rtol=RTOL, atol=1e-12)
-    np.testing.assert_allclose(r["completed_at"], completed, rtol=RTOL, atol=1e-12)
+check = functools.partial(toy.check, atol=1e-12)
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
@@ -140,7 +121,7 @@ def test_each_pool_has_its_own_kv_blocks():
     states = []
     (out,) = run([cfg], [wl], capture=states)
     assert out.summary["num_completed"] == 2
-    _, st, i = states[-1]
+    _, _, st, i = states[-1]
     np.testing.assert_array_equal(np.asarray(st.free_blocks[i]), [16640, 7424, 7424])
 
 
@@ -292,13 +273,9 @@ def test_bad_pool_hardware_is_refused_with_one_line(kw, match):
     assert "\n" not in str(err.value)
 
 
-def test_search_grid_adds_per_pool_hardware_points():
-    """search.pd_pools x pd_splits on an 8-GPU A100 cluster: share 0.5 with prefill TP2
-    gives P = round(0.5 x 8 / 2) = 2 prefill replicas (4 GPUs) and D = 4 // 1 = 4 decode
-    replicas of TP1; share 0.25 gives P = 1, D = 6. An H100 prefill pool pays the H100
-    price: 4 x $4.25 + 4 x $2.21 = $25.84/h over 8 GPUs. A decode TP that does not divide
-    the heads is kept with its one-line reason; a prefill TP wider than the cluster
-    leaves no decode replica and is not part of the grid."""
+def _pool_grid(pd_pools):
+    """The per-pool-hardware candidates of an 8-GPU A100 search grid (Llama-2-7B, TP1 PP1,
+    vLLM cap 64) with ``pd_splits`` [0.25, 0.5] and these ``pd_pools``."""
     from vidur_jax.search import grid as grid_mod
 
     spec = grid_mod.grid_from_dict(
@@ -310,21 +287,35 @@ def test_search_grid_adds_per_pool_hardware_points():
             "schedulers": ["vllm"],
             "batch_caps": [64],
             "pd_splits": [0.25, 0.5],
-            "pd_pools": [
-                {"prefill_tp": 2, "decode_tp": 1},
-                {"prefill_device": "h100", "prefill_tp": 2, "decode_tp": 1},
-                {"prefill_tp": 1, "decode_tp": 3},
-                {"prefill_tp": 16},
-            ],
+            "pd_pools": pd_pools,
         },
         "meta-llama/Llama-2-7b-hf",
         "a100",
     )
-    hw = [
+    return [
         c
         for c in grid_mod.expand_grid(spec, DeploymentConfig())
         if disagg_pools.has_pool_hardware(c.config)
     ]
+
+
+def test_search_grid_adds_per_pool_hardware_points():
+    """search.pd_pools x pd_splits on an 8-GPU A100 cluster: share 0.5 with prefill TP2
+    gives P = round(0.5 x 8 / 2) = 2 prefill replicas (4 GPUs) and D = 4 // 1 = 4 decode
+    replicas of TP1; share 0.25 gives P = 1, D = 6. An H100 prefill pool pays the H100
+    price: 4 x $4.25 + 4 x $2.21 = $25.84/h over 8 GPUs. A decode TP that does not divide
+    the heads is kept with its one-line reason; a prefill TP wider than the cluster
+    leaves no decode replica and is not part of the grid."""
+    from vidur_jax.search import grid as grid_mod
+
+    hw = _pool_grid(
+        [
+            {"prefill_tp": 2, "decode_tp": 1},
+            {"prefill_device": "h100", "prefill_tp": 2, "decode_tp": 1},
+            {"prefill_tp": 1, "decode_tp": 3},
+            {"prefill_tp": 16},
+        ]
+    )
     names = [grid_mod.describe(c.config) for c in hw]
     assert names == [
         "a100 tp2 pp1 x7 vllm cap64 1P(a100 tp2):6D(a100 tp1)",
@@ -459,7 +450,7 @@ def test_pool_pp_invariants_and_equivalences():
     r = out.requests
     assert out.summary["num_completed"] == wl.num_requests
     assert np.all(r["first_token_at"] <= r["completed_at"])
-    _, st, i = states[-1]
+    _, _, st, i = states[-1]
     np.testing.assert_array_equal(np.asarray(st.free_blocks[i]), [16384] * 4)
 
     cluster_pp2 = dataclasses.replace(base, num_pipeline_stages=2)
@@ -511,25 +502,7 @@ def test_search_grid_splits_gpus_by_each_pools_tp_x_pp():
     (one point), D = 4. search.csv names each pool's PP."""
     from vidur_jax.search import grid as grid_mod
 
-    spec = grid_mod.grid_from_dict(
-        {
-            "gpus": ["a100"],
-            "max_gpus": 8,
-            "tp": [1],
-            "pp": [1],
-            "schedulers": ["vllm"],
-            "batch_caps": [64],
-            "pd_splits": [0.25, 0.5],
-            "pd_pools": [{"decode_pp": 2}, {"prefill_tp": 2, "prefill_pp": 2}],
-        },
-        "meta-llama/Llama-2-7b-hf",
-        "a100",
-    )
-    hw = [
-        c
-        for c in grid_mod.expand_grid(spec, DeploymentConfig())
-        if disagg_pools.has_pool_hardware(c.config)
-    ]
+    hw = _pool_grid([{"decode_pp": 2}, {"prefill_tp": 2, "prefill_pp": 2}])
     assert [grid_mod.describe(c.config) for c in hw] == [
         "a100 tp1 pp1 x5 vllm cap64 2P(a100 tp1):3D(a100 tp1 pp2)",
         "a100 tp1 pp1 x6 vllm cap64 4P(a100 tp1):2D(a100 tp1 pp2)",

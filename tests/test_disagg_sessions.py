@@ -3,10 +3,10 @@ the prefill pool, its KV transferred, decoded in the decode pool, and the sessio
 turn arrives its think time after that decode completes (or after the prefill, for a
 turn with one output token, which completes in the prefill pool).
 
-Timing as in tests/test_sessions.py: every A100 iteration takes ``10 ms + 0.1 ms x T8``
+Timing as in tests/toy_configs.py: every A100 iteration takes ``10 ms + 0.1 ms x T8``
 (T8 the batch's tokens rounded up to a multiple of 8), attention costs nothing. The two
 A100 TP1 replicas (1 prefill, 1 decode) share a node: KV moves over NVLink at 300 GB/s,
-524,288 bytes per token (Llama-2-7B) + 0.1 ms per transfer.
+524,288 bytes per token (Llama-2-7B) + 0.1 ms per transfer (``xfer``).
 """
 
 from __future__ import annotations
@@ -14,23 +14,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from test_sessions import check, it, run, two_turns
+from toy_configs import check, it, pooled, run, two_turns, xfer
 
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.workload import prefix as wp
 from vidur_jax.workload import synthetic
-
-KV_BYTES = 2 * 2 * 128 * 32 * 32
-
-
-def xfer(tokens: int) -> float:
-    """KV transfer seconds of a ``tokens``-token prompt between the two replicas."""
-    return 1e-4 + tokens * KV_BYTES / 300e9
-
-
-def pooled(p=1, d=1, **kw) -> DeploymentConfig:
-    kw.setdefault("replica_scheduler", "vllm")
-    return DeploymentConfig(num_replicas=p + d, prefill_replicas=p, decode_replicas=d, **kw)
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
@@ -47,7 +35,7 @@ def test_turns_prefill_in_one_pool_decode_in_the_other_and_close_the_loop(policy
     c0 = a + xfer(40) + 29 * it(1)
     t1 = c0 + 0.5
     f1 = t1 + it(80)
-    check(out, [0.0, t1], [0.0, t1], [a, f1], [c0, f1 + xfer(80) + it(1)])
+    check(out, [0.0, t1], [a, f1], [c0, f1 + xfer(80) + it(1)], arrived=[0.0, t1])
     np.testing.assert_allclose(out.requests["kv_transfer_s"], [xfer(40), xfer(80)], rtol=1e-9)
     assert out.summary["num_sessions"] == 1
 
@@ -71,7 +59,7 @@ def test_a_turn_completed_in_the_prefill_pool_sends_the_next():
     a = it(40)
     t1 = a + 0.25
     f1 = t1 + it(51)
-    check(out, [0.0, t1], [0.0, t1], [a, f1], [a, f1 + xfer(51) + it(1)])
+    check(out, [0.0, t1], [a, f1], [a, f1 + xfer(51) + it(1)], arrived=[0.0, t1])
     assert np.isnan(out.requests["kv_transfer_s"][0])
 
 

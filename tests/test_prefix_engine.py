@@ -13,22 +13,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from toy_configs import PRED, check, it, run
 
 from vidur_jax.errors import ConfigError
-from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.run import simulate_configs
-from vidur_jax.sim.tables import LinearPredictor
 from vidur_jax.workload import make_workload, synthetic, with_system_prompts
 from vidur_jax.workload import prefix as wp
-
-PRED = LinearPredictor(per_token_ms=0.1 / 32, fixed_ms=10.0 / 32)
-
-
-def it(tokens: int) -> float:
-    """Iteration seconds for a batch of ``tokens`` tokens."""
-    t8 = -(-tokens // 8) * 8
-    return (10.0 + 0.1 * t8) * 1e-3
 
 
 def toy(arrivals, system_ids, num_decode, own=None):
@@ -41,29 +31,6 @@ def toy(arrivals, system_ids, num_decode, own=None):
         np.stack([np.full(n, 32), own], axis=1),
     )
     return wl.replace(prefix_hashes=wp.block_hashes(seg, 16, 2))
-
-
-def run(cfgs, wls, capture=None):
-    if capture is not None:  # keep every config's final state (invariants)
-        orig = run_mod._config_output
-
-        def keep(cfg, wl, state, i):
-            capture.append((cfg, state, i))
-            return orig(cfg, wl, state, i)
-
-        run_mod._config_output = keep
-    try:
-        return simulate_configs(list(cfgs), list(wls), predictor_for=lambda c: PRED)
-    finally:
-        if capture is not None:
-            run_mod._config_output = orig
-
-
-def check(out, scheduled, first, completed):
-    r = out.requests
-    np.testing.assert_allclose(r["scheduled_at"], scheduled, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(r["first_token_at"], first, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(r["completed_at"], completed, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
@@ -179,7 +146,7 @@ def test_invariants_under_memory_pressure(policy):
     states = []
     cfg = DeploymentConfig(replica_scheduler=policy, prefix_caching=True, num_blocks=160)
     (out,) = run([cfg], [wl], capture=states)
-    _, st, i = states[-1]
+    _, _, st, i = states[-1]
     refs = np.asarray(st.pc_refs[i])
     cached = (np.asarray(st.pc_hash[i]) >= 0).sum(axis=-1)
     assert (refs == 0).all()

@@ -12,56 +12,17 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+import toy_configs as toy
+from toy_configs import it, run, two_turns
 
 from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
-from vidur_jax.sim.run import simulate_configs
-from vidur_jax.sim.tables import LinearPredictor
 from vidur_jax.workload import prefix as wp
 from vidur_jax.workload import synthetic
 
-PRED = LinearPredictor(per_token_ms=0.1 / 32, fixed_ms=10.0 / 32)
-
-
-def it(tokens: int) -> float:
-    """Iteration seconds for a batch of ``tokens`` tokens."""
-    t8 = -(-tokens // 8) * 8
-    return (10.0 + 0.1 * t8) * 1e-3
-
-
-def run(cfgs, wls, capture=None):
-    if capture is not None:  # keep every config's final state (invariants)
-        orig = run_mod._config_output
-
-        def keep(cfg, wl, state, i):
-            capture.append((cfg, wl, state, i))
-            return orig(cfg, wl, state, i)
-
-        run_mod._config_output = keep
-    try:
-        return simulate_configs(list(cfgs), list(wls), predictor_for=lambda c: PRED)
-    finally:
-        if capture is not None:
-            run_mod._config_output = orig
-
-
-def two_turns(think=0.5, start=0.0, sid=0, ids=(1, 2, 3)):
-    """One session: turn 0 = 40-token message (id ids[0]), 30-token answer (ids[1]);
-    turn 1 = that conversation (70) + a 10-token message (ids[2]), 2-token answer."""
-    seg = wp.Segments(np.array([[ids[0], -1, -1], [ids[0], ids[1], ids[2]]]),
-                      np.array([[40, 0, 0], [40, 30, 10]]))
-    return wp.SessionTable(
-        arrived_at=np.array([start, start + think]), num_prefill=np.array([40, 80]), num_decode=np.array([30, 2]),
-        session_id=np.array([sid, sid]), turn=np.array([0, 1]), session_prev=np.array([-1, 0]),
-        think_time_s=np.array([0.0, think]), segments=seg, answer_id=np.array([ids[1], 99]),
-    )
-
 
 def check(out, arrived, scheduled, first, completed):
-    r = out.requests
-    for k, v in (("arrived_at", arrived), ("scheduled_at", scheduled), ("first_token_at", first),
-                 ("completed_at", completed)):
-        np.testing.assert_allclose(r[k], v, rtol=1e-6, atol=1e-9, err_msg=k)  # f32 op times
+    toy.check(out, scheduled, first, completed, arrived=arrived)  # f32 op times
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi"])
