@@ -514,3 +514,17 @@ def test_search_grid_splits_gpus_by_each_pools_tp_x_pp():
         == "1 prefill (A100 TP2 PP2) : 4 decode (A100 TP1) (vLLM, cap 64)"
     )
     assert grid_mod.pool_hardware(hw[0].config)["decode_pp"] == 2
+
+
+@pytest.mark.parametrize(("key", "value"), [("decode_pp", 0), ("prefill_tp", -1)])
+def test_bad_pool_degree_is_refused_at_plan_time(key, value):
+    """A pool TP or PP below 1 is refused when the config is checked (before its GPUs
+    and cost are counted), with one line."""
+    from vidur_jax.plan.from_config import check_config
+
+    tree = {"cluster": {"prefill_replicas": 1, "decode_replicas": 3, key: value}}
+    with pytest.raises(
+        ConfigError, match=rf"cluster.{key}={value} must be null or an integer >= 1"
+    ) as err:
+        check_config(_compose(tree))
+    assert "\n" not in str(err.value)

@@ -164,6 +164,9 @@ def _pool_fields(cl: Mapping[str, Any]) -> dict[str, Any]:
         out[f"{pool}_tp"] = None if tp is None else read_int(f"cluster.{pool}_tp", tp)
         pp = cl.get(f"{pool}_pp", _conf("cluster", f"{pool}_pp"))
         out[f"{pool}_pp"] = None if pp is None else read_int(f"cluster.{pool}_pp", pp)
+        for key in ("tp", "pp"):  # before GPUs and cost are counted from them
+            v = out[f"{pool}_{key}"]
+            require(v is None or v >= 1, f"cluster.{pool}_{key}={v!r} must be null or an integer >= 1")
         device = cl.get(f"{pool}_device", _conf("cluster", f"{pool}_device"))
         out[f"{pool}_device"] = None if device is None else str(device).lower()
     return out
