@@ -87,13 +87,17 @@ def metric_spread(preds: list[dict], cases_dir: str) -> pd.DataFrame:
     """Per (case, metric) simulated value for every seed and the spread across seeds.
 
     Each seed runs in its own call: configs that differ only in their predictor share
-    one timing table in a vmapped call (tables are keyed by model, device and TP).
+    one timing table in a vmapped call (tables are keyed by model, device and TP). Also
+    Vidur's value (``vidur``), the shipped predictors' value (``shipped``) and the signed
+    relative errors ``(ours - vidur) / vidur`` of seed 0 (``seed0_rel_err``) and of the
+    shipped predictors (``shipped_rel_err``), simulated in the same run.
     """
     rows = []
     for name in sorted(os.listdir(cases_dir)):
         if not os.path.isfile(os.path.join(cases_dir, name, "case.json")):
             continue
-        case, cfg, wl, _ = load_case(os.path.join(cases_dir, name))
+        case, cfg, wl, ref = load_case(os.path.join(cases_dir, name))
+        (shipped,) = simulate_configs([cfg], [wl])
         outs = [
             simulate_configs(
                 [cfg],
@@ -107,9 +111,26 @@ def metric_spread(preds: list[dict], cases_dir: str) -> pd.DataFrame:
             row = {"case": case, "metric": m}
             row.update({f"seed{i}": float(v) for i, v in enumerate(vals)})
             row["spread_pct"] = 100 * float(_spread(vals[:, None])[0])
+            metric, q = m.rsplit("_", 1)
+            row["vidur"] = float(ref[metric][q])
+            row["shipped"] = float(shipped.summary[m])
+            row["seed0_rel_err"] = (row["seed0"] - row["vidur"]) / row["vidur"]
+            row["shipped_rel_err"] = (row["shipped"] - row["vidur"]) / row["vidur"]
             rows.append(row)
         print(f"{case}: done", flush=True)
     return pd.DataFrame(rows)
+
+
+def _apply_mlp_switches(token_mlp: int | None, network_mlp: int | None) -> str:
+    """Set ``datasets.TOKEN_MLP``/``NETWORK_MLP``; the file suffix naming non-defaults."""
+    suffix = ""
+    if token_mlp is not None and bool(token_mlp) != datasets.TOKEN_MLP:
+        datasets.TOKEN_MLP = bool(token_mlp)
+        suffix += f"_token_mlp{token_mlp}"
+    if network_mlp is not None and bool(network_mlp) != datasets.NETWORK_MLP:
+        datasets.NETWORK_MLP = bool(network_mlp)
+        suffix += f"_network_mlp{network_mlp}"
+    return suffix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,16 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--skip-cases", action="store_true", help="only the per-op spread")
     ap.add_argument(
-        "--no-token-mlp",
-        action="store_true",
-        help="token and network ops without their MLP (datasets.TOKEN_MLP = False); "
-        "files get the suffix _no_token_mlp",
+        "--token-mlp",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="1/0: compute token ops with/without their MLP (default: datasets.TOKEN_MLP)",
+    )
+    ap.add_argument(
+        "--network-mlp",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="1/0: all_reduce, send_recv with/without their MLP (default: datasets.NETWORK_MLP)",
     )
     args = ap.parse_args(argv)
-    suffix = ""
-    if args.no_token_mlp:
-        datasets.TOKEN_MLP = False
-        suffix = "_no_token_mlp"
+    suffix = _apply_mlp_switches(args.token_mlp, args.network_mlp)
     tps = (1, 2)
     t0 = time.time()
     preds = [
