@@ -21,6 +21,7 @@ The seed-0 predictors are the shipped ones (``seed=0`` is the build's default).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -33,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fidelity_vs_vidur import load_case  # noqa: E402
 
 from vidur_jax.metrics import atomic_write_csv  # noqa: E402
-from vidur_jax.predictors import OPS, datasets, train_predictors  # noqa: E402
+from vidur_jax.predictors import OPS, Predictor, datasets, train_predictors  # noqa: E402
 from vidur_jax.sim.run import simulate_configs  # noqa: E402
 
 MODEL = "meta-llama/Llama-2-7b-hf"
@@ -121,6 +122,75 @@ def metric_spread(preds: list[dict], cases_dir: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: Relative kernel-time scales of ``--kernel-scale-case``.
+KERNEL_SCALES = (-2e-3, -1e-3, -5e-4, -2e-4, 0.0, 2e-4, 5e-4, 1e-3, 2e-3)
+
+
+def kernel_scale(pred, cases_dir: str, case_name: str) -> pd.DataFrame:
+    """One case simulated with every kernel time of ``pred`` scaled by ``1 + eps``.
+
+    Rows ``case, eps, metric, value, vidur, rel_err`` for each eps of
+    :data:`KERNEL_SCALES` and each p50/p90 of TTFT, TBT, e2e: how far a metric moves under
+    a perturbation much smaller than any op's seed spread.
+    """
+    case, cfg, wl, ref = load_case(os.path.join(cases_dir, case_name))
+    rows = []
+    for eps in KERNEL_SCALES:
+        params = {
+            op: dict(p, out_scale=(np.asarray(p["out_scale"]) * (1 + eps)).astype(np.float32))
+            for op, p in pred.params.items()
+        }
+        scaled = Predictor(params, pred.meta)
+        (out,) = simulate_configs([cfg], [wl], predictor_for=lambda c, p=scaled: p)
+        for m in CORE:
+            metric, q = m.rsplit("_", 1)
+            v, vidur = float(out.summary[m]), float(ref[metric][q])
+            rows.append(
+                {
+                    "case": case,
+                    "eps": eps,
+                    "metric": m,
+                    "value": v,
+                    "vidur": vidur,
+                    "rel_err": (v - vidur) / vidur,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def op_swap(preds: list, cases_dir: str, case_name: str) -> pd.DataFrame:
+    """Which op's seed moves a case: seed 0's predictor with one op from seed ``s``.
+
+    Args:
+      preds: ``[Predictor]``, one per seed, of the case's (model, device, TP); ``preds[0]``
+        is the base.
+    Returns:
+      Rows ``case, op, metric, seed<i>..., spread_pct`` (``seed0`` is the base itself).
+    """
+    case, cfg, wl, _ = load_case(os.path.join(cases_dir, case_name))
+
+    def sim(pred):
+        (out,) = simulate_configs([cfg], [wl], predictor_for=lambda c, p=pred: p)
+        return out.summary
+
+    base = sim(preds[0])
+    rows = []
+    for op in OPS:
+        if not np.any(np.asarray(preds[0].params[op]["out_scale"]) > 0):
+            continue
+        outs = [base] + [
+            sim(Predictor({**preds[0].params, op: p.params[op]}, preds[0].meta)) for p in preds[1:]
+        ]
+        for m in CORE:
+            vals = np.array([o[m] for o in outs])
+            row = {"case": case, "op": op, "metric": m}
+            row.update({f"seed{i}": float(v) for i, v in enumerate(vals)})
+            row["spread_pct"] = 100 * float(_spread(vals[:, None])[0])
+            rows.append(row)
+        print(f"{op}: done", flush=True)
+    return pd.DataFrame(rows)
+
+
 def _apply_mlp_switches(token_mlp: int | None, network_mlp: int | None) -> str:
     """Set ``datasets.TOKEN_MLP``/``NETWORK_MLP``; the file suffix naming non-defaults."""
     suffix = ""
@@ -159,8 +229,40 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="1/0: all_reduce, send_recv with/without their MLP (default: datasets.NETWORK_MLP)",
     )
+    ap.add_argument(
+        "--kernel-scale-case",
+        default=None,
+        help="instead: simulate this case with seed 0's kernel times scaled by 1 + eps "
+        "(KERNEL_SCALES); writes predictor_kernel_scale<suffix>.csv",
+    )
+    ap.add_argument(
+        "--op-swap-case",
+        default=None,
+        help="instead: simulate this case with seed 0's predictor, one op taken from each "
+        "other seed; writes predictor_seed_op_swap<suffix>.csv",
+    )
     args = ap.parse_args(argv)
     suffix = _apply_mlp_switches(args.token_mlp, args.network_mlp)
+    if args.kernel_scale_case or args.op_swap_case:
+        name = args.kernel_scale_case or args.op_swap_case
+        with open(os.path.join(args.cases, name, "case.json")) as f:
+            tp = int(json.load(f)["tensor_parallel_size"])
+        seeds = args.seeds[:1] if args.kernel_scale_case else args.seeds
+        preds = [
+            train_predictors(args.profiles_dir, [("a100", MODEL)], (tp,), seed=s)[
+                ("a100", MODEL, tp)
+            ]
+            for s in seeds
+        ]
+        if args.kernel_scale_case:
+            ks = kernel_scale(preds[0], args.cases, name)
+            atomic_write_csv(ks, os.path.join(args.out, f"predictor_kernel_scale{suffix}.csv"))
+            print(ks.pivot(index="eps", columns="metric", values="rel_err").round(4).to_string())
+        else:
+            sw = op_swap(preds, args.cases, name)
+            atomic_write_csv(sw, os.path.join(args.out, f"predictor_seed_op_swap{suffix}.csv"))
+            print(sw.round(4).to_string(index=False))
+        return 0
     tps = (1, 2)
     t0 = time.time()
     preds = [
