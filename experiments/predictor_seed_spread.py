@@ -4,6 +4,8 @@ Usage::
 
     python experiments/predictor_seed_spread.py [--profiles-dir ../shared/data]
         [--cases ../shared/reference/cases] [--seeds 0 1 2 3 4] [--out experiments/results]
+        [--token-mlp 0|1] [--network-mlp 0|1]
+        [--kernel-scale-case CASE | --op-swap-case CASE]
 
 Trains the A100 Llama-2-7B predictors of the reference cases (TP 1 and 2) once per base
 seed (``train.fit_jobs(seed=...)``: only the MLP initializations change) and writes
@@ -13,7 +15,15 @@ seed (``train.fit_jobs(seed=...)``: only the MLP initializations change) and wri
   64..4096; prefill: KV 0..4096 x chunk 16..4096), the relative spread
   ``(max - min) / mean`` across seeds at each point, reported as its median, p99 and max;
 * ``predictor_seed_metric_spread.csv`` -- per (case, metric): p50/p90 of TTFT, TBT, e2e
-  simulated with each seed's predictors, and their spread ``(max - min) / mean``.
+  simulated with each seed's predictors, and their spread ``(max - min) / mean``, next to
+  Vidur's value and the shipped predictors' (and both signed relative errors).
+
+``--token-mlp 0`` / ``--network-mlp 0`` train the compute token ops / all_reduce and
+send_recv without their MLP (the file names get ``_token_mlp0`` / ``_network_mlp0``).
+``--op-swap-case CASE`` instead simulates one case with seed 0's predictor in which one op
+is taken from each other seed (``predictor_seed_op_swap.csv``: which op moves the case);
+``--kernel-scale-case CASE`` simulates it with seed 0's kernel times scaled by ``1 + eps``
+(``predictor_kernel_scale.csv``: how much the case moves under any small change).
 
 The seed-0 predictors are the shipped ones (``seed=0`` is the build's default).
 """
