@@ -93,6 +93,24 @@ def test_labels_and_title_from_the_knobs_that_vary(tmp_path):
     assert describe_run(one) == "Llama-2-7b-hf on a100, TP1 PP1 x1 replica, sarathi, toy at 1 QPS"
 
 
+def test_title_names_the_pools_of_a_disaggregated_run():
+    """Disaggregated configs are titled by their pools (each pool's GPU, TP, PP), not by
+    the cluster's shape; pools that differ between configs leave the title to the table."""
+    pools = {"prefill_replicas": 1, "prefill_pool_device": "h100", "prefill_pool_tp": 1.0,
+             "prefill_pool_pp": 1.0, "decode_replicas": 3, "decode_pool_device": "a100",
+             "decode_pool_tp": 2.0, "decode_pool_pp": 2.0}
+    base = {"model": "meta-llama/Llama-2-7b-hf", "device": "a100", "tp": 1, "pp": 1,
+            "replicas": 4, "scheduler": "vllm"}
+    summary = pd.DataFrame([{**base, **pools, "qps": q} for q in (8, 16)])
+    assert describe_run(summary) == (
+        "Llama-2-7b-hf, 1 prefill h100 TP1 PP1 : 3 decode a100 TP2 PP2, vllm"
+    )
+    summary.loc[1, "decode_pool_pp"] = 1.0
+    assert describe_run(summary) == "Llama-2-7b-hf on a100, TP1 PP1 x4 replicas, vllm"
+    colocated = pd.DataFrame([{**base, **{c: np.nan for c in pools}, "qps": 8}])
+    assert describe_run(colocated) == "Llama-2-7b-hf on a100, TP1 PP1 x4 replicas, vllm"
+
+
 def test_write_outputs_files_and_names(tmp_path):
     _, written = toy_run(tmp_path / "a", plots=True)
     assert written_names(tmp_path / "a", written) == [

@@ -31,16 +31,18 @@ TITLE_KNOBS = ("model", "device", "tp", "pp", "replicas", "scheduler", "workload
 def describe_run(summary_df: pd.DataFrame) -> str:
     """One line naming what every config of ``summary_df`` shares: model, GPU,
     parallelism, scheduler, workload and load (e.g. ``Llama-2-7b-hf on a100, TP1 PP1 x1
-    replica, sarathi, synthetic_conv at 2 QPS``)."""
+    replica, sarathi, synthetic_conv at 2 QPS``; disaggregated: ``Llama-2-7b-hf, 1
+    prefill h100 TP1 PP1 : 3 decode a100 TP1 PP1, vllm, ...``)."""
     k = table.constant_knobs(summary_df, TITLE_KNOBS)
+    shape = _pools_shape(summary_df)  # the pools name their own GPUs
     parts = []
     if "model" in k:
-        parts.append(
-            str(k["model"]).split("/")[-1] + (f" on {k['device']}" if "device" in k else "")
-        )
-    shape = " ".join(f"{name.upper()}{k[name]}" for name in ("tp", "pp") if name in k)
-    if "replicas" in k:
-        shape += f" x{k['replicas']} replica{'s' if k['replicas'] != 1 else ''}"
+        on_device = f" on {k['device']}" if "device" in k and shape is None else ""
+        parts.append(str(k["model"]).split("/")[-1] + on_device)
+    if shape is None:
+        shape = " ".join(f"{name.upper()}{k[name]}" for name in ("tp", "pp") if name in k)
+        if "replicas" in k:
+            shape += f" x{k['replicas']} replica{'s' if k['replicas'] != 1 else ''}"
     if shape:
         parts.append(shape.strip())
     if "scheduler" in k:
@@ -48,6 +50,29 @@ def describe_run(summary_df: pd.DataFrame) -> str:
     if "workload" in k:
         parts.append(str(k["workload"]) + (f" at {k['qps']:g} QPS" if "qps" in k else ""))
     return ", ".join(parts)
+
+
+#: summary.csv columns that give a disaggregated deployment's pools (sim/disagg.py).
+POOL_KNOBS = tuple(
+    f"{pool}_{part}" for pool in ("prefill", "decode")
+    for part in ("replicas", "pool_device", "pool_tp", "pool_pp")
+)
+
+
+def _pools_shape(summary_df: pd.DataFrame) -> str | None:
+    """``"2 prefill a100 TP1 PP1 : 2 decode a100 TP1 PP2"`` when every config is
+    disaggregated with the same pools; None otherwise (a colocated run, or pools that
+    differ between configs, which the table's columns then show)."""
+    k = table.constant_knobs(summary_df, POOL_KNOBS)
+    if len(k) != len(POOL_KNOBS) or not all(
+        float(k[f"{pool}_replicas"]) >= 1 for pool in ("prefill", "decode")
+    ):
+        return None
+    return " : ".join(
+        f"{int(k[f'{pool}_replicas'])} {pool} {k[f'{pool}_pool_device']} "
+        f"TP{int(k[f'{pool}_pool_tp'])} PP{int(k[f'{pool}_pool_pp'])}"
+        for pool in ("prefill", "decode")
+    )
 
 
 def _cell(value: Any) -> str:
