@@ -257,7 +257,9 @@ def sessions(
     answer = np.asarray(answer_tokens, np.int64)
     require(
         user.shape == answer.shape and user.size >= counts.sum(),
-        f"sessions: need {int(counts.sum())} user/answer lengths, got {user.size}",
+        f"sessions: {n} sessions drew {int(counts.sum())} turns but the workload has "
+        f"{user.size} rows of lengths; set workload.num_requests >= {int(counts.sum())} "
+        "or lower workload.sessions.num_sessions",
     )
     which_sys = rng.integers(0, check_count("num_system_prompts", num_system_prompts), size=n)
     frac = float(system_prompt_fraction)
