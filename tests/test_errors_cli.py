@@ -70,8 +70,8 @@ def test_bad_profile_csv(tmp_path, profiles_dir, mutate, needle):
 
 
 def test_sessions_with_more_turns_than_rows_say_which_knob(tmp_path):
-    """40 sessions of 2-8 turns need ~200 rows of lengths; 20 rows: the line names the fix."""
-    res = run_cli(*BASE, "workload=chat_sessions", "workload.sessions.num_sessions=40",
+    """10 sessions of 2-8 turns need ~50 rows of lengths; 20 rows: the line names the fix."""
+    res = run_cli(*BASE, "workload=chat_sessions", "workload.sessions.num_sessions=10",
                   f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line(res, "set workload.num_requests >= ")
 
