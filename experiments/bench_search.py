@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     from vidur_jax.search.task import run_search, write_outputs
 
     app.enable_compile_cache()
+    prof = CompileProfile()
     overrides = [f"+experiment={args.experiment}", *(FULL if args.full else []), *args.overrides]
     cfg = app.to_container(app.compose(overrides))
     t0, c0 = time.perf_counter(), _cpu_s()
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out["speedup_vs_vidur_probes"] = out["vidur_cost_s"] / wall
     out["speedup_vs_vidur_same_requests"] = out["vidur_cost_same_requests_s"] / wall
+    out["breakdown"] = breakdown(res, prof, cpu)
     if args.compare:
         out.update(compare(table, args.compare, s.granularity))
     if args.run_dir:
@@ -125,6 +127,81 @@ def _cpu_s() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+class CompileProfile:
+    """JAX's compile events of this process (jax.monitoring listeners): seconds tracing,
+    lowering and compiling (wall, summed over the threads that compile), executables
+    compiled per function, persistent-cache hits and misses."""
+
+    TRACE = "/jax/core/compile/jaxpr_trace_duration"
+    LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+    COMPILE = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        import collections
+
+        import jax
+
+        self.seconds = collections.Counter()
+        self.compiles = collections.Counter()
+        self.compile_s = collections.Counter()
+        self.events = collections.Counter()
+        jax.monitoring.register_event_duration_secs_listener(self._duration)
+        jax.monitoring.register_event_listener(self._event)
+
+    def _duration(self, event: str, secs: float, **kw) -> None:
+        self.seconds[event] += secs
+        if event == self.COMPILE:
+            name = str(kw.get("fun_name", "?"))
+            self.compiles[name] += 1
+            self.compile_s[name] += secs
+
+    def _event(self, event: str, **kw) -> None:
+        self.events[event] += 1
+
+
+def breakdown(res: dict, prof: CompileProfile, cpu_s: float) -> dict:
+    """Where a search's time went: compile / trace / lower seconds (wall, summed over
+    threads), seconds in the event loop's calls, executables by function and the static
+    shapes each pass compiled (policy, slot count, window, request rows, PP stages)."""
+    import jax
+
+    st = res["stats"]
+    shapes = []
+    for k, runner in enumerate(res["runners"]):
+        for policy, levels in runner.levels.items():
+            for lvl, lv in enumerate(levels):
+                x = lv.static
+                shapes.append(
+                    {
+                        "pass": k + 1,
+                        "policy": policy,
+                        "level": lvl,
+                        "configs": len(runner.groups[policy]),
+                        "num_requests": x.num_requests,
+                        "num_slots": x.num_slots,
+                        "window": x.window,
+                        "max_stages": x.max_stages,
+                    }
+                )
+    ev = prof.events
+    return {
+        "cpu_s": cpu_s,
+        "compile_s": prof.seconds[prof.COMPILE],
+        "trace_s": prof.seconds[prof.TRACE],
+        "lower_s": prof.seconds[prof.LOWER],
+        "cache_retrieval_s": prof.seconds["/jax/compilation_cache/cache_retrieval_time_sec"],
+        "executables": sum(prof.compiles.values()),
+        "persistent_cache_hits": ev["/jax/compilation_cache/cache_hits"],
+        "persistent_cache_misses": ev["/jax/compilation_cache/cache_misses"],
+        "executables_by_function": dict(prof.compiles.most_common()),
+        "compile_s_by_function": {k: round(v, 2) for k, v in prof.compile_s.most_common()},
+        "event_loop_calls_s": st.advance_s,
+        "steps": st.steps,
+        "devices": jax.local_device_count(),
+        "static_shapes": shapes,
+    }
 
 
 def compare(table, path: str, granularity: float) -> dict:

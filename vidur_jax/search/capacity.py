@@ -241,7 +241,12 @@ class CapacityResult:
 
 @dataclasses.dataclass
 class SearchStats:
-    """Cost of a search: rounds, probes, compiled calls, simulated steps, wall time."""
+    """Cost of a search: rounds, probes, compiled calls, simulated steps, wall time.
+
+    ``steps``: simulator steps of every finished probe; ``advance_s``: seconds spent in
+    the compiled event loop's calls (compile of a call's first use included), summed
+    over the threads that drive devices.
+    """
 
     rounds: int = 0
     probes: int = 0
@@ -249,9 +254,11 @@ class SearchStats:
     calls: int = 0
     lanes: int = 0
     requests_simulated: int = 0
+    steps: int = 0
     passes: int = 0
     wall_s: float = 0.0
     sim_wall_s: float = 0.0
+    advance_s: float = 0.0
 
 
 def resolve_mode(mode: str, cfgs: Sequence[DeploymentConfig]) -> str:
@@ -551,6 +558,7 @@ class ProbeRunner:
         err = int(np.asarray(host.error)[j])
         p.steps = float(np.asarray(host.step)[j])
         self.stats.requests_simulated += int(lane.workload.num_requests)
+        self.stats.steps += int(p.steps)
         if err:
             p.error = "; ".join(m for b, m in ERROR_NAMES.items() if err & b)
             p.delay_s, p.passed = math.inf, False
@@ -592,6 +600,7 @@ class ProbeRunner:
             p.delay_s, p.passed, p.stopped_early = bound, False, True
             self.stats.probes_stopped_early += 1
             self.stats.requests_simulated += int(lane.workload.num_requests)
+            self.stats.steps += int(p.steps)
             return "done"
         self._finish(lane, host, j)
         return "done"
@@ -617,8 +626,11 @@ class ProbeRunner:
         state = run_mod._single_init(lv.static, params)
         while True:
             left = np.int64(lane.budget - int(state.step))
+            t_call = time.perf_counter()
             state = run_mod._single_advance(lv.static, tables, params, state, left)
             err, step, completed = (int(x) for x in jax.device_get((state.error, state.step, state.num_completed)))
+            with self._host_lock:
+                self.stats.advance_s += time.perf_counter() - t_call
             if err == 0 and completed < total and step < lane.full_steps:  # budget spent
                 seen = jax.device_get((state.scheduled_at, state.first_token_at, state.clock))
                 partial = types.SimpleNamespace(
@@ -635,6 +647,7 @@ class ProbeRunner:
                     p.delay_s, p.passed, p.stopped_early = bound, False, True
                     self.stats.probes_stopped_early += 1
                     self.stats.requests_simulated += int(lane.workload.num_requests)
+                    self.stats.steps += int(p.steps)
                 return False
             host = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(state))
             with self._host_lock:
