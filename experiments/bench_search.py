@@ -166,19 +166,20 @@ def breakdown(res: dict, prof: CompileProfile, cpu_s: float) -> dict:
     threads), seconds in the event loop's calls, executables by function and the static
     shapes each pass compiled (policy, slot count, window, request rows, PP stages)."""
     import jax
+    import numpy as np
 
     st = res["stats"]
     shapes = []
     for k, runner in enumerate(res["runners"]):
-        for policy, levels in runner.levels.items():
+        for group, levels in runner.levels.items():
             for lvl, lv in enumerate(levels):
                 x = lv.static
                 shapes.append(
                     {
                         "pass": k + 1,
-                        "policy": policy,
+                        "policy": x.policy,
                         "level": lvl,
-                        "configs": len(runner.groups[policy]),
+                        "configs": len(runner.groups[group]),
                         "num_requests": x.num_requests,
                         "num_slots": x.num_slots,
                         "window": x.window,
@@ -186,6 +187,10 @@ def breakdown(res: dict, prof: CompileProfile, cpu_s: float) -> dict:
                     }
                 )
     ev = prof.events
+    ratio = np.array(
+        [r.capacity_qps / r.estimate_qps for r in res.get("results", []) if r.status == "ok"]
+    )
+    err = np.abs(np.log(ratio)) if ratio.size else np.zeros(1)
     return {
         "cpu_s": cpu_s,
         "compile_s": prof.seconds[prof.COMPILE],
@@ -201,6 +206,14 @@ def breakdown(res: dict, prof: CompileProfile, cpu_s: float) -> dict:
         "steps": st.steps,
         "devices": jax.local_device_count(),
         "static_shapes": shapes,
+        # |log(capacity / analytic estimate)| over 'ok' configs: how far the search
+        # starts from its answer
+        "estimate_abs_log_error_q50_q90_max": [
+            float(np.quantile(err, 0.5)),
+            float(np.quantile(err, 0.9)),
+            float(err.max()),
+        ],
+        "capacity_over_estimate_median": float(np.median(ratio)) if ratio.size else None,
     }
 
 

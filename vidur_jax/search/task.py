@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "granularity": 0.025,
     "branching": 4,
     "max_rounds": 24,
+    "start_step": 0.2,
     "qps_min": 0.01,
     "qps_max_per_replica": 256.0,
     "span_factor": 1.0,
@@ -84,6 +85,7 @@ def settings_from(block: Mapping[str, Any], seed: int) -> cap.SearchSettings:
             granularity=float(block["granularity"]),
             branching=int(block["branching"]),
             max_rounds=int(block["max_rounds"]),
+            start_step=float(block["start_step"]),
             qps_min=float(block["qps_min"]),
             qps_max_per_replica=float(block["qps_max_per_replica"]),
             max_requests=int(block["max_requests"]),
@@ -146,7 +148,8 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
         ``{"table": search.csv frame, "best": best per SLO, "plan": cheapest deployments
         for the target (None without target), "probes": probes frame, "stats":
         SearchStats, "settings": SearchSettings, "grid": GridSpec, "slos": [Slo],
-        "target_qps", "runner": the last pass's ProbeRunner}``.
+        "target_qps", "runner": the first pass's ProbeRunner, "runners": every pass's,
+        "results": the feasible configs' CapacityResult}``.
     """
     from vidur_jax import app
 
@@ -230,6 +233,7 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
         "predictor_note": block.get("predictor_note"),
         "runner": runners[0],
         "runners": runners,
+        "results": results,
     }
 
 
