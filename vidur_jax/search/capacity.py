@@ -88,10 +88,6 @@ class SearchSettings:
         branching: K, most probes per config per round (fewer when the open configs
             alone fill the pool: K = lanes // open configs, at least 1).
         max_rounds: round limit (a config still open is reported ``unresolved``).
-        start_step: with one probe per round (K = 1), the first step away from the
-            estimate while the capacity is not yet bracketed: ``E x (1 + step)`` (or
-            ``E / (1 + step)``), the factor squaring at each further step (galloping);
-            0 = doubling / halving.
         qps_min: lowest cluster QPS probed; failing there = capacity 0 (``below_min``).
         qps_max_per_replica: highest rate probed per replica; passing there = ``capped``.
         max_requests: most requests per replica an unmeasured config is re-searched with
@@ -118,7 +114,6 @@ class SearchSettings:
     granularity: float = 0.025
     branching: int = 4
     max_rounds: int = 24
-    start_step: float = 0.2
     qps_min: float = 0.01
     qps_max_per_replica: float = 256.0
     max_requests: int = 3200
@@ -150,7 +145,6 @@ class SearchSettings:
         )
         require(self.branching >= 1, f"search.branching={self.branching} must be >= 1")
         require(self.max_rounds >= 2, f"search.max_rounds={self.max_rounds} must be >= 2")
-        require(self.start_step >= 0, f"search.start_step={self.start_step} must be >= 0")
         require(self.qps_min > 0, f"search.qps_min={self.qps_min} must be > 0")
         require(
             self.qps_max_per_replica > self.qps_min,
@@ -499,10 +493,14 @@ class ProbeRunner:
         self.cfgs = list(cfgs)
         self.sim_cfgs = sim
         self.derived = [build.derive(c) for c in sim]
-        shape = sim if shape_cfgs is None else [
-            dataclasses.replace(c, num_replicas=1) if workloads.mode == "replica" else c
-            for c in shape_cfgs
-        ]
+        shape = (
+            sim
+            if shape_cfgs is None
+            else [
+                dataclasses.replace(c, num_replicas=1) if workloads.mode == "replica" else c
+                for c in shape_cfgs
+            ]
+        )
         self._shape_cfgs = list(shape)
         self._shape_derived = [build.derive(c) for c in shape]
         self.num_requests = max(
@@ -696,13 +694,17 @@ class ProbeRunner:
             left = np.int64(lane.budget - int(state.step))
             t_call = time.perf_counter()
             state = advance(tables, params, state, left)
-            err, step, completed = (int(x) for x in jax.device_get((state.error, state.step, state.num_completed)))
+            err, step, completed = (
+                int(x) for x in jax.device_get((state.error, state.step, state.num_completed))
+            )
             with self._host_lock:
                 self.stats.advance_s += time.perf_counter() - t_call
             if err == 0 and completed < total and step < lane.full_steps:  # budget spent
                 seen = jax.device_get((state.scheduled_at, state.first_token_at, state.clock))
                 partial = types.SimpleNamespace(
-                    scheduled_at=seen[0][None], first_token_at=seen[1][None], clock=np.asarray(seen[2])[None]
+                    scheduled_at=seen[0][None],
+                    first_token_at=seen[1][None],
+                    clock=np.asarray(seen[2])[None],
                 )
                 bound = self._verdict_so_far(lane, partial, 0)
                 with self._host_lock:
@@ -780,7 +782,11 @@ class ProbeRunner:
             busy = sum(x is not None for x in lanes)
             stop_at = width - busy + min(refill, busy)
             state = advance(
-                lv.tables, params, state, jnp.asarray(np.int32(stop_at)), jnp.asarray(np.iinfo(np.int32).max)
+                lv.tables,
+                params,
+                state,
+                jnp.asarray(np.int32(stop_at)),
+                jnp.asarray(np.iinfo(np.int32).max),
             )
             self.stats.calls += 1
             self.stats.lanes += width
@@ -916,12 +922,6 @@ def _geometric(lo: float, hi: float, m: int) -> list[float]:
     return [lo * r ** (j / (m + 1)) for j in range(1, m + 1)]
 
 
-def _gallop(step: float, n: int) -> float:
-    """Factor of the ``n``-th step (n >= 1) away from the estimate: ``(1 + step)`` to
-    the power ``2**(n - 1)``, so ``n`` steps span ``(1 + step)**(2**n - 1)``."""
-    return (1.0 + step) ** (2 ** (n - 1))
-
-
 def next_qps(
     probes: Sequence[Probe],
     s: SearchSettings,
@@ -950,14 +950,10 @@ def next_qps(
     if math.isinf(hi):  # everything passed so far: double upwards, up to qmax
         if lo >= qmax * (1 - 1e-9):
             return [], "capped"
-        if k == 1 and s.start_step > 0:
-            return [min(lo * _gallop(s.start_step, len(probes)), qmax)], ""
         return sorted({min(lo * 2**j, qmax) for j in range(1, k + 1)}), ""
     if lo <= 0.0:
         if hi <= s.qps_min * (1 + 1e-9):
             return [], "below_min"
-        if k == 1 and s.start_step > 0:
-            return [max(hi / _gallop(s.start_step, len(probes)), s.qps_min)], ""
         return sorted({max(hi / 2**j, s.qps_min) for j in range(1, k + 1)}), ""
     if hi / lo - 1 <= s.granularity * (1 + 1e-9):
         return [], "ok"
