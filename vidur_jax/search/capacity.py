@@ -294,6 +294,14 @@ def single_workers() -> int:
     return max(1, cores)
 
 
+@functools.cache
+def _compiler():
+    """Threads compiling the single runner's executables (one per core)."""
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(single_workers(), "search-compile")
+
+
 def resolve_runner(runner: str) -> str:
     """``auto`` -> ``single`` on the CPU backend, ``lanes`` elsewhere."""
     if runner != "auto":
@@ -429,7 +437,7 @@ class _Level:
     static: object
     tables: object
     table_index: dict[int, int]
-    single: tuple | None = None  # (tables on the device, init, advance) of the single runner
+    single: object = None  # Future of (tables on the device, init, advance): single runner
 
 
 @dataclasses.dataclass
@@ -569,6 +577,11 @@ class ProbeRunner:
         """
         t0 = time.perf_counter()
         key = order_key or (lambda p: 0.0)
+        if self.single:  # compile every shape this batch needs, ahead of its probes
+            for group, idx in self.groups.items():
+                members = set(idx)
+                if any(p.config_index in members for p in probes):
+                    self._compile_ahead(self._level(group, 0), group)
         for policy, idx in self.groups.items():
             members = set(idx)
             todo = [p for p in probes if p.config_index in members]
@@ -656,24 +669,41 @@ class ProbeRunner:
         self._finish(lane, host, j)
         return "done"
 
-    def _single_executables(self, lv: _Level, params) -> tuple:
-        """``(tables, init, advance)`` of level ``lv`` on the first local device,
-        compiled once (ahead of time, under the host lock) and shared by every worker
-        thread: XLA:CPU runs an executable on the calling thread, so threads calling one
-        executable on one device run in parallel, and a device per worker would compile
-        each shape once per device."""
-        if lv.single is None:
-            device = jax.local_devices()[0]
-            tables = jax.device_put(lv.tables, device)
-            init = run_mod._single_init.lower(lv.static, params).compile()
-            state = init(params)
-            advance = run_mod._single_advance.lower(
-                lv.static, tables, params, state, np.int64(0)
-            ).compile()
-            lv.single = (tables, init, advance)
-        return lv.single
+    def _compile_ahead(self, lv: _Level, group: tuple[str, int]) -> None:
+        """Start compiling level ``lv``'s single-runner executables on a background
+        thread (one per core), unless started: the compiles of later groups overlap the
+        probes of earlier ones."""
+        with self._host_lock:
+            if lv.single is None:
+                lv.single = _compiler().submit(self._compile_single, lv, group)
 
-    def _probe_on_device(self, lv: _Level, p: Probe) -> bool:
+    def _compile_single(self, lv: _Level, group: tuple[str, int]) -> tuple:
+        """``(tables, init, advance)`` of level ``lv`` on the first local device,
+        compiled once and shared by every worker thread: XLA:CPU runs an executable on
+        the calling thread, so threads calling one executable on one device run in
+        parallel (a device per worker would compile each shape once per device)."""
+        device = jax.local_devices()[0]
+        i = self.groups[group][0]
+        wl = self.workloads.for_config(self.cfgs[i], 1.0)
+        one = build.build_params(
+            self.sim_cfgs[i], self.derived[i], wl, lv.table_index[i], self.num_requests
+        )
+        one = dataclasses.replace(one, max_steps=np.int64(one.max_steps))  # as _lane's
+        params = jax.device_put(build.stack_params([one]), device)
+        tables = jax.device_put(lv.tables, device)
+        init = run_mod._single_init.lower(lv.static, params).compile()
+        state = init(params)
+        advance = run_mod._single_advance.lower(
+            lv.static, tables, params, state, np.int64(0)
+        ).compile()
+        return tables, init, advance
+
+    def _single_executables(self, lv: _Level, group: tuple[str, int]) -> tuple:
+        """The compiled ``(tables, init, advance)`` of ``lv`` (waits for its compile)."""
+        self._compile_ahead(lv, group)
+        return lv.single.result()
+
+    def _probe_on_device(self, lv: _Level, group: tuple[str, int], p: Probe) -> bool:
         """Run probe ``p`` alone (unbatched event loop) on the first local device; True
         if a capacity of level ``lv`` overflowed (the probe is then left unfilled).
 
@@ -683,11 +713,11 @@ class ProbeRunner:
         reads come back. The steps taken equal the lane pool's (tested).
         """
         device = jax.local_devices()[0]
+        tables, init, advance = self._single_executables(lv, group)
         with self._host_lock:  # host-side bookkeeping; the simulation runs unlocked
             lane = self._lane(lv, p)
             full = dataclasses.replace(lane.params, max_steps=np.int64(lane.full_steps))
             params = jax.device_put(build.stack_params([full]), device)
-            tables, init, advance = self._single_executables(lv, params)
         total = int(lane.params.num_valid)
         state = init(params)
         while True:
@@ -742,7 +772,7 @@ class ProbeRunner:
                     p = queue.pop()
                 except IndexError:
                     return
-                if self._probe_on_device(lv, p):
+                if self._probe_on_device(lv, policy, p):
                     overflowed.add(id(p))
 
         if workers == 1:
