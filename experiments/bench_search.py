@@ -4,15 +4,18 @@ Runs ``+experiment=search_llama2_7b`` (or ``--full``: Vidur's full single-model 
 TP {1,2,4,8} x PP {1,2,4} x {vLLM, Sarathi 256..4096} x batch cap {32,64,128} on 16-GPU
 A100 and H100 clusters, Vidur's sched-delay criterion) and reports the grid size,
 passes, probes (and how many stopped early), simulated requests, wall time (compile
-included), what the same probes would cost under Vidur, which runs one simulation
-process per probe, and (``--compare OLD/search.csv``) how many capacities moved:
+included) and where it went (``breakdown``: compile / trace / lower seconds, executables
+and the static shapes they were compiled for, event-loop seconds, simulator steps, the
+analytic estimate's error), what the same probes would cost under Vidur, which runs one
+simulation process per probe, and (``--compare OLD/search.csv``) how many capacities
+moved (``--quarter``: a quarter of the full grid, for quicker measurements):
 
 * ``vidur_cost_s`` = probes x 4.5 s (Vidur's measured wall time of one 800-request
   simulation on the 2-core development machine, ../shared/reference/README.md);
 * ``vidur_cost_same_requests_s`` = the requests Vidur would simulate for the same
   probes (N x requests per replica: Vidur simulates the whole cluster) x 4.5 s / 800.
 
-    python experiments/bench_search.py --out bench_search.json [--full] [--compare CSV]
+    python experiments/bench_search.py --out bench_search.json [--full | --quarter] [--compare CSV]
         [--run-dir DIR] [overrides...]
 """
 
@@ -41,11 +44,22 @@ FULL = [
     "{scheduler: sarathi, chunk_size: 2048},{scheduler: sarathi, chunk_size: 4096}]",
 ]
 
+#: A quarter of FULL (108 configs: TP {1,2} x PP {1,2,4} x {vLLM, Sarathi 512, 2048} x
+#: batch cap {32,64,128} on both clusters), with FULL's shapes and compiles.
+QUARTER = [
+    "search.tp=[1,2]",
+    "search.pp=[1,2,4]",
+    "search.batch_caps=[32,64,128]",
+    "search.schedulers=[{scheduler: vllm},{scheduler: sarathi, chunk_size: 512},"
+    "{scheduler: sarathi, chunk_size: 2048}]",
+]
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="results JSON file")
     ap.add_argument("--full", action="store_true", help="Vidur's full Llama-2-7B grid")
+    ap.add_argument("--quarter", action="store_true", help="a quarter of the full grid")
     ap.add_argument("--experiment", default="search_llama2_7b")
     ap.add_argument("--run-dir", default=None, help="also write the search outputs here")
     ap.add_argument(
@@ -62,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     app.enable_compile_cache()
     prof = CompileProfile()
-    overrides = [f"+experiment={args.experiment}", *(FULL if args.full else []), *args.overrides]
+    grid = FULL if args.full else QUARTER if args.quarter else []
+    overrides = [f"+experiment={args.experiment}", *grid, *args.overrides]
     cfg = app.to_container(app.compose(overrides))
     t0, c0 = time.perf_counter(), _cpu_s()
     res = run_search(cfg, log=lambda m: print(m, flush=True))
@@ -74,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "experiment": args.experiment,
         "full_grid": bool(args.full),
+        "quarter_grid": bool(args.quarter),
         "criterion": s.criterion,
         "grid_size": int(len(table)),
         "num_feasible": int(len(feas)),
