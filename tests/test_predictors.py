@@ -548,6 +548,29 @@ def test_attention_fits_do_not_depend_on_the_seed(profiles_dir):
         assert np.any(np.asarray(a["grid_r"]))
 
 
+def test_mlp_switches_split_token_and_network_ops(monkeypatch):
+    """``NETWORK_MLP = False`` drops the MLP of network jobs only; a knots-only job is a
+    function of its rows alone, whatever the seed; the switches enter the cache key."""
+    rng = np.random.default_rng(7)
+    n = np.sort(rng.uniform(1, 4096, 80))
+    y = 0.01 + 1e-5 * n * (1 + 0.1 * rng.random(n.size))
+    assert datasets.mlp_key() == ""
+    monkeypatch.setattr(datasets, "NETWORK_MLP", False)
+    net, tok = datasets.token_job(n, y, network=True), datasets.token_job(n, y)
+    assert not net.mlp and tok.mlp
+    assert datasets.mlp_key() == "|network_mlp=0"
+    a, b = train.fit_jobs([net], seed=0)[0], train.fit_jobs([net], seed=4)[0]
+    _assert_tree_equal(a, b, "knots only, seed 0 vs 4")
+    assert not np.any(np.asarray(a["mlp"]["Dense_0"]["kernel"]))
+    t0, t4 = train.fit_jobs([tok], seed=0)[0], train.fit_jobs([tok], seed=4)[0]
+    assert np.any(
+        np.asarray(t0["mlp"]["Dense_0"]["kernel"]) != np.asarray(t4["mlp"]["Dense_0"]["kernel"])
+    )
+    monkeypatch.setattr(datasets, "TOKEN_MLP", False)
+    assert not datasets.token_job(n, y).mlp
+    assert datasets.mlp_key() == "|token_mlp=0|network_mlp=0"
+
+
 #: Held-out MAPE (%) of the attention predictors, predictor_eval's in-range split (every
 #: 5th row held out), measured by experiments/predictor_attention_recipe.py
 #: (results/predictor_attention_recipe.csv): (grid, Vidur-style forest).

@@ -232,7 +232,7 @@ def train_predictors(
                 if key not in jobs:
                     ar = loader.load_all_reduce(profiles_dir, net, tp)
                     jobs[key] = datasets.token_job(
-                        ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float)
+                        ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float), network=True
                     )
                 plan["ops"]["all_reduce"], plan["source"]["all_reduce"] = ("net", key), "trained"
                 plan["network_device"] = net
@@ -247,7 +247,7 @@ def train_predictors(
             if key not in jobs:
                 sr = loader.load_send_recv(profiles_dir, sr_net)
                 jobs[key] = datasets.token_job(
-                    sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float)
+                    sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float), network=True
                 )
             plan["ops"]["send_recv"], plan["source"]["send_recv"] = ("net", key), "trained"
             plan["send_recv_network_device"] = sr_net
@@ -484,8 +484,7 @@ def load(
     key = io.files_hash(
         _profile_files(profiles_dir, device, model, network_device),
         f"v{FORMAT_VERSION}|{model}|{device}|{tp}|{network_device}|{train.config_key()}"
-        f"|attn_transfer={tr.ATTENTION_TRANSFER_VERSION}"
-        + ("" if datasets.TOKEN_MLP else "|token_mlp=0"),
+        f"|attn_transfer={tr.ATTENTION_TRANSFER_VERSION}" + datasets.mlp_key(),
     )
     base = os.path.join(io.cache_dir(), "predictors", key)
     if os.path.isfile(base + ".npz") or os.path.isfile(base + ".json"):
@@ -646,13 +645,13 @@ def train_transfer_models(
             continue
         ar = loader.load_all_reduce(profiles_dir, net, tp)
         jobs[f"all_reduce_tp{tp}"] = datasets.token_job(
-            ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float)
+            ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float), network=True
         )
         nets[str(tp)] = net
     sr_net = f"{device}_pairwise_nvlink"
     sr = loader.load_send_recv(profiles_dir, sr_net)
     jobs["send_recv"] = datasets.token_job(
-        sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float)
+        sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float), network=True
     )
     names = list(jobs)
     fitted = dict(zip(names, train.fit_jobs([jobs[n] for n in names], seed=seed), strict=False))

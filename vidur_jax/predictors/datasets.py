@@ -115,19 +115,30 @@ ATTENTION_GRID = {
 }
 
 
-#: Token and network ops train an MLP under their knots (``FitJob.mlp``). False is the
-#: seed-free option (knots only), measured by ``experiments/predictor_seed_spread.py
-#: --no-token-mlp``; read at call time.
+#: Compute token ops (mlp.csv) train an MLP under their knots (``FitJob.mlp``); network
+#: ops (all_reduce, send_recv) follow :data:`NETWORK_MLP`. False is knots only (no seed).
+#: Read at call time; ``experiments/predictor_seed_spread.py`` measures both settings.
 TOKEN_MLP = True
+NETWORK_MLP = True
 
 
-def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.0) -> FitJob:
+def mlp_key() -> str:
+    """The token/network MLP switches, for cache keys (``""`` at the defaults)."""
+    out = "" if TOKEN_MLP else "|token_mlp=0"
+    return out + ("" if NETWORK_MLP else "|network_mlp=0")
+
+
+def token_job(
+    num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.0, network: bool = False
+) -> FitJob:
     """Fit job for a 1-feature op.
 
     Args:
       num_tokens: ``(N,)`` tokens (or bytes for network ops with ``bytes_per_token=1``).
       y: ``(N,)`` ms.
       bytes_per_token: user-to-internal scale (``2 * embedding_dim`` for collectives).
+      network: a network op (all_reduce, send_recv): MLP per :data:`NETWORK_MLP`, else
+        per :data:`TOKEN_MLP`.
     """
     n = np.asarray(num_tokens, np.float64)
     x = np.stack([n, np.ones_like(n), np.ones_like(n)], axis=1)
@@ -139,7 +150,7 @@ def token_job(num_tokens: np.ndarray, y: np.ndarray, bytes_per_token: float = 1.
         BASIS_TOKENS,
         TOKEN_EMPHASIS,
         knots=True,
-        mlp=TOKEN_MLP,
+        mlp=NETWORK_MLP if network else TOKEN_MLP,
     )
 
 

@@ -100,13 +100,14 @@ def _extrap_mask(op: str, x: np.ndarray) -> np.ndarray:
 
 
 def _cases(
-    profiles_dir: str, devices: list[str], models: list[str] | None
+    profiles_dir: str, devices: list[str], models: list[str] | None, network_only: bool = False
 ) -> list[tuple[dict, train.FitJob]]:
-    """Every (device, model, op, tp) dataset with a non-zero target."""
+    """Every (device, model, op, tp) dataset with a non-zero target (network tables only
+    with ``network_only``)."""
     cases = []
     for device in devices:
         for model in loader.list_compute_models(profiles_dir, device):
-            if models is not None and model not in models:
+            if network_only or (models is not None and model not in models):
                 continue
             comp = loader.load_compute(profiles_dir, device, model)
             shape = loader.model_shape(comp)
@@ -134,7 +135,7 @@ def _cases(
                                 job,
                             )
                         )
-        if models is None:
+        if models is None or network_only:
             for tp in (2, 4, 8):
                 try:
                     net = api._network_for_tp(profiles_dir, device, tp, None)
@@ -142,7 +143,7 @@ def _cases(
                     continue
                 ar = loader.load_all_reduce(profiles_dir, net, tp)
                 job = datasets.token_job(
-                    ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float)
+                    ar["size"].to_numpy(float), ar["all_reduce"].to_numpy(float), network=True
                 )
                 cases.append(
                     (
@@ -152,7 +153,9 @@ def _cases(
                 )
             net = f"{device}_pairwise_nvlink"
             sr = loader.load_send_recv(profiles_dir, net)
-            job = datasets.token_job(sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float))
+            job = datasets.token_job(
+                sr["size"].to_numpy(float), sr["send_recv"].to_numpy(float), network=True
+            )
             cases.append(
                 ({"device": device, "model": f"network:{net}", "op": "send_recv", "tp": 1}, job)
             )
@@ -179,6 +182,7 @@ def run_eval(
     include_forest: bool = True,
     forest_grid: bool = False,
     log: Callable[[str], None] = print,
+    network_only: bool = False,
 ) -> pd.DataFrame:
     """Held-out accuracy of our predictors (and Vidur's forest) on every profiled table.
 
@@ -189,11 +193,12 @@ def run_eval(
       models: restrict to these ``<org>/<model>`` names (network rows only when None).
       include_forest: also fit the forest baseline.
       forest_grid: run Vidur's full GridSearchCV for the forest (slow).
+      network_only: only the network tables (all_reduce, send_recv).
 
     Returns:
       The table written to ``out_csv``.
     """
-    cases = _cases(profiles_dir, devices or ["a100", "h100"], models)
+    cases = _cases(profiles_dir, devices or ["a100", "h100"], models, network_only)
     splits = {}
     for i, (_, job) in enumerate(cases):
         idx = np.arange(len(job.y))
@@ -400,16 +405,30 @@ def main() -> None:
     parser.add_argument("--forest-grid", action="store_true")
     parser.add_argument("--skip-transfer", action="store_true")
     parser.add_argument(
-        "--no-token-mlp",
-        action="store_true",
-        help="token and network ops without their MLP (the option datasets.TOKEN_MLP = False)",
+        "--token-mlp",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="1/0: compute token ops with/without their MLP (default: datasets.TOKEN_MLP)",
+    )
+    parser.add_argument(
+        "--network-mlp",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="1/0: all_reduce, send_recv with/without their MLP (default: datasets.NETWORK_MLP)",
+    )
+    parser.add_argument(
+        "--network-only", action="store_true", help="only the network tables (no models)"
     )
     parser.add_argument(
         "--transfer-only", action="store_true", help="only predictor_transfer_eval.csv"
     )
     args = parser.parse_args()
-    if args.no_token_mlp:
-        datasets.TOKEN_MLP = False
+    if args.token_mlp is not None:
+        datasets.TOKEN_MLP = bool(args.token_mlp)
+    if args.network_mlp is not None:
+        datasets.NETWORK_MLP = bool(args.network_mlp)
     if args.transfer_only:
         t = run_transfer_eval(
             args.profiles_dir, os.path.join(args.out, "predictor_transfer_eval.csv"), args.devices
@@ -424,6 +443,7 @@ def main() -> None:
         args.models,
         not args.no_forest,
         args.forest_grid,
+        network_only=args.network_only,
     )
     cols = [c for c in df.columns if "mape" in c]
     print(df.groupby("op")[cols].median().round(2).to_string())
