@@ -4,15 +4,18 @@ Runs ``+experiment=search_llama2_7b`` (or ``--full``: Vidur's full single-model 
 TP {1,2,4,8} x PP {1,2,4} x {vLLM, Sarathi 256..4096} x batch cap {32,64,128} on 16-GPU
 A100 and H100 clusters, Vidur's sched-delay criterion) and reports the grid size,
 passes, probes (and how many stopped early), simulated requests, wall time (compile
-included), what the same probes would cost under Vidur, which runs one simulation
-process per probe, and (``--compare OLD/search.csv``) how many capacities moved:
+included) and where it went (``breakdown``: compile / trace / lower seconds, executables
+and the static shapes they were compiled for, event-loop seconds, simulator steps, the
+analytic estimate's error), what the same probes would cost under Vidur, which runs one
+simulation process per probe, and (``--compare OLD/search.csv``) how many capacities
+moved (``--quarter``: a quarter of the full grid, for quicker measurements):
 
 * ``vidur_cost_s`` = probes x 4.5 s (Vidur's measured wall time of one 800-request
   simulation on the 2-core development machine, ../shared/reference/README.md);
 * ``vidur_cost_same_requests_s`` = the requests Vidur would simulate for the same
   probes (N x requests per replica: Vidur simulates the whole cluster) x 4.5 s / 800.
 
-    python experiments/bench_search.py --out bench_search.json [--full] [--compare CSV]
+    python experiments/bench_search.py --out bench_search.json [--full | --quarter] [--compare CSV]
         [--run-dir DIR] [overrides...]
 """
 
@@ -41,11 +44,22 @@ FULL = [
     "{scheduler: sarathi, chunk_size: 2048},{scheduler: sarathi, chunk_size: 4096}]",
 ]
 
+#: A quarter of FULL (108 configs: TP {1,2} x PP {1,2,4} x {vLLM, Sarathi 512, 2048} x
+#: batch cap {32,64,128} on both clusters), with FULL's shapes and compiles.
+QUARTER = [
+    "search.tp=[1,2]",
+    "search.pp=[1,2,4]",
+    "search.batch_caps=[32,64,128]",
+    "search.schedulers=[{scheduler: vllm},{scheduler: sarathi, chunk_size: 512},"
+    "{scheduler: sarathi, chunk_size: 2048}]",
+]
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="results JSON file")
     ap.add_argument("--full", action="store_true", help="Vidur's full Llama-2-7B grid")
+    ap.add_argument("--quarter", action="store_true", help="a quarter of the full grid")
     ap.add_argument("--experiment", default="search_llama2_7b")
     ap.add_argument("--run-dir", default=None, help="also write the search outputs here")
     ap.add_argument(
@@ -61,7 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     from vidur_jax.search.task import run_search, write_outputs
 
     app.enable_compile_cache()
-    overrides = [f"+experiment={args.experiment}", *(FULL if args.full else []), *args.overrides]
+    prof = CompileProfile()
+    grid = FULL if args.full else QUARTER if args.quarter else []
+    overrides = [f"+experiment={args.experiment}", *grid, *args.overrides]
     cfg = app.to_container(app.compose(overrides))
     t0, c0 = time.perf_counter(), _cpu_s()
     res = run_search(cfg, log=lambda m: print(m, flush=True))
@@ -73,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "experiment": args.experiment,
         "full_grid": bool(args.full),
+        "quarter_grid": bool(args.quarter),
         "criterion": s.criterion,
         "grid_size": int(len(table)),
         "num_feasible": int(len(feas)),
@@ -104,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out["speedup_vs_vidur_probes"] = out["vidur_cost_s"] / wall
     out["speedup_vs_vidur_same_requests"] = out["vidur_cost_same_requests_s"] / wall
+    out["breakdown"] = breakdown(res, prof, cpu)
     if args.compare:
         out.update(compare(table, args.compare, s.granularity))
     if args.run_dir:
@@ -125,6 +143,94 @@ def _cpu_s() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+class CompileProfile:
+    """JAX's compile events of this process (jax.monitoring listeners): seconds tracing,
+    lowering and compiling (wall, summed over the threads that compile), executables
+    compiled per function, persistent-cache hits and misses."""
+
+    TRACE = "/jax/core/compile/jaxpr_trace_duration"
+    LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+    COMPILE = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        import collections
+
+        import jax
+
+        self.seconds = collections.Counter()
+        self.compiles = collections.Counter()
+        self.compile_s = collections.Counter()
+        self.events = collections.Counter()
+        jax.monitoring.register_event_duration_secs_listener(self._duration)
+        jax.monitoring.register_event_listener(self._event)
+
+    def _duration(self, event: str, secs: float, **kw) -> None:
+        self.seconds[event] += secs
+        if event == self.COMPILE:
+            name = str(kw.get("fun_name", "?"))
+            self.compiles[name] += 1
+            self.compile_s[name] += secs
+
+    def _event(self, event: str, **kw) -> None:
+        self.events[event] += 1
+
+
+def breakdown(res: dict, prof: CompileProfile, cpu_s: float) -> dict:
+    """Where a search's time went: compile / trace / lower seconds (wall, summed over
+    threads), seconds in the event loop's calls, executables by function and the static
+    shapes each pass compiled (policy, slot count, window, request rows, PP stages)."""
+    import jax
+    import numpy as np
+
+    st = res["stats"]
+    shapes = []
+    for k, runner in enumerate(res["runners"]):
+        for group, levels in runner.levels.items():
+            for lvl, lv in enumerate(levels):
+                x = lv.static
+                shapes.append(
+                    {
+                        "pass": k + 1,
+                        "policy": x.policy,
+                        "level": lvl,
+                        "configs": len(runner.groups[group]),
+                        "num_requests": x.num_requests,
+                        "num_slots": x.num_slots,
+                        "window": x.window,
+                        "max_stages": x.max_stages,
+                    }
+                )
+    ev = prof.events
+    ratio = np.array(
+        [r.capacity_qps / r.estimate_qps for r in res.get("results", []) if r.status == "ok"]
+    )
+    err = np.abs(np.log(ratio)) if ratio.size else np.zeros(1)
+    return {
+        "cpu_s": cpu_s,
+        "compile_s": prof.seconds[prof.COMPILE],
+        "trace_s": prof.seconds[prof.TRACE],
+        "lower_s": prof.seconds[prof.LOWER],
+        "cache_retrieval_s": prof.seconds["/jax/compilation_cache/cache_retrieval_time_sec"],
+        "executables": sum(prof.compiles.values()),
+        "persistent_cache_hits": ev["/jax/compilation_cache/cache_hits"],
+        "persistent_cache_misses": ev["/jax/compilation_cache/cache_misses"],
+        "executables_by_function": dict(prof.compiles.most_common()),
+        "compile_s_by_function": {k: round(v, 2) for k, v in prof.compile_s.most_common()},
+        "event_loop_calls_s": st.advance_s,
+        "steps": st.steps,
+        "devices": jax.local_device_count(),
+        "static_shapes": shapes,
+        # |log(capacity / analytic estimate)| over 'ok' configs: how far the search
+        # starts from its answer
+        "estimate_abs_log_error_q50_q90_max": [
+            float(np.quantile(err, 0.5)),
+            float(np.quantile(err, 0.9)),
+            float(err.max()),
+        ],
+        "capacity_over_estimate_median": float(np.median(ratio)) if ratio.size else None,
+    }
 
 
 def compare(table, path: str, granularity: float) -> dict:

@@ -20,6 +20,7 @@ from vidur_jax.search import capacity as cap
 from vidur_jax.search import grid as grid_mod
 from vidur_jax.search import select
 from vidur_jax.search.task import answer_sentence, exclusion_lines, run_search, write_outputs
+from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.run import simulate_configs
 
@@ -504,3 +505,30 @@ def test_search_overrides_compose_the_same_everywhere():
         assert cfg["task"] == "search" and cfg["search"]["predictor_note"]
         assert cfg["search"]["criterion"] == "vidur" and cfg["search"]["slo"]["tbt_p99_s"] == 0.1
     assert "TRANSFERRED" in cfg["search"]["predictor_note"]
+
+
+def test_later_pass_reuses_the_first_pass_shapes(slo_search):
+    """A pass over a subset of the configs (the re-search with more requests) compiles
+    for the same shapes as the first pass (same statics, same timing-table shapes), so
+    it reuses its executables; the single runner's slot count is the power-of-two
+    bucket of the group's slot bounds."""
+    runner = slo_search["runners"][0]
+    assert len(runner.cfgs) >= 2
+    sub = cap.ProbeRunner(
+        runner.cfgs[1:],
+        runner.workloads,
+        runner.settings,
+        predictor_for=runner.predictor_for,
+        capacity=runner.num_requests,
+        shape_cfgs=runner.cfgs,
+    )
+    for group in sub.groups:
+        a, b = runner._level(group, 0), sub._level(group, 0)
+        assert a.static == b.static
+        assert jax.tree.map(np.shape, a.tables) == jax.tree.map(np.shape, b.tables)
+        if runner.single:
+            bounds = [
+                build.slot_bound(runner.sim_cfgs[i], runner.derived[i])
+                for i in runner.groups[group]
+            ]
+            assert a.static.num_slots == cap.slot_bucket(max(bounds)) >= max(bounds)

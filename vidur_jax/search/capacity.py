@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import threading
 import time
 import types
@@ -241,7 +242,12 @@ class CapacityResult:
 
 @dataclasses.dataclass
 class SearchStats:
-    """Cost of a search: rounds, probes, compiled calls, simulated steps, wall time."""
+    """Cost of a search: rounds, probes, compiled calls, simulated steps, wall time.
+
+    ``steps``: simulator steps of every finished probe; ``advance_s``: seconds spent in
+    the compiled event loop's calls (compile of a call's first use included), summed
+    over the threads that drive devices.
+    """
 
     rounds: int = 0
     probes: int = 0
@@ -249,9 +255,11 @@ class SearchStats:
     calls: int = 0
     lanes: int = 0
     requests_simulated: int = 0
+    steps: int = 0
     passes: int = 0
     wall_s: float = 0.0
     sim_wall_s: float = 0.0
+    advance_s: float = 0.0
 
 
 def resolve_mode(mode: str, cfgs: Sequence[DeploymentConfig]) -> str:
@@ -266,6 +274,32 @@ def resolve_mode(mode: str, cfgs: Sequence[DeploymentConfig]) -> str:
         )
         return mode
     return "replica" if independent else "cluster"
+
+
+def slot_bucket(slots: int) -> int:
+    """The slot count a config holding at most ``slots`` requests is compiled with on
+    the single runner: the next power of two, at least 8."""
+    return max(8, 1 << max(0, math.ceil(math.log2(max(1, slots)))))
+
+
+def single_workers() -> int:
+    """Threads running probes on the ``single`` runner: on the CPU backend one per core
+    this process may use, elsewhere one."""
+    if jax.default_backend() != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores)
+
+
+@functools.cache
+def _compiler():
+    """Threads compiling the single runner's executables (one per core)."""
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(single_workers(), "search-compile")
 
 
 def resolve_runner(runner: str) -> str:
@@ -403,6 +437,7 @@ class _Level:
     static: object
     tables: object
     table_index: dict[int, int]
+    single: object = None  # Future of (tables on the device, init, advance): single runner
 
 
 @dataclasses.dataclass
@@ -440,6 +475,7 @@ class ProbeRunner:
         predictor_for: Callable | None = None,
         profiles_dir: str | None = None,
         capacity: int = 0,
+        shape_cfgs: Sequence[DeploymentConfig] | None = None,
     ):
         """
         Args:
@@ -450,6 +486,9 @@ class ProbeRunner:
             profiles_dir: Vidur profiles root for the default predictors.
             capacity: request rows allocated per lane (at least the probes' requests);
                 one capacity serves every later request count up to it (one compile).
+            shape_cfgs: configs (a superset of ``cfgs``) whose slot counts, stages and
+                timing tables each group is compiled for (default ``cfgs``): a later
+                pass over a subset then reuses the first pass's executables.
         """
         self.settings = settings
         self.workloads = workloads
@@ -462,41 +501,68 @@ class ProbeRunner:
         self.cfgs = list(cfgs)
         self.sim_cfgs = sim
         self.derived = [build.derive(c) for c in sim]
+        shape = (
+            sim
+            if shape_cfgs is None
+            else [
+                dataclasses.replace(c, num_replicas=1) if workloads.mode == "replica" else c
+                for c in shape_cfgs
+            ]
+        )
+        self._shape_cfgs = list(shape)
+        self._shape_derived = [build.derive(c) for c in shape]
         self.num_requests = max(
             capacity, max(workloads.for_config(c, 1.0).num_requests for c in cfgs)
         )
-        self.groups: dict[str, list[int]] = {}
+        self.single = resolve_runner(settings.runner) == "single"
+        # configs of one group share a compiled shape: (policy, slot bucket); the
+        # single runner buckets slot counts by powers of two (a step costs O(slots), a
+        # bucket one compile), the lane pool keeps one group per policy (bucket 0)
+        self.groups: dict[tuple[str, int], list[int]] = {}
         for i, c in enumerate(sim):
-            self.groups.setdefault(c.replica_scheduler, []).append(i)
-        self.levels: dict[str, list[_Level]] = {}
+            self.groups.setdefault(self._group_of(c, self.derived[i]), []).append(i)
+        self.levels: dict[tuple[str, int], list[_Level]] = {}
         self.stats = SearchStats()
         self._host_lock = threading.Lock()
-        self._device_tables: dict[tuple[int, int], object] = {}
         # one pool width per runner (a new width is a new compile): enough lanes for a
         # round of every config, at most settings.width, a multiple of the devices
         n_dev = jax.local_device_count()
-        self.single = resolve_runner(settings.runner) == "single"
-        if self.single:  # one probe per device at a time: K = 1 (bisection) once many are open
-            self.width = n_dev
+        if self.single:  # one probe per worker at a time: K = 1 (bisection) once many are open
+            self.width = single_workers()
         else:
             want = 1 << max(0, math.ceil(math.log2(max(1, len(cfgs) * settings.branching))))
             self.width = -(-min(settings.width, want) // n_dev) * n_dev
 
-    def _level(self, policy: str, k: int) -> _Level:
-        levels = self.levels.setdefault(policy, [])
+    def _group_of(self, c: DeploymentConfig, d) -> tuple[str, int]:
+        """``(policy, slot bucket)`` of a simulated config (bucket 0: the lane pool)."""
+        return c.replica_scheduler, slot_bucket(build.slot_bound(c, d)) if self.single else 0
+
+    def _level(self, group: tuple[str, int], k: int) -> _Level:
+        levels = self.levels.setdefault(group, [])
         while len(levels) <= k:
-            idx = self.groups[policy]
-            cfgs = [self.sim_cfgs[i] for i in idx]
-            ders = [self.derived[i] for i in idx]
+            idx = self.groups[group]
+            # the shape covers every config of the group in shape_cfgs (and idx's)
+            pairs = [
+                (c, d)
+                for c, d in zip(self._shape_cfgs, self._shape_derived, strict=True)
+                if self._group_of(c, d) == group
+            ]
+            cfgs = [c for c, _ in pairs]
+            for i in idx:
+                if self.sim_cfgs[i] not in cfgs:
+                    pairs.append((self.sim_cfgs[i], self.derived[i]))
+                    cfgs.append(self.sim_cfgs[i])
+            ders = [d for _, d in pairs]
             grow = 2 ** len(levels)
-            slots = max(build.slot_bound(c, d) for c, d in zip(cfgs, ders, strict=True))
+            slots = group[1] or max(build.slot_bound(c, d) for c, d in pairs)
             static = build.make_static(cfgs, ders, self.num_requests, num_slots=slots * grow)
             static = dataclasses.replace(static, window=min(32 * grow, static.num_slots))
             spec = build.table_spec_for(cfgs, static.num_slots)
             for _ in range(len(levels)):
                 spec = spec.grown()
             tables, rows = build.build_tables(cfgs, spec, self.predictor_for)
-            levels.append(_Level(static, tables, dict(zip(idx, rows, strict=True))))
+            index = {i: rows[cfgs.index(self.sim_cfgs[i])] for i in idx}
+            levels.append(_Level(static, tables, index))
         return levels[k]
 
     def run(
@@ -511,6 +577,11 @@ class ProbeRunner:
         """
         t0 = time.perf_counter()
         key = order_key or (lambda p: 0.0)
+        if self.single:  # compile every shape this batch needs, ahead of its probes
+            for group, idx in self.groups.items():
+                members = set(idx)
+                if any(p.config_index in members for p in probes):
+                    self._compile_ahead(self._level(group, 0), group)
         for policy, idx in self.groups.items():
             members = set(idx)
             todo = [p for p in probes if p.config_index in members]
@@ -551,6 +622,7 @@ class ProbeRunner:
         err = int(np.asarray(host.error)[j])
         p.steps = float(np.asarray(host.step)[j])
         self.stats.requests_simulated += int(lane.workload.num_requests)
+        self.stats.steps += int(p.steps)
         if err:
             p.error = "; ".join(m for b, m in ERROR_NAMES.items() if err & b)
             p.delay_s, p.passed = math.inf, False
@@ -592,37 +664,77 @@ class ProbeRunner:
             p.delay_s, p.passed, p.stopped_early = bound, False, True
             self.stats.probes_stopped_early += 1
             self.stats.requests_simulated += int(lane.workload.num_requests)
+            self.stats.steps += int(p.steps)
             return "done"
         self._finish(lane, host, j)
         return "done"
 
-    def _probe_on_device(self, lv: _Level, p: Probe, device) -> bool:
-        """Run probe ``p`` alone on ``device`` (unbatched event loop); True if a
-        capacity of level ``lv`` overflowed (the probe is then left unfilled).
+    def _compile_ahead(self, lv: _Level, group: tuple[str, int]) -> None:
+        """Start compiling level ``lv``'s single-runner executables on a background
+        thread (one per core), unless started: the compiles of later groups overlap the
+        probes of earlier ones."""
+        with self._host_lock:
+            if lv.single is None:
+                lv.single = _compiler().submit(self._compile_single, lv, group)
+
+    def _compile_single(self, lv: _Level, group: tuple[str, int]) -> tuple:
+        """``(tables, init, advance)`` of level ``lv`` on the first local device,
+        compiled once and shared by every worker thread: XLA:CPU runs an executable on
+        the calling thread, so threads calling one executable on one device run in
+        parallel (a device per worker would compile each shape once per device)."""
+        device = jax.local_devices()[0]
+        i = self.groups[group][0]
+        wl = self.workloads.for_config(self.cfgs[i], 1.0)
+        one = build.build_params(
+            self.sim_cfgs[i], self.derived[i], wl, lv.table_index[i], self.num_requests
+        )
+        one = dataclasses.replace(one, max_steps=np.int64(one.max_steps))  # as _lane's
+        params = jax.device_put(build.stack_params([one]), device)
+        tables = jax.device_put(lv.tables, device)
+        init = run_mod._single_init.lower(lv.static, params).compile()
+        state = init(params)
+        advance = run_mod._single_advance.lower(
+            lv.static, tables, params, state, np.int64(0)
+        ).compile()
+        return tables, init, advance
+
+    def _single_executables(self, lv: _Level, group: tuple[str, int]) -> tuple:
+        """The compiled ``(tables, init, advance)`` of ``lv`` (waits for its compile)."""
+        self._compile_ahead(lv, group)
+        return lv.single.result()
+
+    def _probe_on_device(self, lv: _Level, group: tuple[str, int], p: Probe) -> bool:
+        """Run probe ``p`` alone (unbatched event loop) on the first local device; True
+        if a capacity of level ``lv`` overflowed (the probe is then left unfilled).
 
         The params go to the device once (with the probe's full step limit); the
         early-stop budget is the loop's own stop (``budget`` of ``_single_advance``), so
         extending it re-sends nothing, and between budgets only the arrays the verdict
         reads come back. The steps taken equal the lane pool's (tested).
         """
+        device = jax.local_devices()[0]
+        tables, init, advance = self._single_executables(lv, group)
         with self._host_lock:  # host-side bookkeeping; the simulation runs unlocked
             lane = self._lane(lv, p)
-            key = (id(lv), device.id)
-            if key not in self._device_tables:
-                self._device_tables[key] = jax.device_put(lv.tables, device)
-            tables = self._device_tables[key]
-        full = dataclasses.replace(lane.params, max_steps=np.int64(lane.full_steps))
-        params = jax.device_put(build.stack_params([full]), device)
+            full = dataclasses.replace(lane.params, max_steps=np.int64(lane.full_steps))
+            params = jax.device_put(build.stack_params([full]), device)
         total = int(lane.params.num_valid)
-        state = run_mod._single_init(lv.static, params)
+        state = init(params)
         while True:
             left = np.int64(lane.budget - int(state.step))
-            state = run_mod._single_advance(lv.static, tables, params, state, left)
-            err, step, completed = (int(x) for x in jax.device_get((state.error, state.step, state.num_completed)))
+            t_call = time.perf_counter()
+            state = advance(tables, params, state, left)
+            err, step, completed = (
+                int(x) for x in jax.device_get((state.error, state.step, state.num_completed))
+            )
+            with self._host_lock:
+                self.stats.advance_s += time.perf_counter() - t_call
             if err == 0 and completed < total and step < lane.full_steps:  # budget spent
                 seen = jax.device_get((state.scheduled_at, state.first_token_at, state.clock))
                 partial = types.SimpleNamespace(
-                    scheduled_at=seen[0][None], first_token_at=seen[1][None], clock=np.asarray(seen[2])[None]
+                    scheduled_at=seen[0][None],
+                    first_token_at=seen[1][None],
+                    clock=np.asarray(seen[2])[None],
                 )
                 bound = self._verdict_so_far(lane, partial, 0)
                 with self._host_lock:
@@ -635,6 +747,7 @@ class ProbeRunner:
                     p.delay_s, p.passed, p.stopped_early = bound, False, True
                     self.stats.probes_stopped_early += 1
                     self.stats.requests_simulated += int(lane.workload.num_requests)
+                    self.stats.steps += int(p.steps)
                 return False
             host = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(state))
             with self._host_lock:
@@ -643,31 +756,32 @@ class ProbeRunner:
                 return self._settle(lane, host, 0) == "overflow"
 
     def _run_single(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
-        """Run ``todo`` one probe at a time per local device on the unbatched,
-        scatter-free event loop (:func:`vidur_jax.sim.run._single_advance`; one compile
-        per device and shape); returns the probes that overflowed level ``k``. A probe's
-        result equals its lane's in the pool (same loop body; tested)."""
+        """Run ``todo`` one probe at a time per worker thread (:func:`single_workers`)
+        on the unbatched, scatter-free event loop
+        (:func:`vidur_jax.sim.run._single_advance`; one compile per shape); returns the
+        probes that overflowed level ``k``. A probe's result equals its lane's in the
+        pool (same loop body; tested)."""
         lv = self._level(policy, k)
-        devices = jax.local_devices()[: max(1, min(len(todo), jax.local_device_count()))]
+        workers = max(1, min(len(todo), single_workers()))
         queue = list(reversed(todo))  # pop() takes the next (longest) probe
         overflowed: set[int] = set()
 
-        def worker(device) -> None:
+        def worker() -> None:
             while True:
                 try:
                     p = queue.pop()
                 except IndexError:
                     return
-                if self._probe_on_device(lv, p, device):
+                if self._probe_on_device(lv, policy, p):
                     overflowed.add(id(p))
 
-        if len(devices) == 1:
-            worker(devices[0])
+        if workers == 1:
+            worker()
         else:
             import concurrent.futures
 
-            with concurrent.futures.ThreadPoolExecutor(len(devices)) as pool:
-                for f in [pool.submit(worker, d) for d in devices]:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                for f in [pool.submit(worker) for _ in range(workers)]:
                     f.result()
         return [p for p in todo if id(p) in overflowed]
 
@@ -698,7 +812,11 @@ class ProbeRunner:
             busy = sum(x is not None for x in lanes)
             stop_at = width - busy + min(refill, busy)
             state = advance(
-                lv.tables, params, state, jnp.asarray(np.int32(stop_at)), jnp.asarray(np.iinfo(np.int32).max)
+                lv.tables,
+                params,
+                state,
+                jnp.asarray(np.int32(stop_at)),
+                jnp.asarray(np.iinfo(np.int32).max),
             )
             self.stats.calls += 1
             self.stats.lanes += width
@@ -1005,15 +1123,24 @@ def measure_capacities(
             lengths, n_req, max(c.num_replicas for c in sub), settings.mode, settings.seed
         )
         s = dataclasses.replace(settings, num_requests=n_req)
-        # passes after the first allocate max_requests rows: one compile serves them all
+        # one request-row count for every pass, so one compile per policy serves them
+        # all: max_requests rows (replica mode: the rows a step touches do not grow with
+        # it); cluster mode sizes the first pass exactly (its rows scale with replicas)
         rows = (
-            0
+            settings.max_requests
+            if settings.mode == "replica"
+            else 0
             if not runners
-            else settings.max_requests
-            * (1 if settings.mode == "replica" else max(c.num_replicas for c in sub))
+            else settings.max_requests * max(c.num_replicas for c in sub)
         )
         runner = ProbeRunner(
-            sub, pw, s, predictor_for=predictor_for, profiles_dir=profiles_dir, capacity=rows
+            sub,
+            pw,
+            s,
+            predictor_for=predictor_for,
+            profiles_dir=profiles_dir,
+            capacity=rows,
+            shape_cfgs=cfgs,
         )
         runners.append(runner)
         # later passes start from the capacity the fewer requests gave (an upper guess)

@@ -146,7 +146,8 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
         ``{"table": search.csv frame, "best": best per SLO, "plan": cheapest deployments
         for the target (None without target), "probes": probes frame, "stats":
         SearchStats, "settings": SearchSettings, "grid": GridSpec, "slos": [Slo],
-        "target_qps", "runner": the last pass's ProbeRunner}``.
+        "target_qps", "runner": the first pass's ProbeRunner, "runners": every pass's,
+        "results": the feasible configs' CapacityResult}``.
     """
     from vidur_jax import app
 
@@ -230,6 +231,7 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
         "predictor_note": block.get("predictor_note"),
         "runner": runners[0],
         "runners": runners,
+        "results": results,
     }
 
 
