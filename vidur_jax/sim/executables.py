@@ -32,6 +32,7 @@ import json
 import os
 import pickle
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -174,8 +175,11 @@ _LOADED: OrderedDict[str, Callable] = OrderedDict()
 #: maps hundreds of memory regions (~750 for a prefix-caching loop, measured with
 #: ``/proc/self/maps``), and a process past ``vm.max_map_count`` (65,530 by default)
 #: segfaults inside XLA while compiling or serializing; an unbounded table did that
-#: to the full test suite after ~80 executables.
-MAX_LOADED = 16
+#: to the full test suite after ~80 executables (32 x ~750 stays near 24,000; a
+#: search needs ~12: init + advance per shape).
+MAX_LOADED = 32
+#: Guards ``_LOADED`` (a lookup's move-to-end must not race another thread's eviction).
+_LOADED_LOCK = threading.Lock()
 #: What the last :func:`compiled` call did, per key: "memory", "disk" or "compiled".
 LAST_SOURCE: dict[str, str] = {}
 
@@ -209,9 +213,11 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
         A callable taking ``*args`` (without ``static``).
     """
     key = key_for(name, static, args)
-    exe = _LOADED.get(key)
+    with _LOADED_LOCK:  # search worker threads share this table
+        exe = _LOADED.get(key)
+        if exe is not None:
+            _LOADED.move_to_end(key)
     if exe is not None:
-        _LOADED.move_to_end(key)
         LAST_SOURCE[name] = "memory"
         return exe
     path = cache_root() / "executables" / f"{key}.bin"
@@ -241,15 +247,17 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
 
 def _keep_loaded(key: str, exe: Callable) -> None:
     """Remember ``exe`` under ``key``, dropping the least recently used past ``MAX_LOADED``."""
-    _LOADED[key] = exe
-    _LOADED.move_to_end(key)
-    while len(_LOADED) > MAX_LOADED:
-        _LOADED.popitem(last=False)
+    with _LOADED_LOCK:
+        _LOADED[key] = exe
+        _LOADED.move_to_end(key)
+        while len(_LOADED) > MAX_LOADED:
+            _LOADED.popitem(last=False)
 
 
 def clear_loaded() -> None:
     """Drop every in-process executable (with :func:`jax.clear_caches`, frees their memory)."""
-    _LOADED.clear()
+    with _LOADED_LOCK:
+        _LOADED.clear()
 
 
 # ------------------------------------------------------------------ capacity hints
