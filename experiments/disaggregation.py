@@ -43,7 +43,7 @@ from vidur_jax.sim import disagg_pools
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.run import simulate_configs
 
-QPS = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0, 40.0)
+QPS = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0, 40.0, 48.0, 56.0)
 GPUS = 4
 #: name -> DeploymentConfig knobs: 4 single-A100 replicas, or pools of 4 GPUs whose
 #: prefill pool has its own hardware (H100s, or A100 TP2)
