@@ -525,6 +525,15 @@ def request_fields(cfg, state: SimState, i: int, num_requests: int) -> dict[str,
 SCHEDULERS = ("vllm", "sarathi")
 
 
+
+def _require_null_or_count(cfg, field: str) -> None:
+    """``cluster.<field>`` is null or an integer >= 1 (one error line otherwise)."""
+    v = getattr(cfg, field)
+    require(
+        v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1),
+        f"cluster.{field}={v!r} must be null or an integer >= 1",
+    )
+
 def validate(cfg) -> None:
     """Refuse a bad pool setup of a ``DeploymentConfig`` with one line (ConfigError)."""
     p, d = cfg.prefill_replicas, cfg.decode_replicas
@@ -546,12 +555,7 @@ def validate(cfg) -> None:
         f"cluster.kv_transfer_latency_s={cfg.kv_transfer_latency_s} must be a finite number >= 0",
     )
     for pool in ("prefill", "decode"):
-        cap = getattr(cfg, f"{pool}_batch_cap")
-        require(
-            cap is None
-            or (isinstance(cap, (int, np.integer)) and not isinstance(cap, bool) and cap >= 1),
-            f"cluster.{pool}_batch_cap={cap!r} must be null or an integer >= 1",
-        )
+        _require_null_or_count(cfg, f"{pool}_batch_cap")
     if p == 0:
         return
     require(
@@ -577,12 +581,7 @@ def validate(cfg) -> None:
     )
     for pool in disagg_pools.POOLS:
         for key in ("tp", "pp"):
-            v = getattr(cfg, f"{pool}_{key}")
-            require(
-                v is None
-                or (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1),
-                f"cluster.{pool}_{key}={v!r} must be null or an integer >= 1",
-            )
+            _require_null_or_count(cfg, f"{pool}_{key}")
         device = getattr(cfg, f"{pool}_device")
         if device is not None:
             catalog.get_device(device)
