@@ -525,7 +525,6 @@ def request_fields(cfg, state: SimState, i: int, num_requests: int) -> dict[str,
 SCHEDULERS = ("vllm", "sarathi")
 
 
-
 def _require_null_or_count(cfg, field: str) -> None:
     """``cluster.<field>`` is null or an integer >= 1 (one error line otherwise)."""
     v = getattr(cfg, field)
