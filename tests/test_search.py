@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +20,7 @@ from vidur_jax import app, workload
 from vidur_jax.errors import ConfigError
 from vidur_jax.search import capacity as cap
 from vidur_jax.search import grid as grid_mod
-from vidur_jax.search import select
+from vidur_jax.search import probe_loop, select
 from vidur_jax.search.task import answer_sentence, exclusion_lines, run_search, write_outputs
 from vidur_jax.sim import build
 from vidur_jax.sim.build import DeploymentConfig
@@ -89,19 +91,27 @@ def _p(q, passed, steps=100.0):
 
 def test_next_qps_brackets_to_granularity():
     s = cap.SearchSettings(branching=4, granularity=0.025)
-    # round 0: K points on [E/2, 2E] around the estimate
+    g = cap.GALLOP
+    # round 0: K points on [E/G^2, E G^2] around the estimate
     qs, st = cap.next_qps([], s, num_replicas=2, estimate=6.0)
-    assert st == "" and np.allclose(qs, [3.0, 3.0 * 4 ** (1 / 3), 3.0 * 4 ** (2 / 3), 12.0])
-    # K = 1 (many open configs fill the pool): one probe at the estimate, then bisection
+    assert st == "" and np.allclose(qs, [6.0 * g ** (4 * j / 3 - 2) for j in range(4)])
+    # K = 1 (many open configs fill the pool): one probe at the estimate, then steps of
+    # G, G^2, G^4 (at most 2) away from it until bracketed, then bisection
     assert cap.next_qps([], s, 2, estimate=6.0, branching=1) == ([6.0], "")
-    assert cap.next_qps([_p(6.0, True)], s, 2, branching=1) == ([12.0], "")
+    assert np.allclose(cap.next_qps([_p(6.0, True)], s, 2, branching=1)[0], [6.0 * g])
+    up = [_p(6.0, True), _p(6.0 * g, True)]
+    assert np.allclose(cap.next_qps(up, s, 2, branching=1)[0], [6.0 * g**3])
+    up.append(_p(6.0 * g**3, True))
+    assert np.allclose(cap.next_qps(up, s, 2, branching=1)[0], [6.0 * g**3 * 2])
+    assert np.allclose(cap.next_qps([_p(6.0, False)], s, 2, branching=1)[0], [6.0 / g])
     qs, _ = cap.next_qps([_p(6.0, True), _p(12.0, False)], s, 2, branching=1)
     assert np.allclose(qs, [6.0 * 2**0.5])
-    # everything passed: double upwards (at most the highest rate), then capped there
+    # everything passed with K = 4: steps of 2 upwards (at most the highest rate), then
+    # capped there
     qs, _ = cap.next_qps([_p(3.0, True), _p(12.0, True)], s, 1)
-    assert qs == [24.0, 48.0, 96.0, 192.0]
+    assert np.allclose(qs, [12.0 * g**2, 12.0 * g**4, 12.0 * g**6, 12.0 * g**8])
     qs, _ = cap.next_qps([_p(200.0, True)], s, 1)
-    assert qs == [256.0]
+    assert qs == [240.0, 256.0]
     assert cap.next_qps([_p(256.0, True)], s, 1)[1] == "capped"
     # a wide bracket gets K interior points
     qs, st = cap.next_qps([_p(4.0, True), _p(8.0, False)], s, 1)
@@ -111,9 +121,9 @@ def test_next_qps_brackets_to_granularity():
     assert len(qs) == 1
     assert np.all(np.exp(np.diff(np.log([4.0, *qs, 4.16]))) <= 1.025 + 1e-12)
     assert cap.next_qps([_p(4.0, True), _p(4.09, False)], s, 1) == ([], "ok")
-    # nothing passes: halve downwards, stop at qps_min
+    # nothing passes: downwards, stop at qps_min
     qs, _ = cap.next_qps([_p(1.0, False)], s, 1)
-    assert max(qs) == 0.5
+    assert np.isclose(max(qs), 1.0 / g)
     assert cap.next_qps([_p(0.01, False)], s, 1)[1] == "below_min"
 
 
@@ -150,6 +160,62 @@ def test_certain_failure_lower_bounds():
     # TTFT P90 of the lower bounds: 4.1 s
     s = cap.SearchSettings(criterion="slo", ttft_p90_max_s=4.0)
     assert cap.certain_failure(arrived, sched, sched, 10.0, s) == pytest.approx(4.1)
+
+
+def test_certain_count_makes_the_quantile_exceed_the_bound():
+    """Hand-worked: numpy's linear P99 of 300 values lies between the 296th and 297th
+    smallest (0-based; h = 0.99 * 299 = 296.01), so 4 values over a bound put it over
+    whatever the others, 3 need not; P90 of 10: h = 8.1, 2 values. Random values confirm
+    both sides: c values barely over the bound always put the quantile over it; c - 1
+    values barely over it, the rest well below, do not."""
+    assert probe_loop.certain_count(300, 0.99) == 4
+    assert probe_loop.certain_count(10, 0.9) == 2
+    assert probe_loop.certain_count(100, 0.99) == 2
+    assert probe_loop.certain_count(1, 0.99) == 1
+    rng = np.random.default_rng(0)
+    for n, q in [(300, 0.99), (10, 0.9), (100, 0.99), (37, 0.5), (5, 1.0)]:
+        c = probe_loop.certain_count(n, q)
+        for _ in range(20):
+            low = rng.uniform(0, 4, n)
+            x = rng.uniform(0, 1e3, n)
+            x[:c] = 5.0 + 1e-9  # c values barely over a bound of 5: over, whatever the rest
+            assert np.quantile(x, q) > 5.0
+            y = low.copy()
+            y[: c - 1] = 5.0 + 1e-9  # c - 1 values barely over it: not enough
+            assert np.quantile(y, q) <= 5.0
+
+
+def test_stop_rules_in_the_loop_hand_worked():
+    """The loop's stop test on a hand-made state: 10 requests arrived at t = 0..9; at
+    clock 10 requests 0-4 were scheduled 0.5 s after arriving and 5-9 still wait
+    (lower bounds 5, 4, 3, 2, 1 s). P99 of 10 needs 2 over the bound
+    (``certain_count``): over 4 s only one is (no stop), over 2.5 s three are (stop).
+    Every request scheduled stops the loop only with ``stop_when_scheduled``."""
+    arrived = jnp.arange(16.0).at[10:].set(jnp.inf)  # 6 padding rows
+    params = types.SimpleNamespace(arrived_at=arrived, num_valid=jnp.int32(10))
+    sched = jnp.where(jnp.arange(16) < 5, arrived + 0.5, jnp.nan)
+    state = types.SimpleNamespace(scheduled_at=sched, first_token_at=sched, clock=10.0)
+
+    def stops(rule, st=state):
+        return bool(probe_loop._certain(params, st, *rule.args()))
+
+    c = probe_loop.certain_count(10, 0.99)
+    assert not stops(probe_loop.StopRule("scheduled", 4.0, c, False))
+    assert stops(probe_loop.StopRule("scheduled", 2.5, c, False))
+    assert stops(probe_loop.StopRule("first_token", 2.5, c, False))
+    assert not stops(probe_loop.RUN_TO_END)
+    assert not stops(probe_loop.StopRule("scheduled", 4.0, c, True))
+    done = types.SimpleNamespace(
+        scheduled_at=jnp.where(jnp.arange(16) < 10, arrived + 0.5, jnp.nan),
+        first_token_at=sched,
+        clock=10.0,
+    )
+    assert stops(probe_loop.StopRule("scheduled", 4.0, c, True), done)
+    assert not stops(probe_loop.StopRule("scheduled", 4.0, c, False), done)
+    # the host's exact check agrees where the loop stops on a failure
+    v = cap.SearchSettings(criterion="vidur", quantile=0.99, max_delay_s=2.5)
+    a, sc = np.asarray(arrived[:10]), np.asarray(sched[:10])
+    assert cap.certain_failure(a, sc, sc, 10.0, v) > 2.5
 
 
 def test_settings_reject_bad_values():
@@ -349,12 +415,18 @@ def test_vidur_search_matches_brute_force(vidur_search):
     assert (ok["sched_delay_p99"] <= 0.5 + 1e-12).all()
 
 
-def test_early_stop_keeps_every_verdict(slo_search):
-    """Probes stopped early fail exactly as their full runs do."""
-    runner = slo_search["runners"][0]
-    probes = slo_search["probes"]
+@pytest.mark.parametrize("which", ["slo_search", "vidur_search"])
+def test_early_stop_keeps_every_verdict(which, request):
+    """Probes stopped early (a certain failure; with Vidur's criterion also every
+    request scheduled) get exactly their full runs' verdicts, and the probe at each
+    config's capacity, if it stopped early, was finished (full summary)."""
+    res = request.getfixturevalue(which)
+    runner = res["runners"][0]
+    probes = res["probes"]
     early = probes[probes["stopped_early"]]
     assert len(early) >= 1, "no probe stopped early: the test would prove nothing"
+    if which == "vidur_search":  # the vidur rule stops passing probes too
+        assert early["passed"].any() and not early["passed"].all()
     full = cap.ProbeRunner(
         runner.cfgs,
         runner.workloads,
@@ -365,39 +437,82 @@ def test_early_stop_keeps_every_verdict(slo_search):
         cap.Probe(int(k), float(q)) for k, q in zip(early["config_id"], early["qps"], strict=True)
     ]
     full.run(again)
-    assert not any(p.passed for p in again) and not any(p.stopped_early for p in again)
-    for p in again:
-        assert p.summary["ttft_p90"] > 0.5 or p.summary["tbt_p99"] > 0.1
+    assert not any(p.stopped_early for p in again)
+    vidur = res["settings"].criterion == "vidur"
+    for p, (_, row) in zip(again, early.iterrows(), strict=True):
+        assert p.passed == row["passed"]
+        if p.passed:  # every request was scheduled: the delay quantile was already exact
+            assert p.delay_s == row["sched_delay_q0.99"]
+        elif vidur:  # the early value is a lower bound over the limit
+            assert p.delay_s >= row["sched_delay_q0.99"] > 0.5
+        else:
+            assert p.summary["ttft_p90"] > 0.5 or p.summary["tbt_p99"] > 0.1
+    for r in res["results"]:
+        best = cap._bracket(r.probes)[2]
+        assert best is None or (not best.stopped_early and best.summary and best.resume is None)
+
+
+def _capacities_without_early_stop(res):
+    """The same search with ``early_stop`` off, on the same requests."""
+    runner = res["runners"][0]
+    plain = cap.ProbeRunner(
+        runner.cfgs,
+        runner.workloads,
+        dataclasses.replace(runner.settings, early_stop=False),
+        predictor_for=runner.predictor_for,
+        capacity=runner.num_requests,
+    )
+    est = [r.estimate_qps for r in res["results"]]
+    return cap.search_capacity(plain, [c.num_replicas for c in runner.cfgs], estimates=est)[0]
+
+
+@pytest.mark.parametrize("which", ["slo_search", "vidur_search"])
+def test_early_stop_leaves_capacities_unchanged(which, request):
+    """Brute force: the whole search with and without early stops gives the same
+    capacities, brackets, statuses and summaries at capacity, bit for bit."""
+    res = request.getfixturevalue(which)
+    assert len(res["runners"]) == 1
+    assert res["stats"].probes_stopped_early > 0
+    plain = _capacities_without_early_stop(res)
+    for a, b in zip(res["results"], plain, strict=True):
+        assert (a.capacity_qps, a.upper_qps, a.status) == (b.capacity_qps, b.upper_qps, b.status)
+        np.testing.assert_equal(a.at_capacity, b.at_capacity)  # NaN == NaN
+        assert [p.qps for p in a.probes] == [p.qps for p in b.probes]
+        assert [p.passed for p in a.probes] == [p.passed for p in b.probes]
+    # the early-stopped search simulated fewer steps
+    assert res["stats"].steps < sum(p.steps for r in plain for p in r.probes)
 
 
 def test_single_runner_equals_lane_pool(slo_search):
     """The same probes on the unbatched loop (one per device, in threads) and on the
-    vmapped lane pool: identical verdicts, step counts and early stops; times equal to
-    float32 rounding (XLA fuses the two loops differently; measured <= 2e-7 relative,
-    held to 1e-5)."""
+    vmapped lane pool, without early stops: identical verdicts and step counts, times
+    equal to float32 rounding (XLA fuses the two loops differently; measured <= 2e-7
+    relative, held to 1e-5). With early stops (checked at different points) the
+    verdicts are identical."""
     runner = slo_search["runners"][0]
     probes = slo_search["probes"]
     assert probes["stopped_early"].any() and not probes["stopped_early"].all()
     got = {}
     for kind in ("single", "lanes"):
-        r = cap.ProbeRunner(
-            runner.cfgs,
-            runner.workloads,
-            dataclasses.replace(runner.settings, runner=kind),
-            predictor_for=runner.predictor_for,
-        )
-        assert r.single == (kind == "single")
-        ps = [cap.Probe(int(k), float(q)) for k, q in zip(probes["config_id"], probes["qps"], strict=True)]
-        r.run(ps)
-        got[kind] = ps
-    for a, b in zip(got["single"], got["lanes"], strict=True):
+        for early in (False, True):
+            r = cap.ProbeRunner(
+                runner.cfgs,
+                runner.workloads,
+                dataclasses.replace(runner.settings, runner=kind, early_stop=early),
+                predictor_for=runner.predictor_for,
+            )
+            assert r.single == (kind == "single")
+            ps = [
+                cap.Probe(int(k), float(q))
+                for k, q in zip(probes["config_id"], probes["qps"], strict=True)
+            ]
+            r.run(ps)
+            got[kind, early] = ps
+    for a, b in zip(got["single", True], got["lanes", True], strict=True):
+        assert (a.passed, a.error) == (b.passed, b.error)
+    for a, b in zip(got["single", False], got["lanes", False], strict=True):
         assert (a.passed, a.steps, a.error) == (b.passed, b.steps, b.error)
-        if a.stopped_early != b.stopped_early:
-            # the run ended on the very step its early-stop budget did: the pool flags the
-            # budget and keeps the certain-failure bound, the single loop sees it finish
-            full, early = (a, b) if b.stopped_early else (b, a)
-            assert not full.passed and full.delay_s >= early.delay_s * (1 - 1e-5)
-            continue
+        assert not a.stopped_early and not b.stopped_early
         np.testing.assert_allclose(a.delay_s, b.delay_s, rtol=1e-5)
         assert a.summary.keys() == b.summary.keys()
         for k in a.summary:

@@ -10,18 +10,22 @@ Every config is searched in lock-step rounds; each round is one batch of probes
 replica scheduler), and each config's bracket ``[lo, hi]`` (highest passing / lowest
 failing QPS) shrinks K-ary until ``hi / lo <= 1 + granularity`` (Vidur: 2.5%):
 
-* round 0 puts K probes geometrically on ``[E/2, 2E]`` around an analytic estimate
-  ``E`` (:func:`estimate_capacity`: token throughput of a saturated batch), one at ``E``
-  when K = 1 (K shrinks to 1 when the open configs alone fill the pool);
-* a config with no failing probe doubles upwards (``capped`` at ``qps_max_per_replica``),
-  one with no passing probe halves downwards (``below_min`` at ``qps_min``);
+* round 0 puts K probes geometrically on ``[E/1.44, 1.44 E]`` around an analytic
+  estimate ``E`` (:func:`estimate_capacity`: completion rate of a saturated replica),
+  one at ``E`` when K = 1 (K shrinks to 1 when the open configs alone fill the pool);
+* a config with no failing probe steps upwards by 1.2, 1.44, then 2 (``capped`` at
+  ``qps_max_per_replica``), one with no passing probe downwards alike (``below_min`` at
+  ``qps_min``);
 * later rounds put up to K probes geometrically inside ``(lo, hi)``.
 
-A probe stops as soon as its verdict is certain: the run is cut into step budgets and,
-between them, lower bounds of the criterion's quantiles (a request not yet scheduled has
-waited at least ``clock - arrival``) are checked; once a bound exceeds the limit the
-probe fails, exactly as the full run would, at a fraction of its cost (an overloaded
-probe is the longest to simulate and tells only "fail").
+A probe stops as soon as its verdict is certain (:mod:`vidur_jax.search.probe_loop` on
+the single runner: checked inside the event loop every 16 steps; the lane pool checks
+between step budgets): a failure once enough requests have a latency lower bound over
+the limit (a request not yet scheduled has waited at least ``clock - arrival``) that
+the criterion's quantile is over it whatever happens next; with Vidur's criterion also
+once every request is scheduled (each scheduling delay is then final). The verdict is
+exactly the full run's (the host recomputes it); a passing probe stopped early is run to
+its end only if it ends as its config's capacity (its summary is reported).
 
 Never a silent wrong answer: a config whose capacity is not bracketed by this request
 count (``capped``: passes at the saturating rate; ``filling``: at its capacity the
@@ -59,6 +63,7 @@ import numpy as np
 
 from vidur_jax import workload as wl_mod
 from vidur_jax.errors import ConfigError, require
+from vidur_jax.search import probe_loop
 from vidur_jax.sim import build, policies, timing
 from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
@@ -193,8 +198,12 @@ class Probe:
         summary: the simulator's summary metrics (seconds); empty on error or early stop.
         steps: simulator steps the probe took.
         error: simulator error ("" if none).
-        stopped_early: failed before its run ended (the failure was already certain).
+        stopped_early: its verdict was certain before its run ended (a failure, or with
+            Vidur's criterion every request scheduled) and the run was not finished;
+            ``summary`` is then empty.
         span_s: arrival span of the simulated requests, seconds.
+        resume: ``(level, group, lane, params, state)`` of a passing probe stopped early
+            (single runner), so it can be finished if its summary is needed.
     """
 
     config_index: int
@@ -206,6 +215,7 @@ class Probe:
     error: str = ""
     stopped_early: bool = False
     span_s: float = math.nan
+    resume: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass
@@ -260,6 +270,7 @@ class SearchStats:
     wall_s: float = 0.0
     sim_wall_s: float = 0.0
     advance_s: float = 0.0
+    probes_finished_later: int = 0
 
 
 def resolve_mode(mode: str, cfgs: Sequence[DeploymentConfig]) -> str:
@@ -693,8 +704,8 @@ class ProbeRunner:
         tables = jax.device_put(lv.tables, device)
         init = run_mod._single_init.lower(lv.static, params).compile()
         state = init(params)
-        advance = run_mod._single_advance.lower(
-            lv.static, tables, params, state, np.int64(0)
+        advance = probe_loop.probe_advance.lower(
+            lv.static, tables, params, state, np.int64(0), *probe_loop.RUN_TO_END.args()
         ).compile()
         return tables, init, advance
 
@@ -703,14 +714,58 @@ class ProbeRunner:
         self._compile_ahead(lv, group)
         return lv.single.result()
 
-    def _probe_on_device(self, lv: _Level, group: tuple[str, int], p: Probe) -> bool:
+    def stop_rule(self, num_valid: int) -> probe_loop.StopRule:
+        """When the single runner's loop may stop a probe of ``num_valid`` requests early
+        (:mod:`vidur_jax.search.probe_loop`): never without ``early_stop``; with
+        Vidur's criterion once the sched-delay P``q`` is certainly above its bound or
+        every request is scheduled; with the SLO criterion once TTFT P90 is certainly
+        above its bound."""
+        s = self.settings
+        if not s.early_stop:
+            return probe_loop.RUN_TO_END
+        if s.criterion == "vidur":
+            return probe_loop.StopRule(
+                "scheduled", s.max_delay_s, probe_loop.certain_count(num_valid, s.quantile), True
+            )
+        return probe_loop.StopRule(
+            "first_token", s.ttft_p90_max_s, probe_loop.certain_count(num_valid, 0.9), False
+        )
+
+    def _stopped_verdict(self, lane: _Lane, state) -> tuple[str, float]:
+        """Exact verdict of a probe its loop stopped by a rule: ``("pass" | "fail",
+        quantile or its violating lower bound)``, or ``("open", nan)`` if the host cannot
+        confirm the stop (then the probe runs on to its end)."""
+        seen = jax.device_get((state.scheduled_at, state.first_token_at, state.clock))
+        mask = np.asarray(lane.workload.mask)
+        n = lane.workload.num_requests
+        if self.settings.criterion == "vidur" and np.all(np.isfinite(seen[0][:n][mask])):
+            # every request scheduled: each delay, hence the quantile, is final
+            arrived = np.asarray(lane.workload.arrived_at, np.float64)[mask]
+            delay = float(np.quantile(seen[0][:n][mask] - arrived, self.settings.quantile))
+            return ("pass" if delay <= self.settings.max_delay_s else "fail"), delay
+        partial = types.SimpleNamespace(
+            scheduled_at=seen[0][None],
+            first_token_at=seen[1][None],
+            clock=np.asarray(seen[2])[None],
+        )
+        bound = self._verdict_so_far(lane, partial, 0)
+        return ("open", bound) if math.isnan(bound) else ("fail", bound)
+
+    def _probe_on_device(
+        self,
+        lv: _Level,
+        group: tuple[str, int],
+        p: Probe,
+        rule: probe_loop.StopRule | None = None,
+    ) -> bool:
         """Run probe ``p`` alone (unbatched event loop) on the first local device; True
         if a capacity of level ``lv`` overflowed (the probe is then left unfilled).
 
-        The params go to the device once (with the probe's full step limit); the
-        early-stop budget is the loop's own stop (``budget`` of ``_single_advance``), so
-        extending it re-sends nothing, and between budgets only the arrays the verdict
-        reads come back. The steps taken equal the lane pool's (tested).
+        The loop (:func:`vidur_jax.search.probe_loop.probe_advance`) stops by itself once
+        the verdict is certain (:meth:`stop_rule`); the host confirms it exactly. A
+        passing probe stopped early keeps its state in ``p.resume``
+        (:meth:`finish_stopped` completes it); a stop the host cannot confirm runs on
+        to the end. ``rule`` overrides :meth:`stop_rule`.
         """
         device = jax.local_devices()[0]
         tables, init, advance = self._single_executables(lv, group)
@@ -719,41 +774,103 @@ class ProbeRunner:
             full = dataclasses.replace(lane.params, max_steps=np.int64(lane.full_steps))
             params = jax.device_put(build.stack_params([full]), device)
         total = int(lane.params.num_valid)
+        rule = rule or self.stop_rule(total)
         state = init(params)
         while True:
-            left = np.int64(lane.budget - int(state.step))
             t_call = time.perf_counter()
-            state = advance(tables, params, state, left)
+            state = advance(tables, params, state, np.int64(lane.full_steps), *rule.args())
             err, step, completed = (
                 int(x) for x in jax.device_get((state.error, state.step, state.num_completed))
             )
             with self._host_lock:
                 self.stats.advance_s += time.perf_counter() - t_call
-            if err == 0 and completed < total and step < lane.full_steps:  # budget spent
-                seen = jax.device_get((state.scheduled_at, state.first_token_at, state.clock))
-                partial = types.SimpleNamespace(
-                    scheduled_at=seen[0][None],
-                    first_token_at=seen[1][None],
-                    clock=np.asarray(seen[2])[None],
-                )
-                bound = self._verdict_so_far(lane, partial, 0)
-                with self._host_lock:
-                    self.stats.calls += 1
-                    self.stats.lanes += 1
-                    if math.isnan(bound):  # verdict still open: a longer budget
-                        lane.budget = min(lane.full_steps, 2 * lane.budget)
-                        continue
-                    p.steps = float(step)
-                    p.delay_s, p.passed, p.stopped_early = bound, False, True
-                    self.stats.probes_stopped_early += 1
-                    self.stats.requests_simulated += int(lane.workload.num_requests)
-                    self.stats.steps += int(p.steps)
-                return False
-            host = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(state))
-            with self._host_lock:
                 self.stats.calls += 1
                 self.stats.lanes += 1
-                return self._settle(lane, host, 0) == "overflow"
+            if err or completed >= total or step >= lane.full_steps:
+                break
+            verdict, value = self._stopped_verdict(lane, state)
+            if verdict == "open":  # cannot happen if the rule is sound: run to the end
+                rule = probe_loop.RUN_TO_END
+                continue
+            with self._host_lock:
+                p.steps = float(step)
+                p.delay_s, p.passed, p.stopped_early = value, verdict == "pass", True
+                if p.passed:
+                    p.resume = (lv, group, lane, params, state)
+                self.stats.probes_stopped_early += 1
+                self.stats.requests_simulated += int(lane.workload.num_requests)
+                self.stats.steps += int(p.steps)
+            return False
+        host = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(state))
+        with self._host_lock:
+            return self._settle(lane, host, 0) == "overflow"
+
+    def _finish_one(self, p: Probe) -> None:
+        """Run the passing probe ``p``, stopped early, to its end (fills its summary); a
+        capacity that overflows in the rest of the run re-runs it whole at the next
+        level, as :meth:`run` does."""
+        lv, group, lane, params, state = p.resume
+        tables, _, advance = self._single_executables(lv, group)
+        t_call = time.perf_counter()
+        left = np.int64(lane.full_steps - int(state.step))
+        state = advance(tables, params, state, left, *probe_loop.RUN_TO_END.args())
+        host = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(state))
+        passed, delay = p.passed, p.delay_s
+        with self._host_lock:
+            self.stats.advance_s += time.perf_counter() - t_call
+            self.stats.calls += 1
+            # _finish / _probe_on_device count the whole run again
+            self.stats.steps -= int(p.steps)
+            self.stats.requests_simulated -= int(lane.workload.num_requests)
+            self.stats.probes_stopped_early -= 1
+            self.stats.probes_finished_later += 1
+            p.resume, p.stopped_early = None, False
+            overflow = bool(int(np.asarray(host.error)[0]) & _GROW)
+            if not overflow:
+                self._finish(lane, host, 0)
+        k = self.levels[group].index(lv)
+        while overflow:
+            k += 1
+            if k > 4:
+                raise ConfigError("search: simulator capacity kept overflowing; please report")
+            with self._host_lock:
+                nxt = self._level(group, k)
+            overflow = self._probe_on_device(nxt, group, p, probe_loop.RUN_TO_END)
+        if p.passed != passed or p.delay_s != delay:  # the stop rule broke its contract
+            raise RuntimeError(
+                f"search: early verdict {passed} ({delay} s) of config {p.config_index} at "
+                f"{p.qps} QPS differs from the full run's {p.passed} ({p.delay_s} s); "
+                "please report"
+            )
+
+    def finish_stopped(self, probes: Sequence[Probe]) -> None:
+        """Run every passing probe of ``probes`` that stopped early to its end, one per
+        worker thread, so its summary is complete (same state as an unstopped run)."""
+        todo = [p for p in probes if p.resume is not None]
+        self._in_workers(todo, self._finish_one)
+
+    @staticmethod
+    def _in_workers(todo: Sequence, fn: Callable) -> None:
+        """``fn(x)`` for every ``x`` of ``todo`` on :func:`single_workers` threads."""
+        queue = list(reversed(todo))
+        workers = max(1, min(len(todo), single_workers()))
+
+        def worker() -> None:
+            while True:
+                try:
+                    x = queue.pop()
+                except IndexError:
+                    return
+                fn(x)
+
+        if workers == 1:
+            worker()
+            return
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(worker) for _ in range(workers)]:
+                f.result()
 
     def _run_single(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
         """Run ``todo`` one probe at a time per worker thread (:func:`single_workers`)
@@ -762,27 +879,13 @@ class ProbeRunner:
         probes that overflowed level ``k``. A probe's result equals its lane's in the
         pool (same loop body; tested)."""
         lv = self._level(policy, k)
-        workers = max(1, min(len(todo), single_workers()))
-        queue = list(reversed(todo))  # pop() takes the next (longest) probe
         overflowed: set[int] = set()
 
-        def worker() -> None:
-            while True:
-                try:
-                    p = queue.pop()
-                except IndexError:
-                    return
-                if self._probe_on_device(lv, policy, p):
-                    overflowed.add(id(p))
+        def one(p: Probe) -> None:
+            if self._probe_on_device(lv, policy, p):
+                overflowed.add(id(p))
 
-        if workers == 1:
-            worker()
-        else:
-            import concurrent.futures
-
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                for f in [pool.submit(worker) for _ in range(workers)]:
-                    f.result()
+        self._in_workers(todo, one)
         return [p for p in todo if id(p) in overflowed]
 
     def _run_pool(self, policy: str, k: int, todo: list[Probe]) -> list[Probe]:
@@ -847,21 +950,26 @@ class ProbeRunner:
         return overflow
 
 
-def estimate_capacity(runner: ProbeRunner) -> list[float]:
-    """Analytic capacity estimate of every config (cluster QPS) from its timing tables.
+def saturated_rates(runner: ProbeRunner) -> list[float]:
+    """Analytic completion rate of one saturated replica of every config, requests/s.
 
-    A saturated replica holds ``B = min(batch cap, memory limit)`` requests: a policy
-    that chunks prefills (``Policy.prefill_chunk``, Sarathi) runs ``B - 1`` decodes plus
-    a ``chunk``-token prefill piece per iteration, so it
-    completes ``min(B / (D + P / chunk), chunk / P)`` requests per iteration; other
-    schedulers alternate a prefill of one prompt with decode iterations of ``B``. With
-    ``PP`` stages, ``PP`` micro-batches are in flight. ``P``, ``D``: mean prompt and
-    output tokens of the probe workload. Only a starting point: the search brackets
-    the capacity whatever the error.
+    ``P``, ``D``: mean prompt and output tokens of the probe workload. A replica of
+    ``PP`` stages keeps ``PP`` micro-batches of ``b`` requests in flight: ``b = B //
+    PP`` with ``B`` the batch cap or the requests whose average KV cache (``P + D / 2``
+    tokens) fills the KV blocks, whichever is fewer (Vidur's micro-batch cap; the blocks
+    hold all micro-batches). Each stage serves one micro-batch iteration per stage time
+    ``t(.)`` (the timing tables give one stage), so the replica advances ``b`` requests
+    by one iteration every ``t``, whatever ``PP``:
+
+    * a policy that chunks prefills (``Policy.prefill_chunk`` = ``C``, Sarathi) runs
+      ``n`` decodes plus the prompt tokens of ``n / D`` new requests per iteration
+      (``n (1 + P / D) <= C``, ``n < b``), so it completes ``n / D`` requests per
+      ``t(n decodes + n P / D prompt tokens)``;
+    * other schedulers alternate a prefill of one prompt with decode iterations of
+      ``b``: one request per ``t(prefill of P) + D t(b decodes) / b``.
 
     Returns:
-        One estimate per config, requests/s (cluster rate; NaN when the tables do not
-        cover the batch).
+        One rate per config (NaN when the tables do not cover the batch).
     """
     wl = runner.workloads
     p_mean = float(np.mean(wl.num_prefill))
@@ -869,16 +977,20 @@ def estimate_capacity(runner: ProbeRunner) -> list[float]:
     out = [math.nan] * len(runner.cfgs)
     for policy, idx in runner.groups.items():
         lv = runner._level(policy, 0)
-        rows = []
+        b, n_mix, piece = [], [], []
         for i in idx:
             c, d = runner.sim_cfgs[i], runner.derived[i]
-            b = max(1, min(c.batch_size_cap, d.max_batch_size))
+            fits = d.num_blocks * c.block_size / max(1.0, p_mean + d_mean / 2)
+            bi = max(1, int(min(c.batch_size_cap, fits)) // c.num_pipeline_stages)
             chunk = policies.get(c.replica_scheduler).prefill_chunk(c) or 0
-            kv = int(p_mean + d_mean / 2)
-            rows.append((b, chunk, kv))
-        b = np.array([r[0] for r in rows], np.int32)
-        chunk = np.array([r[1] for r in rows], np.int32)
-        kv = np.array([r[2] for r in rows], np.int32)
+            n = max(1.0, min(bi - 1.0, chunk / (1.0 + p_mean / d_mean))) if chunk else 0.0
+            b.append(bi)
+            n_mix.append(int(round(n)))
+            piece.append(max(1, int(round(min(chunk - n, n * p_mean / d_mean)))) if chunk else 0)
+        b = np.array(b, np.int32)
+        n_mix = np.array(n_mix, np.int32)
+        piece = np.array(piece, np.int32)
+        kv = np.full(len(idx), int(p_mean + d_mean / 2), np.int32)
         dummy = runner.workloads.for_config(runner.cfgs[idx[0]], 1.0)
         params = build.stack_params(
             [
@@ -894,29 +1006,39 @@ def estimate_capacity(runner: ProbeRunner) -> list[float]:
         )
         p_tok = np.full(len(idx), max(1, int(round(p_mean))), np.int32)
         t_mixed, t_decode, t_prefill, over = _iteration_times(
-            lv.tables, params, b, chunk, kv, p_tok
+            lv.tables, params, n_mix, piece, b, kv, p_tok
         )
         for k, i in enumerate(idx):
             if over[k]:
                 continue
-            c = runner.sim_cfgs[i]
-            pp = c.num_pipeline_stages
-            if chunk[k] > 0:  # chunked prefills ride along the decodes
-                per_iter = min(b[k] / (d_mean + p_mean / chunk[k]), chunk[k] / p_mean)
-                rate = per_iter / float(t_mixed[k])
+            if piece[k] > 0:  # chunked prefills ride along the decodes
+                out[i] = float(n_mix[k] / d_mean / float(t_mixed[k]))
             else:
-                rate = 1.0 / (float(t_prefill[k]) + d_mean * float(t_decode[k]) / b[k])
-            n = runner.cfgs[i].num_replicas
-            out[i] = float(rate * pp * n)
+                out[i] = float(1.0 / (float(t_prefill[k]) + d_mean * float(t_decode[k]) / b[k]))
     return out
 
 
-@functools.partial(jax.jit)
-def _iteration_times(tables, params, b, chunk, kv, p_tok):
-    """(C,) seconds of a mixed (B-1 decodes + chunk) iteration, a B-decode iteration and
-    a one-prompt prefill iteration, and (C,) table overflow, for stacked ``params``."""
+def estimate_capacity(runner: ProbeRunner) -> list[float]:
+    """Analytic capacity estimate of every config (cluster QPS): the saturated rate of
+    one replica (:func:`saturated_rates`) times the replicas. Only a starting point:
+    the search brackets the capacity whatever the error (on Vidur's Llama-2-7B grid:
+    ``experiments/bench_search.py``'s breakdown, ``estimate_abs_log_error``).
 
-    def one(prm, b, chunk, kv, p_tok):
+    Returns:
+        One estimate per config, requests/s (NaN when the tables do not cover the
+        batch).
+    """
+    return [mu * c.num_replicas for mu, c in zip(saturated_rates(runner), runner.cfgs, strict=True)]
+
+
+@functools.partial(jax.jit)
+def _iteration_times(tables, params, n_mix, piece, b, kv, p_tok):
+    """(C,) seconds of a mixed iteration (``n_mix`` decodes + a ``piece``-token prompt
+    chunk), a ``b``-decode iteration and a one-prompt (``p_tok`` tokens) prefill
+    iteration, and (C,) table overflow, for stacked ``params``; decodes hold ``kv``
+    tokens of KV cache each."""
+
+    def one(prm, n_mix, piece, b, kv, p_tok):
         def t(n_dec, chunks, pre_kv):
             sec, _, over = timing.run_times(
                 tables,
@@ -929,13 +1051,13 @@ def _iteration_times(tables, params, b, chunk, kv, p_tok):
             )
             return sec[0], over[0]
 
-        mixed, o1 = t(b - 1, chunk, p_tok // 2)
+        mixed, o1 = t(n_mix, piece, p_tok // 2)
         dec, o2 = t(b, jnp.int32(0), jnp.int32(0))
         pre, o3 = t(jnp.int32(0), p_tok, jnp.int32(0))
-        mixed = jnp.where(chunk > 0, mixed, dec)
-        return mixed, dec, pre, o1 & (chunk > 0) | o2 | o3
+        mixed = jnp.where(piece > 0, mixed, dec)
+        return mixed, dec, pre, o1 & (piece > 0) | o2 | o3
 
-    return jax.vmap(one)(params, b, chunk, kv, p_tok)
+    return jax.vmap(one)(params, n_mix, piece, b, kv, p_tok)
 
 
 def _bracket(probes: Sequence[Probe]) -> tuple[float, float, Probe | None]:
@@ -946,10 +1068,25 @@ def _bracket(probes: Sequence[Probe]) -> tuple[float, float, Probe | None]:
     return (best.qps if best else 0.0), hi, best
 
 
+def _release_superseded(probes: Sequence[Probe]) -> None:
+    """Drop the resumable state of every probe of one config but the best passing one
+    (the only one whose full run may still be needed)."""
+    best = _bracket(probes)[2]
+    for p in probes:
+        if p is not best:
+            p.resume = None
+
+
 def _geometric(lo: float, hi: float, m: int) -> list[float]:
     """``m`` points strictly inside ``(lo, hi)``, geometrically spaced."""
     r = hi / lo
     return [lo * r ** (j / (m + 1)) for j in range(1, m + 1)]
+
+
+#: First step of a one-sided bracket from the analytic estimate (x or / 1.2, then
+#: 1.44, 2.07 -> 2): the estimate's median error on Vidur's Llama-2-7B grid is ~20%
+#: (``experiments/bench_search.py`` breakdown).
+GALLOP = 1.2
 
 
 def next_qps(
@@ -974,17 +1111,23 @@ def next_qps(
         return [], "error: " + next(p.error for p in probes if p.error)
     if not probes:
         e = estimate if math.isfinite(estimate) and estimate > 0 else num_replicas
-        pts = [e * 0.5 * 4 ** (j / (k - 1)) for j in range(k)] if k > 1 else [e]
+        if k > 1:  # K points on [E / G^2, E G^2]
+            pts = [e * GALLOP ** (4 * j / (k - 1) - 2) for j in range(k)]
+        else:
+            pts = [e]
         return sorted({min(max(q, s.qps_min), qmax) for q in pts}), ""
     lo, hi, _ = _bracket(probes)
-    if math.isinf(hi):  # everything passed so far: double upwards, up to qmax
+    # one side only so far: step away from the probes by a factor that squares with
+    # every probe (G, G^2, G^4, ... at most 2): small steps while near the estimate
+    step = min(2.0, GALLOP ** (2 ** (len(probes) - 1)))
+    if math.isinf(hi):  # everything passed so far: upwards, up to qmax
         if lo >= qmax * (1 - 1e-9):
             return [], "capped"
-        return sorted({min(lo * 2**j, qmax) for j in range(1, k + 1)}), ""
+        return sorted({min(lo * step**j, qmax) for j in range(1, k + 1)}), ""
     if lo <= 0.0:
         if hi <= s.qps_min * (1 + 1e-9):
             return [], "below_min"
-        return sorted({max(hi / 2**j, s.qps_min) for j in range(1, k + 1)}), ""
+        return sorted({max(hi / step**j, s.qps_min) for j in range(1, k + 1)}), ""
     if hi / lo - 1 <= s.granularity * (1 + 1e-9):
         return [], "ok"
     need = math.ceil(math.log(hi / lo) / math.log1p(s.granularity) - 1e-9) - 1
@@ -1040,6 +1183,8 @@ def search_capacity(
         rounds += 1
         for p in pending:
             probes[p.config_index].append(p)
+        for p in pending:  # keep the resumable state of each config's best pass only
+            _release_superseded(probes[p.config_index])
         pending = []
         k = branching(sum(1 for x in status if not x))
         for i in range(n):
@@ -1055,8 +1200,13 @@ def search_capacity(
                 f"round {rounds}: {sum(len(p) for p in probes)} probes so far, {done}/{n} "
                 f"configs done, {len(pending)} probes next"
             )
+    # the probe at each capacity may have stopped early (its verdict certain): run it
+    # to its end so the summary at capacity is complete
+    runner.finish_stopped([b for b in (_bracket(ps)[2] for ps in probes) if b is not None])
     results = []
     for i in range(n):
+        for p in probes[i]:
+            p.resume = None
         lo, hi, best = _bracket(probes[i])
         st = status[i] or "unresolved"
         if st == "capped":
