@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     out["speedup_vs_vidur_same_requests"] = out["vidur_cost_same_requests_s"] / wall
     out["breakdown"] = breakdown(res, prof, cpu)
     if args.compare:
-        out.update(compare(table, args.compare, s.granularity))
+        out.update(compare(table, args.compare, s.granularity, res["probes"]))
     if args.run_dir:
         write_outputs(res, args.run_dir)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -233,27 +233,55 @@ def breakdown(res: dict, prof: CompileProfile, cpu_s: float) -> dict:
     }
 
 
-def compare(table, path: str, granularity: float) -> dict:
+def compare(table, path: str, granularity: float, probes=None) -> dict:
     """Capacities of ``table`` vs an earlier ``search.csv`` (same grid, configs matched by
     name), over configs measured ``ok`` in both: both lie within one granularity below
-    the same pass/fail boundary, so they may differ by at most that much."""
+    the same pass/fail boundary, so they may differ by at most that much, unless the
+    verdict is not monotone in QPS. With this run's ``probes`` and the earlier
+    ``probes.csv`` beside ``path``, a moved config whose two searches' probes (same
+    request count) hold a failing QPS below a passing one is counted in
+    ``moved_non_monotone``: no single capacity agrees with both searches' verdicts, and
+    each search's bracket is a valid one for its own probes."""
     import math
 
     import pandas as pd
 
-    old = pd.read_csv(path, keep_default_na=False)
-    old = old[old["search_status"] == "ok"].set_index("name")["capacity_qps"].astype(float)
+    old_all = pd.read_csv(path, keep_default_na=False)
+    old_ok = old_all[old_all["search_status"] == "ok"]
+    old = old_ok.set_index("name")["capacity_qps"].astype(float)
     new = table[table["search_status"] == "ok"].set_index("name")["capacity_qps"]
     both = old.index.intersection(new.index)
     ratio = (new[both] / old[both]).astype(float)
     tol = math.log1p(granularity) * (1 + 1e-9)
     moved = ratio[abs(ratio.map(math.log)) > tol]
-    return {
+    out = {
         "compared_configs": int(len(both)),
         "capacities_moved_beyond_granularity": int(len(moved)),
         "max_abs_log_ratio": float(abs(ratio.map(math.log)).max()) if len(both) else None,
         "moved": {k: float(v) for k, v in moved.items()},
     }
+    old_probes = os.path.join(os.path.dirname(os.path.abspath(path)), "probes.csv")
+    if probes is not None and os.path.exists(old_probes) and len(moved):
+        op = pd.read_csv(old_probes)
+        ids_old = old_ok.set_index("name")[["config_id", "num_requests"]]
+        ids_new = table.set_index("name")[["config_id", "num_requests"]]
+        non_mono = []
+        for name in moved.index:
+            a = op[
+                (op["config_id"] == ids_old.loc[name, "config_id"])
+                & (op["num_requests"] == ids_old.loc[name, "num_requests"])
+            ]
+            b = probes[
+                (probes["config_id"] == ids_new.loc[name, "config_id"])
+                & (probes["num_requests"] == ids_old.loc[name, "num_requests"])
+            ]
+            u = pd.concat([a[["qps", "passed"]], b[["qps", "passed"]]])
+            fails = u.loc[~u["passed"].astype(bool), "qps"]
+            passes = u.loc[u["passed"].astype(bool), "qps"]
+            if len(fails) and len(passes) and fails.min() < passes.max():
+                non_mono.append(name)
+        out["moved_non_monotone"] = len(non_mono)
+    return out
 
 
 if __name__ == "__main__":
