@@ -64,7 +64,7 @@ import numpy as np
 from vidur_jax import workload as wl_mod
 from vidur_jax.errors import ConfigError, require
 from vidur_jax.search import probe_loop
-from vidur_jax.sim import build, policies, timing
+from vidur_jax.sim import build, executables, policies, timing
 from vidur_jax.sim import run as run_mod
 from vidur_jax.sim.build import DeploymentConfig
 from vidur_jax.sim.run import _config_output, default_predictor_for
@@ -690,7 +690,8 @@ class ProbeRunner:
 
     def _compile_single(self, lv: _Level, group: tuple[str, int]) -> tuple:
         """``(tables, init, advance)`` of level ``lv`` on the first local device,
-        compiled once and shared by every worker thread: XLA:CPU runs an executable on
+        compiled once (or loaded: :func:`vidur_jax.sim.executables.compiled`) and shared
+        by every worker thread: XLA:CPU runs an executable on
         the calling thread, so threads calling one executable on one device run in
         parallel (a device per worker would compile each shape once per device)."""
         device = jax.local_devices()[0]
@@ -702,11 +703,15 @@ class ProbeRunner:
         one = dataclasses.replace(one, max_steps=np.int64(one.max_steps))  # as _lane's
         params = jax.device_put(build.stack_params([one]), device)
         tables = jax.device_put(lv.tables, device)
-        init = run_mod._single_init.lower(lv.static, params).compile()
+        # from the executable store (in-process table; on disk with
+        # VIDUR_JAX_EXECUTABLE_STORE=1): a later runner or process with these shapes
+        # skips trace, lower and compile
+        init = executables.compiled("single_init", run_mod._single_init, lv.static, params)
         state = init(params)
-        advance = probe_loop.probe_advance.lower(
-            lv.static, tables, params, state, np.int64(0), *probe_loop.RUN_TO_END.args()
-        ).compile()
+        args = (tables, params, state, np.int64(0), *probe_loop.RUN_TO_END.args())
+        advance = executables.compiled(
+            "search_probe_advance", probe_loop.probe_advance, lv.static, *args
+        )
         return tables, init, advance
 
     def _single_executables(self, lv: _Level, group: tuple[str, int]) -> tuple:
