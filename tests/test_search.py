@@ -450,6 +450,18 @@ def test_early_stop_keeps_every_verdict(which, request):
     for r in res["results"]:
         best = cap._bracket(r.probes)[2]
         assert best is None or (not best.stopped_early and best.summary and best.resume is None)
+    # a passing probe stopped early, finished from its state, equals its unstopped run
+    passed = [(p, k) for k, p in enumerate(again) if p.passed]
+    if vidur:
+        resumed = [cap.Probe(p.config_index, p.qps) for p, _ in passed]
+        runner.run(resumed)
+        assert all(p.stopped_early and p.resume is not None for p in resumed)
+        assert all(not p.summary for p in resumed)
+        runner.finish_stopped(resumed)
+        for a, (b, _) in zip(resumed, passed, strict=True):
+            assert not a.stopped_early and a.resume is None
+            assert (a.passed, a.steps, a.delay_s) == (b.passed, b.steps, b.delay_s)
+            np.testing.assert_equal(a.summary, b.summary)
 
 
 def _capacities_without_early_stop(res):
