@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from vidur_jax import app
     from vidur_jax.search.task import run_search, write_outputs
+    from vidur_jax.sim import executables
 
     app.enable_compile_cache()
     prof = CompileProfile()
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": wall,
         "cpu_s": cpu,
         "compile_cache": os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") != "0",
+        # VIDUR_JAX_EXECUTABLE_STORE=1: executables kept on disk (JAX's cache then off)
+        "executable_store": executables.stores_executables(),
         "search_wall_s": st.wall_s,
         "status_counts": feas["search_status"].value_counts().to_dict(),
         "flag_counts": feas.loc[feas["flag"] != "", "flag"].value_counts().to_dict(),
