@@ -256,7 +256,9 @@ class SearchStats:
 
     ``steps``: simulator steps of every finished probe; ``advance_s``: seconds spent in
     the compiled event loop's calls (compile of a call's first use included), summed
-    over the threads that drive devices.
+    over the threads that drive devices; ``probes_stopped_early``: probes whose verdict
+    was certain before their end (not counting ``probes_finished_later``: passing
+    probes stopped early, then run to their end as their config's capacity).
     """
 
     rounds: int = 0
