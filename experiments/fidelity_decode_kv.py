@@ -33,8 +33,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MIN_ROWS = 20
 
 
-def measure(profiles_dir: str, tps: list[int]) -> pd.DataFrame:
-    """One row per (tp, held-out interior KV length); see the module doc."""
+def measure(profiles_dir: str, tps: list[int], kvs: list[int] | None = None) -> pd.DataFrame:
+    """One row per (tp, held-out interior KV length); see the module doc.
+
+    Args:
+      profiles_dir: Vidur data root.
+      tps: tensor-parallel degrees (A100 Llama-2-7B decode tables).
+      kvs: hold out only these KV lengths (None: every interior one with enough rows).
+    """
     att = loader.load_attention(profiles_dir, "a100", MODEL)
     shape = loader.model_shape(loader.load_compute(profiles_dir, "a100", MODEL))
     todo = []
@@ -44,7 +50,7 @@ def measure(profiles_dir: str, tps: list[int]) -> pd.DataFrame:
         kv = job.x[:, 1]
         lengths, counts = np.unique(kv, return_counts=True)
         for i in range(1, len(lengths) - 1):
-            if counts[i] >= MIN_ROWS:
+            if counts[i] >= MIN_ROWS and (kvs is None or int(lengths[i]) in kvs):
                 info = {"tp": tp, "kv": int(lengths[i]), "rows": int(counts[i])}
                 info["kv_below"], info["kv_above"] = int(lengths[i - 1]), int(lengths[i + 1])
                 todo.append((info, job, kv != lengths[i]))

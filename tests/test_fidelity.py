@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
+import fidelity_decode_kv  # noqa: E402
 import fidelity_vs_vidur as fid  # noqa: E402
 
 pytest.importorskip("sklearn")
@@ -180,3 +181,22 @@ def test_shipped_predictors_close_to_vidur(case, reference_dir):
     assert out.summary["num_completed"] == ref["num_completed"]
     for metric, measured in zip(CORE, HYBRID_MEASURED[case], strict=True):
         assert abs(rows[metric]["rel_err"] - measured) <= MARGIN, (metric, measured, rows[metric])
+
+
+#: Leave-one-KV-length-out MAPE (%) of TP1 decode attention, hybrid and forest, measured
+#: by experiments/fidelity_decode_kv.py (results/fidelity_decode_kv.csv): kv -> (hybrid,
+#: forest). Between profiled KV lengths the rows follow the hybrid's interpolation, not
+#: the forest's steps: the explanation of the TP1 cases' TBT p90 gaps (docs/fidelity.md).
+DECODE_KV_HELDOUT = {512: (1.75, 16.29), 1024: (2.30, 46.79), 2048: (2.16, 12.31)}
+
+
+def test_decode_attention_interpolates_held_out_kv_lengths(profiles_dir):
+    """Both fits are deterministic (seed-free grid, forest random_state 0): the margin
+    (0.05 points) only covers platform float differences."""
+    df = fidelity_decode_kv.measure(str(profiles_dir), [1], sorted(DECODE_KV_HELDOUT))
+    assert sorted(df["kv"]) == sorted(DECODE_KV_HELDOUT)
+    for row in df.itertuples():
+        hybrid, forest = DECODE_KV_HELDOUT[row.kv]
+        assert row.hybrid_mape <= hybrid + 0.05, (row.kv, row.hybrid_mape)
+        assert row.forest_mape == pytest.approx(forest, abs=0.05), (row.kv, row.forest_mape)
+        assert row.hybrid_mape < row.forest_mape / 4, row
