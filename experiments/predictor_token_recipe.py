@@ -10,10 +10,10 @@ For the nine compute token ops of A100 Llama-2-7B (TP 1/2/4/8) and every network
 (``predictors.evaluate`` uses offset 0), trains on the rest, and writes the held-out
 MAPE (%) of
 
-* ``mlp_seed0`` -- polynomial + MLP correction + knots, base seed 0: the shipped recipe
+* ``mlp_seed0`` -- polynomial + MLP correction + knots, base seed 0: the MLP recipe
   (``datasets.TOKEN_MLP`` / ``NETWORK_MLP`` True); ``mlp_seed_min``, ``_max``, ``_mean``
   over the base seeds in ``--seeds``;
-* ``knots`` -- polynomial + knots, no MLP (no seed);
+* ``knots`` -- polynomial + knots, no MLP (no seed): the shipped recipe;
 * ``smooth`` -- polynomial + knots whose values minimize the squared distance to the
   knot targets (count-weighted) plus ``lam`` x the squared second differences, ``lam``
   from :data:`LAMS` by 5-fold cross-validation on the training rows (``lam = 0`` is
