@@ -18,14 +18,17 @@ seed (``train.fit_jobs(seed=...)``: only the MLP initializations change) and wri
   simulated with each seed's predictors, and their spread ``(max - min) / mean``, next to
   Vidur's value and the shipped predictors' (and both signed relative errors).
 
-``--token-mlp 0`` / ``--network-mlp 0`` train the compute token ops / all_reduce and
-send_recv without their MLP (the file names get ``_token_mlp0`` / ``_network_mlp0``).
+``--token-mlp 0|1`` / ``--network-mlp 0|1`` train the compute token ops / all_reduce and
+send_recv without or with their MLP (default: ``datasets.TOKEN_MLP``/``NETWORK_MLP``, off
+in the shipped recipe); the file names get ``_token_mlp0`` / ``_network_mlp0`` for each
+MLP that is off, so the unsuffixed files are the MLP recipe (token and network MLPs).
 ``--op-swap-case CASE`` instead simulates one case with seed 0's predictor in which one op
 is taken from each other seed (``predictor_seed_op_swap.csv``: which op moves the case);
 ``--kernel-scale-case CASE`` simulates it with seed 0's kernel times scaled by ``1 + eps``
 (``predictor_kernel_scale.csv``: how much the case moves under any small change).
 
-The seed-0 predictors are the shipped ones (``seed=0`` is the build's default).
+The seed-0 predictors of the default (knots-only) recipe are the shipped ones (``seed=0``
+is the build's default).
 """
 
 from __future__ import annotations
@@ -202,15 +205,16 @@ def op_swap(preds: list, cases_dir: str, case_name: str) -> pd.DataFrame:
 
 
 def _apply_mlp_switches(token_mlp: int | None, network_mlp: int | None) -> str:
-    """Set ``datasets.TOKEN_MLP``/``NETWORK_MLP``; the file suffix naming non-defaults."""
-    suffix = ""
-    if token_mlp is not None and bool(token_mlp) != datasets.TOKEN_MLP:
+    """Set ``datasets.TOKEN_MLP``/``NETWORK_MLP``; the file suffix naming the MLPs that
+    are off (``""``: the MLP recipe; the shipped knots-only recipe writes
+    ``_token_mlp0_network_mlp0``), whatever the defaults are."""
+    if token_mlp is not None:
         datasets.TOKEN_MLP = bool(token_mlp)
-        suffix += f"_token_mlp{token_mlp}"
-    if network_mlp is not None and bool(network_mlp) != datasets.NETWORK_MLP:
+    if network_mlp is not None:
         datasets.NETWORK_MLP = bool(network_mlp)
-        suffix += f"_network_mlp{network_mlp}"
-    return suffix
+    return ("" if datasets.TOKEN_MLP else "_token_mlp0") + (
+        "" if datasets.NETWORK_MLP else "_network_mlp0"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

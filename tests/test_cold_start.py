@@ -197,6 +197,41 @@ def test_capacity_hint_skips_growth(store, monkeypatch):
         np.testing.assert_array_equal(v, second.summary[k], err_msg=k)
 
 
+def test_single_config_first_slot_growth_skips_a_rung():
+    """Each growth is a compile: one config's first overflow climbs two x1.5 rungs of the
+    same ladder (32 -> 72, as the QPS 5 list of issue #26 needs), later ones one rung; a
+    vectorized group doubles."""
+    assert run.grown_slots(32, 128, 2000, single=True, first=True) == 72
+    assert run.grown_slots(72, 128, 2000, single=True) == 112  # = 32 -> 48 -> 72 -> 112
+    assert run.grown_slots(112, 128, 2000, single=True) == 128  # the policy's bound
+    assert run.grown_slots(8, 128, 20, single=True, first=True) == 20  # at most the requests
+    assert run.grown_slots(32, 128, 2000, single=False, first=True) == 64
+
+
+def test_grown_run_equals_a_run_started_at_its_capacity(store, monkeypatch):
+    """The growth path (8 -> 24 -> ...) gives exactly the run started at the final capacity."""
+    cfg = small_config("sarathi", seed=5, batch_size_cap=32, num_blocks=2000)
+    wl = random_workload(5, n=80, qps=200.0)
+    monkeypatch.setenv("VIDUR_JAX_COMPILE_CACHE", "0")  # no capacity hint: both runs start where asked
+    calls = []
+    real = run._execute
+
+    def counting(static, *a, **k):
+        calls.append(static.num_slots)
+        return real(static, *a, **k)
+
+    monkeypatch.setattr(run, "_execute", counting)
+    (grown,) = run.simulate_configs([cfg], [wl], predictor_for=lambda c: PRED, num_slots=8)
+    assert calls[:2] == [8, 24], calls  # the first overflow skips 16
+    final = calls[-1]
+    calls.clear()
+    (direct,) = run.simulate_configs([cfg], [wl], predictor_for=lambda c: PRED, num_slots=final)
+    assert calls == [final]
+    for k in grown.requests:
+        np.testing.assert_array_equal(grown.requests[k], direct.requests[k], err_msg=k)
+    np.testing.assert_array_equal(grown.tbt_hist, direct.tbt_hist)
+
+
 def test_stored_predictions_are_exact(store):
     from vidur_jax import predictors
 

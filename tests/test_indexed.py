@@ -68,6 +68,32 @@ def test_permute_matches_scatter():
     np.testing.assert_array_equal(indexed.permute(arr, dest, True), arr.at[dest].set(arr))
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 10), seed=st.integers(0, 2**16), fixed=st.integers(0, 10))
+def test_permute_with_fixed_points_matches_scatter(n, seed, fixed):
+    """The loop visits only the span of rows that move; fixed points anywhere (the
+    compaction's untouched prefix and empty tail) must come out unchanged."""
+    rng = np.random.default_rng(seed)
+    dest = np.arange(n)
+    moving = rng.permutation(n)[: max(n - fixed, 0)]
+    dest[np.sort(moving)] = moving  # permute only the moving rows among themselves
+    arr = jnp.asarray(rng.integers(-50, 50, (n, 2)), jnp.int32)
+    got = jax.jit(lambda a, d: indexed.permute(a, d, True))(arr, jnp.asarray(dest, jnp.int32))
+    np.testing.assert_array_equal(got, arr.at[dest].set(arr))
+
+
+def test_update_skips_dropped_rows_at_both_ends():
+    """Out-of-bounds rows before and after the in-bounds ones are dropped; none at all: a no-op."""
+    arr = jnp.arange(6, dtype=jnp.int32)
+    for idx in ([9, 9, 2, 9, 4, 9], [9, 9, 9], [0, 5], [-1, 3, 7]):
+        idx = jnp.asarray(idx, jnp.int32)
+        vals = jnp.arange(10, 10 + idx.shape[0], dtype=jnp.int32)
+        for op in OPS:
+            want = getattr(arr.at[jnp.where(idx < 0, 99, idx)], op)(vals, mode="drop")
+            got = indexed.update(arr, jnp.where(idx < 0, 99, idx), vals, op, True)
+            np.testing.assert_array_equal(got, want)
+
+
 def _stacked(policy: str, seed: int = 1):
     cfg = small_config(policy, seed=seed)
     wl = random_workload(seed, n=40)

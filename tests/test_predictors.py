@@ -417,8 +417,10 @@ def _assert_tree_equal(a, b, what):
         )
 
 
-def test_a_job_trains_to_the_same_bits_whatever_its_batch():
-    """A slot's result depends on its own data only, not on its batch mates or position."""
+def test_a_job_trains_to_the_same_bits_whatever_its_batch(monkeypatch):
+    """A slot's result depends on its own data only, not on its batch mates or position
+    (MLP jobs: the experiments' recipe; shipped knots-only jobs have no seed at all)."""
+    monkeypatch.setattr(datasets, "TOKEN_MLP", True)
     rng = np.random.default_rng(5)
 
     def job(k):
@@ -549,11 +551,17 @@ def test_attention_fits_do_not_depend_on_the_seed(profiles_dir):
 
 
 def test_mlp_switches_split_token_and_network_ops(monkeypatch):
-    """``NETWORK_MLP = False`` drops the MLP of network jobs only; a knots-only job is a
-    function of its rows alone, whatever the seed; the switches enter the cache key."""
+    """Shipped defaults are knots only; ``NETWORK_MLP = False`` drops the MLP of network
+    jobs only; a knots-only job is a function of its rows alone, whatever the seed; the
+    switches enter the cache key."""
     rng = np.random.default_rng(7)
     n = np.sort(rng.uniform(1, 4096, 80))
     y = 0.01 + 1e-5 * n * (1 + 0.1 * rng.random(n.size))
+    # Shipped: knots only for both (seed-free); the key differs from the MLP recipe's "".
+    assert not datasets.TOKEN_MLP and not datasets.NETWORK_MLP
+    assert datasets.mlp_key() == "|token_mlp=0|network_mlp=0"
+    monkeypatch.setattr(datasets, "TOKEN_MLP", True)
+    monkeypatch.setattr(datasets, "NETWORK_MLP", True)
     assert datasets.mlp_key() == ""
     monkeypatch.setattr(datasets, "NETWORK_MLP", False)
     net, tok = datasets.token_job(n, y, network=True), datasets.token_job(n, y)

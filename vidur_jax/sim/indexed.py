@@ -14,6 +14,12 @@ pass once ``xla_cpu_small_while_loop_byte_threshold`` admits it (set by
 
 Under ``vmap`` the loop form would turn back into scatters, one per loop iteration, so
 batched code must keep ``scatter_free=False``.
+
+The loop visits only the span of rows from the first to the last one that writes (an
+in-bounds row; for :func:`permute`, a row that moves): the engine's (S,) updates mostly
+touch the occupied prefix of the slots, or a few rows of it, so a step's scalar loop
+work follows the running requests rather than the slot capacity S. Rows outside the span
+are no-ops in either form, so the result is the same bit for bit.
 """
 
 from __future__ import annotations
@@ -51,12 +57,25 @@ def _normalize(arr: jax.Array, index) -> tuple[list[jax.Array | None], int | Non
     return axes, rows
 
 
-def _loop_update(arr: jax.Array, index, values: jax.Array, op: str) -> jax.Array:
+def _row_span(writes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(lo, hi)``: the rows ``[lo, hi)`` from the first to the last True of the (K,)
+    bool ``writes`` (``lo == hi`` when none is True)."""
+    k = writes.shape[0]
+    any_write = writes.any()
+    lo = jnp.where(any_write, jnp.argmax(writes), 0).astype(jnp.int32)
+    hi = jnp.where(any_write, k - jnp.argmax(writes[::-1]), 0).astype(jnp.int32)
+    return lo, hi
+
+
+def _loop_update(arr: jax.Array, index, values: jax.Array, op: str, moves: jax.Array | None = None) -> jax.Array:
     """``arr.at[index].<op>(values, mode="drop")`` without a scatter.
 
     ``index``: per axis a scalar, an (K,) integer vector (all vectors of one length K)
     or ``:``. Rows are applied in order, so repeated indices accumulate (``add``) or the
-    last one wins (``set``), as a sequential scatter would.
+    last one wins (``set``), as a sequential scatter would. Only the span of rows from
+    the first to the last in-bounds one is visited (the others are dropped anyway), or
+    of the rows where ``moves`` ((K,) bool) is True when given (the caller guarantees
+    the other rows are no-ops).
     """
     axes, rows = _normalize(arr, index)
     block = tuple(n if ix is None else 1 for n, ix in zip(arr.shape, axes, strict=True))
@@ -81,7 +100,15 @@ def _loop_update(arr: jax.Array, index, values: jax.Array, op: str) -> jax.Array
         new = jnp.where(inside, combine(old, vals[j]).astype(a.dtype), old)  # out of bounds: dropped
         return lax.dynamic_update_slice(a, new, starts)
 
-    return apply(0, arr) if k == 1 else lax.fori_loop(0, k, apply, arr)
+    if rows is None:
+        return apply(0, arr)
+    if moves is None:
+        moves = jnp.ones(k, bool)
+        for n, ix in zip(arr.shape, axes, strict=True):
+            if ix is not None:
+                moves &= (ix >= 0) & (ix < n)
+    lo, hi = _row_span(moves)
+    return lax.fori_loop(lo, hi, apply, arr)
 
 
 def update(arr: jax.Array, index, values, op: str, scatter_free: bool) -> jax.Array:
@@ -102,7 +129,11 @@ def update(arr: jax.Array, index, values, op: str, scatter_free: bool) -> jax.Ar
 
 
 def permute(arr: jax.Array, dest: jax.Array, scatter_free: bool) -> jax.Array:
-    """(S, ...) ``arr`` with row ``i`` moved to ``dest[i]`` (``dest`` a permutation)."""
+    """(S, ...) ``arr`` with row ``i`` moved to ``dest[i]`` (``dest`` a permutation).
+
+    Scatter-free, only the span of rows that move is visited: a fixed point
+    (``dest[i] == i``) writes its own original value, which no other row overwrites."""
     if scatter_free:
-        return _loop_update(arr, dest, arr, "set")
+        fixed = dest == jnp.arange(dest.shape[0], dtype=dest.dtype)
+        return _loop_update(arr, dest, arr, "set", moves=~fixed)
     return arr.at[dest].set(arr)

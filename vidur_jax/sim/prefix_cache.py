@@ -30,17 +30,17 @@ All functions are pure; shapes: ``C`` table entries, ``K`` leading blocks per re
 
 from __future__ import annotations
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from vidur_jax.sim.indexed import update
+from vidur_jax.struct import pytree_dataclass
 
 EMPTY = -1
 
 
-@flax.struct.dataclass
+@pytree_dataclass
 class PrefixCache:
     """Cached KV blocks of one replica.
 

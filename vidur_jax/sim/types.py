@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.struct
 import jax
+
+from vidur_jax.struct import pytree_dataclass, static_field
 
 #: Global schedulers (request routing to replicas), Vidur's names.
 ROUTERS = ("round_robin", "random", "lor", "prefix_affinity")
@@ -110,7 +111,7 @@ class SimStatic:
     session_capacity: int = 0
 
 
-@flax.struct.dataclass
+@pytree_dataclass
 class TimingTables:
     """Dense execution-time tables, milliseconds, one slab per predictor bundle P.
 
@@ -124,9 +125,9 @@ class TimingTables:
     decode: jax.Array  # (P, B + 1, KD) f32 ms per layer, attn_decode at (batch b, kv = k * kv_step)
     prefill: jax.Array  # (P, KP, C) f32 ms per layer, attn_prefill at (kv = k * kv_step, chunk = c * chunk_step)
     cpu_overhead: jax.Array  # (P, B + 1) f32 ms per iteration at batch size b (Vidur's 5 CPU ops summed; 0 at b=0)
-    token_step: int = flax.struct.field(pytree_node=False, default=8)
-    kv_step: int = flax.struct.field(pytree_node=False, default=64)
-    chunk_step: int = flax.struct.field(pytree_node=False, default=16)
+    token_step: int = static_field(default=8)
+    kv_step: int = static_field(default=64)
+    chunk_step: int = static_field(default=16)
 
 
 #: A layer's compute ops whose time depends only on its token count (no collectives).
@@ -146,7 +147,7 @@ TOKEN_OPS = LAYER_COMPUTE_OPS + ("all_reduce", "send_recv")
 OP_INDEX = {name: i for i, name in enumerate(TOKEN_OPS)}
 
 
-@flax.struct.dataclass
+@pytree_dataclass
 class SimParams:
     """Numeric knobs of one config (leading config axis when stacked)."""
 
@@ -223,7 +224,7 @@ class SimParams:
     draft_lm_head_scale: jax.Array  # () f32 draft LM-head GEMM time / its mlp_up_proj time at equal tokens (vocab / up-proj width)
 
 
-@flax.struct.dataclass
+@pytree_dataclass
 class SimState:
     """Everything that changes during one config's simulation."""
 

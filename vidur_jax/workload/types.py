@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import flax.struct
 import jax
 
+from vidur_jax.struct import pytree_dataclass, static_field
 
-@flax.struct.dataclass
+
+@pytree_dataclass
 class Workload:
     """Requests of one workload, sorted by arrival time.
 
@@ -26,7 +27,7 @@ class Workload:
     mask: jax.Array  # (R,) bool, True for real requests
     num_seqs: jax.Array | None = None  # (R,) i32 output sequences per request (parallel sampling / beam width); None = 1 each
     prefix_hashes: jax.Array | None = None  # (R, K) i64 hash of each full prompt KV block (-1 = none); None = no shared prefixes
-    prefix_block_size: int = flax.struct.field(pytree_node=False, default=16)  # tokens per block of prefix_hashes
+    prefix_block_size: int = static_field(default=16)  # tokens per block of prefix_hashes
     session_id: jax.Array | None = None  # (R,) i64 session of each row (multi-turn); None = no sessions
     session_prev: jax.Array | None = None  # (R,) i32 row of the previous turn (-1 = none): arrives think_time_s after it completes
     think_time_s: jax.Array | None = None  # (R,) f64 s think time before a later turn (0 for first turns)
