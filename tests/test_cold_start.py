@@ -172,10 +172,10 @@ def test_store_keys_follow_static_shape_and_switch_off(store, monkeypatch):
     assert not (store / "executables").exists()
 
 
-def test_capacity_hint_skips_growth(store, monkeypatch):
-    cfg = small_config("sarathi", seed=5, batch_size_cap=32, num_blocks=2000)
-    wl = random_workload(5, n=80, qps=200.0)
-    calls = []
+def _record_slot_counts(monkeypatch) -> list[int]:
+    """Patch ``run._execute`` to record the slot count of every event-loop run (a list
+    that fills as the test simulates)."""
+    calls: list[int] = []
     real = run._execute
 
     def counting(static, *a, **k):
@@ -183,6 +183,13 @@ def test_capacity_hint_skips_growth(store, monkeypatch):
         return real(static, *a, **k)
 
     monkeypatch.setattr(run, "_execute", counting)
+    return calls
+
+
+def test_capacity_hint_skips_growth(store, monkeypatch):
+    cfg = small_config("sarathi", seed=5, batch_size_cap=32, num_blocks=2000)
+    wl = random_workload(5, n=80, qps=200.0)
+    calls = _record_slot_counts(monkeypatch)
     (first,) = run.simulate_configs([cfg], [wl], predictor_for=lambda c: PRED, num_slots=8)
     assert len(calls) >= 2, calls  # the case must overflow 8 slots for this test to mean anything
     grown = calls[-1]
@@ -213,14 +220,7 @@ def test_grown_run_equals_a_run_started_at_its_capacity(store, monkeypatch):
     cfg = small_config("sarathi", seed=5, batch_size_cap=32, num_blocks=2000)
     wl = random_workload(5, n=80, qps=200.0)
     monkeypatch.setenv("VIDUR_JAX_COMPILE_CACHE", "0")  # no capacity hint: both runs start where asked
-    calls = []
-    real = run._execute
-
-    def counting(static, *a, **k):
-        calls.append(static.num_slots)
-        return real(static, *a, **k)
-
-    monkeypatch.setattr(run, "_execute", counting)
+    calls = _record_slot_counts(monkeypatch)
     (grown,) = run.simulate_configs([cfg], [wl], predictor_for=lambda c: PRED, num_slots=8)
     assert calls[:2] == [8, 24], calls  # the first overflow skips 16
     final = calls[-1]
