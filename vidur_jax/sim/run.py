@@ -30,6 +30,7 @@ from vidur_jax.sim import (
     precision,
     prefix_engine,
     sessions,
+    slots,
     speculative,
 )
 from vidur_jax.sim.build import DeploymentConfig
@@ -645,6 +646,13 @@ def _run_group(
         spec = build.table_spec_for(cfgs, static.num_slots)
         for _ in range(hint.get("token_grows", 0)):
             spec, token_grows = spec.grown(), token_grows + 1
+    elif num_slots is None and len(cfgs) == 1:  # start at what the request list needs: one compile
+        tables, index = build.build_tables(cfgs, spec, predictor_for)
+        one = build.build_params(cfgs[0], derived[0], workloads[0], index[0], num_requests)
+        start = slots.first_slots(cfgs[0], workloads[0], static, tables, one, min(slot_cap, num_requests))
+        if start != static.num_slots:
+            static = dataclasses.replace(static, num_slots=start)
+            spec = build.table_spec_for(cfgs, static.num_slots)
     grown = slot_grown = False
     results: list[ConfigOutput | None] = [None] * len(cfgs)
     pending = list(range(len(cfgs)))
@@ -668,7 +676,7 @@ def _run_group(
             if not g:
                 results[i] = _config_output(cfgs[i], workloads[i], st, j)
         if not grow.any():
-            if grown and hint_key:
+            if (grown or not hint) and hint_key:  # a repeat run skips the estimate and the growth
                 executables.write_hint(hint_key, {"num_slots": static.num_slots, "window": static.window,
                                                   "token_grows": token_grows})
             return results  # type: ignore[return-value]
