@@ -30,7 +30,7 @@ def store(tmp_path, monkeypatch):
     """A fresh, empty store for the test (and no executables kept in memory)."""
     monkeypatch.setenv("VIDUR_JAX_CACHE", str(tmp_path))
     monkeypatch.delenv("VIDUR_JAX_COMPILE_CACHE", raising=False)
-    monkeypatch.setenv("VIDUR_JAX_EXECUTABLE_STORE", "1")  # opt-in (executables.stores_executables)
+    monkeypatch.delenv("VIDUR_JAX_EXECUTABLE_STORE", raising=False)  # on by default
     monkeypatch.setattr(executables, "_LOADED", OrderedDict())
     return tmp_path
 
@@ -94,35 +94,79 @@ print(executables.LAST_SOURCE["single_advance"], int(out.num_completed[0]), floa
 """
 
 
-@pytest.mark.slow
-def test_store_is_bypassed_when_jax_cache_is_on(tmp_path):
-    """Three processes: (1) store on, JAX cache off: compiles and stores; (2) JAX cache
-    on, store off: fills JAX's cache; (3) both asked for: an executable from the store
-    next to ones from JAX's cache fails on XLA:CPU (``NOT_FOUND: Function ... not
-    found``), so the store must step aside and the run complete as run (1) did."""
+_TOY_PROCESS = """
+import os
+import jax
+import jax.numpy as jnp
+if os.environ.get("JAX_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+from vidur_jax.sim import executables
+
+@jax.jit
+def other(x):
+    return x * 3 + jnp.arange(10)
+
+def toy(n, x):  # a loop with a conditional, a sort and an iota: several XLA:CPU kernels
+    def body(c):
+        i, y = c
+        y = jax.lax.cond(i % 3 == 0, lambda y: jnp.sin(y) * 2, lambda y: y + jnp.sort(y) * 0.5, y)
+        return i + 1, y * jnp.arange(10) / 10 + 1
+    return jax.lax.while_loop(lambda c: c[0] < n, body, (0, x))[1]
+
+x = jnp.linspace(0.0, 1.0, 10)
+exe = executables.compiled("toy", jax.jit(toy, static_argnums=0), 7, x)
+print(executables.LAST_SOURCE["toy"], float(exe(x).sum()), float(other(x).sum()))
+"""
+
+
+def _processes(code: str, tmp_path, runs: list[dict]) -> list[list[str]]:
+    """stdout words of ``code`` run in a fresh process per ``runs`` entry (its extra
+    environment; ``JAX_CACHE_DIR`` turns JAX's persistent cache on, caching everything)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    tests = str(Path(__file__).resolve().parent)
-    code = _ONE_PROCESS.format(tests=tests)
     base = dict(os.environ, VIDUR_JAX_CACHE=str(tmp_path / "store"))
+    base["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), base.get("PYTHONPATH", "")])
     base.pop("VIDUR_JAX_COMPILE_CACHE", None)
-    runs = [
-        {"VIDUR_JAX_EXECUTABLE_STORE": "1"},
-        {"VIDUR_JAX_EXECUTABLE_STORE": "0", "JAX_CACHE_DIR": str(tmp_path / "jax")},
-        {"VIDUR_JAX_EXECUTABLE_STORE": "1", "JAX_CACHE_DIR": str(tmp_path / "jax")},
-    ]
     lines = []
     for extra in runs:
         env = {k: v for k, v in base.items() if k != "JAX_CACHE_DIR"} | extra
         p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr[-2000:]
         lines.append(p.stdout.split())
-    assert [line[0] for line in lines] == ["compiled", "compiled", "compiled"]
-    assert len({tuple(line[1:]) for line in lines}) == 1  # same completions and clock
-    assert len(list((tmp_path / "store" / "executables").glob("*.bin"))) == 2  # from run 1
+    return lines
+
+
+def _store_next_to_jax_cache(code: str, tmp_path, files: int) -> list[list[str]]:
+    """Processes: (1) JAX's cache only: fills it; (2) both: JAX's cache gives the
+    executable, which must not be stored (on XLA:CPU its serialized form lacks its
+    kernels: a later load fails with ``NOT_FOUND: Function ... not found``); (3) the
+    store only: compiles and stores; (4) both: the stored executable runs next to
+    JAX-cached ones."""
+    jax_dir = str(tmp_path / "jax")
+    store = tmp_path / "store" / "executables"
+    lines = _processes(code, tmp_path, [{"VIDUR_JAX_EXECUTABLE_STORE": "0", "JAX_CACHE_DIR": jax_dir},
+                                        {"JAX_CACHE_DIR": jax_dir}])
+    assert not list(store.glob("*.bin"))  # nothing from JAX's cache was stored
+    lines += _processes(code, tmp_path, [{}, {"JAX_CACHE_DIR": jax_dir}])
+    assert len(list(store.glob("*.bin"))) == files
+    assert [line[0] for line in lines] == ["compiled", "compiled", "compiled", "disk"]
+    assert len({tuple(line[1:]) for line in lines}) == 1  # same results every time
+    return lines
+
+
+def test_store_next_to_jax_cache_toy(tmp_path):
+    _store_next_to_jax_cache(_TOY_PROCESS, tmp_path, files=1)
+
+
+@pytest.mark.slow
+def test_store_next_to_jax_cache_simulator(tmp_path):
+    from pathlib import Path
+
+    _store_next_to_jax_cache(_ONE_PROCESS.format(tests=str(Path(__file__).resolve().parent)), tmp_path, files=2)
 
 
 @pytest.mark.slow

@@ -80,17 +80,11 @@ __all__ = [
 def enable_compile_cache() -> None:
     """Use JAX's persistent compilation cache (``$VIDUR_JAX_CACHE/jax``, default
     ``~/.cache/vidur_jax/jax``) unless the user configured one, set
-    ``VIDUR_JAX_COMPILE_CACHE=0`` or turned on the executable store
-    (``VIDUR_JAX_EXECUTABLE_STORE=1``); repeat runs skip the simulator's compile."""
+    ``VIDUR_JAX_COMPILE_CACHE=0``; repeat runs skip the compile of every jitted function
+    (the simulator's own executables are kept by :mod:`vidur_jax.sim.executables`)."""
     import jax
 
-    from vidur_jax.sim import executables
-
-    if (
-        os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") == "0"
-        or jax.config.jax_compilation_cache_dir
-        or executables.stores_executables()  # the two do not mix (see there)
-    ):
+    if os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
         return
     base = os.environ.get(
         "VIDUR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidur_jax")

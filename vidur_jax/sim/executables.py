@@ -15,9 +15,10 @@ what fixes it without tracing anything:
 A later process with the same key deserializes the executable (milliseconds) and calls
 it. Files live in ``$VIDUR_JAX_CACHE/executables`` (default
 ``~/.cache/vidur_jax/executables``), are written atomically, and are ignored (and
-replaced) when they cannot be read back. The executable store is opt-in
-(:func:`stores_executables`, ``VIDUR_JAX_EXECUTABLE_STORE=1``); ``VIDUR_JAX_COMPILE_CACHE=0`` turns the store
-off, as it does JAX's cache (:func:`vidur_jax.app.enable_compile_cache`).
+replaced) when they cannot be read back. The store is on by default, next to JAX's
+persistent cache (which keeps every other executable; :func:`stores_executables`);
+``VIDUR_JAX_EXECUTABLE_STORE=0`` turns it off, and ``VIDUR_JAX_COMPILE_CACHE=0`` turns
+it off together with JAX's cache (:func:`vidur_jax.app.enable_compile_cache`).
 
 The same module keeps **capacity hints**: the slot/window capacities a (config,
 workload) needed last time, so a repeat run starts at them instead of overflowing and
@@ -51,36 +52,38 @@ def enabled() -> bool:
 
 
 def stores_executables() -> bool:
-    """Whether compiled executables are kept on disk (opt-in: ``VIDUR_JAX_EXECUTABLE_STORE=1``).
+    """Whether compiled executables are kept on disk (on unless
+    ``VIDUR_JAX_EXECUTABLE_STORE=0`` or ``VIDUR_JAX_COMPILE_CACHE=0``).
 
-    Off by default, and never together with JAX's persistent compilation cache: with jax
-    0.10.2 on XLA:CPU, an executable from this store and executables that JAX loaded from
-    its own cache, in one process, fail at their first call with ``NOT_FOUND: Function
-    <name> not found`` (reproduced by
-    ``test_store_is_bypassed_when_jax_cache_is_on``; each alone works). So the store is
-    used only where the process has JAX's cache off, and
-    :func:`vidur_jax.app.enable_compile_cache` leaves JAX's cache off when the store is
-    on; a process that configured or used JAX's cache never uses the store. The default
-    path relies on JAX's cache (XLA compile skipped, trace and lower
-    redone); the stored predictions and capacity hints of this module stay on.
+    The store works next to JAX's persistent compilation cache, with one rule: an
+    executable that JAX *loaded from its cache* is never written to the store (with jax
+    0.10.2 on XLA:CPU its serialized form lacks its kernels, and calling it after loading
+    fails with ``NOT_FOUND: Function <name> not found``; ``test_cold_start.py``). What a
+    process compiled itself is stored, and executables from the store and from JAX's
+    cache run side by side in one process.
     """
-    return (
-        enabled()
-        and os.environ.get("VIDUR_JAX_EXECUTABLE_STORE", "0").strip() == "1"
-        and not jax_cache_active()
-    )
+    return enabled() and os.environ.get("VIDUR_JAX_EXECUTABLE_STORE", "1").strip() != "0"
 
 
-def jax_cache_active() -> bool:
-    """Whether JAX's persistent compilation cache is configured or was used in this
-    process (executables JAX loaded from it stay loaded after it is switched off)."""
-    try:
-        from jax._src import compilation_cache
+#: Persistent-cache hits of JAX in each thread (jax.monitoring event, counted by
+#: :func:`_count_jax_cache_hits` once registered).
+_HITS = threading.local()
+_LISTENING = []
 
-        used = getattr(compilation_cache, "_cache", None) is not None
-    except ImportError:  # pragma: no cover - JAX layout changed: rely on the config
-        used = False
-    return used or bool(jax.config.jax_compilation_cache_dir)
+
+def _jax_cache_hits() -> int:
+    """JAX persistent-cache hits of this thread so far (starts counting at first call)."""
+    if not _LISTENING:
+        with _LOADED_LOCK:
+            if not _LISTENING:
+                jax.monitoring.register_event_listener(_count_jax_cache_hits)
+                _LISTENING.append(True)
+    return getattr(_HITS, "n", 0)
+
+
+def _count_jax_cache_hits(event: str, **_: Any) -> None:
+    if event == "/jax/compilation_cache/cache_hits":  # recorded in the compiling thread
+        _HITS.n = getattr(_HITS, "n", 0) + 1
 
 
 def cache_root() -> Path:
@@ -227,9 +230,10 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
             _keep_loaded(key, exe)
             LAST_SOURCE[name] = "disk"
             return exe
+    hits = _jax_cache_hits()
     exe = jitted.lower(static, *args).compile()
     LAST_SOURCE[name] = "compiled"
-    if stores_executables():
+    if stores_executables() and _jax_cache_hits() == hits:  # never what JAX's cache gave
         from jax.experimental import serialize_executable
 
         try:
