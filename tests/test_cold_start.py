@@ -289,7 +289,7 @@ def test_one_config_starts_at_the_slots_its_list_needs(store, monkeypatch):
 @pytest.mark.slow
 def test_issue_26_heavy_list_compiles_once(store, monkeypatch):
     """The QPS 5 list of issue #26 (2,000 conversation requests, Llama-2-7B A100,
-    Sarathi 512): one event-loop run at 72 slots (it used to overflow 32 and re-run)."""
+    Sarathi 512): one event-loop run (it used to overflow 32 slots and re-run at 72)."""
     import sys
     from pathlib import Path
 
@@ -302,8 +302,8 @@ def test_issue_26_heavy_list_compiles_once(store, monkeypatch):
     calls = _record_slot_counts(monkeypatch)
     cfg, wl = pair
     (out,) = run.simulate_configs([cfg], [wl])
-    assert calls == [72], calls
-    assert out.summary["batch_size_max"] == 67
+    assert len(calls) == 1, calls  # 72 with the shipped predictors (largest batch 67)
+    assert 32 < out.summary["batch_size_max"] <= calls[0]
 
 
 def test_single_config_first_slot_growth_skips_a_rung():
