@@ -173,8 +173,7 @@ def test_store_next_to_jax_cache_simulator(tmp_path):
 def test_store_round_trip_and_corrupt_file(tmp_path):
     """New processes without JAX's cache: the first compiles and stores (init + advance),
     the second loads both from disk with identical results; unreadable files are
-    recompiled and replaced. (In-process this cannot be tested once the test process has
-    used JAX's cache: see ``executables.stores_executables``.)"""
+    recompiled and replaced."""
     import os
     import subprocess
     import sys

@@ -628,7 +628,9 @@ def _run_group(
 
     A single config starts at the capacities it needed last time on the same workload
     (:func:`executables.read_hint`), so a repeat run neither overflows nor recompiles;
-    the result is that of the run that grew them (same shapes, same program)."""
+    the result is that of the run that grew them (same shapes, same program). Without a
+    hint it starts at the slots its request list is estimated to need
+    (:func:`slots.first_slots`), so a normal run compiles once."""
     derived = [build.derive(c) for c in cfgs]
     num_requests = max(w.num_requests for w in workloads)
     static = build.make_static(cfgs, derived, num_requests, num_slots, window=window)
