@@ -27,6 +27,7 @@ growing (each growth is a re-run and, cold, a compile).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -58,9 +59,10 @@ def stores_executables() -> bool:
     The store works next to JAX's persistent compilation cache, with one rule: an
     executable that JAX *loaded from its cache* is never written to the store (with jax
     0.10.2 on XLA:CPU its serialized form lacks its kernels, and calling it after loading
-    fails with ``NOT_FOUND: Function <name> not found``; ``test_cold_start.py``). What a
-    process compiled itself is stored, and executables from the store and from JAX's
-    cache run side by side in one process.
+    fails with ``NOT_FOUND: Function <name> not found``; ``test_cold_start.py``). So what
+    goes into the store is compiled with JAX's cache bypassed (:func:`_jax_cache_bypassed`;
+    after a code change that is one full compile per shape, after which the store serves
+    it), and executables from the store and from JAX's cache run side by side.
     """
     return enabled() and os.environ.get("VIDUR_JAX_EXECUTABLE_STORE", "1").strip() != "0"
 
@@ -69,6 +71,8 @@ def stores_executables() -> bool:
 #: :func:`_count_jax_cache_hits` once registered).
 _HITS = threading.local()
 _LISTENING = []
+#: Compiles in progress with JAX's persistent cache bypassed (:func:`_jax_cache_bypassed`).
+_BYPASS = {"depth": 0, "saved": None}
 
 
 def _jax_cache_hits() -> int:
@@ -84,6 +88,42 @@ def _jax_cache_hits() -> int:
 def _count_jax_cache_hits(event: str, **_: Any) -> None:
     if event == "/jax/compilation_cache/cache_hits":  # recorded in the compiling thread
         _HITS.n = getattr(_HITS, "n", 0) + 1
+
+
+@contextlib.contextmanager
+def _jax_cache_bypassed():
+    """JAX's persistent compilation cache neither read nor written in this block.
+
+    JAX decides once per process whether its cache is used
+    (``compilation_cache.is_cache_used``, private); that decision is switched off for the
+    block and restored when the last of any overlapping blocks ends (another thread's
+    compile meanwhile skips JAX's cache: slower once, never wrong). Without that hook
+    (another JAX layout) the block changes nothing and :func:`compiled` simply does not
+    store what JAX's cache gave it.
+    """
+    try:
+        from jax._src import compilation_cache as cc
+        from jax._src import xla_bridge
+
+        cc.is_cache_used(xla_bridge.get_backend())  # settle the process-wide decision first
+        hook = hasattr(cc, "_cache_used")
+    except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - JAX layout changed
+        hook = False
+    if not hook:  # pragma: no cover
+        yield
+        return
+    with _LOADED_LOCK:
+        if _BYPASS["depth"] == 0:
+            _BYPASS["saved"] = cc._cache_used
+            cc._cache_used = False
+        _BYPASS["depth"] += 1
+    try:
+        yield
+    finally:
+        with _LOADED_LOCK:
+            _BYPASS["depth"] -= 1
+            if _BYPASS["depth"] == 0:
+                cc._cache_used = _BYPASS["saved"]
 
 
 def cache_root() -> Path:
@@ -230,10 +270,12 @@ def compiled(name: str, jitted: Any, static: Any, *args: Any) -> Callable:
             _keep_loaded(key, exe)
             LAST_SOURCE[name] = "disk"
             return exe
+    store = stores_executables()
     hits = _jax_cache_hits()
-    exe = jitted.lower(static, *args).compile()
+    with _jax_cache_bypassed() if store else contextlib.nullcontext():
+        exe = jitted.lower(static, *args).compile()
     LAST_SOURCE[name] = "compiled"
-    if stores_executables() and _jax_cache_hits() == hits:  # never what JAX's cache gave
+    if store and _jax_cache_hits() == hits:  # never what JAX's cache gave
         from jax.experimental import serialize_executable
 
         try:
