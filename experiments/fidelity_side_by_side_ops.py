@@ -22,8 +22,8 @@ writes them under ``W/qps2/n2000`` and ``W/qps5/n2000``). Writes
 
   - ``queries``: the mean prediction of each predictor over the points the run queries,
     by batch-size bucket (decode) or chunk bucket (prefill); ``weight`` is the bucket's
-    share of the run's batches (from the shipped run's batch log), ``rows`` the query
-    points. Decode KV lengths are those of the workload's decode tokens rounded up to 64
+    share of the run's iterations with decodes (prefill tokens), from the shipped run's
+    batch log, ``rows`` the query points. Decode KV lengths are those of the workload's decode tokens rounded up to 64
     (the simulator asks at the batch's mean KV; the per-token lengths span the same
     range), prefill KV the multiples of the chunk below each prompt. No profile row lies
     at most of these points (``profile_ms`` empty).
@@ -93,6 +93,14 @@ def swap_rows(name: str, cfg, wl, ref, hybrid, forest) -> tuple[list[dict], dict
     return rows, log
 
 
+def per_iteration(log: dict, field: str) -> np.ndarray:
+    """``field`` per iteration of every logged batch that has some (a fused run of ``k``
+    iterations is logged once with its tokens summed: ``k`` entries of ``tokens / k``)."""
+    k, v = log["iters"], log[field]
+    m = v > 0
+    return np.repeat(np.rint(v[m] / k[m]), k[m])
+
+
 def _mape(pred: np.ndarray, y: np.ndarray) -> float:
     return evaluate.mape(pred, y) if len(y) else float("nan")
 
@@ -141,7 +149,7 @@ def decode_evidence(name, cfg, wl, log, hybrid, forest, profiles_dir) -> list[di
     d = np.asarray(wl.num_decode)[np.asarray(wl.mask)]
     kv = np.concatenate([np.arange(a, a + b) for a, b in zip(p, d, strict=True)])
     kv_q, kv_w = np.unique(np.ceil(np.maximum(kv, 1) / 64) * 64, return_counts=True)
-    b_log = log["decode_tokens"][log["decode_tokens"] > 0]
+    b_log = per_iteration(log, "decode_tokens")
     att = loader.load_attention(profiles_dir, cfg.device, cfg.model)
     dec = att[(att["num_tensor_parallel_workers"] == cfg.tensor_parallel_size) & ~att["is_prefill"]]
     rb, rkv, ry = (dec[c].to_numpy(float) for c in ("batch_size", "kv_cache_size", "attn_decode"))
@@ -176,7 +184,7 @@ def decode_evidence(name, cfg, wl, log, hybrid, forest, profiles_dir) -> list[di
 def prefill_evidence(name, cfg, wl, log, hybrid, forest, profiles_dir) -> list[dict]:
     """Rows for prefill attention (see the module doc)."""
     p = np.asarray(wl.num_prefill)[np.asarray(wl.mask)]
-    c_log = log["prefill_tokens"][log["prefill_tokens"] > 0]
+    c_log = per_iteration(log, "prefill_tokens")
     chunk = int(cfg.chunk_size or c_log.max())
     kv = np.concatenate([np.arange(0, a, chunk) for a in p])
     kv_q, kv_w = np.unique(np.ceil(kv / 64) * 64, return_counts=True)
