@@ -251,6 +251,20 @@ def render(df: pd.DataFrame) -> str:
     )
 
 
+MLP_COLUMNS = ("mlp_seed0", "mlp_seed_min", "mlp_seed_max", "mlp_seed_mean")
+KEY = ["device", "model", "op", "tp", "offset"]
+
+
+def with_mlp_columns(df: pd.DataFrame, old: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its MLP columns from ``old`` (matched on table and offset)."""
+    merged = df.drop(columns=list(MLP_COLUMNS)).merge(
+        old[KEY + list(MLP_COLUMNS)], on=KEY, how="left", validate="one_to_one"
+    )
+    if merged[list(MLP_COLUMNS)].isna().any().any():
+        raise SystemExit("error: --mlp-columns-from lacks some (table, offset) rows")
+    return merged[df.columns]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -265,12 +279,20 @@ def main() -> None:
         "--out", default=os.path.join(HERE, "results", "predictor_token_recipe.csv")
     )
     parser.add_argument("--table", action="store_true", help="print the doc tables from --out")
+    parser.add_argument(
+        "--mlp-columns-from",
+        default=None,
+        help="with no --seeds: take the MLP recipe's columns from this earlier CSV (same "
+        "tables and offsets; the MLP recipe does not use the step knots, so it is unchanged)",
+    )
     args = parser.parse_args()
     if args.table:
         print(render(pd.read_csv(args.out)))
         return
     t0 = time.time()
     df = measure(args.profiles_dir, args.offsets, args.seeds)
+    if args.mlp_columns_from and not args.seeds:
+        df = with_mlp_columns(df, pd.read_csv(args.mlp_columns_from))
     atomic_write_csv(df, args.out)
     print(render(df))
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
