@@ -129,8 +129,10 @@ def measure(profiles_dir: str, offsets: list[int], seeds: list[int]) -> pd.DataF
     ]
     knot_fits = train.fit_jobs([dataclasses.replace(j, mlp=False, steps=False) for j in subs])
     step_fits = train.fit_jobs(
-        [dataclasses.replace(j, mlp=False, steps=not info["model"].startswith("network:"))
-         for (info, _, _), j in zip(todo, subs, strict=True)]
+        [
+            dataclasses.replace(j, mlp=False, steps=not info["model"].startswith("network:"))
+            for (info, _, _), j in zip(todo, subs, strict=True)
+        ]
     )
     rows = []
     for i, ((info, job, mask), kfit) in enumerate(zip(todo, knot_fits, strict=True)):
@@ -184,8 +186,14 @@ def variant_name(rule: str | int) -> str:
 
 
 RECIPES = (
-    "mlp_seed0", "mlp_seed_min", "mlp_seed_max", "knots", "smooth", "steps",
-    *(variant_name(r) for r in STEP_VARIANTS), "forest",
+    "mlp_seed0",
+    "mlp_seed_min",
+    "mlp_seed_max",
+    "knots",
+    "smooth",
+    "steps",
+    *(variant_name(r) for r in STEP_VARIANTS),
+    "forest",
 )
 
 
@@ -224,12 +232,17 @@ def render(df: pd.DataFrame) -> str:
             f"| {label} | " + " | ".join(cells) + f" | {on[label]:.0f}% | {_cell(a, b, 'forest')} |"
         )
     var = [variant_name(r) for r in STEP_VARIANTS]
-    out += ["", "| op | " + " | ".join(var) + " | steps (shipped) | forest |",
-            "|---|" + "---|" * (len(var) + 2)]
+    out += [
+        "",
+        "| op | " + " | ".join(var) + " | steps (shipped) | forest |",
+        "|---|" + "---|" * (len(var) + 2),
+    ]
     net = df["model"].str.startswith("network:")
     for label in off0.index[~off0.index.isin(op_label(df[net]))]:
         a, b = off0.loc[label], mean.loc[label]
-        out.append(f"| {label} | " + " | ".join(_cell(a, b, c) for c in [*var, "steps", "forest"]) + " |")
+        out.append(
+            f"| {label} | " + " | ".join(_cell(a, b, c) for c in [*var, "steps", "forest"]) + " |"
+        )
     lines = [
         "",
         "| split offset | tables | knots - forest | at step rows | steps - forest | at step rows "
@@ -272,7 +285,10 @@ def main() -> None:
     )
     parser.add_argument("--offsets", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument(
-        "--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4],
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2, 3, 4],
         help="MLP recipe base seeds (none: skip the MLP columns)",
     )
     parser.add_argument(

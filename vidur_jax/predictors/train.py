@@ -907,8 +907,7 @@ def config_key() -> str:
     hashes :func:`_mlp_key`): changing the grid leaves every MLP job's fit unchanged.
     """
     return (
-        f"{_mlp_key()}|grid={hybrid.GRID_SIZE},{GRID_LAMBDAS},{GRID_RIDGE}"
-        f"|steps={STEP_CANDIDATES}"
+        f"{_mlp_key()}|grid={hybrid.GRID_SIZE},{GRID_LAMBDAS},{GRID_RIDGE}|steps={STEP_CANDIDATES}"
     )
 
 
