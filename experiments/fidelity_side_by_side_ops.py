@@ -88,7 +88,11 @@ def swap_rows(name: str, cfg, wl, ref, hybrid, forest) -> tuple[list[dict], dict
             log = {k: np.asarray(v) for k, v in out.batch_log.items()}
             if bool(log.get("truncated", False)):
                 raise SystemExit(f"error: batch log of {name} truncated; raise TRACE_CAPACITY")
-        rows += [dict(r, swapped=label) for r in fid.compare(name, out.summary, ref) if r["metric"] in CORE]
+        rows += [
+            dict(r, swapped=label)
+            for r in fid.compare(name, out.summary, ref)
+            if r["metric"] in CORE
+        ]
         print(name, label, flush=True)
     return rows, log
 
@@ -143,6 +147,64 @@ def held_out_lengths(job: train.FitJob, op: str, col: int, keep: np.ndarray) -> 
     return out
 
 
+def _features(op: str, q: np.ndarray, kv: np.ndarray) -> dict:
+    """Predictor features of ``op`` at query sizes ``q`` (batch or chunk) and KV ``kv``."""
+    if op == "attn_decode":
+        return {"batch_size": q, "kv_cache_size": kv}
+    return {"kv_cache_size": kv, "prefill_chunk_size": q}
+
+
+def op_evidence(
+    name: str,
+    op: str,
+    buckets: tuple[tuple[int, int], ...],
+    q_log: np.ndarray,
+    kv_q: np.ndarray,
+    kv_w: np.ndarray,
+    profile: tuple[np.ndarray, np.ndarray, np.ndarray],
+    job: train.FitJob,
+    keep: np.ndarray,
+    preds: tuple,
+) -> list[dict]:
+    """``queries`` and ``profiled rows`` per bucket, then ``held-out length`` rows.
+
+    Args:
+      q_log: ``(I,)`` batch size (decode) or chunk (prefill) of every iteration that has one.
+      kv_q, kv_w: query KV lengths and their weights.
+      profile: the profile rows' ``(q, kv, ms)`` (TP of the case).
+      job: the op's fit job (held-out lengths along its feature 1: KV for decode, chunk
+        for prefill), restricted to ``keep`` rows when scoring.
+      preds: ``(hybrid, forest)`` predictors.
+    """
+    kind = "batch" if op == "attn_decode" else "chunk"
+    rq, rkv, ry = profile
+    in_range = rkv <= kv_q.max()
+    rows = []
+    for lo, hi in buckets:
+        label, sel = f"{kind} {lo}-{hi}", (q_log >= lo) & (q_log <= hi)
+        qs, qw = np.unique(q_log[sel], return_counts=True)
+        if len(qs):
+            qq, kk = np.meshgrid(qs, kv_q, indexing="ij")
+            w = np.outer(qw, kv_w).ravel()
+            h, f = (p.predict(op, **_features(op, qq.ravel(), kk.ravel())) for p in preds)
+            mean_h, mean_f = [np.average(h, weights=w)], [np.average(f, weights=w)]
+            rows.append(
+                _evidence(name, op, "queries", label, qq.size, sel.mean(), None, mean_h, mean_f)
+            )
+        m = (rq >= lo) & (rq <= hi) & in_range
+        h, f = (p.predict(op, **_features(op, rq[m], rkv[m])) for p in preds)
+        rows.append(_evidence(name, op, "profiled rows", label, m.sum(), sel.mean(), ry[m], h, f))
+    held = "kv" if op == "attn_decode" else "chunk"
+    for v, n, hm, fm, hmean, fmean, ymean in held_out_lengths(job, op, 1, keep):
+        rows.append(
+            _evidence(
+                name, op, "held-out length", f"{held} {int(v)}", n, float("nan"),
+                [ymean], [hmean], [fmean], hm, fm,
+            )
+        )  # fmt: skip
+    return rows
+
+
 def decode_evidence(name, cfg, wl, log, hybrid, forest, profiles_dir) -> list[dict]:
     """Rows for decode attention (see the module doc)."""
     p = np.asarray(wl.num_prefill)[np.asarray(wl.mask)]
@@ -151,34 +213,16 @@ def decode_evidence(name, cfg, wl, log, hybrid, forest, profiles_dir) -> list[di
     kv_q, kv_w = np.unique(np.ceil(np.maximum(kv, 1) / 64) * 64, return_counts=True)
     b_log = per_iteration(log, "decode_tokens")
     att = loader.load_attention(profiles_dir, cfg.device, cfg.model)
-    dec = att[(att["num_tensor_parallel_workers"] == cfg.tensor_parallel_size) & ~att["is_prefill"]]
-    rb, rkv, ry = (dec[c].to_numpy(float) for c in ("batch_size", "kv_cache_size", "attn_decode"))
-    in_range = rkv <= kv_q.max()
-    rows = []
-    for lo, hi in DECODE_BUCKETS:
-        sel = (b_log >= lo) & (b_log <= hi)
-        bq, bw = np.unique(b_log[sel], return_counts=True)
-        if len(bq):
-            bb, kk = np.meshgrid(bq, kv_q, indexing="ij")
-            w = np.outer(bw, kv_w).ravel()
-            h = hybrid.predict("attn_decode", batch_size=bb.ravel(), kv_cache_size=kk.ravel())
-            f = forest.predict("attn_decode", batch_size=bb.ravel(), kv_cache_size=kk.ravel())
-            rows.append(_evidence(name, "attn_decode", "queries", f"batch {lo}-{hi}", bb.size,
-                                  sel.mean(), None, [np.average(h, weights=w)],
-                                  [np.average(f, weights=w)]))
-        m = (rb >= lo) & (rb <= hi) & in_range
-        h = hybrid.predict("attn_decode", batch_size=rb[m], kv_cache_size=rkv[m])
-        f = forest.predict("attn_decode", batch_size=rb[m], kv_cache_size=rkv[m])
-        rows.append(_evidence(name, "attn_decode", "profiled rows", f"batch {lo}-{hi}", m.sum(),
-                              sel.mean(), ry[m], h, f))
-    shape = loader.model_shape(loader.load_compute(profiles_dir, cfg.device, cfg.model))
     tp = cfg.tensor_parallel_size
+    dec = att[(att["num_tensor_parallel_workers"] == tp) & ~att["is_prefill"]]
+    profile = tuple(dec[c].to_numpy(float) for c in ("batch_size", "kv_cache_size", "attn_decode"))
+    shape = loader.model_shape(loader.load_compute(profiles_dir, cfg.device, cfg.model))
     job = datasets.attention_job(dec, "decode", datasets.effective_heads(shape, tp, "decode"))
     keep = (job.x[:, 0] <= b_log.max()) & (job.x[:, 1] <= kv_q.max())
-    for v, n, hm, fm, hmean, fmean, ymean in held_out_lengths(job, "attn_decode", 1, keep):
-        rows.append(_evidence(name, "attn_decode", "held-out length", f"kv {int(v)}", n,
-                              float("nan"), [ymean], [hmean], [fmean], hm, fm))
-    return rows
+    return op_evidence(
+        name, "attn_decode", DECODE_BUCKETS, b_log, kv_q, kv_w, profile, job, keep,
+        (hybrid, forest),
+    )  # fmt: skip
 
 
 def prefill_evidence(name, cfg, wl, log, hybrid, forest, profiles_dir) -> list[dict]:
@@ -189,34 +233,17 @@ def prefill_evidence(name, cfg, wl, log, hybrid, forest, profiles_dir) -> list[d
     kv = np.concatenate([np.arange(0, a, chunk) for a in p])
     kv_q, kv_w = np.unique(np.ceil(kv / 64) * 64, return_counts=True)
     att = loader.load_attention(profiles_dir, cfg.device, cfg.model)
-    pre = att[(att["num_tensor_parallel_workers"] == cfg.tensor_parallel_size) & att["is_prefill"]]
-    rkv, rc, ry = (pre[c].to_numpy(float) for c in ("kv_cache_size", "prefill_chunk_size", "attn_prefill"))
-    in_range = rkv <= kv_q.max()
-    rows = []
-    for lo, hi in CHUNK_BUCKETS:
-        sel = (c_log >= lo) & (c_log <= hi)
-        cq, cw = np.unique(c_log[sel], return_counts=True)
-        if len(cq):
-            cc, kk = np.meshgrid(cq, kv_q, indexing="ij")
-            w = np.outer(cw, kv_w).ravel()
-            h = hybrid.predict("attn_prefill", kv_cache_size=kk.ravel(), prefill_chunk_size=cc.ravel())
-            f = forest.predict("attn_prefill", kv_cache_size=kk.ravel(), prefill_chunk_size=cc.ravel())
-            rows.append(_evidence(name, "attn_prefill", "queries", f"chunk {lo}-{hi}", cc.size,
-                                  sel.mean(), None, [np.average(h, weights=w)],
-                                  [np.average(f, weights=w)]))
-        m = (rc >= lo) & (rc <= hi) & in_range
-        h = hybrid.predict("attn_prefill", kv_cache_size=rkv[m], prefill_chunk_size=rc[m])
-        f = forest.predict("attn_prefill", kv_cache_size=rkv[m], prefill_chunk_size=rc[m])
-        rows.append(_evidence(name, "attn_prefill", "profiled rows", f"chunk {lo}-{hi}", m.sum(),
-                              sel.mean(), ry[m], h, f))
-    shape = loader.model_shape(loader.load_compute(profiles_dir, cfg.device, cfg.model))
     tp = cfg.tensor_parallel_size
+    pre = att[(att["num_tensor_parallel_workers"] == tp) & att["is_prefill"]]
+    cols = ("prefill_chunk_size", "kv_cache_size", "attn_prefill")
+    profile = tuple(pre[c].to_numpy(float) for c in cols)
+    shape = loader.model_shape(loader.load_compute(profiles_dir, cfg.device, cfg.model))
     job = datasets.attention_job(pre, "prefill", datasets.effective_heads(shape, tp, "prefill"))
     keep = (job.x[:, 1] <= 2 * chunk) & (job.x[:, 0] <= kv_q.max())
-    for v, n, hm, fm, hmean, fmean, ymean in held_out_lengths(job, "attn_prefill", 1, keep):
-        rows.append(_evidence(name, "attn_prefill", "held-out length", f"chunk {int(v)}", n,
-                              float("nan"), [ymean], [hmean], [fmean], hm, fm))
-    return rows
+    return op_evidence(
+        name, "attn_prefill", CHUNK_BUCKETS, c_log, kv_q, kv_w, profile, job, keep,
+        (hybrid, forest),
+    )  # fmt: skip
 
 
 def run(cases_dir: str, names: list[str], profiles_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -250,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     swaps, evidence = run(args.cases, args.names, args.profiles_dir)
     atomic_write_csv(swaps, os.path.join(args.out_dir, "fidelity_side_by_side_ops.csv"))
     atomic_write_csv(evidence, os.path.join(args.out_dir, "fidelity_side_by_side_rows.csv"))
-    table = swaps.pivot_table(index=["case", "swapped"], columns="metric", values="rel_err", sort=False)
+    table = swaps.pivot_table(
+        index=["case", "swapped"], columns="metric", values="rel_err", sort=False
+    )
     print((table[CORE] * 100).round(1).to_string())
     pd.set_option("display.width", 200)
     print(evidence.round(4).to_string(index=False))
