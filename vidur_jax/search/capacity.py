@@ -97,8 +97,11 @@ class SearchSettings:
         qps_max_per_replica: highest rate probed per replica; passing there = ``capped``.
         max_requests: most requests per replica an unmeasured config is re-searched with
             (doubling from ``num_requests``).
-        span_factor: at its capacity a probe's arrivals must span at least this many
-            times the criterion's bound (else ``filling``: re-searched with more requests).
+        span_factor: a probe's arrivals must span at least this many times the
+            criterion's bound: a probe whose ``num_requests`` arrive faster runs with
+            twice, four times, ... the requests (up to ``max_requests``), so a verdict
+            depends on the QPS alone and a queue has time to show; a capacity probe
+            still short of it is ``filling`` (re-searched with more requests).
         early_stop: stop a probe once its failure is certain.
         width: lanes of the probe pool (fixed per compile), sharded over local devices.
         runner: ``lanes`` (the vmapped probe pool), ``single`` (each probe on the
@@ -122,7 +125,7 @@ class SearchSettings:
     qps_min: float = 0.01
     qps_max_per_replica: float = 256.0
     max_requests: int = 3200
-    span_factor: float = 1.0
+    span_factor: float = 2.0
     early_stop: bool = True
     width: int = 32
     runner: str = "auto"
@@ -204,6 +207,7 @@ class Probe:
         span_s: arrival span of the simulated requests, seconds.
         resume: ``(level, group, lane, params, state)`` of a passing probe stopped early
             (single runner), so it can be finished if its summary is needed.
+        num_requests: requests per replica it simulated (:meth:`ProbeRunner.requests_for`).
     """
 
     config_index: int
@@ -216,6 +220,7 @@ class Probe:
     stopped_early: bool = False
     span_s: float = math.nan
     resume: object = dataclasses.field(default=None, repr=False, compare=False)
+    num_requests: int = 0
 
 
 @dataclasses.dataclass
@@ -231,7 +236,8 @@ class CapacityResult:
         num_probes: simulations spent on this config (all passes).
         at_capacity: summary metrics of the probe at ``capacity_qps`` (empty if none).
         probes: every probe of the last pass, in order.
-        num_requests: requests per replica of the last pass.
+        num_requests: requests per replica of the probe at capacity (else of the last
+            pass's first probes).
         estimate_qps: the analytic estimate the search started from.
     """
 
@@ -339,6 +345,12 @@ class ProbeWorkloads:
     unit_arrivals: np.ndarray
     num_requests: int
     mode: str
+
+    def span_s(self, cfg: DeploymentConfig, qps: float) -> float:
+        """Seconds between the first and last arrival of :meth:`for_config`'s requests."""
+        n, r = cfg.num_replicas, self.num_requests
+        last = (r - 1) * n if self.mode == "replica" else n * r - 1
+        return float(self.unit_arrivals[last] - self.unit_arrivals[0]) / qps
 
     def for_config(self, cfg: DeploymentConfig, qps: float) -> Workload:
         """The requests a probe of ``cfg`` at cluster rate ``qps`` simulates."""
@@ -489,6 +501,7 @@ class ProbeRunner:
         profiles_dir: str | None = None,
         capacity: int = 0,
         shape_cfgs: Sequence[DeploymentConfig] | None = None,
+        more_requests: Callable[[int], ProbeWorkloads] | None = None,
     ):
         """
         Args:
@@ -502,9 +515,14 @@ class ProbeRunner:
             shape_cfgs: configs (a superset of ``cfgs``) whose slot counts, stages and
                 timing tables each group is compiled for (default ``cfgs``): a later
                 pass over a subset then reuses the first pass's executables.
+            more_requests: ``n -> ProbeWorkloads`` with ``n`` requests per replica (as
+                ``workloads`` draws them), for probes whose arrivals span too little
+                time (:meth:`workloads_for`); None: every probe uses ``workloads``.
         """
         self.settings = settings
         self.workloads = workloads
+        self._more = more_requests
+        self._ladder = {workloads.num_requests: workloads}
         self.predictor_for = predictor_for or default_predictor_for(profiles_dir)
         sim = (
             [dataclasses.replace(c, num_replicas=1) for c in cfgs]
@@ -545,6 +563,34 @@ class ProbeRunner:
         else:
             want = 1 << max(0, math.ceil(math.log2(max(1, len(cfgs) * settings.branching))))
             self.width = -(-min(settings.width, want) // n_dev) * n_dev
+
+    def workloads_for(self, p: Probe) -> ProbeWorkloads:
+        """The requests of probe ``p``: the runner's ``workloads``, doubled (twice,
+        four times the requests, ...) while their arrivals at ``p.qps`` span less than
+        ``span_factor`` x the criterion's bound, as long as they fit the rows allocated
+        (``max_requests`` per replica) and ``more_requests`` is given.
+
+        Why: with a fixed request count, a high rate compresses the arrivals into a few
+        seconds, the queue has no time to build and the delay quantile flattens out near
+        the bound, so verdicts flip back and forth with QPS (on Vidur's grid one config's
+        300-request capacity was 1.76x its 600-request one). The request count being a
+        function of the QPS alone, every search (and a brute-force scan) sees the same
+        verdict at the same QPS.
+        """
+        s, cfg = self.settings, self.cfgs[p.config_index]
+        pw = self.workloads
+        if self._more is None:
+            return pw
+        want = s.span_factor * s.bound_s
+        while pw.span_s(cfg, p.qps) < want:
+            n = 2 * pw.num_requests
+            rows = n if pw.mode == "replica" else n * cfg.num_replicas
+            if n > s.max_requests or rows > self.num_requests:
+                break
+            if n not in self._ladder:
+                self._ladder[n] = self._more(n)
+            pw = self._ladder[n]
+        return pw
 
     def _group_of(self, c: DeploymentConfig, d) -> tuple[str, int]:
         """``(policy, slot bucket)`` of a simulated config (bucket 0: the lane pool)."""
@@ -613,7 +659,9 @@ class ProbeRunner:
         self.stats.sim_wall_s += time.perf_counter() - t0
 
     def _lane(self, lv: _Level, p: Probe) -> _Lane:
-        wl = self.workloads.for_config(self.cfgs[p.config_index], p.qps)
+        pw = self.workloads_for(p)
+        p.num_requests = pw.num_requests
+        wl = pw.for_config(self.cfgs[p.config_index], p.qps)
         params = build.build_params(
             self.sim_cfgs[p.config_index],
             self.derived[p.config_index],
@@ -1229,7 +1277,7 @@ def search_capacity(
                 len(probes[i]),
                 dict(best.summary) if best else {},
                 probes[i],
-                runner.workloads.num_requests,
+                best.num_requests if best and best.num_requests else runner.workloads.num_requests,
                 est[i],
             )
         )
@@ -1298,6 +1346,13 @@ def measure_capacities(
             profiles_dir=profiles_dir,
             capacity=rows,
             shape_cfgs=cfgs,
+            more_requests=functools.partial(
+                make_probe_workloads,
+                lengths,
+                max_replicas=max(c.num_replicas for c in sub),
+                mode=settings.mode,
+                seed=settings.seed,
+            ),
         )
         runners.append(runner)
         # later passes start from the capacity the fewer requests gave (an upper guess)

@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "max_rounds": 24,
     "qps_min": 0.01,
     "qps_max_per_replica": 256.0,
-    "span_factor": 1.0,
+    "span_factor": 2.0,
     "early_stop": True,
     "width": 32,
     "runner": "auto",
@@ -204,7 +204,7 @@ def run_search(cfg: Mapping[str, Any], log=print) -> dict[str, Any]:
             {
                 "config_id": feas[k],
                 "qps": p.qps,
-                "num_requests": r.num_requests,
+                "num_requests": p.num_requests or r.num_requests,
                 f"sched_delay_q{settings.quantile:g}": p.delay_s,
                 "ttft_p90": p.summary.get("ttft_p90", np.nan),
                 "tbt_p99": p.summary.get("tbt_p99", np.nan),
