@@ -127,6 +127,43 @@ def test_next_qps_brackets_to_granularity():
     assert cap.next_qps([_p(0.01, False)], s, 1)[1] == "below_min"
 
 
+def test_secant_places_the_next_probe_worked_by_hand():
+    """Vidur's criterion (P99 <= 5 s): passes at 50 QPS (1.5 s, ratio 0.3) and 55 (3 s,
+    0.6), a failure at 80. The line in (log QPS, ratio) crosses 1 at 55 exp(0.4 /
+    (0.3 / ln 1.1)) = 62.45 QPS; a pass there at 4.9 s puts the next crossing (62.87)
+    within a granularity of it, so the probe goes to 62.45 x 1.025, where a failure
+    closes the bracket."""
+    s = cap.SearchSettings(criterion="vidur", granularity=0.025)
+
+    def p(q, d):
+        return cap.Probe(0, q, delay_s=d, passed=d <= 5.0)
+
+    probes = [p(50.0, 1.5), p(55.0, 3.0), p(80.0, 9.0)]
+    want = 55.0 * math.exp(0.4 / (0.3 / math.log(1.1)))
+    assert math.isclose(cap.secant_target(probes, s), want, rel_tol=1e-12)
+    assert math.isclose(want, 62.45, rel_tol=1e-3)
+    qs, st = cap.next_qps(probes, s, 1, branching=1)
+    assert st == "" and len(qs) == 1 and math.isclose(qs[0], want, rel_tol=1e-12)
+    probes.append(p(want, 4.9))
+    qs, _ = cap.next_qps(probes, s, 1, branching=1)
+    assert math.isclose(qs[0], want * 1.025, rel_tol=1e-12)
+    probes.append(p(want * 1.025, 5.3))
+    assert cap.next_qps(probes, s, 1, branching=1) == ([], "ok")
+    # the target is kept within [15%, 85%] of the bracket in log QPS
+    far = [p(50.0, 1.5), p(55.0, 1.6), p(80.0, 9.0)]
+    (q,), _ = cap.next_qps(far, s, 1, branching=1)
+    assert math.isclose(math.log(q / 55.0), 0.85 * math.log(80.0 / 55.0), rel_tol=1e-12)
+    # no failure yet: never further than the gallop step; off: the geometric middle
+    up = [p(50.0, 1.5), p(55.0, 1.6)]
+    assert cap.next_qps(up, s, 1, branching=1)[0] == [55.0 * min(2.0, cap.GALLOP**2)]
+    off = dataclasses.replace(s, secant=False)
+    assert math.isclose(cap.next_qps(probes[:3], off, 1, branching=1)[0][0], math.sqrt(55 * 80))
+    # falling or too low ratios, or passes too close together: no secant
+    assert math.isnan(cap.secant_target([p(50.0, 3.0), p(55.0, 1.5)], s))
+    assert math.isnan(cap.secant_target([p(50.0, 0.1), p(55.0, 0.4)], s))
+    assert math.isnan(cap.secant_target([p(50.0, 1.5), p(50.5, 3.0)], s))
+
+
 def test_request_count_is_a_function_of_qps():
     """A probe's arrivals span at least span_factor x the bound: its request count
     doubles from num_requests while they span less (up to max_requests and the rows),

@@ -103,6 +103,9 @@ class SearchSettings:
             depends on the QPS alone and a queue has time to show; a capacity probe
             still short of it is ``filling`` (re-searched with more requests).
         early_stop: stop a probe once its failure is certain.
+        secant: with one probe per config per round, place it where the line through
+            the two highest passing probes' criterion ratios crosses the bound
+            (:func:`secant_target`) instead of the bracket's geometric middle.
         width: lanes of the probe pool (fixed per compile), sharded over local devices.
         runner: ``lanes`` (the vmapped probe pool), ``single`` (each probe on the
             unbatched, scatter-free event loop, one probe per local device at a time) or
@@ -127,6 +130,7 @@ class SearchSettings:
     max_requests: int = 3200
     span_factor: float = 2.0
     early_stop: bool = True
+    secant: bool = True
     width: int = 32
     runner: str = "auto"
     mode: str = "auto"
@@ -1144,6 +1148,63 @@ def _geometric(lo: float, hi: float, m: int) -> list[float]:
 GALLOP = 1.2
 
 
+def criterion_ratio(p: Probe, s: SearchSettings) -> float:
+    """How close a passing probe is to the criterion's bound (1 = on it): the delay
+    quantile over its bound (Vidur's criterion), else the larger of TTFT P90 and TBT P99
+    over theirs; NaN when the probe has no exact value (failed, or no summary)."""
+    if not p.passed:
+        return math.nan
+    if s.criterion == "vidur":
+        return p.delay_s / s.max_delay_s
+    if not p.summary:
+        return math.nan
+    return max(
+        p.summary.get("ttft_p90", math.nan) / s.ttft_p90_max_s,
+        p.summary.get("tbt_p99", math.nan) / s.tbt_p99_max_s,
+    )
+
+
+#: Smallest criterion ratio of a passing probe the secant uses (below it the queue has
+#: not formed and the ratio says little about where the bound is crossed).
+SECANT_MIN_RATIO = 0.1
+
+
+def secant_target(probes: Sequence[Probe], s: SearchSettings) -> float:
+    """QPS where the criterion's ratio (:func:`criterion_ratio`) reaches 1, on the line
+    through the two highest passing probes below every failing one, in (log QPS,
+    ratio); NaN when they are not two, lie within 1.5 granularities of each other, or
+    their ratio does not rise with QPS.
+
+    Failing probes only give a lower bound of their ratio (they stop early), so the
+    line uses passes only; it extrapolates upwards from the higher one."""
+    hi = min((p.qps for p in probes if not p.passed), default=math.inf)
+    below = sorted((p for p in probes if p.passed and p.qps < hi), key=lambda p: p.qps)
+    if len(below) < 2:
+        return math.nan
+    a, b = below[-2], below[-1]
+    if b.qps < a.qps * (1.0 + 1.5 * s.granularity):  # too close to give a slope
+        return math.nan
+    ra, rb = criterion_ratio(a, s), criterion_ratio(b, s)
+    if not (ra >= SECANT_MIN_RATIO and rb > ra and rb < 1.0):
+        return math.nan
+    slope = (rb - ra) / math.log(b.qps / a.qps)
+    return b.qps * math.exp((1.0 - rb) / slope)
+
+
+def _guided(lo: float, hi: float, target: float, s: SearchSettings) -> float:
+    """One probe inside ``(lo, hi)`` near ``target``: at ``lo (1 + g)`` when the target is
+    closer to ``lo`` (a failure there closes the bracket), else the target, kept within
+    [15%, 85%] of the bracket in log QPS (the bracket shrinks whatever the outcome)."""
+    g = 1.0 + s.granularity
+    if target <= lo * g:
+        return lo * g
+    r = math.log(hi / lo) if math.isfinite(hi) else math.inf
+    t = math.log(target / lo)
+    if math.isfinite(r):
+        t = min(max(t, 0.15 * r), 0.85 * r)
+    return lo * math.exp(t)
+
+
 def next_qps(
     probes: Sequence[Probe],
     s: SearchSettings,
@@ -1175,9 +1236,12 @@ def next_qps(
     # one side only so far: step away from the probes by a factor that squares with
     # every probe (G, G^2, G^4, ... at most 2): small steps while near the estimate
     step = min(2.0, GALLOP ** (2 ** (len(probes) - 1)))
+    target = secant_target(probes, s) if k == 1 and s.secant else math.nan
     if math.isinf(hi):  # everything passed so far: upwards, up to qmax
         if lo >= qmax * (1 - 1e-9):
             return [], "capped"
+        if math.isfinite(target):  # no further than the gallop's step
+            return [min(_guided(lo, math.inf, target, s), lo * step, qmax)], ""
         return sorted({min(lo * step**j, qmax) for j in range(1, k + 1)}), ""
     if lo <= 0.0:
         if hi <= s.qps_min * (1 + 1e-9):
@@ -1185,6 +1249,8 @@ def next_qps(
         return sorted({max(hi / step**j, s.qps_min) for j in range(1, k + 1)}), ""
     if hi / lo - 1 <= s.granularity * (1 + 1e-9):
         return [], "ok"
+    if math.isfinite(target):
+        return [_guided(lo, hi, target, s)], ""
     need = math.ceil(math.log(hi / lo) / math.log1p(s.granularity) - 1e-9) - 1
     return _geometric(lo, hi, max(1, min(k, need))), ""
 
