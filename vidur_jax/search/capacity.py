@@ -16,7 +16,9 @@ failing QPS) shrinks K-ary until ``hi / lo <= 1 + granularity`` (Vidur: 2.5%):
 * a config with no failing probe steps upwards by 1.2, 1.44, then 2 (``capped`` at
   ``qps_max_per_replica``), one with no passing probe downwards alike (``below_min`` at
   ``qps_min``);
-* later rounds put up to K probes geometrically inside ``(lo, hi)``.
+* later rounds put up to K probes geometrically inside ``(lo, hi)``; with K = 1, once
+  two probes passed, one where the line through their latency/bound ratios reaches 1
+  (:func:`secant_target`, safeguarded inside the bracket).
 
 A probe stops as soon as its verdict is certain (:mod:`vidur_jax.search.probe_loop` on
 the single runner: checked inside the event loop every 16 steps; the lane pool checks
@@ -36,7 +38,10 @@ unmeasured (and ``unresolved`` / ``error`` configs) is flagged, never chosen as 
 Workloads use common random numbers: request lengths are drawn once, arrival times come
 from one unit-rate Poisson draw (Vidur's capped gaps) divided by the probed QPS, so all
 probes of all configs see the same requests, only compressed in time, and capacities are
-comparable across configs and (up to queueing noise) monotone in QPS.
+comparable across configs and (up to queueing noise) monotone in QPS. A probe whose
+``num_requests`` arrivals span less than ``span_factor`` x the criterion's bound runs with
+twice (four times, ...) the requests (:meth:`ProbeRunner.workloads_for`): the request
+count is a function of the QPS alone, so verdicts do not depend on the search's path.
 
 ``mode="replica"`` (the default for round-robin routing) simulates one representative
 replica: with round robin, replica 0 of an N-replica cluster receives exactly requests
@@ -1235,7 +1240,7 @@ def next_qps(
     lo, hi, _ = _bracket(probes)
     # one side only so far: step away from the probes by a factor that squares with
     # every probe (G, G^2, G^4, ... at most 2): small steps while near the estimate
-    step = min(2.0, GALLOP ** (2 ** (len(probes) - 1)))
+    step = min(2.0, GALLOP ** (2 ** min(len(probes) - 1, 8)))
     target = secant_target(probes, s) if k == 1 and s.secant else math.nan
     if math.isinf(hi):  # everything passed so far: upwards, up to qmax
         if lo >= qmax * (1 - 1e-9):
