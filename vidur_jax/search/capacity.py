@@ -1169,6 +1169,9 @@ def criterion_ratio(p: Probe, s: SearchSettings) -> float:
     )
 
 
+#: Probes of a config after which its bracket is bisected, secant or not.
+SECANT_PROBES = 8
+
 #: Smallest criterion ratio of a passing probe the secant uses (below it the queue has
 #: not formed and the ratio says little about where the bound is crossed).
 SECANT_MIN_RATIO = 0.1
@@ -1199,14 +1202,15 @@ def secant_target(probes: Sequence[Probe], s: SearchSettings) -> float:
 def _guided(lo: float, hi: float, target: float, s: SearchSettings) -> float:
     """One probe inside ``(lo, hi)`` near ``target``: at ``lo (1 + g)`` when the target is
     closer to ``lo`` (a failure there closes the bracket), else the target, kept within
-    [15%, 85%] of the bracket in log QPS (the bracket shrinks whatever the outcome)."""
+    [25%, 75%] of the bracket in log QPS (it shrinks to at most 3/4 whatever the
+    outcome)."""
     g = 1.0 + s.granularity
     if target <= lo * g:
         return lo * g
     r = math.log(hi / lo) if math.isfinite(hi) else math.inf
     t = math.log(target / lo)
     if math.isfinite(r):
-        t = min(max(t, 0.15 * r), 0.85 * r)
+        t = min(max(t, 0.25 * r), 0.75 * r)
     return lo * math.exp(t)
 
 
@@ -1241,7 +1245,10 @@ def next_qps(
     # one side only so far: step away from the probes by a factor that squares with
     # every probe (G, G^2, G^4, ... at most 2): small steps while near the estimate
     step = min(2.0, GALLOP ** (2 ** min(len(probes) - 1, 8)))
-    target = secant_target(probes, s) if k == 1 and s.secant else math.nan
+    # the secant while it pays (a config it has not placed within SECANT_PROBES probes
+    # is bisected: a slow secant never costs more than a few probes)
+    guided = k == 1 and s.secant and len(probes) < SECANT_PROBES
+    target = secant_target(probes, s) if guided else math.nan
     if math.isinf(hi):  # everything passed so far: upwards, up to qmax
         if lo >= qmax * (1 - 1e-9):
             return [], "capped"
