@@ -158,6 +158,10 @@ def test_secant_places_the_next_probe_worked_by_hand():
     assert cap.next_qps(up, s, 1, branching=1)[0] == [55.0 * min(2.0, cap.GALLOP**2)]
     off = dataclasses.replace(s, secant=False)
     assert math.isclose(cap.next_qps(probes[:3], off, 1, branching=1)[0][0], math.sqrt(55 * 80))
+    # after SECANT_PROBES probes the bracket is bisected
+    many = [p(50.0 - j, 1.4 - 0.01 * j) for j in range(cap.SECANT_PROBES - 3)] + probes[:3]
+    assert len(many) == cap.SECANT_PROBES
+    assert math.isclose(cap.next_qps(many, s, 1, branching=1)[0][0], math.sqrt(55 * 80))
     # falling or too low ratios, or passes too close together: no secant
     assert math.isnan(cap.secant_target([p(50.0, 3.0), p(55.0, 1.5)], s))
     assert math.isnan(cap.secant_target([p(50.0, 0.1), p(55.0, 0.4)], s))
