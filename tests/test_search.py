@@ -156,8 +156,8 @@ def test_secant_places_the_next_probe_worked_by_hand():
     # no failure yet: never further than the gallop step; off: the geometric middle
     up = [p(50.0, 1.5), p(55.0, 1.6)]
     assert cap.next_qps(up, s, 1, branching=1)[0] == [55.0 * min(2.0, cap.GALLOP**2)]
-    off = dataclasses.replace(s, secant=False)
-    assert math.isclose(cap.next_qps(probes[:3], off, 1, branching=1)[0][0], math.sqrt(55 * 80))
+    for off in (dataclasses.replace(s, secant=False), dataclasses.replace(s, criterion="slo")):
+        assert math.isclose(cap.next_qps(probes[:3], off, 1, branching=1)[0][0], math.sqrt(55 * 80))
     # after SECANT_PROBES probes the bracket is bisected
     many = [p(50.0 - j, 1.4 - 0.01 * j) for j in range(cap.SECANT_PROBES - 3)] + probes[:3]
     assert len(many) == cap.SECANT_PROBES

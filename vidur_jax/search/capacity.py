@@ -108,9 +108,9 @@ class SearchSettings:
             depends on the QPS alone and a queue has time to show; a capacity probe
             still short of it is ``filling`` (re-searched with more requests).
         early_stop: stop a probe once its failure is certain.
-        secant: with one probe per config per round, place it where the line through
-            the two highest passing probes' criterion ratios crosses the bound
-            (:func:`secant_target`) instead of the bracket's geometric middle.
+        secant: with Vidur's criterion and one probe per config per round, place it
+            where the line through the two highest passing probes' delay / bound ratios
+            crosses 1 (:func:`secant_target`) instead of the bracket's geometric middle.
         width: lanes of the probe pool (fixed per compile), sharded over local devices.
         runner: ``lanes`` (the vmapped probe pool), ``single`` (each probe on the
             unbatched, scatter-free event loop, one probe per local device at a time) or
@@ -1246,8 +1246,10 @@ def next_qps(
     # every probe (G, G^2, G^4, ... at most 2): small steps while near the estimate
     step = min(2.0, GALLOP ** (2 ** min(len(probes) - 1, 8)))
     # the secant while it pays (a config it has not placed within SECANT_PROBES probes
-    # is bisected: a slow secant never costs more than a few probes)
-    guided = k == 1 and s.secant and len(probes) < SECANT_PROBES
+    # is bisected: a slow secant never costs more than a few probes); Vidur's criterion
+    # only: the delay quantile grows smoothly with QPS, while TTFT P90 jumps once a
+    # queue forms (on the SLO search of docs/search.md the secant saved no probes)
+    guided = k == 1 and s.secant and s.criterion == "vidur" and len(probes) < SECANT_PROBES
     target = secant_target(probes, s) if guided else math.nan
     if math.isinf(hi):  # everything passed so far: upwards, up to qmax
         if lo >= qmax * (1 - 1e-9):
