@@ -108,6 +108,10 @@ class SearchSettings:
             depends on the QPS alone and a queue has time to show; a capacity probe
             still short of it is ``filling`` (re-searched with more requests).
         early_stop: stop a probe once its failure is certain.
+        request_ladder: choose each probe's request count from its QPS
+            (:meth:`ProbeRunner.workloads_for`) instead of per config and pass: one
+            pass, but a capacity can settle at the QPS where the count doubles (on
+            Vidur's grid 54 configs did), so off by default.
         secant: with Vidur's criterion and one probe per config per round, place it
             where the line through the two highest passing probes' delay / bound ratios
             crosses 1 (:func:`secant_target`) instead of the bracket's geometric middle.
@@ -136,6 +140,7 @@ class SearchSettings:
     span_factor: float = 2.0
     early_stop: bool = True
     secant: bool = True
+    request_ladder: bool = False
     width: int = 32
     runner: str = "auto"
     mode: str = "auto"
@@ -1432,7 +1437,9 @@ def measure_capacities(
                 max_replicas=max(c.num_replicas for c in sub),
                 mode=settings.mode,
                 seed=settings.seed,
-            ),
+            )
+            if settings.request_ladder
+            else None,
         )
         runners.append(runner)
         # later passes start from the capacity the fewer requests gave (an upper guess)
