@@ -256,10 +256,8 @@ def grid_from_dict(
             chunk = _ints(f"schedulers[{i}].chunk_size", chunk)[0]
         k = s.get("speculative_tokens")
         if k is not None:  # a speculative-decoding axis: entries differing in k
-            require(
-                isinstance(k, int) and not isinstance(k, bool) and k >= 0,
-                f"search.schedulers[{i}].speculative_tokens={k!r} must be an integer >= 0",
-            )
+            require(isinstance(k, int) and not isinstance(k, bool) and k >= 0,
+                    f"search.schedulers[{i}].speculative_tokens={k!r} must be an integer >= 0")
         scheds.append(SchedulerChoice(name, chunk, k))
     return GridSpec(
         models=tuple(catalog.get_model(m).name for m in models),
@@ -281,19 +279,11 @@ def _pool_choices(values: Any) -> tuple[PoolChoice, ...]:
     for i, v in enumerate(values):
         require(isinstance(v, Mapping), f"search.pd_pools[{i}]={v!r} must be a mapping")
         unknown = sorted(set(v) - {f.name for f in dataclasses.fields(PoolChoice)})
-        require(
-            not unknown,
-            f"search.pd_pools[{i}] has unknown keys {unknown}; allowed: prefill_tp, decode_tp, "
-            "prefill_pp, decode_pp, prefill_device, decode_device",
-        )
-        tps = {
-            k: _ints(f"pd_pools[{i}].{k}", v.get(k, 1))[0]
-            for k in ("prefill_tp", "decode_tp", "prefill_pp", "decode_pp")
-        }
-        devices = {
-            k: v.get(k) and catalog.get_device(v[k]).name
-            for k in ("prefill_device", "decode_device")
-        }
+        require(not unknown, f"search.pd_pools[{i}] has unknown keys {unknown}; allowed: prefill_tp, decode_tp, "
+                "prefill_pp, decode_pp, prefill_device, decode_device")
+        tps = {k: _ints(f"pd_pools[{i}].{k}", v.get(k, 1))[0]
+               for k in ("prefill_tp", "decode_tp", "prefill_pp", "decode_pp")}
+        devices = {k: v.get(k) and catalog.get_device(v[k]).name for k in ("prefill_device", "decode_device")}
         out.append(PoolChoice(**tps, **devices))
     return tuple(out)
 
@@ -358,11 +348,9 @@ def expand_grid(
         colocated point followed by its ``pd_splits`` pools, for pp 1 and the
         schedulers that run in pools).
     """
-    require(
-        not (per_replica and spec.pd_splits),
-        "search.pd_splits needs search.target_qps=null (target planning sizes one colocated replica; "
-        "pools are searched as whole clusters)",
-    )
+    require(not (per_replica and spec.pd_splits),
+            "search.pd_splits needs search.target_qps=null (target planning sizes one colocated replica; "
+            "pools are searched as whole clusters)")
     out = []
     for model, cl, tp, pp, sch, cap, ep in itertools.product(
         spec.models, spec.clusters, spec.tp, spec.pp, spec.schedulers, spec.batch_caps, spec.ep
@@ -388,9 +376,7 @@ def expand_grid(
             chunk_size=sch.chunk_size if sch.chunk_size is not None else base.chunk_size,
             batch_size_cap=cap,
             expert_parallel=ep,
-            spec_tokens=sch.speculative_tokens
-            if sch.speculative_tokens is not None
-            else base.spec_tokens,
+            spec_tokens=sch.speculative_tokens if sch.speculative_tokens is not None else base.spec_tokens,
         )
         reason = ""
         if node is None:
@@ -404,19 +390,13 @@ def expand_grid(
         if pp == 1 and sch.scheduler in disagg.SCHEDULERS:
             for p, d in pool_splits(replicas, spec.pd_splits):
                 pooled = dataclasses.replace(cfg, prefill_replicas=p, decode_replicas=d)
-                out.append(
-                    Candidate(
-                        pooled, tp * pp * replicas, float(price), _reason(pooled, node, reason)
-                    )
-                )
+                out.append(Candidate(pooled, tp * pp * replicas, float(price), _reason(pooled, node, reason)))
     if not per_replica:
         out += _pool_hardware_points(spec, base)
     return out
 
 
-def pool_hardware_splits(
-    gpus: int, choice: PoolChoice, shares: Sequence[float]
-) -> list[tuple[int, int]]:
+def pool_hardware_splits(gpus: int, choice: PoolChoice, shares: Sequence[float]) -> list[tuple[int, int]]:
     """Distinct ``(prefill, decode)`` replica counts of ``choice`` on ``gpus`` GPUs for
     prefill ``shares`` of the GPUs (:attr:`GridSpec.pd_pools`); none that leaves no
     decode replica."""
@@ -486,14 +466,10 @@ def describe(c: DeploymentConfig) -> str:
     chunk = policies.get(c.replica_scheduler).prefill_chunk(c)
     sched = c.replica_scheduler + (str(chunk) if chunk else "")
     return (
-        (
-            f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
-            + (f"ep{c.expert_parallel} " if c.expert_parallel > 1 else "")
-            + f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
-        )
-        + (f" spec{c.spec_tokens}" if c.spec_tokens else "")
-        + _pools(c)
-    )
+        f"{c.device} tp{c.tensor_parallel_size} pp{c.num_pipeline_stages} "
+        + (f"ep{c.expert_parallel} " if c.expert_parallel > 1 else "")
+        + f"x{c.num_replicas} {sched} cap{c.batch_size_cap}"
+    ) + (f" spec{c.spec_tokens}" if c.spec_tokens else "") + _pools(c)
 
 
 def _pools(c: DeploymentConfig) -> str:
@@ -508,11 +484,7 @@ def pool_hardware(c: DeploymentConfig) -> dict[str, Any]:
     return {
         f"{p}_{k}": (f(c, p) if pooled else None)
         for p in disagg_pools.POOLS
-        for k, f in (
-            ("device", disagg_pools.pool_device),
-            ("tp", disagg_pools.pool_tp),
-            ("pp", disagg_pools.pool_pp),
-        )
+        for k, f in (("device", disagg_pools.pool_device), ("tp", disagg_pools.pool_tp), ("pp", disagg_pools.pool_pp))
     }
 
 
@@ -520,11 +492,9 @@ def label(c: DeploymentConfig) -> str:
     """A deployment's replica in words, e.g. ``1 x H100 (TP1, Sarathi chunk 1024, cap 128)``;
     pools with their own hardware: ``3 prefill (H100 TP2) : 5 decode (A100 TP1) (vLLM, cap 64)``."""
     gpus = c.tensor_parallel_size * c.num_pipeline_stages
-    par = (
-        f"TP{c.tensor_parallel_size}"
-        + (f" PP{c.num_pipeline_stages}" if c.num_pipeline_stages > 1 else "")
-        + (f" EP{c.expert_parallel}" if c.expert_parallel > 1 else "")
-    )
+    par = f"TP{c.tensor_parallel_size}" + (
+        f" PP{c.num_pipeline_stages}" if c.num_pipeline_stages > 1 else ""
+    ) + (f" EP{c.expert_parallel}" if c.expert_parallel > 1 else "")
     policy = policies.get(c.replica_scheduler)
     sched = policy.title or policy.name
     if policy.prefill_chunk(c):
@@ -535,10 +505,8 @@ def label(c: DeploymentConfig) -> str:
         pools = " : ".join(
             f"{getattr(c, f'{p}_replicas')} {p} ({disagg_pools.pool_device(c, p).upper()} "
             f"TP{disagg_pools.pool_tp(c, p)}"
-            + (f" PP{disagg_pools.pool_pp(c, p)}" if disagg_pools.pool_pp(c, p) > 1 else "")
-            + ")"
-            for p in disagg_pools.POOLS
-        )
+            + (f" PP{disagg_pools.pool_pp(c, p)}" if disagg_pools.pool_pp(c, p) > 1 else "") + ")"
+            for p in disagg_pools.POOLS)
         return f"{pools} ({sched}, cap {c.batch_size_cap})"
     return f"{gpus} x {c.device.upper()} ({par}, {sched}, cap {c.batch_size_cap}){_pools(c)}"
 
