@@ -38,10 +38,10 @@ unmeasured (and ``unresolved`` / ``error`` configs) is flagged, never chosen as 
 Workloads use common random numbers: request lengths are drawn once, arrival times come
 from one unit-rate Poisson draw (Vidur's capped gaps) divided by the probed QPS, so all
 probes of all configs see the same requests, only compressed in time, and capacities are
-comparable across configs and (up to queueing noise) monotone in QPS. A probe whose
-``num_requests`` arrivals span less than ``span_factor`` x the criterion's bound runs with
-twice (four times, ...) the requests (:meth:`ProbeRunner.workloads_for`): the request
-count is a function of the QPS alone, so verdicts do not depend on the search's path.
+comparable across configs and (up to queueing noise) monotone in QPS, as long as the
+arrivals span well over the criterion's bound: a capacity whose arrivals span less than
+``span_factor`` (2) x the bound is re-searched with twice the requests (with fewer, the
+delay quantile flattens out near the bound and verdicts flip with QPS).
 
 ``mode="replica"`` (the default for round-robin routing) simulates one representative
 replica: with round robin, replica 0 of an N-replica cluster receives exactly requests
@@ -102,11 +102,9 @@ class SearchSettings:
         qps_max_per_replica: highest rate probed per replica; passing there = ``capped``.
         max_requests: most requests per replica an unmeasured config is re-searched with
             (doubling from ``num_requests``).
-        span_factor: a probe's arrivals must span at least this many times the
-            criterion's bound: a probe whose ``num_requests`` arrive faster runs with
-            twice, four times, ... the requests (up to ``max_requests``), so a verdict
-            depends on the QPS alone and a queue has time to show; a capacity probe
-            still short of it is ``filling`` (re-searched with more requests).
+        span_factor: at its capacity a probe's arrivals must span at least this many
+            times the criterion's bound (else ``filling``: re-searched with twice the
+            requests; with ``request_ladder``, the request count of every probe).
         early_stop: stop a probe once its failure is certain.
         request_ladder: choose each probe's request count from its QPS
             (:meth:`ProbeRunner.workloads_for`) instead of per config and pass: one
