@@ -121,12 +121,17 @@ ATTENTION_GRID = {
 #: 0. Read at call time; ``experiments/predictor_seed_spread.py`` measures both settings.
 TOKEN_MLP = False
 NETWORK_MLP = False
+#: True (shipped): knots-only compute token ops fit wave-quantization steps where their
+#: rows' cross-validation prefers them (``train.fit_step_knots``); network ops never (their
+#: small messages are noise, not tile steps). Read at call time.
+TOKEN_STEPS = True
 
 
 def mlp_key() -> str:
     """The token/network MLP switches, for cache keys (one tag per switch, e.g.
     ``"|token_mlp=0|network_mlp=0"`` at the shipped defaults)."""
     out = "" if TOKEN_MLP else "|token_mlp=0"
+    out += "" if TOKEN_STEPS else "|token_steps=0"
     return out + ("" if NETWORK_MLP else "|network_mlp=0")
 
 
@@ -153,6 +158,7 @@ def token_job(
         TOKEN_EMPHASIS,
         knots=True,
         mlp=NETWORK_MLP if network else TOKEN_MLP,
+        steps=TOKEN_STEPS and not network,
     )
 
 

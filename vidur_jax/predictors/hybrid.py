@@ -28,11 +28,13 @@ size, derivative 0); only constant dims (a transfer model's heads) can lie below
 there ``coef_in`` extrapolates. The MLP learns the smooth part of the log-residual; for
 1-feature ops the knots then carry what is left at the profiled points (GEMM wave
 quantization steps, L2-spill kinks), which a smooth network cannot follow: inside the
-range this is exactly linear interpolation between profiled points, like the neighbour
-averaging of Vidur's forests (attention and shape-transfer jobs keep zero knots). The
-profiled token and network ops ship without the MLP (``datasets.TOKEN_MLP`` /
-``NETWORK_MLP`` False: its params are zero), so their knots interpolate the residual
-over ``coef_in`` directly and no seed enters their fit.
+range this is linear interpolation between profiled points, like the neighbour
+averaging of Vidur's forests (attention and shape-transfer jobs keep zero knots), except
+where the compute token ops' knots carry a step (extra knot pairs one token apart, see
+``train.fit_step_knots``: a size between two rows on different wave-quantization
+plateaus gets one plateau). The profiled token and network ops ship without the MLP
+(``datasets.TOKEN_MLP`` / ``NETWORK_MLP`` False: its params are zero), so their knots
+interpolate the residual over ``coef_in`` directly and no seed enters their fit.
 2-feature ops (attention) use the residual *grid* instead of the MLP: the log-residual
 over ``coef_in`` on a tensor grid of two log coordinates ``v = log1p(grid_a @ x)`` (prefill:
 ``kv + chunk`` and ``chunk``; decode: ``batch`` and ``kv``), nodes at the profiled values,

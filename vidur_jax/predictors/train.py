@@ -119,6 +119,9 @@ class FitJob:
     #: Train the MLP correction (False: knots-only 1-feature jobs, no seed enters; an
     #: option, measured in docs/fidelity.md, not the shipped recipe).
     mlp: bool = True
+    #: Knots-only jobs: knots with wave-quantization steps where cross-validation on the
+    #: job's rows prefers them (:func:`fit_step_knots`; the compute token ops).
+    steps: bool = False
 
 
 def active_dims(x: np.ndarray) -> tuple[int, ...]:
@@ -314,6 +317,7 @@ class _Prepared:
     in_a: np.ndarray | None = None
     in_b: np.ndarray | None = None
     v_all: np.ndarray | None = None  # (M, 2) residual-grid coordinates of every row
+    lp_all: np.ndarray | None = None  # (M,) log coef_in polynomial at every row, for knots
 
 
 def fit_knots(
@@ -348,6 +352,153 @@ def fit_knots(
     knot_u = np.concatenate([ku, ku[-1] + 1.0 + np.arange(num - k)])
     knot_r = np.concatenate([kr, np.full(num - k, kr[-1])])
     return knot_u.astype(np.float32), knot_r.astype(np.float32)
+
+
+#: Wave-quantization steps of the compute token ops (:func:`fit_step_knots`): between
+#: two adjacent profiled sizes ``a < b`` whose log-residuals differ by more than
+#: ``STEP_THRESHOLD``, the time holds ``a``'s level up to the largest multiple of
+#: ``STEP_TILE`` tokens in ``[a, b)`` and ``b``'s level after it (GEMM time is a function of
+#: the tokens padded to a tile). Chosen on the held-out splits of the A100 Llama-2-7B
+#: token ops (``experiments/predictor_token_recipe.py``: tiles 16-128, the midpoint and
+#: thresholds 0.05-0.2 measured); each table keeps it only where 5-fold cross-validation
+#: on its own rows prefers it to linear knots.
+STEP_TILE = 64
+STEP_THRESHOLD = 0.1
+#: Candidates of :func:`choose_step_rule`: ``(rule, threshold)``, rule ``None`` = linear.
+STEP_CANDIDATES: tuple[tuple[str | int | None, float], ...] = (
+    (None, 0.0),
+    (STEP_TILE, STEP_THRESHOLD),
+)
+
+
+def _knot_groups(
+    u0: np.ndarray, resid: np.ndarray, lp: np.ndarray, num: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ku, kr, klp)`` per knot as :func:`fit_knots` groups rows (``lp``: log poly)."""
+    uniq, inv = np.unique(u0, return_inverse=True)
+    if len(uniq) > num:
+        inv = merge_closest(uniq, np.bincount(inv), num)[inv]
+    k = int(inv.max()) + 1
+    cnt = np.bincount(inv, minlength=k)
+    ku = np.bincount(inv, weights=u0, minlength=k) / cnt
+    kr = np.log(np.bincount(inv, weights=np.exp(resid), minlength=k) / cnt)
+    klp = np.bincount(inv, weights=lp, minlength=k) / cnt
+    return ku, kr, klp
+
+
+def _jump_at(xa: float, xb: float, rule: str | int) -> float:
+    """Largest size still on ``a``'s level (``xa <= s < xb``) under ``rule``."""
+    if rule == "next":
+        return xa
+    if rule == "mid":
+        return 0.5 * (xa + xb)
+    s = np.ceil(xb / rule - 1.0) * rule  # largest multiple of the tile below xb
+    return float(s) if s >= xa else 0.5 * (xa + xb)
+
+
+def step_knots(
+    ku: np.ndarray, kr: np.ndarray, klp: np.ndarray, rule: str | int | None, thr: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Knots ``(u, r)`` (unpadded) with a jump between adjacent knots whose residuals
+    differ by more than ``thr`` (none with ``rule=None``: plain linear knots).
+
+    Between ``a`` and ``b`` the time holds ``a``'s value up to the jump ``s`` and ``b``'s
+    from ``s + 1`` (one size unit; relative ``1e-4`` for large byte sizes), so a size
+    between two profiled rows on different plateaus of a wave-quantization step gets one
+    plateau, not a value in between; the log polynomial at the inserted knots is
+    interpolated linearly in ``u`` between ``a`` and ``b``.
+    """
+    if rule is None or len(ku) < 2:
+        return ku, kr
+    out_u, out_r = [ku[0]], [kr[0]]
+    xs = np.expm1(ku)
+    for a in range(len(ku) - 1):
+        b = a + 1
+        if abs(kr[b] - kr[a]) > thr:
+            s = _jump_at(xs[a], xs[b], rule)
+            s1 = s + max(1.0, 1e-4 * s)
+            for x_new, level in ((s, a), (s1, b)):
+                u_new = np.log1p(x_new)
+                if ku[a] < u_new < ku[b]:
+                    t = (u_new - ku[a]) / (ku[b] - ku[a])
+                    lp_new = klp[a] + t * (klp[b] - klp[a])
+                    out_u.append(u_new)
+                    out_r.append(kr[level] + klp[level] - lp_new)
+        out_u.append(ku[b])
+        out_r.append(kr[b])
+    return np.asarray(out_u), np.asarray(out_r)
+
+
+def _step_fit(
+    u0: np.ndarray, resid: np.ndarray, lp: np.ndarray, num: int, rule: str | int | None, thr: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step knots within ``num`` knots: rows are merged into fewer groups until the knots
+    and inserted jump knots fit."""
+    groups = num
+    while True:
+        ku, kr, klp = _knot_groups(u0, resid, lp, groups)
+        su, sr = step_knots(ku, kr, klp, rule, thr)
+        if len(su) <= num or groups <= 2:
+            return su[:num], sr[:num]
+        groups -= len(su) - num
+
+
+def choose_step_rule(
+    u0: np.ndarray,
+    resid: np.ndarray,
+    lp: np.ndarray,
+    num: int = hybrid.NUM_KNOTS,
+    candidates: tuple[tuple[str | int | None, float], ...] = STEP_CANDIDATES,
+) -> tuple[str | int | None, float]:
+    """The candidate ``(rule, threshold)`` (see :func:`step_knots`) with the lowest 5-fold
+    cross-validated mean absolute relative error of the time (fold = row index mod 5,
+    the held-out sizes are not knots); the first candidate unless another is strictly
+    better."""
+    idx = np.arange(len(u0))
+    cands = list(candidates)
+    best, best_score = cands[0], np.inf
+    for rule, thr in cands:
+        errs = []
+        for fold in range(5):
+            held = idx % 5 == fold
+            if held.all() or not held.any():
+                continue
+            su, sr = _step_fit(u0[~held], resid[~held], lp[~held], num, rule, thr)
+            pred = np.interp(u0[held], su, sr)
+            errs.append(np.abs(np.expm1(pred - resid[held])))
+        score = float(np.mean(np.concatenate(errs))) if errs else 0.0
+        if score < best_score - 1e-12:
+            best, best_score = (rule, thr), score
+    return best
+
+
+def fit_step_knots(
+    u0: np.ndarray,
+    resid: np.ndarray,
+    lp: np.ndarray,
+    num: int = hybrid.NUM_KNOTS,
+    candidates: tuple[tuple[str | int | None, float], ...] = STEP_CANDIDATES,
+) -> tuple[np.ndarray, np.ndarray, str | int | None, float]:
+    """Knots of :func:`fit_knots` with wave-quantization jumps (:func:`step_knots`), the
+    rule and threshold chosen by :func:`choose_step_rule` on these rows.
+
+    Args:
+      u0: ``(M,)`` ``log1p`` size of every row.
+      resid: ``(M,)`` log-residual over the polynomial.
+      lp: ``(M,)`` log polynomial at each row (``log y - resid``).
+      num: knots to fill.
+      candidates: ``(rule, threshold)`` pairs to choose from.
+
+    Returns:
+      ``(knot_u (num,), knot_r (num,), rule, threshold)`` as :func:`fit_knots` pads them.
+    """
+    order = np.argsort(u0, kind="stable")
+    rule, thr = choose_step_rule(u0, resid, lp, num, candidates)
+    su, sr = _step_fit(u0[order], resid[order], lp[order], num, rule, thr)
+    k = len(su)
+    knot_u = np.concatenate([su, su[-1] + 1.0 + np.arange(num - k)])
+    knot_r = np.concatenate([sr, np.full(num - k, sr[-1])])
+    return knot_u.astype(np.float32), knot_r.astype(np.float32), rule, thr
 
 
 def merge_closest(u: np.ndarray, counts: np.ndarray, num: int) -> np.ndarray:
@@ -559,6 +710,7 @@ def _prepare(job: FitJob) -> _Prepared:
         prep.u0_all = u[:, 0]
         prep.z_all = ((u - mu) / sd).astype(np.float32)
         prep.r_all = r_full.astype(np.float32)
+        prep.lp_all = np.log(np.maximum(poly, hybrid.POLY_FLOOR))
     return prep
 
 
@@ -686,7 +838,12 @@ def _fit_knots_only_job(job: FitJob) -> hybrid.Params:
     prep = _prepare(job)
     params = dict(prep.base)
     params["mlp"] = hybrid.zero_params()["mlp"]
-    params["knot_u"], params["knot_r"] = fit_knots(prep.u0_all, prep.r_all.astype(np.float64))
+    if job.steps:
+        params["knot_u"], params["knot_r"], _, _ = fit_step_knots(
+            prep.u0_all.astype(np.float64), prep.r_all.astype(np.float64), prep.lp_all
+        )
+    else:
+        params["knot_u"], params["knot_r"] = fit_knots(prep.u0_all, prep.r_all.astype(np.float64))
     return params
 
 
@@ -749,7 +906,9 @@ def config_key() -> str:
     The residual-grid settings are not part of the MLP jobs' seeds (:func:`job_seed`
     hashes :func:`_mlp_key`): changing the grid leaves every MLP job's fit unchanged.
     """
-    return f"{_mlp_key()}|grid={hybrid.GRID_SIZE},{GRID_LAMBDAS},{GRID_RIDGE}"
+    return (
+        f"{_mlp_key()}|grid={hybrid.GRID_SIZE},{GRID_LAMBDAS},{GRID_RIDGE}|steps={STEP_CANDIDATES}"
+    )
 
 
 def widths_of(params: hybrid.Params) -> int:
