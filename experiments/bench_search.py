@@ -233,7 +233,37 @@ def breakdown(res: dict, prof: CompileProfile, cpu_s: float) -> dict:
             float(err.max()),
         ],
         "capacity_over_estimate_median": float(np.median(ratio)) if ratio.size else None,
+        "probes_by_outcome": probe_outcomes(res["probes"]),
     }
+
+
+def probe_outcomes(probes) -> dict:
+    """Where the simulated steps went, by probe outcome (``passed`` / ``failed``, run to
+    the end / ``stopped_early``) and by request count: probes, steps, steps per probe
+    (the event loop's time is about proportional to steps), and probes per config."""
+    import numpy as np
+
+    out = {}
+    for (passed, early), g in probes.groupby(["passed", "stopped_early"]):
+        key = ("passed" if passed else "failed") + ("_stopped_early" if early else "_to_end")
+        out[key] = {
+            "probes": int(len(g)),
+            "steps": int(g["steps"].sum()),
+            "steps_share": float(g["steps"].sum() / max(probes["steps"].sum(), 1)),
+            "steps_per_probe": float(g["steps"].mean()),
+        }
+    out["by_num_requests"] = {
+        int(n): {"probes": int(len(g)), "steps": int(g["steps"].sum())}
+        for n, g in probes.groupby("num_requests")
+    }
+    per = probes.groupby("config_id").size().to_numpy()
+    out["probes_per_config_q10_q50_q90_max"] = [
+        float(np.quantile(per, 0.1)),
+        float(np.quantile(per, 0.5)),
+        float(np.quantile(per, 0.9)),
+        int(per.max()),
+    ]
+    return out
 
 
 def compare(table, path: str, granularity: float, probes=None) -> dict:

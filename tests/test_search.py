@@ -127,6 +127,99 @@ def test_next_qps_brackets_to_granularity():
     assert cap.next_qps([_p(0.01, False)], s, 1)[1] == "below_min"
 
 
+def test_secant_places_the_next_probe_worked_by_hand():
+    """Vidur's criterion (P99 <= 5 s): passes at 50 QPS (1.5 s, ratio 0.3) and 55 (3 s,
+    0.6), a failure at 80. The line in (log QPS, ratio) crosses 1 at 55 exp(0.4 /
+    (0.3 / ln 1.1)) = 62.45 QPS; a pass there at 4.9 s puts the next crossing (62.87)
+    within a granularity of it, so the probe goes to 62.45 x 1.025, where a failure
+    closes the bracket."""
+    s = cap.SearchSettings(criterion="vidur", granularity=0.025)
+
+    def p(q, d):
+        return cap.Probe(0, q, delay_s=d, passed=d <= 5.0)
+
+    probes = [p(50.0, 1.5), p(55.0, 3.0), p(80.0, 9.0)]
+    want = 55.0 * math.exp(0.4 / (0.3 / math.log(1.1)))
+    assert math.isclose(cap.secant_target(probes, s), want, rel_tol=1e-12)
+    assert math.isclose(want, 62.45, rel_tol=1e-3)
+    qs, st = cap.next_qps(probes, s, 1, branching=1)
+    assert st == "" and len(qs) == 1 and math.isclose(qs[0], want, rel_tol=1e-12)
+    probes.append(p(want, 4.9))
+    qs, _ = cap.next_qps(probes, s, 1, branching=1)
+    assert math.isclose(qs[0], want * 1.025, rel_tol=1e-12)
+    probes.append(p(want * 1.025, 5.3))
+    assert cap.next_qps(probes, s, 1, branching=1) == ([], "ok")
+    # the target is kept within [25%, 75%] of the bracket in log QPS
+    far = [p(50.0, 1.5), p(55.0, 1.6), p(80.0, 9.0)]
+    (q,), _ = cap.next_qps(far, s, 1, branching=1)
+    assert math.isclose(math.log(q / 55.0), 0.75 * math.log(80.0 / 55.0), rel_tol=1e-12)
+    # no failure yet: never further than the gallop step; off: the geometric middle
+    up = [p(50.0, 1.5), p(55.0, 1.6)]
+    assert cap.next_qps(up, s, 1, branching=1)[0] == [55.0 * min(2.0, cap.GALLOP**2)]
+    for off in (dataclasses.replace(s, secant=False), dataclasses.replace(s, criterion="slo")):
+        assert math.isclose(cap.next_qps(probes[:3], off, 1, branching=1)[0][0], math.sqrt(55 * 80))
+    # after SECANT_PROBES probes the bracket is bisected
+    many = [p(50.0 - j, 1.4 - 0.01 * j) for j in range(cap.SECANT_PROBES - 3)] + probes[:3]
+    assert len(many) == cap.SECANT_PROBES
+    assert math.isclose(cap.next_qps(many, s, 1, branching=1)[0][0], math.sqrt(55 * 80))
+    # falling or too low ratios, or passes too close together: no secant
+    assert math.isnan(cap.secant_target([p(50.0, 3.0), p(55.0, 1.5)], s))
+    assert math.isnan(cap.secant_target([p(50.0, 0.1), p(55.0, 0.4)], s))
+    assert math.isnan(cap.secant_target([p(50.0, 1.5), p(50.5, 3.0)], s))
+
+
+def test_request_count_is_a_function_of_qps():
+    """A probe's arrivals span at least span_factor x the bound: its request count
+    doubles from num_requests while they span less (up to max_requests and the rows),
+    whatever the order the probes come in, and the doubled requests are those a pass
+    with that many requests draws."""
+    s = cap.SearchSettings(criterion="vidur", num_requests=100, max_requests=400, mode="replica")
+    cfg = DeploymentConfig(replica_scheduler="sarathi", batch_size_cap=32, num_replicas=2)
+
+    def lengths(key, n):
+        return workload.lengths.fixed(key, n, 300, 60)
+
+    def draw(n):
+        return cap.make_probe_workloads(lengths, n, 2, "replica", s.seed)
+
+    pw = draw(100)
+    runner = cap.ProbeRunner(
+        [cfg], pw, s, predictor_for=lambda c: None, capacity=400, more_requests=draw
+    )
+    want = s.span_factor * s.max_delay_s  # 10 s
+    span100 = pw.span_s(cfg, 1.0)  # at 1 QPS; span scales as 1 / QPS
+    qs = [
+        0.5 * span100 / want,
+        0.99 * span100 / want,
+        1.01 * span100 / want,
+        1.9 * span100 / want,
+        3.0 * span100 / want,
+        100.0 * span100 / want,
+    ]
+    got = {}
+    for q in [*qs, *reversed(qs)]:
+        n = runner.workloads_for(cap.Probe(0, q)).num_requests
+        assert got.setdefault(q, n) == n
+    assert [got[q] for q in qs] == [100, 100, 200, 200, 400, 400]
+    for q in qs[:-1]:
+        assert runner.workloads_for(cap.Probe(0, q)).span_s(cfg, q) >= want
+    big = runner.workloads_for(cap.Probe(0, qs[-1]))
+    np.testing.assert_array_equal(big.unit_arrivals, draw(400).unit_arrivals)
+    np.testing.assert_array_equal(big.num_prefill, draw(400).num_prefill)
+    wl = big.for_config(cfg, qs[-1])
+    assert wl.num_requests == 400
+    arr = np.asarray(wl.arrived_at)
+    assert math.isclose(arr.max() - arr.min(), big.span_s(cfg, qs[-1]), rel_tol=1e-9)
+    # without the ladder (or with span_factor 0) every probe keeps num_requests
+    plain = cap.ProbeRunner([cfg], pw, s, predictor_for=lambda c: None, capacity=400)
+    assert plain.workloads_for(cap.Probe(0, qs[-1])).num_requests == 100
+    # the rows allocated bound it too
+    small = cap.ProbeRunner(
+        [cfg], pw, s, predictor_for=lambda c: None, capacity=200, more_requests=draw
+    )
+    assert small.workloads_for(cap.Probe(0, qs[-1])).num_requests == 200
+
+
 def test_criteria():
     vidur = cap.SearchSettings(criterion="vidur", max_delay_s=5.0)
     summ = {"ttft_p90": 3.0, "tbt_p99": 0.1}
@@ -659,3 +752,42 @@ def test_later_pass_reuses_the_first_pass_shapes(slo_search):
                 for i in runner.groups[group]
             ]
             assert a.static.num_slots == cap.slot_bucket(max(bounds)) >= max(bounds)
+
+
+@pytest.mark.slow
+def test_short_span_verdicts_are_monotone(profiles_dir):
+    """Vidur's grid, H100 TP4 PP2 x2 Sarathi 2048 cap 128: with 300 requests at 109-115
+    cluster QPS the arrivals span ~5 s, the sched-delay P99 flattens out just under the
+    5 s bound and verdicts flip (pass at 109, fail at 112, pass at 115), so a search
+    could bracket 109 QPS, 1.76x the capacity measured with 600 requests (62). A capacity
+    whose arrivals span less than 2 x the bound is now re-searched with 600 requests:
+    every verdict from 100 to 120 QPS fails, and the search brackets the same capacity
+    as a brute-force scan."""
+    cfg = app.to_container(
+        app.compose(
+            [
+                "+experiment=search_llama2_7b",
+                f"profiles_dir={profiles_dir}",
+                f"data_dir={profiles_dir}",
+                "search.clusters=[{device: h100, network_device: h100_pairwise_nvlink, "
+                "num_gpus: 16}]",
+                "search.tp=[4]",
+                "search.pp=[2]",
+                "search.schedulers=[{scheduler: sarathi, chunk_size: 2048}]",
+                "search.batch_caps=[128]",
+                "search.max_requests=600",
+            ]
+        )
+    )
+    res = run_search(cfg, log=lambda m: None)
+    r, runner = res["results"][0], res["runners"][-1]
+    assert r.status == "ok" and r.num_requests == 600
+    assert 60.0 < r.capacity_qps < 64.0, r.capacity_qps  # 600 requests: 62-63 QPS
+    scan = [cap.Probe(0, q) for q in (100.0, 109.0, 112.0, 115.0, 120.0)]
+    runner.run(scan)
+    assert [p.num_requests for p in scan] == [600] * 5
+    assert not any(p.passed for p in scan)
+    qs = r.capacity_qps * np.exp(np.arange(-3, 4) * math.log1p(0.015))
+    bf = cap.brute_force_capacity(runner, 0, qs)
+    assert qs[0] < bf < qs[-1]
+    assert abs(math.log(bf / r.capacity_qps)) <= math.log1p(0.025) + math.log1p(0.015) + 1e-9

@@ -16,7 +16,9 @@ failing QPS) shrinks K-ary until ``hi / lo <= 1 + granularity`` (Vidur: 2.5%):
 * a config with no failing probe steps upwards by 1.2, 1.44, then 2 (``capped`` at
   ``qps_max_per_replica``), one with no passing probe downwards alike (``below_min`` at
   ``qps_min``);
-* later rounds put up to K probes geometrically inside ``(lo, hi)``.
+* later rounds put up to K probes geometrically inside ``(lo, hi)``; with K = 1, once
+  two probes passed, one where the line through their latency/bound ratios reaches 1
+  (:func:`secant_target`, safeguarded inside the bracket).
 
 A probe stops as soon as its verdict is certain (:mod:`vidur_jax.search.probe_loop` on
 the single runner: checked inside the event loop every 16 steps; the lane pool checks
@@ -36,7 +38,10 @@ unmeasured (and ``unresolved`` / ``error`` configs) is flagged, never chosen as 
 Workloads use common random numbers: request lengths are drawn once, arrival times come
 from one unit-rate Poisson draw (Vidur's capped gaps) divided by the probed QPS, so all
 probes of all configs see the same requests, only compressed in time, and capacities are
-comparable across configs and (up to queueing noise) monotone in QPS.
+comparable across configs and (up to queueing noise) monotone in QPS, as long as the
+arrivals span well over the criterion's bound: a capacity whose arrivals span less than
+``span_factor`` (2) x the bound is re-searched with twice the requests (with fewer, the
+delay quantile flattens out near the bound and verdicts flip with QPS).
 
 ``mode="replica"`` (the default for round-robin routing) simulates one representative
 replica: with round robin, replica 0 of an N-replica cluster receives exactly requests
@@ -98,8 +103,16 @@ class SearchSettings:
         max_requests: most requests per replica an unmeasured config is re-searched with
             (doubling from ``num_requests``).
         span_factor: at its capacity a probe's arrivals must span at least this many
-            times the criterion's bound (else ``filling``: re-searched with more requests).
+            times the criterion's bound (else ``filling``: re-searched with twice the
+            requests; with ``request_ladder``, the request count of every probe).
         early_stop: stop a probe once its failure is certain.
+        request_ladder: choose each probe's request count from its QPS
+            (:meth:`ProbeRunner.workloads_for`) instead of per config and pass: one
+            pass, but a capacity can settle at the QPS where the count doubles (on
+            Vidur's grid 54 configs did), so off by default.
+        secant: with Vidur's criterion and one probe per config per round, place it
+            where the line through the two highest passing probes' delay / bound ratios
+            crosses 1 (:func:`secant_target`) instead of the bracket's geometric middle.
         width: lanes of the probe pool (fixed per compile), sharded over local devices.
         runner: ``lanes`` (the vmapped probe pool), ``single`` (each probe on the
             unbatched, scatter-free event loop, one probe per local device at a time) or
@@ -122,8 +135,10 @@ class SearchSettings:
     qps_min: float = 0.01
     qps_max_per_replica: float = 256.0
     max_requests: int = 3200
-    span_factor: float = 1.0
+    span_factor: float = 2.0
     early_stop: bool = True
+    secant: bool = True
+    request_ladder: bool = False
     width: int = 32
     runner: str = "auto"
     mode: str = "auto"
@@ -204,6 +219,7 @@ class Probe:
         span_s: arrival span of the simulated requests, seconds.
         resume: ``(level, group, lane, params, state)`` of a passing probe stopped early
             (single runner), so it can be finished if its summary is needed.
+        num_requests: requests per replica it simulated (:meth:`ProbeRunner.requests_for`).
     """
 
     config_index: int
@@ -216,6 +232,7 @@ class Probe:
     stopped_early: bool = False
     span_s: float = math.nan
     resume: object = dataclasses.field(default=None, repr=False, compare=False)
+    num_requests: int = 0
 
 
 @dataclasses.dataclass
@@ -231,7 +248,8 @@ class CapacityResult:
         num_probes: simulations spent on this config (all passes).
         at_capacity: summary metrics of the probe at ``capacity_qps`` (empty if none).
         probes: every probe of the last pass, in order.
-        num_requests: requests per replica of the last pass.
+        num_requests: requests per replica of the probe at capacity (else of the last
+            pass's first probes).
         estimate_qps: the analytic estimate the search started from.
     """
 
@@ -339,6 +357,12 @@ class ProbeWorkloads:
     unit_arrivals: np.ndarray
     num_requests: int
     mode: str
+
+    def span_s(self, cfg: DeploymentConfig, qps: float) -> float:
+        """Seconds between the first and last arrival of :meth:`for_config`'s requests."""
+        n, r = cfg.num_replicas, self.num_requests
+        last = (r - 1) * n if self.mode == "replica" else n * r - 1
+        return float(self.unit_arrivals[last] - self.unit_arrivals[0]) / qps
 
     def for_config(self, cfg: DeploymentConfig, qps: float) -> Workload:
         """The requests a probe of ``cfg`` at cluster rate ``qps`` simulates."""
@@ -489,6 +513,7 @@ class ProbeRunner:
         profiles_dir: str | None = None,
         capacity: int = 0,
         shape_cfgs: Sequence[DeploymentConfig] | None = None,
+        more_requests: Callable[[int], ProbeWorkloads] | None = None,
     ):
         """
         Args:
@@ -502,9 +527,14 @@ class ProbeRunner:
             shape_cfgs: configs (a superset of ``cfgs``) whose slot counts, stages and
                 timing tables each group is compiled for (default ``cfgs``): a later
                 pass over a subset then reuses the first pass's executables.
+            more_requests: ``n -> ProbeWorkloads`` with ``n`` requests per replica (as
+                ``workloads`` draws them), for probes whose arrivals span too little
+                time (:meth:`workloads_for`); None: every probe uses ``workloads``.
         """
         self.settings = settings
         self.workloads = workloads
+        self._more = more_requests
+        self._ladder = {workloads.num_requests: workloads}
         self.predictor_for = predictor_for or default_predictor_for(profiles_dir)
         sim = (
             [dataclasses.replace(c, num_replicas=1) for c in cfgs]
@@ -545,6 +575,34 @@ class ProbeRunner:
         else:
             want = 1 << max(0, math.ceil(math.log2(max(1, len(cfgs) * settings.branching))))
             self.width = -(-min(settings.width, want) // n_dev) * n_dev
+
+    def workloads_for(self, p: Probe) -> ProbeWorkloads:
+        """The requests of probe ``p``: the runner's ``workloads``, doubled (twice,
+        four times the requests, ...) while their arrivals at ``p.qps`` span less than
+        ``span_factor`` x the criterion's bound, as long as they fit the rows allocated
+        (``max_requests`` per replica) and ``more_requests`` is given.
+
+        Why: with a fixed request count, a high rate compresses the arrivals into a few
+        seconds, the queue has no time to build and the delay quantile flattens out near
+        the bound, so verdicts flip back and forth with QPS (on Vidur's grid one config's
+        300-request capacity was 1.76x its 600-request one). The request count being a
+        function of the QPS alone, every search (and a brute-force scan) sees the same
+        verdict at the same QPS.
+        """
+        s, cfg = self.settings, self.cfgs[p.config_index]
+        pw = self.workloads
+        if self._more is None:
+            return pw
+        want = s.span_factor * s.bound_s
+        while pw.span_s(cfg, p.qps) < want:
+            n = 2 * pw.num_requests
+            rows = n if pw.mode == "replica" else n * cfg.num_replicas
+            if n > s.max_requests or rows > self.num_requests:
+                break
+            if n not in self._ladder:
+                self._ladder[n] = self._more(n)
+            pw = self._ladder[n]
+        return pw
 
     def _group_of(self, c: DeploymentConfig, d) -> tuple[str, int]:
         """``(policy, slot bucket)`` of a simulated config (bucket 0: the lane pool)."""
@@ -613,7 +671,9 @@ class ProbeRunner:
         self.stats.sim_wall_s += time.perf_counter() - t0
 
     def _lane(self, lv: _Level, p: Probe) -> _Lane:
-        wl = self.workloads.for_config(self.cfgs[p.config_index], p.qps)
+        pw = self.workloads_for(p)
+        p.num_requests = pw.num_requests
+        wl = pw.for_config(self.cfgs[p.config_index], p.qps)
         params = build.build_params(
             self.sim_cfgs[p.config_index],
             self.derived[p.config_index],
@@ -1096,6 +1156,67 @@ def _geometric(lo: float, hi: float, m: int) -> list[float]:
 GALLOP = 1.2
 
 
+def criterion_ratio(p: Probe, s: SearchSettings) -> float:
+    """How close a passing probe is to the criterion's bound (1 = on it): the delay
+    quantile over its bound (Vidur's criterion), else the larger of TTFT P90 and TBT P99
+    over theirs; NaN when the probe has no exact value (failed, or no summary)."""
+    if not p.passed:
+        return math.nan
+    if s.criterion == "vidur":
+        return p.delay_s / s.max_delay_s
+    if not p.summary:
+        return math.nan
+    return max(
+        p.summary.get("ttft_p90", math.nan) / s.ttft_p90_max_s,
+        p.summary.get("tbt_p99", math.nan) / s.tbt_p99_max_s,
+    )
+
+
+#: Probes of a config after which its bracket is bisected, secant or not.
+SECANT_PROBES = 8
+
+#: Smallest criterion ratio of a passing probe the secant uses (below it the queue has
+#: not formed and the ratio says little about where the bound is crossed).
+SECANT_MIN_RATIO = 0.1
+
+
+def secant_target(probes: Sequence[Probe], s: SearchSettings) -> float:
+    """QPS where the criterion's ratio (:func:`criterion_ratio`) reaches 1, on the line
+    through the two highest passing probes below every failing one, in (log QPS,
+    ratio); NaN when they are not two, lie within 1.5 granularities of each other, or
+    their ratio does not rise with QPS.
+
+    Failing probes only give a lower bound of their ratio (they stop early), so the
+    line uses passes only; it extrapolates upwards from the higher one."""
+    hi = min((p.qps for p in probes if not p.passed), default=math.inf)
+    below = sorted((p for p in probes if p.passed and p.qps < hi), key=lambda p: p.qps)
+    if len(below) < 2:
+        return math.nan
+    a, b = below[-2], below[-1]
+    if b.qps < a.qps * (1.0 + 1.5 * s.granularity):  # too close to give a slope
+        return math.nan
+    ra, rb = criterion_ratio(a, s), criterion_ratio(b, s)
+    if not (ra >= SECANT_MIN_RATIO and rb > ra and rb < 1.0):
+        return math.nan
+    slope = (rb - ra) / math.log(b.qps / a.qps)
+    return b.qps * math.exp((1.0 - rb) / slope)
+
+
+def _guided(lo: float, hi: float, target: float, s: SearchSettings) -> float:
+    """One probe inside ``(lo, hi)`` near ``target``: at ``lo (1 + g)`` when the target is
+    closer to ``lo`` (a failure there closes the bracket), else the target, kept within
+    [25%, 75%] of the bracket in log QPS (it shrinks to at most 3/4 whatever the
+    outcome)."""
+    g = 1.0 + s.granularity
+    if target <= lo * g:
+        return lo * g
+    r = math.log(hi / lo) if math.isfinite(hi) else math.inf
+    t = math.log(target / lo)
+    if math.isfinite(r):
+        t = min(max(t, 0.25 * r), 0.75 * r)
+    return lo * math.exp(t)
+
+
 def next_qps(
     probes: Sequence[Probe],
     s: SearchSettings,
@@ -1126,10 +1247,18 @@ def next_qps(
     lo, hi, _ = _bracket(probes)
     # one side only so far: step away from the probes by a factor that squares with
     # every probe (G, G^2, G^4, ... at most 2): small steps while near the estimate
-    step = min(2.0, GALLOP ** (2 ** (len(probes) - 1)))
+    step = min(2.0, GALLOP ** (2 ** min(len(probes) - 1, 8)))
+    # the secant while it pays (a config it has not placed within SECANT_PROBES probes
+    # is bisected: a slow secant never costs more than a few probes); Vidur's criterion
+    # only: the delay quantile grows smoothly with QPS, while TTFT P90 jumps once a
+    # queue forms (on the SLO search of docs/search.md the secant saved no probes)
+    guided = k == 1 and s.secant and s.criterion == "vidur" and len(probes) < SECANT_PROBES
+    target = secant_target(probes, s) if guided else math.nan
     if math.isinf(hi):  # everything passed so far: upwards, up to qmax
         if lo >= qmax * (1 - 1e-9):
             return [], "capped"
+        if math.isfinite(target):  # no further than the gallop's step
+            return [min(_guided(lo, math.inf, target, s), lo * step, qmax)], ""
         return sorted({min(lo * step**j, qmax) for j in range(1, k + 1)}), ""
     if lo <= 0.0:
         if hi <= s.qps_min * (1 + 1e-9):
@@ -1137,6 +1266,8 @@ def next_qps(
         return sorted({max(hi / step**j, s.qps_min) for j in range(1, k + 1)}), ""
     if hi / lo - 1 <= s.granularity * (1 + 1e-9):
         return [], "ok"
+    if math.isfinite(target):
+        return [_guided(lo, hi, target, s)], ""
     need = math.ceil(math.log(hi / lo) / math.log1p(s.granularity) - 1e-9) - 1
     return _geometric(lo, hi, max(1, min(k, need))), ""
 
@@ -1229,7 +1360,7 @@ def search_capacity(
                 len(probes[i]),
                 dict(best.summary) if best else {},
                 probes[i],
-                runner.workloads.num_requests,
+                best.num_requests if best and best.num_requests else runner.workloads.num_requests,
                 est[i],
             )
         )
@@ -1298,6 +1429,15 @@ def measure_capacities(
             profiles_dir=profiles_dir,
             capacity=rows,
             shape_cfgs=cfgs,
+            more_requests=functools.partial(
+                make_probe_workloads,
+                lengths,
+                max_replicas=max(c.num_replicas for c in sub),
+                mode=settings.mode,
+                seed=settings.seed,
+            )
+            if settings.request_ladder
+            else None,
         )
         runners.append(runner)
         # later passes start from the capacity the fewer requests gave (an upper guess)
