@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": wall,
         "cpu_s": cpu,
         "compile_cache": os.environ.get("VIDUR_JAX_COMPILE_CACHE", "1") != "0",
-        # VIDUR_JAX_EXECUTABLE_STORE=1: executables kept on disk (JAX's cache then off)
+        # executables kept on disk across processes (default; VIDUR_JAX_EXECUTABLE_STORE=0: off)
         "executable_store": executables.stores_executables(),
         "search_wall_s": st.wall_s,
         "status_counts": feas["search_status"].value_counts().to_dict(),

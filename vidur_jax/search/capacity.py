@@ -765,8 +765,8 @@ class ProbeRunner:
         one = dataclasses.replace(one, max_steps=np.int64(one.max_steps))  # as _lane's
         params = jax.device_put(build.stack_params([one]), device)
         tables = jax.device_put(lv.tables, device)
-        # from the executable store (in-process table; on disk with
-        # VIDUR_JAX_EXECUTABLE_STORE=1): a later runner or process with these shapes
+        # from the executable store (in-process table, and on disk unless
+        # VIDUR_JAX_EXECUTABLE_STORE=0): a later runner or process with these shapes
         # skips trace, lower and compile
         init = executables.compiled("single_init", run_mod._single_init, lv.static, params)
         state = init(params)
