@@ -341,14 +341,8 @@ def fit_knots(
       continue past the last point with its value (the interpolation holds it).
     """
     order = np.argsort(u0, kind="stable")
-    u0, resid = u0[order], resid[order]
-    uniq, inv = np.unique(u0, return_inverse=True)
-    if len(uniq) > num:
-        inv = merge_closest(uniq, np.bincount(inv), num)[inv]
-    k = int(inv.max()) + 1
-    cnt = np.bincount(inv, minlength=k)
-    ku = np.bincount(inv, weights=u0, minlength=k) / cnt
-    kr = np.log(np.bincount(inv, weights=np.exp(resid), minlength=k) / cnt)
+    ku, kr, _ = _knot_groups(u0[order], resid[order], None, num)
+    k = len(ku)
     knot_u = np.concatenate([ku, ku[-1] + 1.0 + np.arange(num - k)])
     knot_r = np.concatenate([kr, np.full(num - k, kr[-1])])
     return knot_u.astype(np.float32), knot_r.astype(np.float32)
@@ -372,9 +366,11 @@ STEP_CANDIDATES: tuple[tuple[str | int | None, float], ...] = (
 
 
 def _knot_groups(
-    u0: np.ndarray, resid: np.ndarray, lp: np.ndarray, num: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ku, kr, klp)`` per knot as :func:`fit_knots` groups rows (``lp``: log poly)."""
+    u0: np.ndarray, resid: np.ndarray, lp: np.ndarray | None, num: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(ku, kr, klp)`` per knot: rows grouped by size, at most ``num`` groups
+    (:func:`merge_closest`); ``ku`` mean size, ``kr`` log of the mean ratio, ``klp`` mean
+    of ``lp`` (log poly; ``None`` when ``lp`` is)."""
     uniq, inv = np.unique(u0, return_inverse=True)
     if len(uniq) > num:
         inv = merge_closest(uniq, np.bincount(inv), num)[inv]
@@ -382,7 +378,7 @@ def _knot_groups(
     cnt = np.bincount(inv, minlength=k)
     ku = np.bincount(inv, weights=u0, minlength=k) / cnt
     kr = np.log(np.bincount(inv, weights=np.exp(resid), minlength=k) / cnt)
-    klp = np.bincount(inv, weights=lp, minlength=k) / cnt
+    klp = None if lp is None else np.bincount(inv, weights=lp, minlength=k) / cnt
     return ku, kr, klp
 
 
